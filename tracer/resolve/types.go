@@ -1,0 +1,56 @@
+// Package resolve names what the kernel reports by number: it maps
+// (network namespace inode, ifindex) to interface names, link kinds, veth
+// peers and bridge masters, and namespace inodes to labels a person knows.
+// It keeps that picture current from netlink notifications while a trace runs.
+package resolve
+
+// Link is one network interface as the resolver knows it.
+type Link struct {
+	Netns   uint32 // inode of the namespace the link lives in
+	Index   int
+	Name    string
+	Kind    string // "veth", "bridge", "device" (no rtnl kind), "vxlan", ...
+	Up      bool   // administratively up (IFF_UP)
+	Running bool   // operationally up (IFF_RUNNING / oper state up)
+	MAC     string
+	MTU     int
+
+	// MasterIndex is the ifindex of the bridge (or bond, vrf) the link is
+	// enslaved to, in the same namespace; 0 if none.
+	MasterIndex int
+	// MasterName is the master's name, empty if none.
+	MasterName string
+	// PortState is the STP state of a bridge port ("forwarding",
+	// "blocking", "disabled", ...); empty when the link is no bridge port.
+	PortState string
+
+	// PeerIndex and PeerNetns locate the other end of a veth pair; zero
+	// when the link is no veth or its peer is not known.
+	PeerIndex int
+	PeerNetns uint32
+
+	Addrs []string // CIDR notation, e.g. "10.77.0.2/24"
+}
+
+// IsBridge reports whether the link is a Linux bridge device.
+func (l Link) IsBridge() bool { return l.Kind == "bridge" }
+
+// Namespace is one network namespace the resolver knows.
+type Namespace struct {
+	Inode uint32
+	// Label is what people call it: "host" for the initial namespace, the
+	// name under /var/run/netns, the Docker sandbox id, or "netns:<inode>".
+	Label string
+	// Path is a path that opens the namespace (a bind mount or /proc/PID/ns/net).
+	Path string
+	// Owner names who owns the namespace when a runtime knows it (a
+	// container name); filled in by an Annotator, empty otherwise.
+	Owner string
+}
+
+// Annotator supplies owner names for namespaces (containers); the resolver
+// asks it and knows nothing about container runtimes itself.
+type Annotator interface {
+	// NetnsOwner returns the owner of the namespace with this inode, if any.
+	NetnsOwner(inode uint32) (string, bool)
+}
