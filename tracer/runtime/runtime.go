@@ -6,21 +6,53 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // ErrUnavailable means the engine could not be reached (daemon down, no socket).
 var ErrUnavailable = errors.New("container runtime unavailable")
 
+// ErrNotFound means no container matches the reference given to Lookup.
+var ErrNotFound = errors.New("no such container")
+
+// ErrAmbiguous means an ID prefix given to Lookup matches several containers.
+var ErrAmbiguous = errors.New("ambiguous container reference")
+
+// ErrNotRunning is for callers that need a running container and were
+// given a stopped one (Lookup itself returns stopped containers).
+var ErrNotRunning = errors.New("container is not running")
+
+// NotRunning returns an error wrapping ErrNotRunning that names c.
+func NotRunning(c Container) error {
+	state := c.State
+	if state == "" {
+		state = "not running"
+	}
+	return notRunningError{name: c.Name, state: state}
+}
+
+type notRunningError struct{ name, state string }
+
+func (e notRunningError) Error() string {
+	return fmt.Sprintf("container %s is not running (state: %s)", e.name, e.state)
+}
+func (e notRunningError) Is(target error) bool { return target == ErrNotRunning }
+
 // Container is what hoptrace needs to know about one container.
 type Container struct {
 	ID      string
 	Name    string // without the leading "/"
-	PID     int    // 0 when not running
+	Image   string
+	PID     int // 0 when not running
 	Running bool
+	State   string // engine's word: "running", "exited", "created", "paused", ...
 	// NetnsPath opens the container's network namespace (Docker: the
-	// SandboxKey); empty for --network host / none.
+	// SandboxKey, or /proc/PID/ns/net when the container joined another
+	// container's namespace); empty for --network host (the container
+	// shares the host namespace) and when the container is not running.
+	// A --network none container has a namespace of its own (only "lo").
 	NetnsPath string
-	// NetnsInode identifies the namespace; 0 when unknown.
+	// NetnsInode identifies the namespace; 0 when unknown or for --network host.
 	NetnsInode uint32
 	// NetworkMode is "bridge", "host", "none", "container:<id>" or a
 	// user-defined network name.
@@ -47,9 +79,26 @@ type EventKind int
 const (
 	ContainerStarted EventKind = iota + 1
 	ContainerStopped
+	// ContainerUpdated: a running container was connected to or
+	// disconnected from a network; Container carries the new endpoints.
+	ContainerUpdated
 )
 
-// Event is a change in the set of running containers.
+func (k EventKind) String() string {
+	switch k {
+	case ContainerStarted:
+		return "started"
+	case ContainerStopped:
+		return "stopped"
+	case ContainerUpdated:
+		return "updated"
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// Event is a change in the set of running containers. For ContainerStopped,
+// Container holds what was known while it ran (ID, Name, NetnsInode), so a
+// listener can forget the namespace it had recorded.
 type Event struct {
 	Kind      EventKind
 	Container Container
@@ -61,10 +110,12 @@ type Runtime interface {
 	Name() string
 	// List returns the running containers.
 	List(ctx context.Context) ([]Container, error)
-	// Lookup finds one container by name, ID or unique ID prefix, running or not.
+	// Lookup finds one container by name, ID or unique ID prefix, running or
+	// not. Errors wrap ErrNotFound, ErrAmbiguous or ErrUnavailable.
 	Lookup(ctx context.Context, ref string) (Container, error)
 	// Watch sends container start/stop events until ctx ends; the channel
-	// is closed when it returns.
+	// is closed when it returns. It first sends ContainerStarted for every
+	// container already running, so a listener needs no separate List.
 	Watch(ctx context.Context) (<-chan Event, error)
 	Close() error
 }

@@ -1,0 +1,266 @@
+// Package event decodes the records hoptrace's BPF programs write to the
+// ring buffer and describes them: hook names, directions, packet summaries.
+package event
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"unsafe"
+
+	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+)
+
+// Event is one observation of one packet at one hook, exactly as the kernel
+// wrote it (struct event in bpf/hoptrace.h).
+type Event = bpfobj.HoptraceEvent
+
+// Meta is the packet's parsed headers.
+type Meta = bpfobj.HoptracePktMeta
+
+// Hook is where the observation was made.
+type Hook = bpfobj.HoptraceHook
+
+// Size is the size of one record.
+const Size = int(unsafe.Sizeof(Event{}))
+
+// ErrShort means a record is smaller than an event.
+var ErrShort = errors.New("event record too short")
+
+// Decode copies a ring buffer record into e. The record layout is the C
+// struct's, which the generated Go type mirrors field for field (a test
+// holds them together), so this is one copy and no allocation.
+func Decode(raw []byte, e *Event) error {
+	if len(raw) < Size {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrShort, len(raw), Size)
+	}
+	*e = *(*Event)(unsafe.Pointer(&raw[0]))
+	return nil
+}
+
+// Flags (enum event_flag).
+const (
+	FlagNew    = uint8(bpfobj.HoptraceEventFlagEVENT_F_NEW)
+	FlagClone  = uint8(bpfobj.HoptraceEventFlagEVENT_F_CLONE)
+	FlagCloned = uint8(bpfobj.HoptraceEventFlagEVENT_F_CLONED)
+	FlagSockNS = uint8(bpfobj.HoptraceEventFlagEVENT_F_SOCK_NS)
+)
+
+// Hooks.
+const (
+	HookNetDevQueue     = bpfobj.HoptraceHookHOOK_NET_DEV_QUEUE
+	HookNetDevStartXmit = bpfobj.HoptraceHookHOOK_NET_DEV_START_XMIT
+	HookNetDevXmit      = bpfobj.HoptraceHookHOOK_NET_DEV_XMIT
+	HookNetifRx         = bpfobj.HoptraceHookHOOK_NETIF_RX
+	HookGROReceive      = bpfobj.HoptraceHookHOOK_GRO_RECEIVE
+	HookNetifReceiveSkb = bpfobj.HoptraceHookHOOK_NETIF_RECEIVE_SKB
+	HookKfreeSkb        = bpfobj.HoptraceHookHOOK_KFREE_SKB
+	HookConsumeSkb      = bpfobj.HoptraceHookHOOK_CONSUME_SKB
+	HookCopyDatagram    = bpfobj.HoptraceHookHOOK_COPY_DATAGRAM
+)
+
+var hookNames = [...]string{
+	HookNetDevQueue:     "net_dev_queue",
+	HookNetDevStartXmit: "net_dev_start_xmit",
+	HookNetDevXmit:      "net_dev_xmit",
+	HookNetifRx:         "netif_rx",
+	HookGROReceive:      "napi_gro_receive",
+	HookNetifReceiveSkb: "netif_receive_skb",
+	HookKfreeSkb:        "kfree_skb",
+	HookConsumeSkb:      "consume_skb",
+	HookCopyDatagram:    "skb_copy_datagram",
+}
+
+// HookName is the tracepoint's name.
+func HookName(h Hook) string {
+	if int(h) < len(hookNames) && hookNames[h] != "" {
+		return hookNames[h]
+	}
+	return fmt.Sprintf("hook%d", h)
+}
+
+// Direction of travel at a hook.
+type Direction string
+
+const (
+	Egress  Direction = "egress"
+	Ingress Direction = "ingress"
+	Forward Direction = "forward" // across a bridge, between two of its ports
+	Local   Direction = "local"   // up the stack of the device (delivered to the host)
+	End     Direction = "end"
+)
+
+// HookDirection is the direction a hook observes.
+func HookDirection(h Hook) Direction {
+	switch h {
+	case HookNetDevQueue, HookNetDevStartXmit, HookNetDevXmit:
+		return Egress
+	case HookNetifRx, HookGROReceive, HookNetifReceiveSkb:
+		return Ingress
+	}
+	return End
+}
+
+// IsEnd reports whether the hook marks the end of an skb's life (or its delivery).
+func IsEnd(h Hook) bool { return HookDirection(h) == End }
+
+// IsHop reports whether the hook is one of the two per-device hop hooks
+// (egress enqueue, stack receive); the others are detail.
+func IsHop(h Hook) bool { return h == HookNetDevQueue || h == HookNetifReceiveSkb }
+
+// Ifname returns the device name the kernel reported.
+func Ifname(e *Event) string {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&e.Ifname[0])), len(e.Ifname))
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+// Ethertypes and IP protocols.
+const (
+	EthIPv4 = 0x0800
+	EthIPv6 = 0x86dd
+	EthARP  = 0x0806
+
+	ProtoICMP   = 1
+	ProtoTCP    = 6
+	ProtoUDP    = 17
+	ProtoICMPv6 = 58
+)
+
+// Src is the packet's source address (IPv4, IPv6 or ARP sender), if any.
+func Src(m *Meta) netip.Addr { return addr(m, m.Saddr) }
+
+// Dst is the packet's destination address (ARP: target), if any.
+func Dst(m *Meta) netip.Addr { return addr(m, m.Daddr) }
+
+func addr(m *Meta, b [16]byte) netip.Addr {
+	switch m.EthProto {
+	case EthIPv4, EthARP:
+		a := netip.AddrFrom4([4]byte(b[:4]))
+		if m.EthProto == EthARP && a.IsUnspecified() && m.ArpOp == 0 {
+			return netip.Addr{}
+		}
+		return a
+	case EthIPv6:
+		return netip.AddrFrom16(b)
+	}
+	return netip.Addr{}
+}
+
+// Proto names the packet's protocol: ICMP, TCP, UDP, ICMPv6, ARP, IPv4, IPv6, or the ethertype.
+func Proto(m *Meta) string {
+	switch m.EthProto {
+	case EthARP:
+		return "ARP"
+	case EthIPv4, EthIPv6:
+		switch m.L4Proto {
+		case ProtoICMP:
+			return "ICMP"
+		case ProtoTCP:
+			return "TCP"
+		case ProtoUDP:
+			return "UDP"
+		case ProtoICMPv6:
+			return "ICMPv6"
+		}
+		if m.EthProto == EthIPv4 {
+			return fmt.Sprintf("IPv4/%d", m.L4Proto)
+		}
+		return fmt.Sprintf("IPv6/%d", m.L4Proto)
+	case 0:
+		return "unknown"
+	}
+	return fmt.Sprintf("ethertype 0x%04x", m.EthProto)
+}
+
+// Ports returns the layer-4 ports, zero where the protocol has none.
+func Ports(m *Meta) (sport, dport uint16) {
+	if m.L4Proto == ProtoTCP || m.L4Proto == ProtoUDP {
+		return m.Sport, m.Dport
+	}
+	return 0, 0
+}
+
+// Summary describes the packet in one line, tcpdump-like:
+// "ICMP 10.77.0.2 > 10.77.0.3 echo request id=7 seq=1 len=84".
+func Summary(m *Meta) string {
+	src, dst := Src(m), Dst(m)
+	switch m.EthProto {
+	case EthARP:
+		switch m.ArpOp {
+		case 1:
+			return fmt.Sprintf("ARP who-has %s tell %s", dst, src)
+		case 2:
+			return fmt.Sprintf("ARP reply %s is-at (to %s)", src, dst)
+		}
+		return fmt.Sprintf("ARP op %d %s > %s", m.ArpOp, src, dst)
+	case EthIPv4, EthIPv6:
+	default:
+		return Proto(m)
+	}
+	p := Proto(m)
+	switch m.L4Proto {
+	case ProtoTCP:
+		return fmt.Sprintf("TCP %s > %s [%s] seq=%d ack=%d len=%d",
+			netip.AddrPortFrom(src, m.Sport), netip.AddrPortFrom(dst, m.Dport), TCPFlags(m.TcpFlags), m.TcpSeq, m.TcpAck, m.IpLen)
+	case ProtoUDP:
+		return fmt.Sprintf("UDP %s > %s len=%d", netip.AddrPortFrom(src, m.Sport), netip.AddrPortFrom(dst, m.Dport), m.IpLen)
+	case ProtoICMP, ProtoICMPv6:
+		return fmt.Sprintf("%s %s > %s %s len=%d", p, src, dst, icmpText(m), m.IpLen)
+	}
+	return fmt.Sprintf("%s %s > %s len=%d", p, src, dst, m.IpLen)
+}
+
+func icmpText(m *Meta) string {
+	echo := func(what string) string { return fmt.Sprintf("echo %s id=%d seq=%d", what, m.IcmpId, m.IcmpSeq) }
+	if m.L4Proto == ProtoICMP {
+		switch m.IcmpType {
+		case 8:
+			return echo("request")
+		case 0:
+			return echo("reply")
+		case 3:
+			return fmt.Sprintf("unreachable code=%d", m.IcmpCode)
+		case 11:
+			return "time exceeded"
+		}
+	} else {
+		switch m.IcmpType {
+		case 128:
+			return echo("request")
+		case 129:
+			return echo("reply")
+		case 1:
+			return fmt.Sprintf("unreachable code=%d", m.IcmpCode)
+		case 133:
+			return "router solicitation"
+		case 134:
+			return "router advertisement"
+		case 135:
+			return "neighbor solicitation"
+		case 136:
+			return "neighbor advertisement"
+		}
+	}
+	return fmt.Sprintf("type=%d code=%d", m.IcmpType, m.IcmpCode)
+}
+
+// TCPFlags renders TCP flags tcpdump-style: "S", "S.", "P.", "F.", "R".
+func TCPFlags(f uint8) string {
+	var b []byte
+	for _, x := range []struct {
+		bit uint8
+		c   byte
+	}{{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x20, 'U'}, {0x40, 'E'}, {0x80, 'W'}, {0x10, '.'}} {
+		if f&x.bit != 0 {
+			b = append(b, x.c)
+		}
+	}
+	if len(b) == 0 {
+		return "none"
+	}
+	return string(b)
+}

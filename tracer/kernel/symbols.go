@@ -1,0 +1,78 @@
+package kernel
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Symbols maps kernel text addresses to function names (from /proc/kallsyms).
+// It names where a packet was freed or dropped ("icmp_rcv", "nft_do_chain").
+type Symbols struct {
+	addrs []uint64
+	names []string
+}
+
+// LoadSymbols reads a kallsyms file. When addresses are hidden
+// (kptr_restrict), it returns an empty table: names are then unavailable.
+func LoadSymbols(path string) (*Symbols, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	return ParseSymbols(f)
+}
+
+// ParseSymbols reads kallsyms-formatted text: "ffffffff81000000 T name [module]".
+func ParseSymbols(r io.Reader) (*Symbols, error) {
+	type sym struct {
+		addr uint64
+		name string
+	}
+	var syms []sym
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		switch f[1] {
+		case "t", "T", "w", "W":
+		default:
+			continue
+		}
+		addr, err := strconv.ParseUint(f[0], 16, 64)
+		if err != nil || addr == 0 {
+			continue
+		}
+		syms = append(syms, sym{addr, f[2]})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read kallsyms: %w", err)
+	}
+	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
+	s := &Symbols{addrs: make([]uint64, len(syms)), names: make([]string, len(syms))}
+	for i, y := range syms {
+		s.addrs[i], s.names[i] = y.addr, y.name
+	}
+	return s, nil
+}
+
+// Name returns the function containing addr, or "" when unknown.
+func (s *Symbols) Name(addr uint64) string {
+	if s == nil || addr == 0 || len(s.addrs) == 0 {
+		return ""
+	}
+	i := sort.Search(len(s.addrs), func(i int) bool { return s.addrs[i] > addr }) - 1
+	if i < 0 {
+		return ""
+	}
+	return s.names[i]
+}

@@ -1,0 +1,383 @@
+// Package loader loads hoptrace's BPF programs, attaches them to the
+// kernel's networking tracepoints and owns every link and map until Close.
+// All attachments are bpf_link file descriptors held by this process and
+// never pinned, so the kernel detaches them however the process exits.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
+)
+
+// Mode selects what the programs do with an observation.
+type Mode uint32
+
+const (
+	// ModeEvents sends every observation to the ring buffer.
+	ModeEvents Mode = 0
+	// ModeLatency adds hop-to-hop deltas to in-kernel histograms; no events.
+	ModeLatency Mode = 1
+)
+
+// Hook is one tracepoint hoptrace can observe (see bpf/hoptrace.h).
+type Hook = bpfobj.HoptraceHook
+
+const (
+	HookNetDevQueue     = bpfobj.HoptraceHookHOOK_NET_DEV_QUEUE
+	HookNetDevStartXmit = bpfobj.HoptraceHookHOOK_NET_DEV_START_XMIT
+	HookNetDevXmit      = bpfobj.HoptraceHookHOOK_NET_DEV_XMIT
+	HookNetifRx         = bpfobj.HoptraceHookHOOK_NETIF_RX
+	HookGROReceive      = bpfobj.HoptraceHookHOOK_GRO_RECEIVE
+	HookNetifReceiveSkb = bpfobj.HoptraceHookHOOK_NETIF_RECEIVE_SKB
+	HookKfreeSkb        = bpfobj.HoptraceHookHOOK_KFREE_SKB
+	HookConsumeSkb      = bpfobj.HoptraceHookHOOK_CONSUME_SKB
+	HookCopyDatagram    = bpfobj.HoptraceHookHOOK_COPY_DATAGRAM
+)
+
+// HopHooks are the hooks that show a packet at a device: one egress and one
+// ingress observation per device crossed. DetailHooks add the driver and
+// backlog steps in between. EndHooks say where a packet's life ended.
+var (
+	HopHooks    = []Hook{HookNetDevQueue, HookNetifReceiveSkb}
+	DetailHooks = []Hook{HookNetDevStartXmit, HookNetDevXmit, HookNetifRx, HookGROReceive}
+	EndHooks    = []Hook{HookKfreeSkb, HookConsumeSkb, HookCopyDatagram}
+)
+
+// Filter kinds, mirrored from enum filter_flag in the BPF program.
+const (
+	FilterNetns uint32 = 1
+	FilterDev   uint32 = 2
+	FilterAddr  uint32 = 4
+)
+
+// Options configure Load. The zero value traces every packet in every
+// namespace at the hop and end hooks.
+type Options struct {
+	Mode  Mode
+	Hooks []Hook // nil: HopHooks + EndHooks
+	// FilterKinds says which filter maps are consulted (FilterNetns|...);
+	// 0 traces everything. The maps' contents can change while running.
+	FilterKinds uint32
+	// RingBytes is the ring buffer size (power of two, >= page size); 0: 8 MiB.
+	RingBytes int
+	// TrackEntries bounds the in-flight packet maps; 0: 65536.
+	TrackEntries int
+	// HistPairs bounds the number of latency histograms; 0: 1024.
+	HistPairs int
+	// StaleAfter: a tracked skb address seen again after this long is a new
+	// packet even if its headers match; 0: 1s.
+	StaleAfter time.Duration
+	// WakeupBytes: the reader is woken only once this much data waits; 0: RingBytes/8.
+	WakeupBytes int
+	// KernelBTF, if set, is used instead of loading /sys/kernel/btf/vmlinux.
+	KernelBTF *btf.Spec
+}
+
+// Tracer owns the loaded objects and links.
+type Tracer struct {
+	maps       bpfobj.HoptraceMaps
+	progs      []*ebpf.Program
+	links      []link.Link
+	hooks      []Hook
+	consumeLoc bool
+	ringBytes  int
+}
+
+// Load loads and attaches the programs. On error nothing stays loaded.
+func Load(opts Options) (*Tracer, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run hoptrace with sudo")
+	}
+	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to memcg.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise memlock limit: %w", err)
+	}
+	kspec := opts.KernelBTF
+	if kspec == nil {
+		var err error
+		if kspec, err = btf.LoadKernelSpec(); err != nil {
+			return nil, fmt.Errorf("kernel BTF is required (CONFIG_DEBUG_INFO_BTF, /sys/kernel/btf/vmlinux): %w", err)
+		}
+	}
+	hooks := opts.Hooks
+	if hooks == nil {
+		hooks = append(append([]Hook{}, HopHooks...), EndHooks...)
+	}
+
+	spec, err := bpfobj.LoadHoptrace()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
+	}
+	ring := opts.RingBytes
+	if ring == 0 {
+		ring = 8 << 20
+	}
+	if ring < os.Getpagesize() || ring&(ring-1) != 0 {
+		return nil, fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", ring, os.Getpagesize())
+	}
+	spec.Maps["events"].MaxEntries = uint32(ring)
+	if opts.TrackEntries > 0 {
+		spec.Maps["by_skb"].MaxEntries = uint32(opts.TrackEntries)
+		spec.Maps["by_head"].MaxEntries = uint32(opts.TrackEntries)
+	}
+	if opts.HistPairs > 0 {
+		spec.Maps["hists"].MaxEntries = uint32(opts.HistPairs)
+	}
+	stale := opts.StaleAfter
+	if stale == 0 {
+		stale = time.Second
+	}
+	wakeup := opts.WakeupBytes
+	if wakeup == 0 {
+		wakeup = ring / 8
+	}
+	if err := spec.Variables["mode"].Set(uint32(opts.Mode)); err != nil {
+		return nil, fmt.Errorf("set mode: %w", err)
+	}
+	if err := spec.Variables["filter_flags"].Set(opts.FilterKinds); err != nil {
+		return nil, fmt.Errorf("set filter: %w", err)
+	}
+	if err := spec.Variables["stale_ns"].Set(uint64(stale.Nanoseconds())); err != nil {
+		return nil, fmt.Errorf("set stale_ns: %w", err)
+	}
+	if err := spec.Variables["wakeup_bytes"].Set(uint64(wakeup)); err != nil {
+		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+
+	// consume_skb gained its location argument in 6.3: keep the variant this kernel can run.
+	consumeLoc := false
+	if n, err := kernel.TracepointArgs(kspec, "consume_skb"); err == nil && n >= 2 {
+		consumeLoc = true
+	}
+	if consumeLoc {
+		delete(spec.Programs, "on_consume_skb_noloc")
+	} else {
+		delete(spec.Programs, "on_consume_skb")
+	}
+	// Load only the programs of the hooks asked for.
+	wanted := map[string]bool{}
+	for _, h := range hooks {
+		name, err := programName(h, consumeLoc)
+		if err != nil {
+			return nil, err
+		}
+		wanted[name] = true
+	}
+	for name := range spec.Programs {
+		if !wanted[name] {
+			delete(spec.Programs, name)
+		}
+	}
+
+	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{KernelTypes: kspec},
+	})
+	if err != nil {
+		return nil, loadError(err)
+	}
+	defer coll.Close() // closes whatever t did not take over
+	if err := coll.Assign(&t.maps); err != nil {
+		return nil, fmt.Errorf("assign BPF maps: %w", err)
+	}
+	for _, h := range hooks {
+		name, _ := programName(h, consumeLoc)
+		prog := coll.Programs[name]
+		delete(coll.Programs, name)
+		t.progs = append(t.progs, prog)
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", name, tracepointName(h), err)
+		}
+		t.links = append(t.links, l)
+	}
+	return t, nil
+}
+
+// programName maps a hook to its program in the object.
+func programName(h Hook, consumeLoc bool) (string, error) {
+	switch h {
+	case HookNetDevQueue:
+		return "on_net_dev_queue", nil
+	case HookNetDevStartXmit:
+		return "on_net_dev_start_xmit", nil
+	case HookNetDevXmit:
+		return "on_net_dev_xmit", nil
+	case HookNetifRx:
+		return "on_netif_rx", nil
+	case HookGROReceive:
+		return "on_napi_gro_receive_entry", nil
+	case HookNetifReceiveSkb:
+		return "on_netif_receive_skb", nil
+	case HookKfreeSkb:
+		return "on_kfree_skb", nil
+	case HookConsumeSkb:
+		if consumeLoc {
+			return "on_consume_skb", nil
+		}
+		return "on_consume_skb_noloc", nil
+	case HookCopyDatagram:
+		return "on_skb_copy_datagram_iovec", nil
+	}
+	return "", fmt.Errorf("unknown hook %d", h)
+}
+
+func tracepointName(h Hook) string {
+	n, err := programName(h, true)
+	if err != nil {
+		return "?"
+	}
+	return n[len("on_"):]
+}
+
+// loadError turns a load failure into one clear sentence, printing the
+// verifier log in full first when there is one.
+func loadError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		fmt.Fprintf(os.Stderr, "BPF verifier log:\n%+v\n", ve)
+		return fmt.Errorf("the kernel's verifier rejected a hoptrace program (log above): %w", err)
+	}
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("loading BPF programs was refused (needs root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN; check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
+	case errors.Is(err, unix.ENOMEM):
+		return fmt.Errorf("not enough memory for BPF maps (memory cgroup limit?): %w", err)
+	}
+	return fmt.Errorf("load BPF programs: %w", err)
+}
+
+// ConsumeHasLocation reports which consume_skb program variant was loaded.
+func (t *Tracer) ConsumeHasLocation() bool { return t.consumeLoc }
+
+// Hooks returns the hooks attached.
+func (t *Tracer) Hooks() []Hook { return t.hooks }
+
+// Events is the ring buffer map the programs write to.
+func (t *Tracer) Events() *ebpf.Map { return t.maps.Events }
+
+// RingBytes is the ring buffer's size.
+func (t *Tracer) RingBytes() int { return t.ringBytes }
+
+// Hists is the latency histogram map (struct hop_pair -> struct hist).
+func (t *Tracer) Hists() *ebpf.Map { return t.maps.Hists }
+
+// InFlight is the map of tracked skb addresses.
+func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
+
+// Close detaches every program and frees every map. Safe to call twice.
+func (t *Tracer) Close() error {
+	var errs []error
+	for _, l := range t.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	t.links = nil
+	if err := t.maps.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	t.maps = bpfobj.HoptraceMaps{}
+	for _, p := range t.progs {
+		if err := p.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	t.progs = nil
+	return errors.Join(errs...)
+}
+
+// Stats are the kernel-side counters, summed over CPUs.
+type Stats struct {
+	Events      uint64 // written to the ring buffer
+	Lost        uint64 // dropped: ring buffer full
+	Packets     uint64 // packet identities created
+	Reused      uint64 // skb addresses found reused by another packet
+	HistUpdates uint64
+	HistFull    uint64
+}
+
+// Stats reads the counters.
+func (t *Tracer) Stats() (Stats, error) {
+	var s Stats
+	read := func(idx bpfobj.HoptraceStatCounter) (uint64, error) {
+		var perCPU []uint64
+		if err := t.maps.Stats.Lookup(uint32(idx), &perCPU); err != nil {
+			return 0, fmt.Errorf("read stat %d: %w", idx, err)
+		}
+		var sum uint64
+		for _, v := range perCPU {
+			sum += v
+		}
+		return sum, nil
+	}
+	var err error
+	for _, f := range []struct {
+		idx bpfobj.HoptraceStatCounter
+		dst *uint64
+	}{
+		{bpfobj.HoptraceStatCounterSTAT_EVENTS, &s.Events},
+		{bpfobj.HoptraceStatCounterSTAT_LOST, &s.Lost},
+		{bpfobj.HoptraceStatCounterSTAT_PACKETS, &s.Packets},
+		{bpfobj.HoptraceStatCounterSTAT_REUSED, &s.Reused},
+		{bpfobj.HoptraceStatCounterSTAT_HIST_UPDATES, &s.HistUpdates},
+		{bpfobj.HoptraceStatCounterSTAT_HIST_FULL, &s.HistFull},
+	} {
+		if *f.dst, err = read(f.idx); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// SelectNetns starts (or, with on=false, stops) tracking packets seen in a namespace.
+func (t *Tracer) SelectNetns(inode uint32, on bool) error {
+	return setKey(t.maps.FilterNetns, inode, on, "netns filter")
+}
+
+// SelectDevice starts or stops tracking packets seen on a device.
+func (t *Tracer) SelectDevice(netns uint32, ifindex int, on bool) error {
+	k := bpfobj.HoptraceDevKey{Netns: netns, Ifindex: uint32(ifindex)}
+	return setKey(t.maps.FilterDev, k, on, "device filter")
+}
+
+// SelectAddr starts or stops tracking packets from or to an address.
+func (t *Tracer) SelectAddr(a netip.Addr, on bool) error {
+	var k bpfobj.HoptraceAddrKey
+	a = a.Unmap()
+	if a.Is4() {
+		k.Family = 4
+		b := a.As4()
+		copy(k.Addr[:], b[:])
+	} else {
+		k.Family = 6
+		k.Addr = a.As16()
+	}
+	return setKey(t.maps.FilterAddr, k, on, "address filter")
+}
+
+func setKey(m *ebpf.Map, key any, on bool, what string) error {
+	if on {
+		if err := m.Update(key, uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update %s: %w", what, err)
+		}
+		return nil
+	}
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete from %s: %w", what, err)
+	}
+	return nil
+}

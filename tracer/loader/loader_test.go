@@ -1,0 +1,104 @@
+package loader_test
+
+import (
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
+	"github.com/hoptrace/hoptrace/tracer/loader"
+)
+
+// A UDP datagram over loopback is seen leaving lo and arriving on lo under one
+// packet identity; Close leaves no program. (UDP's linear-copy receive path
+// has no tracepoint: its delivery is silent.)
+func TestLoopbackUDPOneIdentity(t *testing.T) {
+	privtest.RequireRoot(t)
+	before := len(privtest.LoadedPrograms(t))
+
+	tr, err := loader.Load(loader.Options{})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			tr.Close()
+		}
+	}()
+	if got := len(privtest.LoadedPrograms(t)) - before; got != len(loader.HopHooks)+len(loader.EndHooks) {
+		t.Fatalf("%d hoptrace programs loaded, want %d", got, len(loader.HopHooks)+len(loader.EndHooks))
+	}
+
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatalf("ringbuf reader: %v", err)
+	}
+	defer rd.Close()
+
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Write([]byte("hoptrace")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	srv.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, _, err := srv.ReadFrom(buf); err != nil {
+		t.Fatal(err)
+	}
+	sport := uint16(cli.LocalAddr().(*net.UDPAddr).Port)
+	dport := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+
+	hooks := map[event.Hook]uint64{}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && len(hooks) < 2 {
+		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		rec, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var e event.Event
+		if err := event.Decode(rec.RawSample, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Meta.L4Proto != event.ProtoUDP || e.Meta.Sport != sport || e.Meta.Dport != dport {
+			continue
+		}
+		hooks[event.Hook(e.Hook)] = e.PktId
+		if event.Ifname(&e) != "lo" {
+			t.Errorf("%s on %q, want lo", event.HookName(event.Hook(e.Hook)), event.Ifname(&e))
+		}
+	}
+	for _, h := range []event.Hook{event.HookNetDevQueue, event.HookNetifReceiveSkb} {
+		if _, ok := hooks[h]; !ok {
+			t.Errorf("no %s event for the datagram (saw %v)", event.HookName(h), hooks)
+		}
+	}
+	if id := hooks[event.HookNetDevQueue]; id == 0 || hooks[event.HookNetifReceiveSkb] != id {
+		t.Errorf("packet ids differ across hops: %v", hooks)
+	}
+
+	if err := tr.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	closed = true
+	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
+		t.Fatalf("%d hoptrace programs still loaded 5s after Close", left)
+	}
+}
