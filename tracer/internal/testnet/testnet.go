@@ -1,0 +1,494 @@
+// Package testnet builds small, throwaway container-like network topologies
+// for privileged tests: a Linux bridge in the host namespace and N named
+// network namespaces, each wired to the bridge through a veth pair, on a
+// random 10.231.X.0/24 subnet.
+//
+// Everything a Topology creates is removed by a t.Cleanup hook (or an
+// explicit Close), even when the test fails. The package never sends traffic
+// anywhere but to addresses it created itself.
+package testnet
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where named network namespaces are bind-mounted, as iproute2
+// ("ip netns") does.
+const NetnsDir = "/var/run/netns"
+
+const nfCallIptables = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+// Options configures New.
+type Options struct {
+	Hosts      int    // number of namespaces; 0 means 2
+	BridgeName string // optional; a unique name is picked when empty
+}
+
+// Topology is a bridge with namespaces attached to it.
+type Topology struct {
+	Bridge      string       // bridge name in the host namespace
+	BridgeIndex int          // bridge ifindex in the host namespace
+	Gateway     netip.Prefix // bridge address, e.g. 10.231.7.1/24
+	Hosts       []*Host
+
+	suffix    string
+	hostInode uint32
+
+	mu       sync.Mutex
+	next     int // next host number (address .next+1)
+	iptRule  []string
+	lock     *os.File
+	closed   bool
+	closeErr error
+}
+
+// Host is one network namespace attached to the topology's bridge.
+type Host struct {
+	Name          string // netns name (under /var/run/netns)
+	Path          string // /var/run/netns/<name>
+	Inode         uint32 // netns inode
+	IfName        string // "eth0"
+	Ifindex       int    // eth0's ifindex inside the netns
+	HostVeth      string // peer name in the host netns
+	HostVethIndex int
+	Addr          netip.Prefix // e.g. 10.231.7.2/24
+	MAC           net.HardwareAddr
+}
+
+// RequireRoot skips the test, loudly, unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: privileged test needs root (network namespaces, veths, bridges); run with sudo to exercise it")
+	}
+}
+
+// New builds a topology, registers its removal with t.Cleanup and fails the
+// test on any error.
+func New(t testing.TB, opts Options) *Topology {
+	t.Helper()
+	RequireRoot(t)
+	topo, err := build(opts)
+	if topo != nil {
+		t.Cleanup(func() {
+			if err := topo.Close(); err != nil {
+				t.Errorf("testnet cleanup: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("testnet: %v", err)
+	}
+	return topo
+}
+
+// HostInode returns the inode of the namespace the bridge lives in (the
+// test process's namespace).
+func (t *Topology) HostInode() uint32 { return t.hostInode }
+
+// Subnet returns the topology's /24.
+func (t *Topology) Subnet() netip.Prefix { return t.Gateway.Masked() }
+
+// AddHost attaches one more namespace to the bridge. It is removed with the
+// rest of the topology.
+func (t *Topology) AddHost(tb testing.TB) *Host {
+	tb.Helper()
+	h, err := t.addHost()
+	if err != nil {
+		tb.Fatalf("testnet: add host: %v", err)
+	}
+	return h
+}
+
+// RemoveHost deletes one host (its namespace and veth pair) ahead of the
+// topology's cleanup, e.g. to test how code copes with a vanishing namespace.
+func (t *Topology) RemoveHost(h *Host) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, x := range t.Hosts {
+		if x == h {
+			t.Hosts = append(t.Hosts[:i:i], t.Hosts[i+1:]...)
+			break
+		}
+	}
+	return removeHost(h)
+}
+
+func randHex(n int) string {
+	b := make([]byte, (n+1)/2)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)[:n]
+}
+
+func build(opts Options) (topo *Topology, err error) {
+	if opts.Hosts <= 0 {
+		opts.Hosts = 2
+	}
+	topo = &Topology{suffix: randHex(6), next: 1}
+	topo.Bridge = opts.BridgeName
+	if topo.Bridge == "" {
+		topo.Bridge = "htbr" + topo.suffix
+	}
+	if len(topo.Bridge) > 15 {
+		return nil, fmt.Errorf("bridge name %q longer than 15 characters", topo.Bridge)
+	}
+
+	runtime.LockOSThread()
+	hostNS, err := netns.Get()
+	runtime.UnlockOSThread()
+	if err != nil {
+		return nil, fmt.Errorf("open current netns: %w", err)
+	}
+	topo.hostInode, err = fdInode(int(hostNS))
+	hostNS.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := topo.pickSubnet(); err != nil {
+		return nil, err
+	}
+	// From here on Close undoes whatever exists.
+	defer func() {
+		if err != nil {
+			topo.Close()
+			topo = nil
+		}
+	}()
+
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: topo.Bridge}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return topo, fmt.Errorf("add bridge %s: %w", topo.Bridge, err)
+	}
+	link, err := netlink.LinkByName(topo.Bridge)
+	if err != nil {
+		return topo, fmt.Errorf("bridge %s: %w", topo.Bridge, err)
+	}
+	topo.BridgeIndex = link.Attrs().Index
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(topo.Gateway)}); err != nil {
+		return topo, fmt.Errorf("address %s on %s: %w", topo.Gateway, topo.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return topo, fmt.Errorf("set %s up: %w", topo.Bridge, err)
+	}
+	if err := topo.allowForwarding(); err != nil {
+		return topo, err
+	}
+	for i := 0; i < opts.Hosts; i++ {
+		if _, err := topo.addHost(); err != nil {
+			return topo, err
+		}
+	}
+	return topo, nil
+}
+
+// pickSubnet chooses 10.231.X.0/24 with a random X that no address in the
+// host namespace uses and that no other topology (in this or another test
+// process) holds, using a flock'ed file per subnet.
+func (t *Topology) pickSubnet() error {
+	used := map[byte]bool{}
+	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			ip := a.IP.To4()
+			if ip != nil && ip[0] == 10 && ip[1] == 231 {
+				used[ip[2]] = true
+			}
+		}
+	}
+	start := randByte()
+	for i := 0; i < 256; i++ {
+		x := start + byte(i)
+		if x == 0 || x == 255 || used[x] {
+			continue
+		}
+		f, ok := lockSubnet(x)
+		if !ok {
+			continue
+		}
+		t.lock = f
+		t.Gateway = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 231, x, 1}), 24)
+		return nil
+	}
+	return errors.New("no free 10.231.X.0/24 subnet")
+}
+
+func randByte() byte {
+	var b [1]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return b[0]
+}
+
+// lockSubnet takes an exclusive, non-blocking flock on a per-subnet file. The
+// kernel drops the lock when the process dies, so a crashed test never keeps
+// a subnet. Where no lock file can be created (read-only root), the subnet is
+// used without a lock.
+func lockSubnet(x byte) (*os.File, bool) {
+	for _, dir := range []string{"/run/hoptrace-testnet", filepath.Join(os.TempDir(), "hoptrace-testnet")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("10.231.%d.lock", x)), os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			continue
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			return nil, false
+		}
+		return f, true
+	}
+	return nil, true
+}
+
+// allowForwarding inserts an iptables ACCEPT rule for traffic bridged within
+// the test bridge, but only when bridged traffic goes through iptables at all
+// (br_netfilter loaded and bridge-nf-call-iptables=1), as on a Docker host
+// whose FORWARD policy is DROP.
+func (t *Topology) allowForwarding() error {
+	b, err := os.ReadFile(nfCallIptables)
+	if err != nil || strings.TrimSpace(string(b)) != "1" {
+		return nil
+	}
+	rule := []string{"FORWARD", "-i", t.Bridge, "-o", t.Bridge, "-j", "ACCEPT"}
+	args := append([]string{"-w", "-I"}, rule...)
+	if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	t.iptRule = rule
+	return nil
+}
+
+func (t *Topology) addHost() (*Host, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, errors.New("topology closed")
+	}
+	n := t.next
+	if n >= 254 {
+		return nil, errors.New("subnet full")
+	}
+	t.next++
+	gw := t.Gateway.Addr().As4()
+	h := &Host{
+		Name:     fmt.Sprintf("ht%s-%d", t.suffix, n),
+		IfName:   "eth0",
+		HostVeth: fmt.Sprintf("htv%s%d", t.suffix, n),
+		Addr:     netip.PrefixFrom(netip.AddrFrom4([4]byte{gw[0], gw[1], gw[2], byte(n + 1)}), 24),
+	}
+	h.Path = filepath.Join(NetnsDir, h.Name)
+	// Track it before it is complete so that Close removes partial work.
+	t.Hosts = append(t.Hosts, h)
+	if err := t.setupHost(h); err != nil {
+		return nil, fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	return h, nil
+}
+
+func (t *Topology) setupHost(h *Host) error {
+	if err := createNamedNetns(h.Path); err != nil {
+		return err
+	}
+	ino, err := Inode(h.Path)
+	if err != nil {
+		return err
+	}
+	h.Inode = ino
+
+	nsh, err := netns.GetFromPath(h.Path)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", h.Path, err)
+	}
+	defer nsh.Close()
+
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: h.HostVeth, MasterIndex: t.BridgeIndex},
+		PeerName:      h.IfName,
+		PeerNamespace: netlink.NsFd(int(nsh)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s: %w", h.HostVeth, err)
+	}
+	hl, err := netlink.LinkByName(h.HostVeth)
+	if err != nil {
+		return fmt.Errorf("veth %s: %w", h.HostVeth, err)
+	}
+	h.HostVethIndex = hl.Attrs().Index
+	if hl.Attrs().MasterIndex != t.BridgeIndex {
+		if err := netlink.LinkSetMasterByIndex(hl, t.BridgeIndex); err != nil {
+			return fmt.Errorf("enslave %s to %s: %w", h.HostVeth, t.Bridge, err)
+		}
+	}
+	if err := netlink.LinkSetUp(hl); err != nil {
+		return fmt.Errorf("set %s up: %w", h.HostVeth, err)
+	}
+
+	nh, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", h.Name, err)
+	}
+	defer nh.Close()
+	lo, err := nh.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("lo in %s: %w", h.Name, err)
+	}
+	if err := nh.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up in %s: %w", h.Name, err)
+	}
+	eth, err := nh.LinkByName(h.IfName)
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", h.IfName, h.Name, err)
+	}
+	h.Ifindex = eth.Attrs().Index
+	h.MAC = append(net.HardwareAddr(nil), eth.Attrs().HardwareAddr...)
+	if err := nh.AddrAdd(eth, &netlink.Addr{IPNet: prefixToIPNet(h.Addr)}); err != nil {
+		return fmt.Errorf("address %s on %s in %s: %w", h.Addr, h.IfName, h.Name, err)
+	}
+	if err := nh.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("set %s up in %s: %w", h.IfName, h.Name, err)
+	}
+	gw := t.Gateway.Addr().AsSlice()
+	if err := nh.RouteAdd(&netlink.Route{LinkIndex: h.Ifindex, Gw: gw}); err != nil {
+		return fmt.Errorf("default route via %s in %s: %w", t.Gateway.Addr(), h.Name, err)
+	}
+	return nil
+}
+
+// createNamedNetns creates a new network namespace and bind-mounts it at
+// path, like "ip netns add". The unshare happens on a dedicated, locked OS
+// thread that is thrown away afterwards, so no other goroutine ever runs in
+// the wrong namespace.
+func createNamedNetns(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the goroutine exits with the thread locked, so the
+		// runtime terminates the thread instead of reusing it.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare netns: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind-mount netns at %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+func deleteNamedNetns(path string) error {
+	err := unix.Unmount(path, unix.MNT_DETACH)
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+func removeHost(h *Host) error {
+	var errs []error
+	if l, err := netlink.LinkByName(h.HostVeth); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", h.HostVeth, err))
+		}
+	}
+	if err := deleteNamedNetns(h.Path); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Close removes every namespace, link and iptables rule of the topology. It
+// is idempotent; New registers it with t.Cleanup.
+func (t *Topology) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return t.closeErr
+	}
+	t.closed = true
+	var errs []error
+	for _, h := range t.Hosts {
+		if err := removeHost(h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if l, err := netlink.LinkByName(t.Bridge); err == nil && l.Attrs().Index == t.BridgeIndex {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete bridge %s: %w", t.Bridge, err))
+		}
+	}
+	if t.iptRule != nil {
+		args := append([]string{"-w", "-D"}, t.iptRule...)
+		if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out))))
+		}
+	}
+	if t.lock != nil {
+		// The file stays: removing it could let two processes lock two
+		// different files for the same subnet.
+		t.lock.Close()
+	}
+	t.closeErr = errors.Join(errs...)
+	return t.closeErr
+}
+
+// Inode returns the inode number of a namespace file (/var/run/netns/NAME,
+// /proc/PID/ns/net, ...), which identifies the namespace.
+func Inode(path string) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return uint32(st.Ino), nil
+}
+
+func fdInode(fd int) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("fstat netns: %w", err)
+	}
+	return uint32(st.Ino), nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{
+		IP:   p.Addr().AsSlice(),
+		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+	}
+}
