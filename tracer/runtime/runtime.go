@@ -82,6 +82,9 @@ const (
 	// ContainerUpdated: a running container was connected to or
 	// disconnected from a network; Container carries the new endpoints.
 	ContainerUpdated
+	// Synced carries no container: every container running when Watch
+	// began has been sent. Sent once per Watch.
+	Synced
 )
 
 func (k EventKind) String() string {
@@ -92,6 +95,8 @@ func (k EventKind) String() string {
 		return "stopped"
 	case ContainerUpdated:
 		return "updated"
+	case Synced:
+		return "synced"
 	}
 	return fmt.Sprintf("EventKind(%d)", int(k))
 }
@@ -115,7 +120,8 @@ type Runtime interface {
 	Lookup(ctx context.Context, ref string) (Container, error)
 	// Watch sends container start/stop events until ctx ends; the channel
 	// is closed when it returns. It first sends ContainerStarted for every
-	// container already running, so a listener needs no separate List.
+	// container already running, then one Synced event, so a listener
+	// needs no separate List.
 	Watch(ctx context.Context) (<-chan Event, error)
 	Close() error
 }
