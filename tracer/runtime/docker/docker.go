@@ -77,30 +77,31 @@ func (r *Runtime) Close() error { return r.cli.Close() }
 // unavailable explains how to reach the daemon.
 func (r *Runtime) unavailable(err error) error {
 	host := r.cli.DaemonHost()
-	how := "is dockerd running? start it (systemctl start docker, or dockerd &) or point DOCKER_HOST at the daemon"
+	how := "is dockerd running? Start it (systemctl start docker, or scripts/start-dockerd.sh) or set DOCKER_HOST to the daemon's address"
+	detail := ""
 	if errors.Is(err, syscall.EACCES) || strings.Contains(err.Error(), "permission denied") {
 		how = "permission denied: run as root or as a member of the docker group"
-	}
-	if p, ok := strings.CutPrefix(host, "unix://"); ok {
+	} else if p, ok := strings.CutPrefix(host, "unix://"); ok {
 		if _, serr := os.Stat(p); serr != nil {
-			how = fmt.Sprintf("socket %s does not exist: is dockerd running? start it or set DOCKER_HOST (e.g. unix:///var/run/docker.sock)", p)
+			how = fmt.Sprintf("the socket %s does not exist; is dockerd running? Start it, or set DOCKER_HOST to the daemon's address (default unix:///var/run/docker.sock)", p)
 		}
 	}
-	src := "default"
-	if os.Getenv("DOCKER_HOST") != "" {
-		src = "DOCKER_HOST"
+	if !client.IsErrConnectionFailed(err) {
+		detail = " (" + firstLine(err) + ")"
 	}
-	return &unavailableError{host: host, src: src, how: how, err: err}
+	src := "the default"
+	if os.Getenv("DOCKER_HOST") != "" {
+		src = "from DOCKER_HOST"
+	}
+	return &unavailableError{msg: fmt.Sprintf("cannot reach the Docker daemon at %s (%s): %s%s", host, src, how, detail), err: err}
 }
 
 type unavailableError struct {
-	host, src, how string
-	err            error
+	msg string
+	err error
 }
 
-func (e *unavailableError) Error() string {
-	return fmt.Sprintf("cannot reach the Docker daemon at %s (%s): %s; %v", e.host, e.src, e.how, firstLine(e.err))
-}
+func (e *unavailableError) Error() string   { return e.msg }
 func (e *unavailableError) Unwrap() []error { return []error{runtime.ErrUnavailable, e.err} }
 
 func firstLine(err error) string {
