@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
+	"github.com/hoptrace/hoptrace/tracer/trace"
+)
+
+func containerFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "container", Aliases: []string{"C"}, Usage: "trace traffic from and to this container: name, ID or ID prefix; it may start later (repeatable)"},
+	}
+}
+
+// containerSupport connects a command to Docker: names for namespaces, and
+// the --container selection kept current as containers start and stop.
+type containerSupport struct {
+	refs []string
+	rt   *docker.Runtime
+	ann  *docker.Annotator
+	sel  *docker.Selector
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// openContainers connects to Docker. When the daemon cannot be reached,
+// tracing namespaces still works: a warning says names are unavailable;
+// --container then is an error.
+func openContainers(ctx context.Context, c *cli.Context) (*containerSupport, error) {
+	cs := &containerSupport{refs: c.StringSlice("container"), cancel: func() {}}
+	rt, err := docker.New(ctx)
+	if err != nil {
+		if len(cs.refs) > 0 {
+			return nil, fmt.Errorf("--container needs Docker: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "hoptrace: warning: container names unavailable: %s\n", oneLine(err))
+		return cs, nil
+	}
+	cs.rt = rt
+	ann, err := docker.NewAnnotator(ctx, rt)
+	if err != nil {
+		rt.Close()
+		if len(cs.refs) > 0 {
+			return nil, fmt.Errorf("--container needs Docker: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "hoptrace: warning: container names unavailable: %s\n", oneLine(err))
+		cs.rt = nil
+		return cs, nil
+	}
+	cs.ann = ann
+	select { // names of running containers before the first packet, if quick
+	case <-ann.Synced():
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+	}
+	return cs, nil
+}
+
+// Annotator names namespaces after containers; nil without Docker.
+func (cs *containerSupport) Annotator() resolve.Annotator {
+	if cs.ann == nil {
+		return nil
+	}
+	return cs.ann
+}
+
+// Select adds the --container selection to a trace: the namespaces of the
+// selected containers now, and as they start and stop.
+func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error {
+	if len(cs.refs) == 0 {
+		return nil
+	}
+	if len(cfg.Devices) > 0 {
+		return usagef("--container and --interface cannot be combined; use --netns with --interface")
+	}
+	sel, err := docker.NewSelector(ctx, cs.rt, cs.refs...)
+	if err != nil {
+		return err
+	}
+	cs.sel = sel
+	changes := make(chan trace.NetnsChange, 64)
+	cfg.Dynamic = changes
+	fctx, cancel := context.WithCancel(ctx)
+	cs.cancel = cancel
+	hostNetns := func(ch docker.Change) {
+		if ch.Added {
+			fmt.Fprintf(os.Stderr, "hoptrace: container %s uses the host network namespace: tracing the host's traffic\n", ch.Container.Name)
+		}
+	}
+	cs.wg.Add(1)
+	go func() {
+		defer cs.wg.Done()
+		defer close(changes)
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case ch, ok := <-sel.Changes():
+				if !ok {
+					return
+				}
+				inode := ch.Inode
+				switch {
+				case ch.Container.NetworkMode == "host":
+					hostNetns(ch)
+					inode = hostInode()
+				case ch.Container.NetworkMode == "none" && ch.Added:
+					fmt.Fprintf(os.Stderr, "hoptrace: container %s has --network none: it has no network path to trace\n", ch.Container.Name)
+				}
+				if inode == 0 {
+					continue
+				}
+				select {
+				case changes <- trace.NetnsChange{Inode: inode, Selected: ch.Added}:
+				case <-fctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	select {
+	case <-sel.Synced():
+	case <-ctx.Done():
+	}
+	if pending := sel.Pending(); len(pending) > 0 {
+		fmt.Fprintf(os.Stderr, "hoptrace: waiting for container(s) %v to start\n", pending)
+	}
+	return nil
+}
+
+// Close stops following Docker and waits for the goroutines it started.
+func (cs *containerSupport) Close() error {
+	cs.cancel()
+	if cs.sel != nil {
+		cs.sel.Close()
+	}
+	cs.wg.Wait()
+	if cs.ann != nil {
+		cs.ann.Close()
+	}
+	if cs.rt != nil {
+		return cs.rt.Close()
+	}
+	return nil
+}
+
+// hostInode is the initial network namespace's inode.
+func hostInode() uint32 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
+		return 0
+	}
+	return uint32(st.Ino)
+}

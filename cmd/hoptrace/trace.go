@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hoptrace/hoptrace/tracer/output"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/trace"
+)
+
+func traceCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "trace",
+		Usage:     "show each packet's path hop by hop, live",
+		ArgsUsage: " ",
+		Description: `Traces packets across veth pairs and bridges. Without a selection every
+packet in every network namespace is traced. --netns and --container select
+packets seen in those namespaces or sent to or from their addresses, from
+their first hop on. --interface selects packets crossing those interfaces.`,
+		Flags: append([]cli.Flag{
+			&cli.StringSliceFlag{Name: "netns", Aliases: []string{"n"}, Usage: "trace this network namespace: a name in /var/run/netns, a Docker sandbox id, or a path such as /proc/PID/ns/net (repeatable)"},
+			&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: "trace packets crossing this interface, in the --netns namespaces or the host (repeatable)"},
+			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Usage: "stop after `N` packets (events with --events)"},
+			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long (e.g. 10s)"},
+			&cli.BoolFlag{Name: "events", Usage: "stream every hop event as it happens instead of whole paths"},
+			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
+		}, containerFlags()...),
+		Action: runTrace,
+	}
+}
+
+func runTrace(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("trace takes no arguments (got %q); use --netns, --container or --interface", c.Args().First())
+	}
+	format, err := output.ParseFormat(c.String("output"))
+	if err != nil {
+		return usageError{err}
+	}
+	if c.Int("count") < 0 {
+		return usagef("--count must not be negative")
+	}
+	if c.Duration("duration") < 0 {
+		return usagef("--duration must not be negative")
+	}
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+
+	containers, err := openContainers(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer containers.Close()
+
+	names, err := resolve.New(ctx, resolve.Options{Annotator: containers.Annotator()})
+	if err != nil {
+		return fmt.Errorf("resolve names: %w", err)
+	}
+	defer names.Close()
+
+	cfg := trace.Config{
+		Count:    c.Int("count"),
+		Duration: c.Duration("duration"),
+		Events:   c.Bool("events"),
+		Detail:   c.Bool("detail"),
+		Format:   format,
+		Out:      os.Stdout,
+	}
+	var scopes []resolve.Namespace
+	for _, spec := range c.StringSlice("netns") {
+		ns, err := names.OpenNetns(spec)
+		if err != nil {
+			return err
+		}
+		scopes = append(scopes, ns)
+		cfg.Netns = append(cfg.Netns, ns.Inode)
+	}
+	if ifnames := c.StringSlice("interface"); len(ifnames) > 0 {
+		if len(scopes) == 0 {
+			host, _ := names.Namespace(names.HostInode())
+			host.Inode = names.HostInode()
+			scopes = []resolve.Namespace{host}
+		}
+		for _, ifname := range ifnames {
+			found := false
+			for _, ns := range scopes {
+				if l, ok := names.LinkByName(ns.Inode, ifname); ok {
+					cfg.Devices = append(cfg.Devices, trace.Device{Netns: ns.Inode, Ifindex: l.Index})
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("interface %q: no such interface in %s", ifname, scopeNames(names, scopes))
+			}
+		}
+		cfg.Netns = nil
+	}
+	if err := containers.Select(ctx, &cfg); err != nil {
+		return err
+	}
+	res, err := trace.Run(ctx, cfg, names)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "hoptrace: %s\n", res.Summary)
+	return nil
+}
+
+func scopeNames(names *resolve.Resolver, scopes []resolve.Namespace) string {
+	s := ""
+	for i, ns := range scopes {
+		if i > 0 {
+			s += ", "
+		}
+		s += "netns " + names.Label(ns.Inode)
+	}
+	return s
+}
