@@ -48,10 +48,12 @@ const (
 
 // HopHooks are the hooks that show a packet at a device: one egress and one
 // ingress observation per device crossed. DetailHooks add the driver and
-// backlog steps in between. EndHooks say where a packet's life ended.
+// backlog steps in between (net_dev_xmit is left out: on a veth it fires
+// after the peer has already received the packet, which reads as time
+// running backwards). EndHooks say where a packet's life ended.
 var (
 	HopHooks    = []Hook{HookNetDevQueue, HookNetifReceiveSkb}
-	DetailHooks = []Hook{HookNetDevStartXmit, HookNetDevXmit, HookNetifRx, HookGROReceive}
+	DetailHooks = []Hook{HookNetDevStartXmit, HookNetifRx, HookGROReceive}
 	EndHooks    = []Hook{HookKfreeSkb, HookConsumeSkb, HookCopyDatagram}
 )
 

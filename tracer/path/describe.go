@@ -37,16 +37,16 @@ type DropNamer interface {
 // Path is one packet's journey. Its JSON form is hoptrace's stable output
 // contract (see the README); add fields, never rename or remove them.
 type Path struct {
-	ID       uint64    `json:"id"`
-	Time     time.Time `json:"time"`
-	Proto    string    `json:"proto"`
-	Src      string    `json:"src"`
-	Dst      string    `json:"dst"`
-	Sport    uint16    `json:"sport"`
-	Dport    uint16    `json:"dport"`
-	Len      uint32    `json:"len"`
-	Summary  string    `json:"summary"`
-	Verdict  string    `json:"verdict"`
+	ID      uint64    `json:"id"`
+	Time    time.Time `json:"time"`
+	Proto   string    `json:"proto"`
+	Src     string    `json:"src"`
+	Dst     string    `json:"dst"`
+	Sport   uint16    `json:"sport"`
+	Dport   uint16    `json:"dport"`
+	Len     uint32    `json:"len"`
+	Summary string    `json:"summary"`
+	Verdict string    `json:"verdict"`
 	// DropReason is the kernel's name for the drop (NETFILTER_DROP, ...), or empty.
 	DropReason string `json:"drop_reason"`
 	// DropLocation is the kernel function that dropped it, when known.

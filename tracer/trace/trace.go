@@ -73,6 +73,10 @@ type Config struct {
 
 	Symbols path.Symbolizer
 	Drops   path.DropNamer
+
+	// Ready, if set, is called once the programs are attached and the
+	// filters set: packets sent from then on are traced.
+	Ready func()
 }
 
 // Result is what a finished trace reports.
@@ -184,6 +188,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return w.Flush()
 	}
 
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
 	var rec ringbuf.Record
 	var ev event.Event
 	for ctx.Err() == nil && !done() {
