@@ -62,15 +62,15 @@ type Container struct {
 
 // Endpoint is one attachment of a container to a network.
 type Endpoint struct {
-	Network    string
-	NetworkID  string
-	Driver     string
-	Bridge     string // bridge device name in the host namespace ("docker0", "br-<id12>")
-	EndpointID string
-	IPv4       string // CIDR, e.g. "172.17.0.2/16"
-	IPv6       string
-	Gateway    string
-	MAC        string
+	Network    string `json:"network"`
+	NetworkID  string `json:"network_id"`
+	Driver     string `json:"driver"`
+	Bridge     string `json:"bridge"` // bridge device name in the host namespace ("docker0", "br-<id12>")
+	EndpointID string `json:"endpoint_id"`
+	IPv4       string `json:"ipv4,omitempty"` // CIDR, e.g. "172.17.0.2/16"
+	IPv6       string `json:"ipv6,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
+	MAC        string `json:"mac,omitempty"`
 }
 
 // EventKind says what happened to a container.

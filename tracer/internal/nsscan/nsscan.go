@@ -1,0 +1,212 @@
+// Package nsscan finds the network namespaces on the machine and the facts
+// that the inspect and topology commands show about them: names under
+// /var/run/netns, Docker sandboxes, the nsid the host namespace assigned,
+// bridge port states.
+package nsscan
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Directories holding bind-mounted namespaces.
+const (
+	NetnsDir        = "/var/run/netns"        // ip netns
+	DockerNetnsDir  = "/var/run/docker/netns" // Docker sandboxes
+	selfNetnsPath   = "/proc/self/ns/net"
+	initNetnsPath   = "/proc/1/ns/net"
+	maxProcsScanned = 100000
+)
+
+// Namespace is one network namespace found on the machine.
+type Namespace struct {
+	Inode    uint32
+	Path     string   // a path that opens it
+	Names    []string // names under /var/run/netns
+	Sandbox  string   // Docker sandbox file name under /var/run/docker/netns
+	PIDs     int      // number of processes in it (from /proc)
+	FirstPID int      // lowest PID in it, 0 if none
+	// NSID is the id the current namespace assigned to it (as shown in
+	// "link-netnsid" by ip link), -1 when none was assigned.
+	NSID int
+}
+
+// Inode returns the inode of a namespace file.
+func Inode(path string) (uint32, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return uint32(st.Ino), nil
+}
+
+// SelfInode is the inode of the caller's network namespace.
+func SelfInode() uint32 {
+	ino, _ := Inode(selfNetnsPath)
+	return ino
+}
+
+// NetnsNames returns the `ip netns` names of the namespace with this inode.
+func NetnsNames(inode uint32) []string {
+	var out []string
+	ents, _ := os.ReadDir(NetnsDir)
+	for _, e := range ents {
+		if ino, err := Inode(filepath.Join(NetnsDir, e.Name())); err == nil && ino == inode {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// NSID returns the nsid that the caller's namespace assigned to the
+// namespace at path, or -1.
+func NSID(path string) int {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return -1
+	}
+	defer h.Close()
+	id, err := netlink.GetNetNsIdByFd(int(h))
+	if err != nil {
+		return -1
+	}
+	return id
+}
+
+// Scan lists the namespaces found under /var/run/netns, Docker's sandbox
+// directory and /proc, except the caller's own, sorted by inode.
+func Scan() []Namespace {
+	self := SelfInode()
+	byIno := map[uint32]*Namespace{}
+	get := func(ino uint32, path string) *Namespace {
+		ns := byIno[ino]
+		if ns == nil {
+			ns = &Namespace{Inode: ino, Path: path, NSID: -1}
+			byIno[ino] = ns
+		}
+		return ns
+	}
+	ents, _ := os.ReadDir(NetnsDir)
+	for _, e := range ents {
+		p := filepath.Join(NetnsDir, e.Name())
+		if ino, err := Inode(p); err == nil && ino != self {
+			ns := get(ino, p)
+			ns.Names = append(ns.Names, e.Name())
+		}
+	}
+	ents, _ = os.ReadDir(DockerNetnsDir)
+	for _, e := range ents {
+		p := filepath.Join(DockerNetnsDir, e.Name())
+		if ino, err := Inode(p); err == nil && ino != self && ino != 0 {
+			// An unmounted sandbox file has the inode of an empty file
+			// on the host file system; the nsfs check below sorts it out.
+			if !isNetns(p) {
+				continue
+			}
+			ns := get(ino, p)
+			ns.Sandbox = e.Name()
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range procs {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if n++; n > maxProcsScanned {
+			break
+		}
+		p := fmt.Sprintf("/proc/%d/ns/net", pid)
+		ino, err := Inode(p)
+		if err != nil || ino == self {
+			continue
+		}
+		ns := get(ino, p)
+		ns.PIDs++
+		if ns.FirstPID == 0 || pid < ns.FirstPID {
+			ns.FirstPID = pid
+		}
+	}
+	out := make([]Namespace, 0, len(byIno))
+	for _, ns := range byIno {
+		sort.Strings(ns.Names)
+		ns.NSID = NSID(ns.Path)
+		out = append(out, *ns)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Inode < out[j].Inode })
+	return out
+}
+
+// isNetns reports whether path is a network namespace (nsfs) file.
+func isNetns(path string) bool {
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(path, &sfs); err != nil {
+		return false
+	}
+	const nsfsMagic = 0x6e736673
+	return sfs.Type == nsfsMagic
+}
+
+// PortState returns the STP state of a bridge port in the caller's
+// namespace ("forwarding", "disabled", ...), or "" when unknown.
+func PortState(ifname string) string {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", ifname, "brport/state"))
+	if err != nil {
+		return ""
+	}
+	switch strings.TrimSpace(string(b)) {
+	case "0":
+		return "disabled"
+	case "1":
+		return "listening"
+	case "2":
+		return "learning"
+	case "3":
+		return "forwarding"
+	case "4":
+		return "blocking"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Handle opens a netlink handle inside the namespace at path.
+func Handle(path string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in namespace %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// Addrs returns a link's addresses in CIDR notation (IPv4 first, no
+// link-local IPv6).
+func Addrs(h *netlink.Handle, l netlink.Link) []string {
+	var out []string
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		as, err := h.AddrList(l, fam)
+		if err != nil {
+			continue
+		}
+		for _, a := range as {
+			if a.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			out = append(out, a.IPNet.String())
+		}
+	}
+	return out
+}
