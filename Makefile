@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin/hoptrace
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: all build generate check-generated test test-unit test-kernels demo bench clean
+.PHONY: all build generate check-generated setup test test-kernels demo bench clean
 
 all: build
 
@@ -18,13 +18,19 @@ generate:
 check-generated: generate
 	git diff --exit-code -- tracer/bpfobj
 
+# Installs missing Debian packages, starts dockerd, builds the test image.
+setup:
+	scripts/install-deps.sh
+	scripts/start-dockerd.sh
+	scripts/docker-test-image.sh
+
 # Everything: unit tests and the privileged suite (root, dockerd for the Docker tests).
-test:
+test: setup
 	$(GO) test $(GOFLAGS_TEST) -p 1 ./...
 
-# Tests that need no privileges.
-test-unit:
-	HOPTRACE_UNPRIVILEGED=1 $(GO) test $(GOFLAGS_TEST) ./...
+# A busybox container on docker0 pings its gateway while hoptrace traces it.
+demo:
+	scripts/demo.sh
 
 clean:
 	rm -rf bin
