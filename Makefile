@@ -28,6 +28,17 @@ setup:
 test: setup
 	$(GO) test $(GOFLAGS_TEST) -p 1 ./...
 
+# Kernels for test-kernels: "host" (the running kernel, plain go test), Debian
+# kernel package names (fetched once into /var/tmp/vmtest/kernels), or paths
+# to a vmlinuz. See docs/kernels.md.
+KERNELS ?= host linux-image-6.1.0-56-amd64-unsigned linux-image-6.12.117+deb12-amd64-unsigned
+
+# The privileged non-Docker packages on every kernel in KERNELS, each Debian
+# kernel booted in QEMU (root; qemu-system-x86 busybox-static xz-utils zstd
+# binutils), then a per-kernel summary.
+test-kernels:
+	GO="$(GO)" tools/vmtest/matrix.sh $(KERNELS)
+
 # A busybox container on docker0 pings its gateway while hoptrace traces it.
 demo:
 	scripts/demo.sh
