@@ -388,15 +388,27 @@ func createNamedNetns(path string) error {
 	f.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: the goroutine exits with the thread locked, so the
-		// runtime terminates the thread instead of reusing it.
+		// The thread goes back to its namespace before it is unlocked. If it
+		// cannot, the goroutine exits locked and the runtime discards the
+		// thread; it cannot discard the main thread, which would then stay
+		// in the new namespace, hence the way back.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("open current netns: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("unshare netns: %w", err)
 			return
 		}
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+		err = unix.Mount(src, path, "none", unix.MS_BIND, "")
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		if err != nil {
 			errc <- fmt.Errorf("bind-mount netns at %s: %w", path, err)
 			return
 		}
