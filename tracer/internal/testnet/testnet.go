@@ -374,9 +374,10 @@ func (t *Topology) setupHost(h *Host) error {
 }
 
 // createNamedNetns creates a new network namespace and bind-mounts it at
-// path, like "ip netns add". The unshare happens on a dedicated, locked OS
-// thread that is thrown away afterwards, so no other goroutine ever runs in
-// the wrong namespace.
+// path, like "ip netns add". The unshare happens on a locked OS thread that
+// returns to its namespace before it is unlocked. (Letting the thread die
+// instead is no option: on the main thread the runtime would keep it
+// wedged in the new namespace, and /proc/self/ns/net would name that.)
 func createNamedNetns(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
@@ -388,31 +389,32 @@ func createNamedNetns(path string) error {
 	f.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// The thread goes back to its namespace before it is unlocked. If it
-		// cannot, the goroutine exits locked and the runtime discards the
-		// thread; it cannot discard the main thread, which would then stay
-		// in the new namespace, hence the way back.
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open current netns: %w", err)
 			return
 		}
 		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("unshare netns: %w", err)
 			return
 		}
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		err = unix.Mount(src, path, "none", unix.MS_BIND, "")
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
 		if err != nil {
-			errc <- fmt.Errorf("bind-mount netns at %s: %w", path, err)
+			err = fmt.Errorf("bind-mount netns at %s: %w", path, err)
+		}
+		if rerr := netns.Set(orig); rerr != nil {
+			// Stay locked: the runtime discards the thread when the
+			// goroutine exits instead of reusing it in the wrong namespace.
+			errc <- errors.Join(err, fmt.Errorf("return to original netns: %w", rerr))
 			return
 		}
-		errc <- nil
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		os.Remove(path)
