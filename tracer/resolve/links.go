@@ -1,0 +1,170 @@
+package resolve
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// rawLink is one RTM_NEWLINK answer: what the netlink package parses, plus
+// the bridge port STP state it does not.
+type rawLink struct {
+	link      netlink.Link
+	portState int // -1 when the link is no bridge port
+}
+
+// dumpLinks lists the links of the namespace the socket lives in.
+func dumpLinks(sh *nl.SocketHandle) ([]rawLink, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_DUMP)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
+	msgs, execErr := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if execErr != nil && !errors.Is(execErr, netlink.ErrDumpInterrupted) {
+		return nil, execErr
+	}
+	out := make([]rawLink, 0, len(msgs))
+	for _, m := range msgs {
+		l, err := netlink.LinkDeserialize(nil, m)
+		if err != nil {
+			return nil, fmt.Errorf("parse link: %w", err)
+		}
+		out = append(out, rawLink{link: l, portState: bridgePortState(m)})
+	}
+	return out, execErr
+}
+
+// bridgePortState extracts IFLA_LINKINFO / IFLA_INFO_SLAVE_DATA /
+// IFLA_BRPORT_STATE from an RTM_NEWLINK payload when the link is a bridge
+// port; -1 otherwise.
+func bridgePortState(m []byte) int {
+	msg := nl.DeserializeIfInfomsg(m)
+	if len(m) < msg.Len() {
+		return -1
+	}
+	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
+	if err != nil {
+		return -1
+	}
+	for _, a := range attrs {
+		if a.Attr.Type&nlaTypeMask != unix.IFLA_LINKINFO {
+			continue
+		}
+		infos, err := nl.ParseRouteAttr(a.Value)
+		if err != nil {
+			return -1
+		}
+		slaveKind := ""
+		var data []byte
+		for _, i := range infos {
+			switch i.Attr.Type & nlaTypeMask {
+			case nl.IFLA_INFO_SLAVE_KIND:
+				slaveKind = string(trimNul(i.Value))
+			case nl.IFLA_INFO_SLAVE_DATA:
+				data = i.Value
+			}
+		}
+		if slaveKind != "bridge" || data == nil {
+			return -1
+		}
+		ports, err := nl.ParseRouteAttr(data)
+		if err != nil {
+			return -1
+		}
+		for _, p := range ports {
+			if p.Attr.Type&nlaTypeMask == nl.IFLA_BRPORT_STATE && len(p.Value) >= 1 {
+				return int(p.Value[0])
+			}
+		}
+		return -1
+	}
+	return -1
+}
+
+func trimNul(b []byte) []byte {
+	for len(b) > 0 && b[len(b)-1] == 0 {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// portStateName names a bridge port STP state (BR_STATE_*).
+func portStateName(s int) string {
+	switch s {
+	case -1:
+		return ""
+	case 0:
+		return "disabled"
+	case 1:
+		return "listening"
+	case 2:
+		return "learning"
+	case 3:
+		return "forwarding"
+	case 4:
+		return "blocking"
+	}
+	return fmt.Sprintf("state%d", s)
+}
+
+// buildLinks turns a link and address dump of the namespace with inode
+// netns into the resolver's view. nsid maps a veth peer's IFLA_LINK_NETNSID
+// to a namespace inode. unresolved reports veths whose peer namespace is not
+// known.
+func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(int) (uint32, bool)) (links map[int]*Link, names map[string]int, unresolved bool) {
+	links = make(map[int]*Link, len(raws))
+	names = make(map[string]int, len(raws))
+	for _, rl := range raws {
+		a := rl.link.Attrs()
+		l := &Link{
+			Netns:       netns,
+			Index:       a.Index,
+			Name:        a.Name,
+			Kind:        rl.link.Type(),
+			Up:          a.RawFlags&unix.IFF_UP != 0,
+			Running:     a.RawFlags&unix.IFF_RUNNING != 0,
+			MTU:         a.MTU,
+			MasterIndex: a.MasterIndex,
+			PortState:   portStateName(rl.portState),
+		}
+		if l.Kind == "" {
+			l.Kind = "device"
+		}
+		if len(a.HardwareAddr) > 0 {
+			l.MAC = a.HardwareAddr.String()
+		}
+		if l.Kind == "veth" && a.ParentIndex > 0 {
+			if a.NetNsID < 0 {
+				l.PeerIndex, l.PeerNetns = a.ParentIndex, netns
+			} else if ino, ok := nsid(a.NetNsID); ok {
+				l.PeerIndex, l.PeerNetns = a.ParentIndex, ino
+			} else {
+				unresolved = true
+			}
+		}
+		links[l.Index] = l
+		names[l.Name] = l.Index
+	}
+	for _, l := range links {
+		if l.MasterIndex != 0 {
+			if m := links[l.MasterIndex]; m != nil {
+				l.MasterName = m.Name
+			}
+		}
+	}
+	for _, ad := range addrs {
+		if ad.IPNet == nil {
+			continue
+		}
+		if l := links[ad.LinkIndex]; l != nil {
+			l.Addrs = append(l.Addrs, ad.IPNet.String())
+		}
+	}
+	return links, names, unresolved
+}
+
+// nlaTypeMask strips the NLA_F_NESTED and NLA_F_NET_BYTEORDER flags from an
+// attribute type.
+const nlaTypeMask = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)

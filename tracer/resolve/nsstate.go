@@ -1,0 +1,405 @@
+package resolve
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// netlinkTimeout bounds every netlink request the resolver makes.
+const netlinkTimeout = 5 * time.Second
+
+// applyCandidateLocked adds a newly found namespace or updates how a known
+// one is called. It reports whether anything changed. Caller holds r.wmu.
+func (r *Resolver) applyCandidateLocked(c candidate) (bool, error) {
+	st := r.nss[c.inode]
+	if st == nil {
+		if err := r.addLocked(c); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	if c.src == st.src && c.path == st.ns.Path {
+		return false, nil
+	}
+	// A better-known name wins; a worse one replaces the current only when
+	// the current path no longer opens this namespace.
+	if c.src >= st.src {
+		if ino, err := checkNetnsFile(st.ns.Path); err == nil && ino == c.inode {
+			return false, nil
+		}
+	}
+	ns := st.ns
+	ns.Path, ns.Label = c.path, c.label
+	r.mu.Lock()
+	st.ns = ns
+	r.mu.Unlock()
+	st.src, st.pid = c.src, c.pid
+	r.watchPidLocked(st)
+	return true, nil
+}
+
+// addLocked opens a namespace, subscribes to its link and address changes,
+// lists it and starts its watcher. Caller holds r.wmu.
+func (r *Resolver) addLocked(c candidate) (err error) {
+	nsh, err := netns.GetFromPath(c.path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", c.path, err)
+	}
+	st := &nsState{
+		ns:    Namespace{Inode: c.inode, Label: c.label, Path: c.path},
+		links: map[int]*Link{},
+		names: map[string]int{},
+		src:   c.src,
+		pid:   c.pid,
+		nsh:   nsh,
+		stop:  make(chan struct{}),
+		nsids: map[int]uint32{},
+		kick:  make(chan struct{}, 1),
+	}
+	defer func() {
+		if err != nil {
+			st.closeHandles()
+		}
+	}()
+	var fst unix.Stat_t
+	if err := unix.Fstat(int(nsh), &fst); err != nil {
+		return fmt.Errorf("stat netns %s: %w", c.path, err)
+	}
+	if uint32(fst.Ino) != c.inode {
+		return fmt.Errorf("netns %s changed while opening it", c.path)
+	}
+	if st.h, err = netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE); err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", c.path, err)
+	}
+	if err := st.h.SetSocketTimeout(netlinkTimeout); err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", c.path, err)
+	}
+	sock, err := nl.GetNetlinkSocketAt(nsh, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink socket in %s: %w", c.path, err)
+	}
+	st.dump = &nl.SocketHandle{Socket: sock}
+	tv := unix.NsecToTimeval(netlinkTimeout.Nanoseconds())
+	if err := sock.SetReceiveTimeout(&tv); err != nil {
+		return fmt.Errorf("netlink socket in %s: %w", c.path, err)
+	}
+	// Subscribe before listing so that no change falls in between.
+	sub, err := r.subscribe(st)
+	if err != nil {
+		return fmt.Errorf("subscribe in %s: %w", c.path, err)
+	}
+	r.mu.Lock()
+	r.nss[c.inode] = st
+	r.mu.Unlock()
+	if err := r.relistLocked(st); err != nil {
+		r.logf("resolve: list %s: %v", c.label, err)
+	}
+	r.watchPidLocked(st)
+	r.wg.Add(1)
+	go r.watch(st, sub)
+	return nil
+}
+
+func (st *nsState) closeHandles() {
+	if st.h != nil {
+		st.h.Close()
+		st.h = nil
+	}
+	if st.dump != nil {
+		st.dump.Close()
+		st.dump = nil
+	}
+	if st.pidWatch != nil {
+		st.pidWatch.Close()
+		st.pidWatch = nil
+	}
+	if st.nsh.IsOpen() {
+		st.nsh.Close()
+		st.nsh = netns.None()
+	}
+}
+
+// dropLocked forgets a namespace and stops watching it. Its watcher exits
+// on its own (Close waits for it). Caller holds r.wmu.
+func (r *Resolver) dropLocked(st *nsState) {
+	if st.stopped {
+		return
+	}
+	st.stopped = true
+	close(st.stop)
+	st.closeHandles()
+	ino := st.ns.Inode
+	r.mu.Lock()
+	if r.nss[ino] == st {
+		delete(r.nss, ino)
+	}
+	r.mu.Unlock()
+	// The kernel may hand the dropped namespace's nsids to others.
+	for _, o := range r.nss {
+		for id, target := range o.nsids {
+			if target == ino {
+				delete(o.nsids, id)
+			}
+		}
+	}
+}
+
+// subscription is one generation of link+address subscriptions.
+type subscription struct {
+	done  chan struct{}
+	links chan netlink.LinkUpdate
+	addrs chan netlink.AddrUpdate
+}
+
+// subscribe opens link and address subscriptions inside the namespace.
+func (r *Resolver) subscribe(st *nsState) (*subscription, error) {
+	sub := &subscription{
+		done:  make(chan struct{}),
+		links: make(chan netlink.LinkUpdate, 64),
+		addrs: make(chan netlink.AddrUpdate, 64),
+	}
+	nsh := st.nsh
+	label := st.ns.Label
+	cb := func(err error) {
+		select {
+		case <-sub.done:
+			return // closing: the socket was shut on purpose
+		default:
+		}
+		r.logf("resolve: netlink subscription in %s: %v", label, err)
+	}
+	err := netlink.LinkSubscribeWithOptions(sub.links, sub.done, netlink.LinkSubscribeOptions{
+		Namespace: &nsh, ErrorCallback: cb, ReceiveBufferSize: 1 << 20,
+	})
+	if err != nil {
+		close(sub.done)
+		return nil, fmt.Errorf("link subscription: %w", err)
+	}
+	err = netlink.AddrSubscribeWithOptions(sub.addrs, sub.done, netlink.AddrSubscribeOptions{
+		Namespace: &nsh, ErrorCallback: cb, ReceiveBufferSize: 1 << 20,
+	})
+	if err != nil {
+		close(sub.done)
+		for range sub.links {
+		}
+		return nil, fmt.Errorf("address subscription: %w", err)
+	}
+	return sub, nil
+}
+
+// end closes a subscription and waits until netlink's reader goroutines
+// have closed both channels.
+func (s *subscription) end() {
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+	for range s.links {
+	}
+	for range s.addrs {
+	}
+}
+
+// watch relists a namespace whenever netlink reports a link or address
+// change in it, and renews its subscriptions if they fail (for example on
+// a receive buffer overrun, after which events were lost).
+func (r *Resolver) watch(st *nsState, sub *subscription) {
+	defer r.wg.Done()
+	backoff := 50 * time.Millisecond
+	for {
+		failed, dirty := false, false
+		select {
+		case <-st.stop:
+			sub.end()
+			return
+		case _, ok := <-sub.links:
+			failed, dirty = !ok, true
+		case _, ok := <-sub.addrs:
+			failed, dirty = !ok, true
+		case <-st.kick:
+			dirty = true
+		}
+		// Coalesce a burst of events into one relist.
+	drain:
+		for !failed {
+			select {
+			case _, ok := <-sub.links:
+				failed = !ok
+			case _, ok := <-sub.addrs:
+				failed = !ok
+			case <-st.kick:
+			default:
+				break drain
+			}
+		}
+		if failed {
+			sub.end()
+			for {
+				r.wmu.Lock()
+				var err error
+				if !st.stopped {
+					sub, err = r.subscribe(st)
+				}
+				stopped := st.stopped
+				r.wmu.Unlock()
+				if stopped {
+					return
+				}
+				if err == nil {
+					break
+				}
+				r.logf("resolve: resubscribe in %s: %v", st.ns.Label, err)
+				r.Refresh() // the namespace may be gone
+				select {
+				case <-st.stop:
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 5*time.Second)
+			}
+		}
+		if dirty {
+			r.wmu.Lock()
+			var err error
+			if !st.stopped {
+				err = r.relistLocked(st)
+			}
+			r.wmu.Unlock()
+			if err != nil {
+				r.logf("resolve: list %s: %v", st.ns.Label, err)
+			}
+			r.notify()
+		}
+	}
+}
+
+// resolvePendingPeersLocked relists namespaces with veths whose peer
+// namespace was unknown, after the set of namespaces changed.
+func (r *Resolver) resolvePendingPeersLocked() {
+	for _, st := range r.nss {
+		if st.unresolved && !st.stopped {
+			if err := r.relistLocked(st); err != nil {
+				r.logf("resolve: list %s: %v", st.ns.Label, err)
+			}
+		}
+	}
+}
+
+// resolveNsidLocked maps an nsid, as namespace st numbers its peers, to a
+// namespace inode, asking the kernel (RTM_GETNSID) for the id st gives each
+// known namespace not mapped yet, the host namespace first.
+func (r *Resolver) resolveNsidLocked(st *nsState, nsid int) (uint32, bool) {
+	if ino, ok := st.nsids[nsid]; ok {
+		if _, known := r.nss[ino]; known {
+			return ino, true
+		}
+		delete(st.nsids, nsid)
+	}
+	mapped := make(map[uint32]bool, len(st.nsids))
+	for _, ino := range st.nsids {
+		mapped[ino] = true
+	}
+	probe := func(o *nsState) bool {
+		if o == st || o.stopped || mapped[o.ns.Inode] || !o.nsh.IsOpen() {
+			return false
+		}
+		id, err := st.h.GetNetNsIdByFd(int(o.nsh))
+		if err != nil || id < 0 {
+			return false
+		}
+		st.nsids[id] = o.ns.Inode
+		mapped[o.ns.Inode] = true
+		return id == nsid
+	}
+	if host := r.nss[r.hostInode]; host != nil && probe(host) {
+		return host.ns.Inode, true
+	}
+	for _, o := range r.nss {
+		if probe(o) {
+			return o.ns.Inode, true
+		}
+	}
+	return 0, false
+}
+
+// relistLocked dumps links and addresses of a namespace and publishes them.
+// Caller holds r.wmu.
+func (r *Resolver) relistLocked(st *nsState) error {
+	if st.stopped || st.h == nil || st.dump == nil {
+		return errors.New("namespace closed")
+	}
+	var raws []rawLink
+	var err error
+	for try := 0; try < 3; try++ {
+		raws, err = dumpLinks(st.dump)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("dump links: %w", err)
+	}
+	var addrs []netlink.Addr
+	for try := 0; try < 3; try++ {
+		addrs, err = st.h.AddrList(nil, netlink.FAMILY_ALL)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("dump addresses: %w", err)
+	}
+
+	links, names, unresolved := buildLinks(st.ns.Inode, raws, addrs, func(nsid int) (uint32, bool) {
+		return r.resolveNsidLocked(st, nsid)
+	})
+	st.unresolved = unresolved
+	r.mu.Lock()
+	st.links, st.names = links, names
+	r.mu.Unlock()
+	return nil
+}
+
+// watchPidLocked watches the process through which a namespace was found,
+// so that its exit triggers a rescan (the namespace may be gone with it).
+func (r *Resolver) watchPidLocked(st *nsState) {
+	if st.pidWatch != nil {
+		st.pidWatch.Close()
+		st.pidWatch = nil
+	}
+	if st.src != srcProc || st.pid <= 0 {
+		return
+	}
+	fd, err := unix.PidfdOpen(st.pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return // kernel without pidfd, or the process is gone already
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	st.pidWatch = f
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return
+		}
+		exited := false
+		err = rc.Read(func(fd uintptr) bool {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, _ := unix.Poll(pfd, 0)
+			exited = n > 0
+			return exited
+		})
+		if err == nil && exited {
+			r.Refresh()
+		}
+	}()
+}

@@ -1,0 +1,285 @@
+package resolve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// candidate is one namespace found by a scan.
+type candidate struct {
+	inode uint32
+	path  string
+	src   source
+	label string
+	pid   int
+}
+
+// scanResult collects candidates by inode, keeping the best source.
+type scanResult struct {
+	byInode map[uint32]candidate
+	pending int // files in the watched directories that are no namespace (yet)
+}
+
+func (s *scanResult) add(c candidate) {
+	if old, ok := s.byInode[c.inode]; ok {
+		if old.src < c.src || (old.src == c.src && old.src == srcProc && old.pid <= c.pid) ||
+			(old.src == c.src && old.src != srcProc) {
+			return
+		}
+	}
+	s.byInode[c.inode] = c
+}
+
+// scanDir adds the namespace files of a directory. A file that is no
+// namespace yet (created, bind mount still to come) is counted as pending.
+func (s *scanResult) scanDir(dir string, src source) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		ino, ok, err := nsfsInode(p)
+		if err != nil {
+			continue
+		}
+		if !ok {
+			s.pending++
+			continue
+		}
+		label := e.Name()
+		if src == srcDocker {
+			label = "docker:" + e.Name()
+		}
+		s.add(candidate{inode: ino, path: p, src: src, label: label})
+	}
+}
+
+// scanProc adds the namespaces of all processes, each with its lowest pid.
+func (s *scanResult) scanProc() {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		pid, err := strconv.Atoi(n)
+		if err != nil || pid <= 0 {
+			continue
+		}
+		p := "/proc/" + n + "/ns/net"
+		target, err := os.Readlink(p)
+		if err != nil {
+			continue
+		}
+		ino, ok := parseNsLink(target)
+		if !ok {
+			continue
+		}
+		if old, ok := s.byInode[ino]; ok && (old.src != srcProc || old.pid <= pid) {
+			continue
+		}
+		s.byInode[ino] = candidate{inode: ino, path: p, src: srcProc, pid: pid}
+	}
+}
+
+// parseNsLink parses a namespace link target such as "net:[4026531840]".
+func parseNsLink(s string) (uint32, bool) {
+	rest, ok := strings.CutPrefix(s, "net:[")
+	if !ok {
+		return 0, false
+	}
+	rest, ok = strings.CutSuffix(rest, "]")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+// procPid returns PID for a path /proc/PID/ns/net (also /proc/PID/task/TID/ns/net
+// gives TID), else 0.
+func procPid(path string) int {
+	parts := strings.Split(filepath.Clean(path), "/")
+	// "", "proc", PID, "ns", "net"  or  "", "proc", PID, "task", TID, "ns", "net"
+	if len(parts) < 5 || parts[0] != "" || parts[1] != "proc" || parts[len(parts)-2] != "ns" {
+		return 0
+	}
+	idx := 2
+	if len(parts) == 7 && parts[3] == "task" {
+		idx = 4
+	} else if len(parts) != 5 {
+		return 0
+	}
+	pid, err := strconv.Atoi(parts[idx])
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
+// classifyPath tells which source an explicitly given path corresponds to
+// and the label it gets.
+func classifyPath(path string) (source, string) {
+	clean := filepath.Clean(path)
+	switch filepath.Dir(clean) {
+	case filepath.Clean(NamedNetnsDir), "/run/netns":
+		return srcNamed, filepath.Base(clean)
+	case filepath.Clean(DockerNetnsDir), "/run/docker/netns":
+		return srcDocker, "docker:" + filepath.Base(clean)
+	}
+	if procPid(clean) > 0 {
+		return srcProc, ""
+	}
+	return srcExplicit, clean
+}
+
+// procLabel labels a namespace known only through a process.
+func procLabel(inode uint32, pid int) string {
+	l := "netns:" + strconv.FormatUint(uint64(inode), 10)
+	if pid <= 0 {
+		return l
+	}
+	comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if c := strings.TrimSpace(string(comm)); err == nil && c != "" {
+		return fmt.Sprintf("%s (pid %d %s)", l, pid, c)
+	}
+	return fmt.Sprintf("%s (pid %d)", l, pid)
+}
+
+// nsInode returns the inode of the namespace file at path.
+func nsInode(path string) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return uint32(st.Ino), nil
+}
+
+// nsfsInode returns the inode of path and whether it is a namespace file
+// (on nsfs) at all; a plain file in /var/run/netns is one whose bind mount
+// has not happened yet (or failed).
+func nsfsInode(path string) (uint32, bool, error) {
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(path, &sfs); err != nil {
+		return 0, false, err
+	}
+	if sfs.Type != unix.NSFS_MAGIC {
+		return 0, false, nil
+	}
+	ino, err := nsInode(path)
+	return ino, err == nil, err
+}
+
+// checkNetnsFile verifies that path opens a network namespace and returns
+// its inode.
+func checkNetnsFile(path string) (uint32, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if sfs.Type != unix.NSFS_MAGIC {
+		return 0, fmt.Errorf("%s is not a namespace file", path)
+	}
+	// NS_GET_NSTYPE (_IO(0xb7, 0x3)) says which kind of namespace it is.
+	typ, err := unix.IoctlRetInt(fd, 0xb703)
+	if err == nil && typ != unix.CLONE_NEWNET {
+		return 0, fmt.Errorf("%s is not a network namespace", path)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return uint32(st.Ino), nil
+}
+
+// rescan looks for namespaces: always the host one and the two
+// directories, and /proc too when full. New namespaces are added, ones that
+// can no longer be reached are dropped.
+func (r *Resolver) rescan(ctx context.Context, full bool) error {
+	res := &scanResult{byInode: make(map[uint32]candidate)}
+	res.add(candidate{inode: r.hostInode, path: r.hostPath, src: srcHost, label: "host"})
+	res.scanDir(NamedNetnsDir, srcNamed)
+	res.scanDir(DockerNetnsDir, srcDocker)
+	if full {
+		res.scanProc()
+	}
+	if res.pending > 0 {
+		r.schedulePendingRetry()
+	}
+
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.closed {
+		return errors.New("resolve: closed")
+	}
+	changed := false
+	var errs []error
+	for _, c := range res.byInode {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("resolve: scan: %w", err)
+		}
+		if c.src == srcProc && c.label == "" {
+			c.label = procLabel(c.inode, c.pid)
+		}
+		ch, err := r.applyCandidateLocked(c)
+		if err != nil {
+			if c.src == srcHost {
+				errs = append(errs, err)
+			} else {
+				r.logf("resolve: %v", err)
+			}
+		}
+		changed = changed || ch
+	}
+	// Drop what the scan did not find and cannot be reached any more.
+	for ino, st := range r.nss {
+		if _, ok := res.byInode[ino]; ok {
+			continue
+		}
+		switch st.src {
+		case srcHost:
+			continue
+		case srcProc:
+			if !full {
+				continue // only a full scan looks at processes
+			}
+		case srcExplicit:
+			if ino2, err := checkNetnsFile(st.ns.Path); err == nil && ino2 == ino {
+				continue
+			}
+		}
+		r.dropLocked(st)
+		changed = true
+	}
+	if changed {
+		r.resolvePendingPeersLocked()
+		r.notify()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("resolve: %w", errors.Join(errs...))
+	}
+	return nil
+}
