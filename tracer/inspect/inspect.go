@@ -117,19 +117,19 @@ func FromContainer(rtName string, c runtime.Container) (*Report, error) {
 	if c.NetnsPath == "" {
 		return nil, fmt.Errorf("container %s: its network namespace is unknown (no SandboxKey and no PID)", c.Name)
 	}
+	hh, _, err := nsscan.HostHandle()
+	if err != nil {
+		return nil, err
+	}
+	defer hh.Close()
 	r.NetnsNames = nsscan.NetnsNames(c.NetnsInode)
-	r.NSID = nsscan.NSID(c.NetnsPath)
+	r.NSID = nsscan.NSID(hh, c.NetnsPath)
 
 	ch, err := nsscan.Handle(c.NetnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", c.Name, err)
 	}
 	defer ch.Close()
-	hh, err := netlink.NewHandle()
-	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	defer hh.Close()
 
 	clinks, err := ch.LinkList()
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,8 +22,6 @@ import (
 const (
 	NetnsDir        = "/var/run/netns"        // ip netns
 	DockerNetnsDir  = "/var/run/docker/netns" // Docker sandboxes
-	selfNetnsPath   = "/proc/self/ns/net"
-	initNetnsPath   = "/proc/1/ns/net"
 	maxProcsScanned = 100000
 )
 
@@ -48,10 +47,40 @@ func Inode(path string) (uint32, error) {
 	return uint32(st.Ino), nil
 }
 
-// SelfInode is the inode of the caller's network namespace.
-func SelfInode() uint32 {
-	ino, _ := Inode(selfNetnsPath)
-	return ino
+// Current opens the network namespace of the calling thread (with the
+// thread locked while it looks, so the answer is not another thread's),
+// and returns it with its inode. The caller closes the handle.
+//
+// /proc/self/ns/net is not used: it is the main thread's namespace, which
+// may differ from the one the process works in.
+func Current() (netns.NsHandle, uint32, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h, err := netns.Get()
+	if err != nil {
+		return netns.None(), 0, fmt.Errorf("open current network namespace: %w", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(h), &st); err != nil {
+		h.Close()
+		return netns.None(), 0, err
+	}
+	return h, uint32(st.Ino), nil
+}
+
+// HostHandle returns a netlink handle in the caller's namespace and that
+// namespace's inode.
+func HostHandle() (*netlink.Handle, uint32, error) {
+	ns, ino, err := Current()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, 0, fmt.Errorf("netlink: %w", err)
+	}
+	return h, ino, nil
 }
 
 // NetnsNames returns the `ip netns` names of the namespace with this inode.
@@ -66,15 +95,15 @@ func NetnsNames(inode uint32) []string {
 	return out
 }
 
-// NSID returns the nsid that the caller's namespace assigned to the
-// namespace at path, or -1.
-func NSID(path string) int {
+// NSID returns the nsid that the namespace of the netlink handle assigned
+// to the namespace at path, or -1.
+func NSID(nl *netlink.Handle, path string) int {
 	h, err := netns.GetFromPath(path)
 	if err != nil {
 		return -1
 	}
 	defer h.Close()
-	id, err := netlink.GetNetNsIdByFd(int(h))
+	id, err := nl.GetNetNsIdByFd(int(h))
 	if err != nil {
 		return -1
 	}
@@ -82,9 +111,9 @@ func NSID(path string) int {
 }
 
 // Scan lists the namespaces found under /var/run/netns, Docker's sandbox
-// directory and /proc, except the caller's own, sorted by inode.
-func Scan() []Namespace {
-	self := SelfInode()
+// directory and /proc, except self (the inode of the namespace of nl),
+// sorted by inode; NSIDs are those that nl's namespace assigned.
+func Scan(nl *netlink.Handle, self uint32) []Namespace {
 	byIno := map[uint32]*Namespace{}
 	get := func(ino uint32, path string) *Namespace {
 		ns := byIno[ino]
@@ -139,7 +168,7 @@ func Scan() []Namespace {
 	out := make([]Namespace, 0, len(byIno))
 	for _, ns := range byIno {
 		sort.Strings(ns.Names)
-		ns.NSID = NSID(ns.Path)
+		ns.NSID = NSID(nl, ns.Path)
 		out = append(out, *ns)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Inode < out[j].Inode })
