@@ -18,7 +18,7 @@ name=hoptrace-demo
 docker rm -f "$name" >/dev/null 2>&1 || true
 trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT
 docker run -d --name "$name" hoptrace-test/busybox:latest sleep 600 >/dev/null
-gateway=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+gateway=$(docker inspect -f '{{.NetworkSettings.Gateway}}' "$name")
 
 echo "== hoptrace inspect $name"
 bin/hoptrace inspect "$name" || true

@@ -77,6 +77,9 @@ type Config struct {
 	// Ready, if set, is called once the programs are attached and the
 	// filters set: packets sent from then on are traced.
 	Ready func()
+	// OnPath, if set, receives every finished path instead of the output
+	// writer (for callers that analyse paths, such as verify).
+	OnPath func(path.Path)
 }
 
 // Result is what a finished trace reports.
@@ -180,10 +183,14 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if pa.Verdict == path.Dropped {
 				sum.Dropped++
 			}
+			emitted++
+			if cfg.OnPath != nil {
+				cfg.OnPath(pa)
+				continue
+			}
 			if err := w.Path(&pa); err != nil {
 				return fmt.Errorf("write output: %w", err)
 			}
-			emitted++
 		}
 		return w.Flush()
 	}
