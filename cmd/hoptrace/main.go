@@ -33,6 +33,7 @@ func newApp() *cli.App {
 		EnableBashCompletion: false,
 		Commands: []*cli.Command{
 			traceCommand(),
+			doctorCommand(),
 			inspectCommand(),
 			topologyCommand(),
 		},

@@ -62,7 +62,7 @@ func missing(name, detail string, err error) Probe {
 
 // denied reports a probe the kernel refused because of privileges.
 func denied(name, what string, err error) Probe {
-	return Probe{Name: name, Detail: what + ": not permitted (run as root, or with CAP_BPF and CAP_PERFMON)", Err: err, Denied: true}
+	return Probe{Name: name, Detail: what + ": not permitted without privileges (run as root)", Err: err, Denied: true}
 }
 
 func isPerm(err error) bool { return errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) }

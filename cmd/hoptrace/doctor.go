@@ -1,0 +1,45 @@
+package main
+
+import (
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hoptrace/hoptrace/tracer/doctor"
+)
+
+func doctorCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "doctor",
+		Usage: "check that this kernel and this user can run hoptrace, and say what it will use",
+		Description: "Probes the kernel (BTF, ring buffer, each tracepoint hoptrace attaches to, kprobes,\n" +
+			"fentry, tcx, legacy tc), bpffs, tracefs, privileges and the Docker socket.\n" +
+			"Exits 0 when hoptrace can run, 1 when something it needs is missing.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("doctor takes no arguments (got %q)", c.Args().First())
+			}
+			format := c.String("output")
+			if format != "text" && format != "json" {
+				return usagef("--output must be text or json, not %q", format)
+			}
+			r := doctor.Run()
+			var err error
+			if format == "json" {
+				err = r.WriteJSON(os.Stdout)
+			} else {
+				err = r.WriteText(os.Stdout)
+			}
+			if err != nil {
+				return err
+			}
+			if !r.CanRun {
+				return cli.Exit(r.Problem(), exitFail)
+			}
+			return nil
+		},
+	}
+}

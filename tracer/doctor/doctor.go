@@ -1,0 +1,280 @@
+// Package doctor checks whether hoptrace can run on this machine and says,
+// in plain words, what the kernel offers and what hoptrace will use.
+package doctor
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
+)
+
+// Groups of checks, in report order.
+const (
+	GroupKernel      = "kernel"
+	GroupTracepoints = "tracepoints"
+	GroupFunctions   = "function_hooks"
+	GroupTC          = "traffic_control"
+	GroupFilesystems = "filesystems"
+	GroupAccess      = "access"
+)
+
+// Check is one line of the report.
+type Check struct {
+	Name      string `json:"name"`
+	Group     string `json:"group"`
+	Available bool   `json:"available"`
+	// Unknown: the check could not run (no privileges); Available is false.
+	Unknown  bool   `json:"unknown,omitempty"`
+	Required bool   `json:"required"`
+	Detail   string `json:"detail"`
+}
+
+// Plan says what hoptrace will use on this machine.
+type Plan struct {
+	// Tracepoints hoptrace attaches tp_btf programs to.
+	Tracepoints []string `json:"tracepoints"`
+	// ConsumeSkbProgram is the consume_skb program variant the loader
+	// picks: "on_consume_skb" (with the location argument, 6.3+) or
+	// "on_consume_skb_noloc".
+	ConsumeSkbProgram string `json:"consume_skb_program"`
+	ConsumeSkb        string `json:"consume_skb"`
+	FunctionHooks     string `json:"function_hooks"`
+	DropReasons       string `json:"drop_reasons"`
+	Containers        string `json:"containers"`
+}
+
+// Report is the doctor's result.
+type Report struct {
+	Release string  `json:"kernel_release"`
+	Version string  `json:"kernel_version"`
+	Checks  []Check `json:"checks"`
+	Plan    Plan    `json:"will_use"`
+	CanRun  bool    `json:"can_run"`
+	// Missing names the required checks that failed.
+	Missing []string `json:"missing,omitempty"`
+}
+
+// Tracepoints returns the tracepoints of hoptrace's tp_btf programs, as the
+// compiled BPF object declares them.
+func Tracepoints() ([]string, error) {
+	spec, err := bpfobj.LoadHoptrace()
+	if err != nil {
+		return nil, fmt.Errorf("read hoptrace's BPF object: %w", err)
+	}
+	seen := map[string]bool{}
+	var tps []string
+	for _, p := range spec.Programs {
+		if p.Type == ebpf.Tracing && p.AttachType == ebpf.AttachTraceRawTp && !seen[p.AttachTo] {
+			seen[p.AttachTo] = true
+			tps = append(tps, p.AttachTo)
+		}
+	}
+	rank := map[string]int{}
+	for i, tp := range hookOrder {
+		rank[tp] = i + 1
+	}
+	sort.Slice(tps, func(i, j int) bool {
+		ri, rj := rank[tps[i]], rank[tps[j]]
+		if ri == 0 || rj == 0 {
+			if ri != rj {
+				return ri != 0
+			}
+			return tps[i] < tps[j]
+		}
+		return ri < rj
+	})
+	return tps, nil
+}
+
+// hookOrder lists the tracepoints in the order a packet meets them.
+var hookOrder = []string{
+	"net_dev_queue", "net_dev_start_xmit", "net_dev_xmit", "netif_rx", "napi_gro_receive_entry",
+	"netif_receive_skb", "kfree_skb", "consume_skb", "skb_copy_datagram_iovec",
+}
+
+// Run probes the kernel and this process. It leaves nothing loaded.
+func Run() *Report {
+	r := &Report{}
+	rel, v, err := kernel.Release()
+	r.Release, r.Version = rel, v.String()
+	if err != nil {
+		r.Version = "unknown"
+	}
+	priv := kernel.ProbePrivileges()
+	privOK := priv.CanTrace()
+
+	add := func(group string, required bool, p kernel.Probe) Check {
+		c := Check{Name: p.Name, Group: group, Available: p.Available, Required: required, Detail: p.Detail}
+		if !p.Available && p.Denied {
+			c.Unknown = true
+		}
+		r.Checks = append(r.Checks, c)
+		return c
+	}
+
+	add(GroupKernel, true, kernel.ProbeBTF())
+	add(GroupKernel, true, kernel.ProbeRingBuf())
+	drops := add(GroupKernel, false, kernel.ProbeDropReasons())
+	loc := kernel.ProbeConsumeSkbLocation()
+	add(GroupKernel, false, loc)
+
+	tps, err := Tracepoints()
+	if err != nil {
+		r.Checks = append(r.Checks, Check{Name: "bpf_object", Group: GroupTracepoints, Required: true, Detail: err.Error()})
+	}
+	for _, tp := range tps {
+		p := kernel.ProbeTracepoint(tp)
+		p.Name = tp
+		if tp == "consume_skb" && p.Available {
+			p.Detail += "; " + loc.Detail
+		}
+		add(GroupTracepoints, true, p)
+	}
+	r.Plan.Tracepoints = tps
+
+	kp := add(GroupFunctions, false, kernel.ProbeKprobes())
+	fe := add(GroupFunctions, false, kernel.ProbeFentry())
+	add(GroupTC, false, kernel.ProbeTCX())
+	cls := kernel.ProbeClsact()
+	cls.Name = "legacy_tc"
+	add(GroupTC, false, cls)
+	add(GroupFilesystems, false, kernel.ProbeBPFFS())
+	add(GroupFilesystems, false, kernel.ProbeTracefs())
+	add(GroupAccess, true, priv.Probe())
+	docker := add(GroupAccess, false, kernel.ProbeDockerSocket())
+
+	// What hoptrace will use.
+	if loc.Available {
+		r.Plan.ConsumeSkbProgram = "on_consume_skb"
+		r.Plan.ConsumeSkb = "the consume_skb program with the location argument (kernel 6.3+), so frees are attributed to a function"
+	} else {
+		r.Plan.ConsumeSkbProgram = "on_consume_skb_noloc"
+		r.Plan.ConsumeSkb = "the consume_skb program without the location argument (kernel before 6.3): consumed packets carry no caller"
+	}
+	r.Plan.FunctionHooks = "none; hoptrace needs no kprobes and no fentry (on this kernel kprobes are " +
+		availableWord(kp) + ", fentry is " + availableWord(fe) + ")"
+	if drops.Available {
+		r.Plan.DropReasons = "named from this kernel's enum skb_drop_reason (" + drops.Detail + ")"
+	} else {
+		r.Plan.DropReasons = "numbers only: " + drops.Detail
+	}
+	if docker.Available {
+		r.Plan.Containers = "Docker, through " + kernel.DockerSocket() + " (--container and container names)"
+	} else {
+		r.Plan.Containers = "no container runtime (" + docker.Detail + "): trace with --netns and --interface"
+	}
+
+	r.CanRun = true
+	for _, c := range r.Checks {
+		if !c.Required || c.Available {
+			continue
+		}
+		if c.Unknown && !privOK {
+			continue // the privileges check names the cause
+		}
+		r.CanRun = false
+		if c.Group == GroupTracepoints {
+			r.Missing = append(r.Missing, "tracepoint "+c.Name)
+		} else {
+			r.Missing = append(r.Missing, c.Name)
+		}
+	}
+	return r
+}
+
+func availableWord(c Check) string {
+	switch {
+	case c.Available:
+		return "available"
+	case c.Unknown:
+		return "not checked (no privileges)"
+	}
+	return "unavailable"
+}
+
+// Problem is the one-line reason hoptrace cannot run, or "".
+func (r *Report) Problem() string {
+	if r.CanRun {
+		return ""
+	}
+	return "cannot run here: missing " + strings.Join(r.Missing, ", ")
+}
+
+// WriteJSON writes the report as one indented JSON object.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+var groupTitles = []struct{ group, title string }{
+	{GroupKernel, "Kernel (BTF and the ring buffer are required)"},
+	{GroupTracepoints, "Tracepoints hoptrace attaches to (tp_btf, all required)"},
+	{GroupFunctions, "Function hooks (hoptrace does not use them)"},
+	{GroupTC, "Traffic control attachment (hoptrace does not use it)"},
+	{GroupFilesystems, "Filesystems (not required)"},
+	{GroupAccess, "Access"},
+}
+
+var checkTitles = map[string]string{
+	"btf":                  "BTF",
+	"ringbuf":              "ring buffer",
+	"drop_reasons":         "drop reasons",
+	"consume_skb_location": "consume_skb location",
+	"kprobe":               "kprobes",
+	"fentry":               "fentry",
+	"tcx":                  "tcx",
+	"legacy_tc":            "legacy tc (clsact)",
+	"bpffs":                "bpffs",
+	"tracefs":              "tracefs",
+	"privileges":           "privileges",
+	"docker":               "Docker socket",
+}
+
+// WriteText writes the report in plain words.
+func (r *Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Kernel %s (Linux %s)\n", r.Release, r.Version)
+	for _, g := range groupTitles {
+		fmt.Fprintf(&b, "\n%s:\n", g.title)
+		for _, c := range r.Checks {
+			if c.Group != g.group {
+				continue
+			}
+			mark := "yes"
+			switch {
+			case c.Unknown:
+				mark = "???"
+			case !c.Available && c.Required:
+				mark = "NO "
+			case !c.Available:
+				mark = "no "
+			}
+			title := checkTitles[c.Name]
+			if title == "" {
+				title = c.Name
+			}
+			fmt.Fprintf(&b, "  %s  %-24s %s\n", mark, title, c.Detail)
+		}
+	}
+	fmt.Fprintf(&b, "\nhoptrace will use:\n")
+	fmt.Fprintf(&b, "  - tp_btf programs on %d tracepoints: %s\n", len(r.Plan.Tracepoints), strings.Join(r.Plan.Tracepoints, ", "))
+	fmt.Fprintf(&b, "  - %s\n", r.Plan.ConsumeSkb)
+	fmt.Fprintf(&b, "  - function hooks: %s\n", r.Plan.FunctionHooks)
+	fmt.Fprintf(&b, "  - drop reasons: %s\n", r.Plan.DropReasons)
+	fmt.Fprintf(&b, "  - containers: %s\n", r.Plan.Containers)
+	if r.CanRun {
+		fmt.Fprintf(&b, "\nhoptrace can run here.\n")
+	} else {
+		fmt.Fprintf(&b, "\nhoptrace %s.\n", r.Problem())
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

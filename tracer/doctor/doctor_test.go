@@ -1,0 +1,194 @@
+package doctor
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
+)
+
+// Function hooks per kernel hoptrace is tested on (make test-kernels); the
+// development hosts' 6.18 kernel has no kprobes and refuses fentry.
+var functionHooks = []struct {
+	pattern         string
+	kprobes, fentry bool
+}{
+	{`^6\.1\.0-\d+-amd64$`, true, true},
+	{`^6\.12\.\d+\+deb12-amd64$`, true, true},
+	{`-fc-`, false, false},
+}
+
+var wantTracepoints = []string{
+	"net_dev_queue", "net_dev_start_xmit", "net_dev_xmit", "netif_rx", "napi_gro_receive_entry",
+	"netif_receive_skb", "kfree_skb", "consume_skb", "skb_copy_datagram_iovec",
+}
+
+func check(t *testing.T, r *Report, name string) Check {
+	t.Helper()
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no check %q in the report", name)
+	return Check{}
+}
+
+func TestTracepointsFromObject(t *testing.T) {
+	tps, err := Tracepoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(tps, wantTracepoints) {
+		t.Errorf("tracepoints = %v, want %v", tps, wantTracepoints)
+	}
+}
+
+// The doctor, run in-process on whatever kernel the test runs on, must
+// report that kernel's branch: consume_skb variant, tcx, function hooks.
+func TestDoctorOnThisKernel(t *testing.T) {
+	if os.Getenv("HOPTRACE_UNPRIVILEGED") != "" {
+		t.Skip("HOPTRACE_UNPRIVILEGED is set")
+	}
+	privtest.RequireRoot(t)
+	rel, v, err := kernel.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Run()
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("doctor output on %s:\n%s", rel, text.String())
+	out := text.String()
+
+	if !r.CanRun || len(r.Missing) != 0 || r.Problem() != "" {
+		t.Errorf("root on a supported kernel: can_run=%v missing=%v", r.CanRun, r.Missing)
+	}
+	if !strings.Contains(out, "hoptrace can run here.") {
+		t.Error("text does not say hoptrace can run")
+	}
+	if r.Release != rel || !strings.HasPrefix(out, "Kernel "+rel+" (Linux "+v.String()+")") {
+		t.Errorf("release %q, text starts %q", r.Release, strings.SplitN(out, "\n", 2)[0])
+	}
+	for _, name := range []string{"btf", "ringbuf", "privileges"} {
+		if c := check(t, r, name); !c.Available || !c.Required {
+			t.Errorf("%s: %+v", name, c)
+		}
+	}
+	if !reflect.DeepEqual(r.Plan.Tracepoints, wantTracepoints) {
+		t.Errorf("plan tracepoints %v", r.Plan.Tracepoints)
+	}
+	for _, tp := range wantTracepoints {
+		c := check(t, r, tp)
+		if c.Group != GroupTracepoints || !c.Available || !c.Required {
+			t.Errorf("tracepoint %s: %+v", tp, c)
+		}
+		if !regexp.MustCompile(`(?m)^  yes  ` + tp + ` `).MatchString(out) {
+			t.Errorf("text has no 'yes' line for tracepoint %s", tp)
+		}
+	}
+
+	// consume_skb: the location argument came in 6.3.
+	wantLoc := v.AtLeast(6, 3)
+	if c := check(t, r, "consume_skb_location"); c.Available != wantLoc {
+		t.Errorf("consume_skb location on %s: %v, want %v", rel, c.Available, wantLoc)
+	}
+	wantProg, wantWords := "on_consume_skb_noloc", "without the location argument"
+	if wantLoc {
+		wantProg, wantWords = "on_consume_skb", "with the location argument"
+	}
+	if r.Plan.ConsumeSkbProgram != wantProg || !strings.Contains(out, wantWords) {
+		t.Errorf("consume_skb plan on %s: %s (%q), want %s", rel, r.Plan.ConsumeSkbProgram, r.Plan.ConsumeSkb, wantProg)
+	}
+
+	// tcx from 6.6, the legacy path everywhere.
+	wantTCX := v.AtLeast(6, 6)
+	if c := check(t, r, "tcx"); c.Available != wantTCX || c.Required {
+		t.Errorf("tcx on %s: %+v, want available=%v", rel, c, wantTCX)
+	}
+	mark := map[bool]string{true: "yes", false: "no "}
+	if !strings.Contains(out, "  "+mark[wantTCX]+"  tcx ") {
+		t.Errorf("text tcx line should start with %q", mark[wantTCX])
+	}
+	if c := check(t, r, "legacy_tc"); !c.Available {
+		t.Errorf("legacy tc: %+v", c)
+	}
+
+	// Function hooks: reported, never required.
+	if !strings.HasPrefix(r.Plan.FunctionHooks, "none; hoptrace needs no kprobes and no fentry") {
+		t.Errorf("function hooks plan: %q", r.Plan.FunctionHooks)
+	}
+	for _, k := range functionHooks {
+		if !regexp.MustCompile(k.pattern).MatchString(rel) {
+			continue
+		}
+		if c := check(t, r, "kprobe"); c.Available != k.kprobes || c.Required {
+			t.Errorf("kprobe on %s: %+v, want available=%v", rel, c, k.kprobes)
+		}
+		if c := check(t, r, "fentry"); c.Available != k.fentry || c.Required {
+			t.Errorf("fentry on %s: %+v, want available=%v", rel, c, k.fentry)
+		}
+	}
+
+	if os.Getenv("HOPTRACE_VM") != "" {
+		for _, name := range []string{"bpffs", "tracefs"} {
+			if c := check(t, r, name); !c.Available {
+				t.Errorf("the VM mounts %s: %+v", name, c)
+			}
+		}
+		if c := check(t, r, "docker"); c.Available || c.Required || !strings.HasPrefix(r.Plan.Containers, "no container runtime") {
+			t.Errorf("no Docker daemon in the VM: %+v, plan %q", c, r.Plan.Containers)
+		}
+	}
+
+	// JSON carries the same report.
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatalf("doctor JSON: %v\n%s", err, js.String())
+	}
+	if !reflect.DeepEqual(&back, r) {
+		t.Errorf("JSON round trip differs:\n%s", js.String())
+	}
+	var raw map[string]any
+	json.Unmarshal(js.Bytes(), &raw)
+	for _, k := range []string{"kernel_release", "kernel_version", "checks", "will_use", "can_run"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("JSON lacks %q", k)
+		}
+	}
+}
+
+func TestProblemNamesWhatIsMissing(t *testing.T) {
+	r := &Report{
+		Release: "9.9.9-test", Version: "9.9.9",
+		Checks: []Check{
+			{Name: "btf", Group: GroupKernel, Required: true, Detail: "/sys/kernel/btf/vmlinux missing"},
+			{Name: "netif_rx", Group: GroupTracepoints, Required: true, Detail: "this kernel has no tracepoint netif_rx"},
+			{Name: "kprobe", Group: GroupFunctions, Detail: "kernel built without kprobes"},
+		},
+		Missing: []string{"btf", "tracepoint netif_rx"},
+	}
+	want := "cannot run here: missing btf, tracepoint netif_rx"
+	if got := r.Problem(); got != want {
+		t.Errorf("Problem() = %q, want %q", got, want)
+	}
+	var b bytes.Buffer
+	r.WriteText(&b)
+	for _, s := range []string{"  NO   BTF ", "  NO   netif_rx ", "  no   kprobes ", "hoptrace " + want + "."} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("text lacks %q:\n%s", s, b.String())
+		}
+	}
+}
