@@ -1,0 +1,209 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// The Docker helpers of tracer/internal/testdocker, which cmd/ cannot
+// import, reduced to what these tests need.
+
+const cliTestImage = "hoptrace-test/busybox:latest"
+
+func cliRequireDocker(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: Docker tests need root (run go test as root; CI does)")
+	}
+	if out, err := exec.Command("docker", "info").CombinedOutput(); err != nil {
+		t.Fatalf("no Docker daemon answers: %v: %.300s (start one with scripts/start-dockerd.sh)", err, out)
+	}
+	if out, err := exec.Command("bash", "../../scripts/docker-test-image.sh").CombinedOutput(); err != nil {
+		t.Fatalf("test image: %v: %s", err, out)
+	}
+}
+
+func cliDocker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, msg)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func cliUnique(prefix string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+type cliContainer struct{ Name, ID string }
+
+func cliRun(t *testing.T, prefix string, opts ...string) cliContainer {
+	t.Helper()
+	name := cliUnique(prefix)
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+	args := append([]string{"run", "-d", "--name", name, "--label", "hoptrace-test=1"}, opts...)
+	id := cliDocker(t, append(args, cliTestImage, "sleep", "3600")...)
+	return cliContainer{name, id}
+}
+
+func cliNetwork(t *testing.T, prefix string) (name, id string) {
+	t.Helper()
+	name = cliUnique(prefix)
+	t.Cleanup(func() {
+		for i := 0; i < 10 && exec.Command("docker", "network", "rm", name).Run() != nil; i++ {
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+	return name, cliDocker(t, "network", "create", "--label", "hoptrace-test=1", name)
+}
+
+// cliMu serialises tests that swap os.Stdout and os.Stderr.
+var cliMu sync.Mutex
+
+// runInProcess runs the app in-process and returns its exit code and output.
+func runInProcess(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cliMu.Lock()
+	defer cliMu.Unlock()
+	capture := func(f **os.File) (func() string, error) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		old := *f
+		*f = w
+		var b strings.Builder
+		done := make(chan struct{})
+		go func() { io.Copy(&b, r); close(done) }()
+		return func() string { w.Close(); <-done; r.Close(); *f = old; return b.String() }, nil
+	}
+	endOut, err := capture(&os.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	endErr, err := capture(&os.Stderr)
+	if err != nil {
+		endOut()
+		t.Fatal(err)
+	}
+	code = run(append([]string{"hoptrace"}, args...))
+	stderr = endErr()
+	stdout = endOut()
+	return code, stdout, stderr
+}
+
+func TestInspectCommand(t *testing.T) {
+	cliRequireDocker(t)
+	netName, netID := cliNetwork(t, "ht-cli-net")
+	c := cliRun(t, "ht-cli", "--network", netName)
+	code, out, errOut := runInProcess(t, "inspect", c.Name)
+	if code != 0 || !strings.Contains(out, "br-"+netID[:12]) || strings.Contains(out, "✗") {
+		t.Fatalf("inspect %s: exit %d\n%s%s", c.Name, code, out, errOut)
+	}
+	code, out, _ = runInProcess(t, "inspect", "--output", "json", c.ID[:12])
+	if code != 0 || !strings.Contains(out, `"network": "`+netName+`"`) {
+		t.Errorf("inspect --output json: exit %d\n%s", code, out)
+	}
+
+	// Host veth down: a warning, exit status still 0.
+	veth := ""
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, `"name": "veth`) {
+			veth = strings.Trim(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), `"name":`)), `",`)
+		}
+	}
+	l, err := netlink.LinkByName(veth)
+	if err != nil {
+		t.Fatalf("host veth %q from the JSON output: %v", veth, err)
+	}
+	if err := netlink.LinkSetDown(l); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = runInProcess(t, "inspect", c.Name)
+	if code != 0 || !strings.Contains(out, "✗ host veth "+veth+" is down") || !strings.Contains(out, "warning") {
+		t.Errorf("inspect with %s down: exit %d\n%s", veth, code, out)
+	}
+
+	// Errors: one line, exit 1; usage errors exit 2.
+	stopped := cliRun(t, "ht-cli-stopped")
+	cliDocker(t, "stop", "-t", "0", stopped.Name)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"inspect", "ht-cli-no-such-container"}, 1, `hoptrace: no such container "ht-cli-no-such-container"`},
+		{[]string{"inspect", stopped.Name}, 1, "hoptrace: container " + stopped.Name + " is not running"},
+		{[]string{"inspect"}, 2, "hoptrace: inspect takes one CONTAINER"},
+		{[]string{"inspect", "--output", "yaml", c.Name}, 2, "hoptrace: --output must be text or json"},
+	} {
+		code, out, errOut := runInProcess(t, tc.args...)
+		if code != tc.code || !strings.HasPrefix(errOut, tc.want) || strings.Count(errOut, "\n") != 1 || out != "" {
+			t.Errorf("%v: exit %d, stderr %q, stdout %q; want exit %d and one line starting %q", tc.args, code, errOut, out, tc.code, tc.want)
+		}
+	}
+
+	host := cliRun(t, "ht-cli-host", "--network", "host")
+	none := cliRun(t, "ht-cli-none", "--network", "none")
+	if code, out, _ := runInProcess(t, "inspect", host.Name); code != 0 || !strings.Contains(out, host.Name+" shares the host network namespace") {
+		t.Errorf("inspect host-mode: exit %d\n%s", code, out)
+	}
+	if code, out, _ := runInProcess(t, "inspect", none.Name); code != 0 || !strings.Contains(out, none.Name+" has no network path") {
+		t.Errorf("inspect none-mode: exit %d\n%s", code, out)
+	}
+}
+
+func TestInspectCommandDaemonUnreachable(t *testing.T) {
+	t.Setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+	code, out, errOut := runInProcess(t, "inspect", "anything")
+	want := "hoptrace: cannot reach the Docker daemon at unix:///nonexistent.sock"
+	if code != 1 || !strings.HasPrefix(errOut, want) || !strings.Contains(errOut, "DOCKER_HOST") || out != "" {
+		t.Errorf("exit %d, stderr %q; want exit 1 and %q…", code, errOut, want)
+	}
+}
+
+func TestTopologyCommand(t *testing.T) {
+	cliRequireDocker(t)
+	c := cliRun(t, "ht-cli-topo")
+	for _, cmd := range []string{"topology", "ls"} {
+		code, out, errOut := runInProcess(t, cmd)
+		if code != 0 || !strings.Contains(out, "docker0") || !strings.Contains(out, "container "+c.Name) {
+			t.Errorf("%s: exit %d\n%s%s", cmd, code, out, errOut)
+		}
+	}
+	code, out, _ := runInProcess(t, "ls", "--format", "dot")
+	if code != 0 || !strings.HasPrefix(out, "graph hoptrace {") {
+		t.Fatalf("ls --format dot: exit %d\n%s", code, out)
+	}
+	if _, err := exec.LookPath("dot"); err != nil {
+		t.Log("SKIPPED ASSERTION: graphviz not installed; apt-get install -y graphviz")
+	} else {
+		cmd := exec.Command("dot", "-Tsvg")
+		cmd.Stdin = strings.NewReader(out)
+		if svg, err := cmd.Output(); err != nil || !strings.Contains(string(svg), "<svg") {
+			t.Errorf("dot -Tsvg: %v", err)
+		}
+	}
+	if code, out, _ := runInProcess(t, "ls", "-f", "mermaid"); code != 0 || !strings.HasPrefix(out, "flowchart LR") {
+		t.Errorf("ls -f mermaid: exit %d\n%s", code, out)
+	}
+	if code, _, errOut := runInProcess(t, "ls", "--format", "png"); code != 2 || !strings.Contains(errOut, "--format must be one of") {
+		t.Errorf("ls --format png: exit %d, %q", code, errOut)
+	}
+}
