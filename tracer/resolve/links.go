@@ -40,10 +40,10 @@ func dumpLinks(sh *nl.SocketHandle) ([]rawLink, error) {
 // IFLA_BRPORT_STATE from an RTM_NEWLINK payload when the link is a bridge
 // port; -1 otherwise.
 func bridgePortState(m []byte) int {
-	msg := nl.DeserializeIfInfomsg(m)
-	if len(m) < msg.Len() {
+	if len(m) < unix.SizeofIfInfomsg {
 		return -1
 	}
+	msg := nl.DeserializeIfInfomsg(m)
 	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
 	if err != nil {
 		return -1

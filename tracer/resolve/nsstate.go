@@ -20,6 +20,7 @@ const netlinkTimeout = 5 * time.Second
 func (r *Resolver) applyCandidateLocked(c candidate) (bool, error) {
 	st := r.nss[c.inode]
 	if st == nil {
+		c.fillLabel()
 		if err := r.addLocked(c); err != nil {
 			return false, err
 		}
@@ -35,6 +36,7 @@ func (r *Resolver) applyCandidateLocked(c candidate) (bool, error) {
 			return false, nil
 		}
 	}
+	c.fillLabel()
 	ns := st.ns
 	ns.Path, ns.Label = c.path, c.label
 	r.mu.Lock()
@@ -43,6 +45,14 @@ func (r *Resolver) applyCandidateLocked(c candidate) (bool, error) {
 	st.src, st.pid = c.src, c.pid
 	r.watchPidLocked(st)
 	return true, nil
+}
+
+// fillLabel computes the label of a namespace found through /proc (it reads
+// the process name, so only for namespaces being added or renamed).
+func (c *candidate) fillLabel() {
+	if c.label == "" {
+		c.label = procLabel(c.inode, c.pid)
+	}
 }
 
 // addLocked opens a namespace, subscribes to its link and address changes,

@@ -173,6 +173,15 @@ func TestResolveTopology(t *testing.T) {
 		}
 	}
 
+	h0 := topo.Hosts[0]
+	if n := testing.AllocsPerRun(100, func() {
+		r.Link(h0.Inode, h0.Ifindex)
+		r.Label(h0.Inode)
+		r.Link(topo.HostInode(), topo.BridgeIndex)
+	}); n != 0 {
+		t.Errorf("Link+Label allocate %.1f times per call", n)
+	}
+
 	var found int
 	for _, ns := range r.Namespaces() {
 		for _, h := range topo.Hosts {

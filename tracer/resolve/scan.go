@@ -119,7 +119,7 @@ func parseNsLink(s string) (uint32, bool) {
 func procPid(path string) int {
 	parts := strings.Split(filepath.Clean(path), "/")
 	// "", "proc", PID, "ns", "net"  or  "", "proc", PID, "task", TID, "ns", "net"
-	if len(parts) < 5 || parts[0] != "" || parts[1] != "proc" || parts[len(parts)-2] != "ns" {
+	if len(parts) < 5 || parts[0] != "" || parts[1] != "proc" || parts[len(parts)-2] != "ns" || parts[len(parts)-1] != "net" {
 		return 0
 	}
 	idx := 2
@@ -240,9 +240,6 @@ func (r *Resolver) rescan(ctx context.Context, full bool) error {
 	for _, c := range res.byInode {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("resolve: scan: %w", err)
-		}
-		if c.src == srcProc && c.label == "" {
-			c.label = procLabel(c.inode, c.pid)
 		}
 		ch, err := r.applyCandidateLocked(c)
 		if err != nil {
