@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 )
 
 // Exit codes shared by every subcommand.
@@ -26,7 +28,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "hoptrace",
 		Usage:                "trace packets from containers across veth pairs and bridges, hop by hop",
 		HideHelpCommand:      true,
@@ -37,10 +39,37 @@ func newApp() *cli.App {
 			inspectCommand(),
 			topologyCommand(),
 		},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError{err}
-		},
+		OnUsageError: onUsageError,
 	}
+	for _, c := range app.Commands {
+		if c.OnUsageError == nil {
+			c.OnUsageError = onUsageError
+		}
+	}
+	return app
+}
+
+// onUsageError marks flag parsing errors as usage errors (exit 2).
+func onUsageError(_ *cli.Context, err error, _ bool) error {
+	return usageError{err}
+}
+
+// filterFlags select packets in the output, tcpdump-style.
+func filterFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "proto", Usage: "only packets of this protocol: " + pktfilter.Protocols},
+		&cli.StringFlag{Name: "host", Usage: "only packets from or to this address or CIDR prefix"},
+		&cli.IntFlag{Name: "port", Usage: "only TCP/UDP packets from or to this port"},
+	}
+}
+
+// packetFilter builds the filter from --proto, --host and --port.
+func packetFilter(c *cli.Context) (pktfilter.Filter, error) {
+	f, err := pktfilter.New(c.String("proto"), c.String("host"), c.Int("port"))
+	if err != nil {
+		return f, usageError{err}
+	}
+	return f, nil
 }
 
 func run(args []string) int {
@@ -71,6 +100,14 @@ func (u usageError) Error() string { return u.err.Error() }
 func (u usageError) Unwrap() error { return u.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// requireRoot fails early, in one sentence, where BPF or namespaces are needed.
+func requireRoot(command string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%s needs root: it loads BPF programs and enters network namespaces (try: sudo hoptrace %s ...)", command, command)
+	}
+	return nil
+}
 
 // oneLine keeps the first line of an error; multi-line details (verifier
 // logs) are printed by the code that has them, before returning.

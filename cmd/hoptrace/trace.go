@@ -29,7 +29,7 @@ their first hop on. --interface selects packets crossing those interfaces.`,
 			&cli.BoolFlag{Name: "events", Usage: "stream every hop event as it happens instead of whole paths"},
 			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
-		}, containerFlags()...),
+		}, append(containerFlags(), filterFlags()...)...),
 		Action: runTrace,
 	}
 }
@@ -48,6 +48,13 @@ func runTrace(c *cli.Context) error {
 	if c.Duration("duration") < 0 {
 		return usagef("--duration must not be negative")
 	}
+	filter, err := packetFilter(c)
+	if err != nil {
+		return err
+	}
+	if err := requireRoot("trace"); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 
@@ -64,6 +71,7 @@ func runTrace(c *cli.Context) error {
 	defer names.Close()
 
 	cfg := trace.Config{
+		Filter:   filter,
 		Count:    c.Int("count"),
 		Duration: c.Duration("duration"),
 		Events:   c.Bool("events"),

@@ -22,6 +22,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
@@ -55,6 +56,9 @@ type Config struct {
 	// Dynamic, when not nil, adds and removes namespaces while tracing; the
 	// trace is then filtered by namespace even while the selection is empty.
 	Dynamic <-chan NetnsChange
+
+	// Filter keeps only matching packets in the output (protocol, host, port).
+	Filter pktfilter.Filter
 
 	Count    int           // stop after this many paths (events with Events); 0: no limit
 	Duration time.Duration // stop after this long; 0: until cancelled
@@ -173,6 +177,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if done() {
 				break
 			}
+			if len(p.Events) > 0 && !cfg.Filter.Match(&p.Events[0].Meta) {
+				continue
+			}
 			pa := desc.Describe(p)
 			if len(pa.Hops) == 0 {
 				continue // only end events: the packet's hops were not selected
@@ -250,6 +257,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			}
 		}
 		if cfg.Events {
+			if !cfg.Filter.Match(&ev.Meta) {
+				continue
+			}
 			he := hopEvent(desc, &ev)
 			if err := w.Event(&he); err != nil {
 				return res, fmt.Errorf("write output: %w", err)

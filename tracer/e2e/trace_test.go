@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
+	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+)
+
+func TestTraceUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"trace", "--output", "xml"}, exitUsage, `unknown output format "xml"`},
+		{[]string{"trace", "stray"}, exitUsage, "trace takes no arguments"},
+		{[]string{"trace", "--count", "-1"}, exitUsage, "--count must not be negative"},
+		{[]string{"trace", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
+		{[]string{"trace", "--duration", "soon"}, exitUsage, "invalid value"},
+		{[]string{"trace", "--proto", "sctpx"}, exitUsage, "unknown protocol"},
+		{[]string{"trace", "--host", "10.0.0.300"}, exitUsage, "bad --host"},
+		{[]string{"trace", "--proto", "icmp", "--port", "80"}, exitUsage, "--port needs tcp or udp"},
+	} {
+		r := runCLI(t, tc.args...)
+		if r.code != tc.code {
+			t.Errorf("%v: exit %d, want %d (stderr %q)", tc.args, r.code, tc.code, r.stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		last := lines[len(lines)-1]
+		if !strings.HasPrefix(last, "hoptrace: ") || !strings.Contains(last, tc.msg) {
+			t.Errorf("%v: last stderr line %q, want hoptrace: ...%s", tc.args, last, tc.msg)
+		}
+	}
+}
+
+func TestTraceBadSelection(t *testing.T) {
+	privtest.RequireRoot(t)
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"trace", "--netns", "no-such-ns-hoptrace"}, `no-such-ns-hoptrace`},
+		{[]string{"trace", "--interface", "nosuchif0"}, `interface "nosuchif0": no such interface`},
+		{[]string{"trace", "--netns", "/etc/hostname"}, `/etc/hostname`},
+	} {
+		r := runCLI(t, tc.args...)
+		if r.code != exitFail {
+			t.Errorf("%v: exit %d, want %d", tc.args, r.code, exitFail)
+		}
+		if n := strings.Count(strings.TrimSpace(r.stderr), "\n"); !strings.Contains(r.stderr, tc.msg) || n > 1 {
+			t.Errorf("%v: stderr %q, want one line naming %s", tc.args, r.stderr, tc.msg)
+		}
+	}
+}
+
+func TestTraceNeedsRoot(t *testing.T) {
+	privtest.RequireRoot(t) // to switch to another user
+	cmd := exec.Command(hoptraceBin, "trace")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != exitFail {
+		t.Fatalf("as nobody: %v, want exit %d", err, exitFail)
+	}
+	if !strings.Contains(stderr.String(), "trace needs root") {
+		t.Errorf("stderr %q does not say root is needed", stderr.String())
+	}
+}
+
+// running is a hoptrace process whose stdout is read line by line.
+type running struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	lines  []string
+	stderr bytes.Buffer
+	done   chan struct{}
+}
+
+func startCLI(t *testing.T, args ...string) *running {
+	t.Helper()
+	r := &running{cmd: exec.Command(hoptraceBin, args...), done: make(chan struct{})}
+	out, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Stderr = &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(r.done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			r.mu.Lock()
+			r.lines = append(r.lines, sc.Text())
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+	})
+	return r
+}
+
+// waitAttached waits until the process has its programs loaded.
+func waitAttached(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(privtest.LoadedPrograms(t)) <= before {
+		if time.Now().After(deadline) {
+			t.Fatal("hoptrace did not load its programs within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // filters are set right after loading
+}
+
+// The JSON output keeps its documented contract, and Ctrl-C ends the trace
+// with a summary and nothing left attached.
+func TestTraceJSONContractAndInterrupt(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	before := len(privtest.LoadedPrograms(t))
+	r := startCLI(t, "trace", "--netns", a.Name, "--output", "json")
+	waitAttached(t, before)
+	if n, err := a.Ping(b.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
+		t.Fatalf("ping: %d, %v", n, err)
+	}
+	time.Sleep(800 * time.Millisecond)
+	r.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("hoptrace did not exit within 10s of SIGINT")
+	}
+	if err := r.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGINT: %v (stderr %q)", err, r.stderr.String())
+	}
+	if !strings.Contains(r.stderr.String(), "packets,") || !strings.Contains(r.stderr.String(), "lost events") {
+		t.Errorf("no summary line on stderr: %q", r.stderr.String())
+	}
+	var request map[string]any
+	for _, l := range r.lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("stdout line is not JSON: %q", l)
+		}
+		if m["proto"] == "ICMP" && strings.Contains(m["summary"].(string), "echo request") {
+			request = m
+		}
+	}
+	if request == nil {
+		t.Fatalf("no echo request path in %d lines", len(r.lines))
+	}
+	for _, k := range []string{"time", "proto", "src", "dst", "sport", "dport", "len", "summary", "verdict", "drop_reason", "hops"} {
+		if _, ok := request[k]; !ok {
+			t.Errorf("path object lacks %q", k)
+		}
+	}
+	if ts, _ := request["time"].(string); func() bool { _, err := time.Parse(time.RFC3339Nano, ts); return err != nil }() {
+		t.Errorf("time %q is not RFC 3339", request["time"])
+	}
+	if request["src"] != a.Addr.Addr().String() || request["dst"] != b.Addr.Addr().String() || request["verdict"] != "delivered" {
+		t.Errorf("request: src %v dst %v verdict %v", request["src"], request["dst"], request["verdict"])
+	}
+	hops, _ := request["hops"].([]any)
+	if len(hops) != 5 {
+		t.Fatalf("%d hops, want 5", len(hops))
+	}
+	for i, h := range hops {
+		hm := h.(map[string]any)
+		for _, k := range []string{"netns", "netns_inode", "ifindex", "ifname", "kind", "direction", "bridge", "container", "ts_ns", "delta_ns"} {
+			if _, ok := hm[k]; !ok {
+				t.Errorf("hop %d lacks %q", i, k)
+			}
+		}
+	}
+	if hm := hops[2].(map[string]any); hm["inferred"] != true || hm["direction"] != "forward" {
+		t.Errorf("bridge hop: %v", hm)
+	}
+	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
+		t.Errorf("%d programs left after SIGINT", left)
+	}
+}
+
+// However the process ends, even by SIGKILL, no program stays attached:
+// every attachment is a link file descriptor that dies with the process.
+func TestTraceSIGKILLLeavesNothing(t *testing.T) {
+	privtest.RequireRoot(t)
+	before := len(privtest.LoadedPrograms(t))
+	r := startCLI(t, "trace", "--output", "json")
+	waitAttached(t, before)
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
+		t.Fatalf("%d hoptrace programs still loaded after SIGKILL", left)
+	}
+}
+
+// --count ends the trace by itself after N paths, in text form.
+func TestTraceCountText(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	before := len(privtest.LoadedPrograms(t))
+	r := startCLI(t, "trace", "--netns", a.Name, "--proto", "icmp", "--count", "2", "--duration", "20s")
+	waitAttached(t, before)
+	if n, err := a.Ping(b.Addr.Addr(), 3, 2*time.Second); err != nil || n != 3 {
+		t.Fatalf("ping: %d, %v", n, err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("--count 2 did not end the trace")
+	}
+	if err := r.cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	out := strings.Join(r.lines, "\n")
+	if n := strings.Count(out, "=> "); n != 2 {
+		t.Errorf("%d paths printed, want 2:\n%s", n, out)
+	}
+	for _, want := range []string{a.Name, "eth0", a.HostVeth, topo.Bridge, "veth", "egress", "ingress"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text output lacks %q:\n%s", want, out)
+		}
+	}
+}
