@@ -214,7 +214,9 @@ func TestTraceAcrossBridge(t *testing.T) {
 		return func(p path.Path) bool { return p.Proto == proto && p.Src == src && p.Dst == dst }
 	}
 
-	reqs := find(paths, func(p path.Path) bool { return is("ICMP", aAddr, bAddr)(p) && strings.Contains(p.Summary, "echo request") })
+	reqs := find(paths, func(p path.Path) bool {
+		return is("ICMP", aAddr, bAddr)(p) && strings.Contains(p.Summary, "echo request")
+	})
 	if len(reqs) != 2 {
 		t.Fatalf("%d echo requests a->b traced, want 2", len(reqs))
 	}
@@ -227,7 +229,9 @@ func TestTraceAcrossBridge(t *testing.T) {
 			t.Errorf("ports not shown as ports of %s", topo.Bridge)
 		}
 	}
-	replies := find(paths, func(p path.Path) bool { return is("ICMP", bAddr, aAddr)(p) && strings.Contains(p.Summary, "echo reply") })
+	replies := find(paths, func(p path.Path) bool {
+		return is("ICMP", bAddr, aAddr)(p) && strings.Contains(p.Summary, "echo reply")
+	})
 	if len(replies) != 2 {
 		t.Fatalf("%d echo replies b->a traced, want 2 (traced because a's address is selected)", len(replies))
 	}
