@@ -56,9 +56,10 @@ func TestClassifyPath(t *testing.T) {
 		{"/run/docker/netns/default", srcDocker, "docker:default"},
 		{"/proc/42/ns/net", srcProc, ""},
 		{"/tmp/x/../ns", srcExplicit, "/tmp/ns"},
+		{"/var/run/netns/sub/x", srcExplicit, "/var/run/netns/sub/x"},
 	}
 	for _, c := range cases {
-		if src, label := classifyPath(c.path); src != c.src || label != c.label {
+		if src, label := classifyPath(c.path, NamedNetnsDir, DockerNetnsDir); src != c.src || label != c.label {
 			t.Errorf("classifyPath(%q) = %v %q, want %v %q", c.path, src, label, c.src, c.label)
 		}
 	}

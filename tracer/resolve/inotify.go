@@ -100,7 +100,7 @@ func (r *Resolver) startInotify() error {
 	if err != nil {
 		return fmt.Errorf("inotify_init1: %w", err)
 	}
-	w := newDirWatcher(fd, []string{NamedNetnsDir, DockerNetnsDir})
+	w := newDirWatcher(fd, []string{r.namedDir, r.dockerDir})
 	w.ensure()
 	f := os.NewFile(uintptr(fd), "inotify")
 	r.inotify = f

@@ -463,3 +463,62 @@ func BenchmarkLink(b *testing.B) {
 		r.Label(host)
 	}
 }
+
+func TestDockerSandboxDir(t *testing.T) {
+	testnet.RequireRoot(t)
+	// The directory does not exist when the resolver starts, as before
+	// Docker's first container: its appearance must be noticed too.
+	dockerDir := t.TempDir() + "/docker/netns"
+	r := newResolver(t, Options{DockerNetnsDir: dockerDir})
+	pid, ino, stop := startNetnsProcess(t)
+
+	if err := os.MkdirAll(dockerDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const id = "0123456789ab"
+	file := dockerDir + "/" + id
+	if err := os.WriteFile(file, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	// Mount after the file exists, as Docker does: mounts raise no inotify
+	// event, the resolver has to look again.
+	time.Sleep(50 * time.Millisecond)
+	if err := syscall.Mount(fmt.Sprintf("/proc/%d/ns/net", pid), file, "none", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind-mount netns: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(file, syscall.MNT_DETACH) })
+	t0 := time.Now()
+	waitFor(t, r, 10*time.Second, "Docker sandbox namespace", func() bool {
+		ns, ok := r.Namespace(ino)
+		return ok && ns.Label == "docker:"+id && ns.Path == file
+	})
+	t.Logf("found %v after the mount", time.Since(t0))
+	ns, err := r.OpenNetns(id)
+	if err != nil || ns.Inode != ino || ns.Label != "docker:"+id {
+		t.Errorf("OpenNetns(sandbox id) = %+v, %v", ns, err)
+	}
+	_, err = r.OpenNetns("nope")
+	if want := `netns "nope": no such namespace (looked in /var/run/netns, ` + dockerDir + `)`; err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
+	}
+
+	// The process exits; the bind mount keeps the namespace alive and known.
+	stop()
+	r.Refresh()
+	time.Sleep(3 * refreshInterval)
+	if ns, ok := r.Namespace(ino); !ok || ns.Label != "docker:"+id {
+		t.Errorf("bind-mounted namespace lost after its process exited: %+v %v", ns, ok)
+	}
+
+	// Docker tears the sandbox down: unmount and remove.
+	if err := syscall.Unmount(file, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, r, 5*time.Second, "sandbox namespace to disappear", func() bool {
+		_, ok := r.Namespace(ino)
+		return !ok
+	})
+}

@@ -33,6 +33,11 @@ const refreshInterval = 200 * time.Millisecond
 type Options struct {
 	// Annotator gives owner (container) names for namespaces; may be nil.
 	Annotator Annotator
+	// NetnsDir and DockerNetnsDir override where named and Docker
+	// namespaces are looked for (for example when the host's /run is
+	// mounted elsewhere); empty means NamedNetnsDir and DockerNetnsDir.
+	NetnsDir       string
+	DockerNetnsDir string
 	// Logf, when set, receives diagnostics about namespaces that could not
 	// be watched and netlink subscriptions that failed; may be nil.
 	Logf func(format string, args ...any)
@@ -81,6 +86,8 @@ type Resolver struct {
 	opts      Options
 	hostInode uint32
 	hostPath  string
+	namedDir  string
+	dockerDir string
 
 	mu  sync.RWMutex
 	nss map[uint32]*nsState
@@ -105,13 +112,21 @@ type Resolver struct {
 // the picture current until Close. ctx bounds the initial scan only.
 func New(ctx context.Context, opts Options) (*Resolver, error) {
 	r := &Resolver{
-		opts:     opts,
-		nss:      make(map[uint32]*nsState),
-		changes:  make(chan struct{}, 1),
-		refreshC: make(chan struct{}, 1),
-		dirScanC: make(chan struct{}, 1),
-		pendingC: make(chan struct{}, 1),
-		quit:     make(chan struct{}),
+		opts:      opts,
+		nss:       make(map[uint32]*nsState),
+		changes:   make(chan struct{}, 1),
+		refreshC:  make(chan struct{}, 1),
+		dirScanC:  make(chan struct{}, 1),
+		pendingC:  make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		namedDir:  NamedNetnsDir,
+		dockerDir: DockerNetnsDir,
+	}
+	if opts.NetnsDir != "" {
+		r.namedDir = filepath.Clean(opts.NetnsDir)
+	}
+	if opts.DockerNetnsDir != "" {
+		r.dockerDir = filepath.Clean(opts.DockerNetnsDir)
 	}
 	ino, path, err := findHostNetns()
 	if err != nil {
@@ -348,12 +363,12 @@ func (r *Resolver) OpenNetns(spec string) (Namespace, error) {
 		if _, err := os.Stat(path); err != nil {
 			return Namespace{}, fmt.Errorf("netns %q: %w", spec, unwrapPathErr(err))
 		}
-		src, label = classifyPath(path)
+		src, label = classifyPath(path, r.namedDir, r.dockerDir)
 	} else {
 		for _, c := range []struct {
 			dir string
 			src source
-		}{{NamedNetnsDir, srcNamed}, {DockerNetnsDir, srcDocker}} {
+		}{{r.namedDir, srcNamed}, {r.dockerDir, srcDocker}} {
 			p := filepath.Join(c.dir, spec)
 			if _, err := os.Stat(p); err == nil {
 				path, src = p, c.src
@@ -361,7 +376,7 @@ func (r *Resolver) OpenNetns(spec string) (Namespace, error) {
 			}
 		}
 		if path == "" {
-			return Namespace{}, fmt.Errorf("netns %q: no such namespace (looked in %s, %s)", spec, NamedNetnsDir, DockerNetnsDir)
+			return Namespace{}, fmt.Errorf("netns %q: no such namespace (looked in %s, %s)", spec, r.namedDir, r.dockerDir)
 		}
 		label = spec
 		if src == srcDocker {

@@ -137,18 +137,27 @@ func procPid(path string) int {
 
 // classifyPath tells which source an explicitly given path corresponds to
 // and the label it gets.
-func classifyPath(path string) (source, string) {
+func classifyPath(path, namedDir, dockerDir string) (source, string) {
 	clean := filepath.Clean(path)
-	switch filepath.Dir(clean) {
-	case filepath.Clean(NamedNetnsDir), "/run/netns":
+	switch dir := filepath.Dir(clean); dir {
+	case namedDir, canonicalRun(namedDir):
 		return srcNamed, filepath.Base(clean)
-	case filepath.Clean(DockerNetnsDir), "/run/docker/netns":
+	case dockerDir, canonicalRun(dockerDir):
 		return srcDocker, "docker:" + filepath.Base(clean)
 	}
 	if procPid(clean) > 0 {
 		return srcProc, ""
 	}
 	return srcExplicit, clean
+}
+
+// canonicalRun spells a /var/run path as /run (where /var/run usually
+// links to), so that both spellings are recognized.
+func canonicalRun(dir string) string {
+	if rest, ok := strings.CutPrefix(dir, "/var/run/"); ok {
+		return "/run/" + rest
+	}
+	return dir
 }
 
 // procLabel labels a namespace known only through a process.
@@ -221,8 +230,8 @@ func checkNetnsFile(path string) (uint32, error) {
 func (r *Resolver) rescan(ctx context.Context, full bool) error {
 	res := &scanResult{byInode: make(map[uint32]candidate)}
 	res.add(candidate{inode: r.hostInode, path: r.hostPath, src: srcHost, label: "host"})
-	res.scanDir(NamedNetnsDir, srcNamed)
-	res.scanDir(DockerNetnsDir, srcDocker)
+	res.scanDir(r.namedDir, srcNamed)
+	res.scanDir(r.dockerDir, srcDocker)
 	if full {
 		res.scanProc()
 	}
