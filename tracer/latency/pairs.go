@@ -1,0 +1,173 @@
+package latency
+
+import (
+	"fmt"
+
+	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
+)
+
+// HopKey is one hop as the kernel keys it: (netns inode, ifindex, hook).
+type HopKey = bpfobj.HoptraceHopKey
+
+// Pair keys one histogram: the time from one hop to the next.
+type Pair = bpfobj.HoptraceHopPair
+
+// Names is what naming hops needs; *resolve.Resolver implements it.
+type Names interface {
+	Link(netns uint32, ifindex int) (resolve.Link, bool)
+	Namespace(inode uint32) (resolve.Namespace, bool)
+	HostInode() uint32
+}
+
+// Steps: what a hook means on the path, in the words reports use.
+const (
+	StepEgress  = "egress"  // net_dev_queue: handed to the device, before its qdisc
+	StepXmit    = "xmit"    // net_dev_start_xmit: left the qdisc, given to the driver
+	StepBacklog = "backlog" // netif_rx: queued to the receiving CPU's backlog (veth peer)
+	StepGRO     = "gro"     // napi_gro_receive_entry
+	StepIngress = "ingress" // netif_receive_skb: taken by the stack on the device
+	StepLocal   = "local"   // netif_receive_skb on a bridge device: up to the host stack
+	StepDrop    = "drop"    // kfree_skb
+	StepConsume = "consume" // consume_skb
+	StepSocket  = "socket"  // skb_copy_datagram_iovec: read by a socket
+)
+
+// Step names a hook (see the Step constants).
+func Step(h event.Hook) string {
+	switch h {
+	case event.HookNetDevQueue:
+		return StepEgress
+	case event.HookNetDevStartXmit:
+		return StepXmit
+	case event.HookNetDevXmit:
+		return "xmit_done"
+	case event.HookNetifRx:
+		return StepBacklog
+	case event.HookGROReceive:
+		return StepGRO
+	case event.HookNetifReceiveSkb:
+		return StepIngress
+	case event.HookKfreeSkb:
+		return StepDrop
+	case event.HookConsumeSkb:
+		return StepConsume
+	case event.HookCopyDatagram:
+		return StepSocket
+	}
+	return fmt.Sprintf("hook%d", h)
+}
+
+// IsEndKey reports whether a hop is the end of a packet's life.
+func IsEndKey(k HopKey) bool { return event.IsEnd(event.Hook(k.Hook)) }
+
+// DropReason returns the drop reason a kfree_skb end hop carries in its
+// padding (24 bits), 0 when the kernel did not record one.
+func DropReason(k HopKey) uint32 {
+	if event.Hook(k.Hook) != event.HookKfreeSkb {
+		return 0
+	}
+	return uint32(k.Pad[0]) | uint32(k.Pad[1])<<8 | uint32(k.Pad[2])<<16
+}
+
+// Hop is one hop with names.
+type Hop struct {
+	// Netns is the namespace's label ("host", a name under /var/run/netns,
+	// "netns:<inode>"); Container the container owning it, if known.
+	Netns      string `json:"netns"`
+	NetnsInode uint32 `json:"netns_inode"`
+	Container  string `json:"container,omitempty"`
+	Interface  string `json:"interface,omitempty"`
+	Ifindex    int    `json:"ifindex"`
+	// Bridge is the bridge the interface is a port of (or is).
+	Bridge    string `json:"bridge,omitempty"`
+	Hook      string `json:"hook"`      // tracepoint
+	Step      string `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, consume, socket
+	Direction string `json:"direction"` // egress, ingress, local, end
+	Label     string `json:"label"`     // "web:eth0 egress"
+}
+
+// Who is the hop's owner as reports print it: the container, else the
+// namespace label.
+func (h *Hop) Who() string {
+	if h.Container != "" {
+		return h.Container
+	}
+	return h.Netns
+}
+
+// DescribeHop names a hop.
+func DescribeHop(names Names, k HopKey) Hop {
+	hk := event.Hook(k.Hook)
+	h := Hop{
+		NetnsInode: k.Netns,
+		Ifindex:    int(k.Ifindex),
+		Hook:       event.HookName(hk),
+		Step:       Step(hk),
+		Direction:  string(event.HookDirection(hk)),
+	}
+	switch {
+	case k.Netns == 0:
+		h.Netns = "?"
+	case names != nil && k.Netns == names.HostInode():
+		h.Netns = "host"
+		if ns, ok := names.Namespace(k.Netns); ok {
+			h.Container = ns.Owner
+		}
+	default:
+		h.Netns = fmt.Sprintf("netns:%d", k.Netns)
+		if names != nil {
+			if ns, ok := names.Namespace(k.Netns); ok {
+				if ns.Label != "" {
+					h.Netns = ns.Label
+				}
+				h.Container = ns.Owner
+			}
+		}
+	}
+	if k.Ifindex != 0 {
+		h.Interface = fmt.Sprintf("if%d", k.Ifindex)
+		if names != nil {
+			if l, ok := names.Link(k.Netns, int(k.Ifindex)); ok {
+				h.Interface = l.Name
+				if l.IsBridge() {
+					h.Bridge = l.Name
+					if hk == event.HookNetifReceiveSkb {
+						h.Step = StepLocal
+						h.Direction = string(event.Local)
+					}
+				} else if l.MasterIndex != 0 {
+					if m, ok := names.Link(k.Netns, l.MasterIndex); ok && m.IsBridge() {
+						h.Bridge = m.Name
+					}
+				}
+			}
+		}
+	}
+	h.Label = h.Who()
+	if h.Interface != "" {
+		h.Label += ":" + h.Interface
+	}
+	h.Label += " " + h.Step
+	return h
+}
+
+// PairLabel names a pair. The second hop is shortened when it shares the
+// first one's device ("web:eth0 egress → xmit") or namespace
+// ("host:veth1a2b xmit → vethfe01 backlog"); a bridge forwarding between
+// two of its ports reads "host:veth1a2b ingress → docker0 → veth9c3d egress".
+func PairLabel(from, to *Hop) string {
+	switch {
+	case from.NetnsInode == to.NetnsInode && from.Ifindex == to.Ifindex && from.Ifindex != 0:
+		return from.Label + " → " + to.Step
+	case from.NetnsInode == to.NetnsInode && from.Bridge != "" && from.Bridge == to.Bridge &&
+		from.Step == StepIngress && to.Step == StepEgress:
+		return from.Label + " → " + from.Bridge + " → " + to.Interface + " " + to.Step
+	case from.NetnsInode == to.NetnsInode && to.Interface != "":
+		return from.Label + " → " + to.Interface + " " + to.Step
+	case from.NetnsInode == to.NetnsInode:
+		return from.Label + " → " + to.Step
+	}
+	return from.Label + " → " + to.Label
+}

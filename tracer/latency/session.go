@@ -1,0 +1,294 @@
+package latency
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/hoptrace/hoptrace/tracer/loader"
+	"github.com/hoptrace/hoptrace/tracer/trace"
+)
+
+// DefaultHooks are the hooks latency mode observes unless told otherwise:
+// the same as a detailed trace (trace.Config.Detail), so that the per-hop
+// deltas of `hoptrace trace --detail` and the pairs here measure the same
+// steps.
+func DefaultHooks() []loader.Hook {
+	hooks := append([]loader.Hook{}, loader.HopHooks...)
+	hooks = append(hooks, loader.DetailHooks...)
+	return append(hooks, loader.EndHooks...)
+}
+
+// Config describes one latency session.
+type Config struct {
+	// Netns, Devices and Dynamic select packets as in trace.Config.
+	Netns   []uint32
+	Devices []trace.Device
+	Dynamic <-chan trace.NetnsChange
+
+	Interval time.Duration // report every; 0: 1s
+	Duration time.Duration // stop after; 0: until cancelled
+
+	Hooks        []loader.Hook // nil: DefaultHooks()
+	TrackEntries int           // in-flight map size; 0: the loader's default
+	HistPairs    int           // histogram map size; 0: the loader's default
+	// ExpireAfter: in-flight entries whose last hop is older are expired;
+	// 0: 2s (twice the tracer's StaleAfter).
+	ExpireAfter time.Duration
+	// IdleIntervals: a pair's kernel histogram unchanged for this many
+	// intervals is deleted; 0: 60, negative: never.
+	IdleIntervals int
+
+	// Report receives each interval's report and, last, the final one
+	// (cumulative since the start). An error stops the session.
+	Report func(*Report) error
+	// Metrics, if set, is updated after every interval.
+	Metrics *Metrics
+	// Drops names kernel drop reasons; may be nil.
+	Drops DropNamer
+	// Ready, if set, is called once the programs are attached and the
+	// filters set.
+	Ready func()
+}
+
+// Run loads the tracer in latency mode and reports until ctx is cancelled
+// or Duration passes; the final report covers the whole session.
+func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
+	interval := cfg.Interval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+	hooks := cfg.Hooks
+	if hooks == nil {
+		hooks = DefaultHooks()
+	}
+	var kinds uint32
+	switch {
+	case len(cfg.Devices) > 0:
+		kinds = loader.FilterDev
+	case len(cfg.Netns) > 0 || cfg.Dynamic != nil:
+		kinds = loader.FilterNetns | loader.FilterAddr
+	}
+	tr, err := loader.Load(loader.Options{
+		Mode:         loader.ModeLatency,
+		Hooks:        hooks,
+		FilterKinds:  kinds,
+		TrackEntries: cfg.TrackEntries,
+		HistPairs:    cfg.HistPairs,
+		RingBytes:    4096 * 4, // no events in latency mode: keep the ring small
+	})
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+
+	sel := newSelection(tr, names)
+	for _, d := range cfg.Devices {
+		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
+			return err
+		}
+	}
+	for _, ns := range cfg.Netns {
+		sel.netns[ns] = true
+	}
+	if err := sel.sync(); err != nil {
+		return err
+	}
+
+	rd := NewReader(tr.Hists())
+	switch {
+	case cfg.IdleIntervals < 0:
+		rd.IdleAfter = 0
+	case cfg.IdleIntervals > 0:
+		rd.IdleAfter = cfg.IdleIntervals
+	}
+	expire := cfg.ExpireAfter
+	if expire <= 0 {
+		expire = 2 * time.Second
+	}
+	sw := NewSweeper(tr.InFlight(), expire)
+	totals := map[Pair]*Hist{}
+	var prevStats loader.Stats
+	var startStats loader.Stats
+	start := time.Now()
+	last := start
+
+	tick := func(final bool) error {
+		hists, err := rd.Read()
+		if err != nil {
+			return err
+		}
+		for k, h := range hists {
+			t := totals[k]
+			if t == nil {
+				t = new(Hist)
+				totals[k] = t
+			}
+			t.Merge(h)
+		}
+		swept, err := sw.Sweep()
+		if err != nil {
+			return err
+		}
+		st, err := tr.Stats()
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		refreshUnknown(names, hists)
+		if cfg.Metrics != nil {
+			cfg.Metrics.update(names, cfg.Drops, totals, st, sw, rd.Evicted(), swept.Entries)
+		}
+		var rep Report
+		if final {
+			rep = BuildReport(totals, names, cfg.Drops)
+			rep.Interval = now.Sub(start).Seconds()
+			rep.Kernel = kernelDelta(st, startStats, rd.Evicted())
+			rep.Tracking.Expired = sw.Expired()
+		} else {
+			rep = BuildReport(hists, names, cfg.Drops)
+			rep.Interval = now.Sub(last).Seconds()
+			rep.Kernel = kernelDelta(st, prevStats, 0)
+			rep.Tracking.Expired = swept.Expired
+		}
+		rep.Time = now
+		rep.Final = final
+		rep.Tracking.Entries = swept.Entries
+		rep.Tracking.Capacity = sw.Capacity()
+		if sw.Capacity() > 0 {
+			rep.Tracking.Fill = float64(swept.Entries) / float64(sw.Capacity())
+		}
+		rep.Tracking.Total = sw.Expired()
+		prevStats = st
+		last = now
+		if cfg.Report != nil {
+			return cfg.Report(&rep)
+		}
+		return nil
+	}
+
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return tick(true)
+		case ch, ok := <-cfg.Dynamic:
+			if !ok {
+				cfg.Dynamic = nil
+				continue
+			}
+			if ch.Selected {
+				sel.netns[ch.Inode] = true
+			} else {
+				delete(sel.netns, ch.Inode)
+			}
+			if err := sel.sync(); err != nil {
+				return err
+			}
+		case <-names.Changes():
+			if err := sel.sync(); err != nil {
+				return err
+			}
+		case <-ticker.C:
+			if err := tick(false); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func kernelDelta(cur, prev loader.Stats, evicted uint64) Kernel {
+	return Kernel{
+		Packets:      cur.Packets - prev.Packets,
+		HistUpdates:  cur.HistUpdates - prev.HistUpdates,
+		HistFull:     cur.HistFull - prev.HistFull,
+		Lost:         cur.Lost - prev.Lost,
+		PairsEvicted: evicted,
+	}
+}
+
+// refreshUnknown asks the resolver to rescan when a hop's namespace is
+// unknown to it.
+func refreshUnknown(names trace.Resolver, hists map[Pair]*Hist) {
+	for k := range hists {
+		for _, ns := range []uint32{k.From.Netns, k.To.Netns} {
+			if ns == 0 || ns == names.HostInode() {
+				continue
+			}
+			if _, ok := names.Namespace(ns); !ok {
+				names.Refresh()
+				return
+			}
+		}
+	}
+}
+
+// selection keeps the in-kernel namespace and address filters equal to the
+// selected namespaces and the addresses their interfaces have now (the same
+// rule as a trace: packets seen in a namespace, or sent to or from it).
+type selection struct {
+	tr            *loader.Tracer
+	names         trace.Resolver
+	netns         map[uint32]bool
+	inKernelNetns map[uint32]bool
+	inKernelAddrs map[netip.Addr]bool
+}
+
+func newSelection(tr *loader.Tracer, names trace.Resolver) *selection {
+	return &selection{tr: tr, names: names, netns: map[uint32]bool{},
+		inKernelNetns: map[uint32]bool{}, inKernelAddrs: map[netip.Addr]bool{}}
+}
+
+func (s *selection) sync() error {
+	want := map[netip.Addr]bool{}
+	for ns := range s.netns {
+		if !s.inKernelNetns[ns] {
+			if err := s.tr.SelectNetns(ns, true); err != nil {
+				return err
+			}
+			s.inKernelNetns[ns] = true
+		}
+		for _, l := range s.names.Links(ns) {
+			for _, cidr := range l.Addrs {
+				if p, err := netip.ParsePrefix(cidr); err == nil && !p.Addr().IsLoopback() {
+					want[p.Addr()] = true
+				}
+			}
+		}
+	}
+	for ns := range s.inKernelNetns {
+		if !s.netns[ns] {
+			if err := s.tr.SelectNetns(ns, false); err != nil {
+				return err
+			}
+			delete(s.inKernelNetns, ns)
+		}
+	}
+	for a := range want {
+		if !s.inKernelAddrs[a] {
+			if err := s.tr.SelectAddr(a, true); err != nil {
+				return err
+			}
+			s.inKernelAddrs[a] = true
+		}
+	}
+	for a := range s.inKernelAddrs {
+		if !want[a] {
+			if err := s.tr.SelectAddr(a, false); err != nil {
+				return fmt.Errorf("selection: %w", err)
+			}
+			delete(s.inKernelAddrs, a)
+		}
+	}
+	return nil
+}
