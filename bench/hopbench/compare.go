@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A condition is what runs beside the workload: nothing, tcpdump, or hoptrace.
+type Condition struct {
+	Name string
+	// Argv builds the command line; nil for the baseline.
+	Argv     func(nt *Net) []string
+	ReadyRe  *regexp.Regexp
+	MinLinks int
+}
+
+// Workload is one measurement.
+type Workload struct {
+	Name string
+	Run  func(ctx context.Context, nt *Net, dur time.Duration) (map[string]float64, error)
+	// Only, if set, limits the workload to these conditions.
+	Only []string
+}
+
+// Sample is one (round, condition, workload) measurement.
+type Sample struct {
+	Round     int                `json:"round"`
+	Condition string             `json:"condition"`
+	Workload  string             `json:"workload"`
+	Metrics   map[string]float64 `json:"metrics"`
+	Summary   string             `json:"summary,omitempty"`
+	Error     string             `json:"error,omitempty"`
+}
+
+// hoptraceReady matches a line hoptrace may print once its programs are
+// attached; without one the BPF link count is used.
+var hoptraceReady = regexp.MustCompile(`(?i)^hoptrace: .*(ready|attached|tracing|listening)`)
+
+func conditions(hoptrace string, withLatency bool) []Condition {
+	nsFlags := func(nt *Net) []string {
+		var f []string
+		for _, h := range nt.Hosts {
+			f = append(f, "--netns", h.Name)
+		}
+		return f
+	}
+	cs := []Condition{
+		{Name: "baseline"},
+		{
+			Name:    "tcpdump",
+			Argv:    func(*Net) []string { return []string{"tcpdump", "-i", "any", "-w", "/dev/null", "-s", "96"} },
+			ReadyRe: regexp.MustCompile(`listening on`),
+		},
+		{
+			Name: "trace",
+			Argv: func(nt *Net) []string {
+				return append([]string{hoptrace, "trace", "--output", "json"}, nsFlags(nt)...)
+			},
+			ReadyRe:  hoptraceReady,
+			MinLinks: 5, // two hop hooks, three end hooks
+		},
+	}
+	if withLatency {
+		cs = append(cs, Condition{
+			Name: "latency",
+			Argv: func(nt *Net) []string {
+				return append([]string{hoptrace, "latency"}, nsFlags(nt)...)
+			},
+			ReadyRe:  hoptraceReady,
+			MinLinks: 2,
+		})
+	}
+	return cs
+}
+
+// eventRate is the hoptrace event rate the fixed-rate UDP workload aims at.
+const eventRate = 300_000
+
+func workloads(eventsPerPacket func() float64) []Workload {
+	return []Workload{
+		{Name: "tcp_stream", Run: tcpStream},
+		{Name: "udp64", Run: func(ctx context.Context, nt *Net, d time.Duration) (map[string]float64, error) {
+			return udp64(ctx, nt, d, "1G")
+		}},
+		{Name: "tcp_rr", Run: tcpRR},
+		{Name: "udp64_300kev", Only: []string{"trace"}, Run: func(ctx context.Context, nt *Net, d time.Duration) (map[string]float64, error) {
+			pps := eventRate / eventsPerPacket()
+			m, err := udp64(ctx, nt, d, fmt.Sprintf("%.0f", pps*64*8))
+			if m != nil {
+				m["target_pps"] = pps
+			}
+			return m, err
+		}},
+	}
+}
+
+// CompareOptions configure the A/B comparison.
+type CompareOptions struct {
+	Rounds   int
+	Duration time.Duration
+	Hoptrace string
+	Latency  bool // include hoptrace latency
+	Log      io.Writer
+}
+
+// Compare runs every workload under every condition, condition after
+// condition within a round, round after round.
+func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, error) {
+	srv, err := startServers(ctx, nt)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+
+	epp := 6.0 // events per UDP packet, measured by the trace condition's udp64 run
+	var samples []Sample
+	conds := conditions(opts.Hoptrace, opts.Latency)
+	works := workloads(func() float64 { return epp })
+	for round := 1; round <= opts.Rounds; round++ {
+		for _, c := range conds {
+			for _, w := range works {
+				if len(w.Only) > 0 && !contains(w.Only, c.Name) {
+					continue
+				}
+				if ctx.Err() != nil {
+					return samples, ctx.Err()
+				}
+				s := runOne(ctx, nt, c, w, opts.Duration)
+				s.Round = round
+				if s.Error != "" {
+					fmt.Fprintf(opts.Log, "round %d %-8s %-12s ERROR %s\n", round, c.Name, w.Name, s.Error)
+				} else {
+					fmt.Fprintf(opts.Log, "round %d %-8s %-12s %s\n", round, c.Name, w.Name, fmtMetrics(s.Metrics))
+				}
+				if c.Name == "trace" && w.Name == "udp64" && s.Metrics["tx_packets"] > 0 && s.Metrics["events_produced"] > 0 {
+					epp = s.Metrics["events_produced"] / s.Metrics["tx_packets"]
+				}
+				samples = append(samples, s)
+			}
+		}
+	}
+	return samples, nil
+}
+
+func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Duration) Sample {
+	s := Sample{Condition: c.Name, Workload: w.Name, Metrics: map[string]float64{}}
+	var p *Proc
+	if c.Argv != nil {
+		var err error
+		p, err = StartProc(c.Name, c.Argv(nt), nil, c.ReadyRe, c.MinLinks)
+		if err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		defer p.Kill()
+		ready, _, err := p.WaitReady(ctx, 20*time.Second, 300*time.Millisecond)
+		if err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		s.Metrics["tool_start_s"] = ready.Seconds()
+		time.Sleep(200 * time.Millisecond)
+	}
+	var u0 Usage
+	if p != nil {
+		u0, _ = p.Sample()
+	}
+	t0 := time.Now()
+	m, err := w.Run(ctx, nt, dur)
+	elapsed := time.Since(t0)
+	for k, v := range m {
+		s.Metrics[k] = v
+	}
+	if err != nil {
+		s.Error = err.Error()
+	}
+	if p != nil {
+		u1, _ := p.Sample()
+		s.Metrics["tool_cpu_pct"] = 100 * (u1.CPU - u0.CPU).Seconds() / elapsed.Seconds()
+		s.Metrics["tool_hwm_mb"] = float64(u1.HWMKB) / 1024
+		exit, err := p.Stop(10 * time.Second)
+		s.Metrics["tool_exit_s"] = exit.Seconds()
+		if err != nil && s.Error == "" {
+			s.Error = err.Error()
+		}
+		sum := ParseSummary(p.Stderr())
+		s.Summary = sum.Line
+		if strings.HasPrefix(sum.Line, "hoptrace:") {
+			s.Metrics["events_received"] = float64(sum.Events)
+			s.Metrics["events_lost"] = float64(sum.Lost)
+			s.Metrics["events_produced"] = float64(sum.Produced)
+			s.Metrics["events_per_s"] = float64(sum.Produced) / elapsed.Seconds()
+		} else if sum.Found {
+			s.Metrics["captured"] = float64(sum.Packets)
+			s.Metrics["kernel_dropped"] = float64(sum.Dropped)
+		}
+	}
+	return s
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func fmtMetrics(m map[string]float64) string {
+	var b strings.Builder
+	for _, k := range sortedKeys(m) {
+		fmt.Fprintf(&b, "%s=%.4g ", k, m[k])
+	}
+	return b.String()
+}
+
+// hasSubcommand reports whether the hoptrace binary knows a subcommand.
+func hasSubcommand(bin, name string) bool {
+	out, err := exec.Command(bin, name, "--help").CombinedOutput()
+	return err == nil && !bytes.Contains(out, []byte("No help topic"))
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]byte(nil), s.b.Bytes()...)
+}

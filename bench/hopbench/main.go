@@ -1,0 +1,135 @@
+// Command hopbench measures what hoptrace costs the traffic it traces, next
+// to a baseline and tcpdump, and how it scales with the number of veth pairs.
+// It builds its own network namespaces, veth pairs and bridge, sends traffic
+// only between them, and removes them afterwards. It must run as root.
+//
+//	hopbench [-rounds 5] [-duration 2s] [-scale 50,200,500] [-out BENCHMARKS.md]
+//	hopbench -only scale      # the scale benchmark alone
+//	hopbench -only compare    # the overhead comparison alone
+//	hopbench -only go         # the go test benchmarks alone
+//
+// rr-server and rr-client are the request/response workload's two ends,
+// started inside the namespaces by hopbench itself.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		var err error
+		switch os.Args[1] {
+		case "rr-server":
+			err = rrServer(os.Args[2:])
+		case "rr-client":
+			err = rrClient(os.Args[2:])
+		default:
+			err = bench(os.Args[1:])
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hopbench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := bench(nil); err != nil {
+		fmt.Fprintf(os.Stderr, "hopbench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func bench(args []string) error {
+	fs := flag.NewFlagSet("hopbench", flag.ExitOnError)
+	rounds := fs.Int("rounds", 5, "rounds of the comparison (each runs every condition)")
+	dur := fs.Duration("duration", 2*time.Second, "length of each workload")
+	scaleList := fs.String("scale", "50,200,500", "veth pair counts for the scale benchmark")
+	hoptrace := fs.String("hoptrace", "bin/hoptrace", "hoptrace binary")
+	only := fs.String("only", "", "run one part: compare, scale or go (default: all)")
+	out := fs.String("out", "", "write the Markdown report here (default: stdout)")
+	jsonOut := fs.String("json", "", "write raw results as JSON here")
+	goCmd := fs.String("go", "go", "go command for the go test benchmarks")
+	benchtime := fs.String("benchtime", "1s", "go test -benchtime")
+	fs.Parse(args)
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root: it creates network namespaces and runs hoptrace")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := os.Stderr
+
+	res := &Results{
+		Date: time.Now(), Kernel: kernelRelease(), CPU: cpuModel(), Cores: runtime.NumCPU(), Commit: gitCommit(),
+		Command: "hopbench " + strings.Join(args, " "), Rounds: *rounds, Duration: dur.String(),
+	}
+	part := func(name string) bool { return *only == "" || *only == name }
+
+	if part("go") {
+		gb, cmd, err := RunGoBench(ctx, *goCmd, *benchtime, log)
+		res.GoBench, res.GoCommand = gb, cmd
+		if err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("go test -bench failed: %v", err))
+			fmt.Fprintf(log, "go benchmarks: %v\n", err)
+		}
+	}
+	if part("compare") && ctx.Err() == nil {
+		withLatency := hasSubcommand(*hoptrace, "latency")
+		if !withLatency {
+			res.Notes = append(res.Notes, "`hoptrace latency` is not in this build: its column is missing.")
+		}
+		nt, err := NewNet(2)
+		if err != nil {
+			return fmt.Errorf("benchmark network: %w", err)
+		}
+		nt.DisableIPv6()
+		fmt.Fprintf(log, "network: bridge %s, %s %s, %s %s\n", nt.Bridge, nt.Hosts[0].Name, nt.Hosts[0].Addr, nt.Hosts[1].Name, nt.Hosts[1].Addr)
+		samples, err := Compare(ctx, nt, CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, Log: log})
+		res.Samples = samples
+		if cerr := nt.Close(); cerr != nil {
+			fmt.Fprintf(log, "cleanup: %v\n", cerr)
+		}
+		if err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("comparison stopped early: %v", err))
+		}
+		for _, s := range samples {
+			if s.Error != "" {
+				res.Notes = append(res.Notes, fmt.Sprintf("round %d %s %s failed: %s", s.Round, s.Condition, s.Workload, oneLineErr(s.Error)))
+			}
+		}
+	}
+	if part("scale") && ctx.Err() == nil {
+		for _, f := range strings.Split(*scaleList, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 60000 {
+				return fmt.Errorf("-scale: bad count %q", f)
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			res.Scale = append(res.Scale, Scale(ctx, *hoptrace, n, log))
+		}
+	}
+	md := res.Markdown()
+	if *out == "" {
+		fmt.Print(md)
+	} else if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
+		return err
+	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ScaleResult is one scale measurement: hoptrace trace selecting N
+// namespaces, each with a veth pair on one bridge.
+type ScaleResult struct {
+	Pairs      int     `json:"pairs"`
+	CreateS    float64 `json:"create_s"`
+	ReadyS     float64 `json:"ready_s"`      // start -> ready line, or BPF links attached
+	ReadyLine  bool    `json:"ready_line"`   // ReadyS came from a ready line
+	FirstPathS float64 `json:"first_path_s"` // start -> first path of a packet from the last pair written out
+	LastTraced bool    `json:"last_traced"`  // a later packet on the last pair was traced too
+	DetachS    float64 `json:"detach_s"`     // SIGINT -> exit
+	HWMMB      float64 `json:"hwm_mb"`
+	CPUS       float64 `json:"cpu_s"` // CPU time until SIGINT
+	TeardownS  float64 `json:"teardown_s"`
+	Summary    string  `json:"summary"`
+	Error      string  `json:"error,omitempty"`
+}
+
+// Scale measures attach and detach with n pairs.
+func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) ScaleResult {
+	r := ScaleResult{Pairs: n}
+	t0 := time.Now()
+	nt, err := NewNet(n)
+	r.CreateS = time.Since(t0).Seconds()
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer func() {
+		t := time.Now()
+		if err := nt.Close(); err != nil {
+			fmt.Fprintf(log, "scale %d: cleanup: %v\n", n, err)
+		}
+		r.TeardownS = time.Since(t).Seconds()
+	}()
+	last := nt.Hosts[n-1]
+	gw := nt.Gateway.Addr()
+	firstPort, laterPort := uint16(9), uint16(10)
+	probe1, err := last.UDPSender(netip.AddrPortFrom(gw, firstPort))
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer probe1.Close()
+	probe2, err := last.UDPSender(netip.AddrPortFrom(gw, laterPort))
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer probe2.Close()
+
+	argv := []string{hoptrace, "trace", "--output", "json"}
+	for _, h := range nt.Hosts {
+		argv = append(argv, "--netns", h.Name)
+	}
+	pr, pw := io.Pipe()
+	p, err := StartProc("hoptrace trace", argv, pw, hoptraceReady, 5)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer p.Kill()
+
+	// Read paths; note when one from the last pair (to each probe port) appears.
+	src := `"src":"` + last.Addr.Addr().String() + `"`
+	var mu sync.Mutex
+	seen := map[uint16]time.Time{}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.Contains(line, src) {
+				continue
+			}
+			for _, port := range []uint16{firstPort, laterPort} {
+				if strings.Contains(line, fmt.Sprintf(`"dport":%d,`, port)) {
+					mu.Lock()
+					if _, ok := seen[port]; !ok {
+						seen[port] = time.Now()
+					}
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	defer pw.Close()
+	seenAt := func(port uint16) (time.Time, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		t, ok := seen[port]
+		return t, ok
+	}
+
+	readyc := make(chan struct{})
+	go func() {
+		d, line, err := p.WaitReady(ctx, 120*time.Second, 0)
+		if err == nil {
+			r.ReadyS, r.ReadyLine = d.Seconds(), line
+		}
+		close(readyc)
+	}()
+	// Probe every 10ms until the first path from the last pair is out.
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		if t, ok := seenAt(firstPort); ok {
+			r.FirstPathS = t.Sub(p.Started).Seconds()
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			r.Error = "no packet from the last pair traced within 120s: " + p.Stderr()
+			return r
+		}
+		select {
+		case <-p.exited:
+			r.Error = "hoptrace exited: " + p.Stderr()
+			return r
+		default:
+		}
+		probe1.Write([]byte("hoptrace-bench probe"))
+		time.Sleep(10 * time.Millisecond)
+	}
+	<-readyc
+	// Later, the last pair is still traced.
+	time.Sleep(500 * time.Millisecond)
+	for i := 0; i < 100; i++ {
+		if _, ok := seenAt(laterPort); ok {
+			r.LastTraced = true
+			break
+		}
+		probe2.Write([]byte("hoptrace-bench probe"))
+		time.Sleep(20 * time.Millisecond)
+	}
+	u, _ := p.Sample()
+	r.HWMMB = float64(u.HWMKB) / 1024
+	r.CPUS = u.CPU.Seconds()
+	exit, err := p.Stop(30 * time.Second)
+	r.DetachS = exit.Seconds()
+	if err != nil {
+		r.Error = err.Error()
+	}
+	r.Summary = ParseSummary(p.Stderr()).Line
+	fmt.Fprintf(log, "scale %d: create %.2fs ready %.3fs (line: %v) first path %.3fs later traced %v detach %.3fs HWM %.1f MB\n",
+		n, r.CreateS, r.ReadyS, r.ReadyLine, r.FirstPathS, r.LastTraced, r.DetachS, r.HWMMB)
+	return r
+}
