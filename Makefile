@@ -3,7 +3,7 @@ GO ?= go
 BIN := bin/hoptrace
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: all build generate check-generated setup test test-kernels demo bench clean
+.PHONY: all build generate check-generated setup test test-kernels demo bench bench-scale clean
 
 all: build
 
@@ -42,6 +42,19 @@ test-kernels:
 # A busybox container on docker0 pings its gateway while hoptrace traces it.
 demo:
 	scripts/demo.sh
+
+# Overhead (baseline vs tcpdump vs hoptrace trace vs hoptrace latency, alternating
+# rounds), scale (50/200/500 veth pairs) and userspace hot path benchmarks.
+# Root; builds its own namespaces and removes them. Writes BENCHMARKS.md.
+BENCH_FLAGS ?= -rounds 5 -duration 2s -scale 50,200,500
+bench: build
+	$(GO) build -o bin/hopbench ./bench/hopbench
+	bin/hopbench $(BENCH_FLAGS) -hoptrace $(BIN) -go $(GO) -out BENCHMARKS.md -json bench/results.json
+
+# The scale benchmark alone (report on stdout).
+bench-scale: build
+	$(GO) build -o bin/hopbench ./bench/hopbench
+	bin/hopbench -only scale -scale 50,200,500 -hoptrace $(BIN)
 
 clean:
 	rm -rf bin
