@@ -35,6 +35,7 @@ func newApp() *cli.App {
 		EnableBashCompletion: false,
 		Commands: []*cli.Command{
 			traceCommand(),
+			latencyCommand(),
 			doctorCommand(),
 			inspectCommand(),
 			topologyCommand(),

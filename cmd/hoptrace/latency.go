@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/urfave/cli/v2"
+
+	"github.com/hoptrace/hoptrace/tracer/kernel"
+	"github.com/hoptrace/hoptrace/tracer/latency"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/trace"
+)
+
+func latencyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "latency",
+		Usage:     "show hop-to-hop latency percentiles per hop pair, live, from in-kernel histograms",
+		ArgsUsage: " ",
+		Description: `Measures, in the kernel, the time each packet spends between consecutive
+hops (a device's egress queue, its driver, the peer's backlog, the stack
+receive, the socket read) and prints every interval a table of hop pairs with
+count, p50, p90, p99, max and the pair's share of its path's total. Pairs are
+grouped into paths (first hop to last). Percentiles are exact to within 3.2%.
+Selection works as for trace: --netns, --container, --interface; none traces
+every namespace. --metrics-addr serves Prometheus metrics (loopback unless
+another host is named).`,
+		Flags: append([]cli.Flag{
+			&cli.StringSliceFlag{Name: "netns", Aliases: []string{"n"}, Usage: "measure packets of this network namespace: a name in /var/run/netns, a Docker sandbox id, or a path such as /proc/PID/ns/net (repeatable)"},
+			&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: "measure packets crossing this interface, in the --netns namespaces or the host (repeatable)"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "report every `D`"},
+			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long and print the summary (default: until Ctrl-C)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per interval, the last one with \"final\": true)"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at `HOST:PORT` (/metrics); an empty host means 127.0.0.1"},
+			&cli.BoolFlag{Name: "detail", Usage: "text output: add the mean, the tracepoints of each pair and every pair on no path"},
+		}, containerFlags()...),
+		Action: runLatency,
+	}
+}
+
+func runLatency(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("latency takes no arguments (got %q); use --netns, --container or --interface", c.Args().First())
+	}
+	w, err := latency.NewWriter(os.Stdout, c.String("output"))
+	if err != nil {
+		return usageError{err}
+	}
+	w.Detail = c.Bool("detail")
+	interval := c.Duration("interval")
+	if interval < 10*time.Millisecond {
+		return usagef("--interval must be at least 10ms (got %s)", interval)
+	}
+	if c.Duration("duration") < 0 {
+		return usagef("--duration must not be negative")
+	}
+	metricsAddr := c.String("metrics-addr")
+	if metricsAddr != "" {
+		if _, port, err := net.SplitHostPort(metricsAddr); err != nil || port == "" {
+			return usagef("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9464", metricsAddr)
+		}
+	}
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+
+	containers, err := openContainers(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer containers.Close()
+	names, err := resolve.New(ctx, resolve.Options{Annotator: containers.Annotator()})
+	if err != nil {
+		return fmt.Errorf("resolve names: %w", err)
+	}
+	defer names.Close()
+
+	// The selection is built as for trace, then handed over.
+	var sel trace.Config
+	var scopes []resolve.Namespace
+	for _, spec := range c.StringSlice("netns") {
+		ns, err := names.OpenNetns(spec)
+		if err != nil {
+			return err
+		}
+		scopes = append(scopes, ns)
+		sel.Netns = append(sel.Netns, ns.Inode)
+	}
+	if ifnames := c.StringSlice("interface"); len(ifnames) > 0 {
+		if len(scopes) == 0 {
+			host, _ := names.Namespace(names.HostInode())
+			host.Inode = names.HostInode()
+			scopes = []resolve.Namespace{host}
+		}
+		for _, ifname := range ifnames {
+			found := false
+			for _, ns := range scopes {
+				if l, ok := names.LinkByName(ns.Inode, ifname); ok {
+					sel.Devices = append(sel.Devices, trace.Device{Netns: ns.Inode, Ifindex: l.Index})
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("interface %q: no such interface in %s", ifname, scopeNames(names, scopes))
+			}
+		}
+		sel.Netns = nil
+	}
+	if err := containers.Select(ctx, &sel); err != nil {
+		return err
+	}
+
+	cfg := latency.Config{
+		Netns:    sel.Netns,
+		Devices:  sel.Devices,
+		Dynamic:  sel.Dynamic,
+		Interval: interval,
+		Duration: c.Duration("duration"),
+		Report:   w.Write,
+		Drops:    latencyDropNames(),
+	}
+	var serveErr <-chan error
+	if metricsAddr != "" {
+		cfg.Metrics = latency.NewMetrics()
+		addr, errc, err := cfg.Metrics.Serve(ctx, metricsAddr)
+		if err != nil {
+			return err
+		}
+		serveErr = errc
+		fmt.Fprintf(os.Stderr, "hoptrace: metrics at http://%s/metrics\n", addr)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- latency.Run(ctx, cfg, names) }()
+	select {
+	case err := <-runErr:
+		return err
+	case err := <-serveErr:
+		cancel()
+		<-runErr
+		if err == nil {
+			err = fmt.Errorf("metrics endpoint stopped")
+		}
+		return fmt.Errorf("metrics endpoint: %w", err)
+	}
+}
+
+// latencyDropNames reads this kernel's drop reason names, if it can.
+func latencyDropNames() latency.DropNamer {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil
+	}
+	d, err := kernel.LoadDropReasons(spec)
+	if err != nil {
+		return nil
+	}
+	return d
+}
