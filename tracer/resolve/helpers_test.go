@@ -254,3 +254,32 @@ func TestDirWatcherAncestor(t *testing.T) {
 		t.Error("unknown watch descriptor asked for a scan")
 	}
 }
+
+func TestSameLinks(t *testing.T) {
+	base := Link{Netns: 1, Index: 2, Name: "eth0", Kind: "veth", Up: true, MAC: "02:00:00:00:00:01", MTU: 1500,
+		MasterIndex: 3, MasterName: "br0", PortState: "forwarding", PeerIndex: 4, PeerNetns: 5, Addrs: []string{"10.0.0.2/24"}}
+	a := map[int]*Link{2: &base}
+	same := base
+	same.Addrs = []string{"10.0.0.2/24"}
+	if !sameLinks(a, map[int]*Link{2: &same}) {
+		t.Error("equal views reported different")
+	}
+	for name, mutate := range map[string]func(*Link){
+		"name":   func(l *Link) { l.Name = "eth1" },
+		"up":     func(l *Link) { l.Up = false },
+		"master": func(l *Link) { l.MasterName = "br1" },
+		"port":   func(l *Link) { l.PortState = "blocking" },
+		"peer":   func(l *Link) { l.PeerNetns = 6 },
+		"addrs":  func(l *Link) { l.Addrs = append([]string{}, "10.0.0.3/24") },
+		"mtu":    func(l *Link) { l.MTU = 9000 },
+	} {
+		c := base
+		mutate(&c)
+		if sameLinks(a, map[int]*Link{2: &c}) {
+			t.Errorf("change of %s not noticed", name)
+		}
+	}
+	if sameLinks(a, map[int]*Link{}) || sameLinks(a, map[int]*Link{7: &same}) {
+		t.Error("different link sets reported equal")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -105,12 +106,13 @@ func (r *Resolver) addLocked(c candidate) (err error) {
 	if err != nil {
 		return fmt.Errorf("subscribe in %s: %w", c.path, err)
 	}
+	// List before publishing, so that readers never see it without links.
+	if _, err := r.relistLocked(st); err != nil {
+		r.logf("resolve: list %s: %v", c.label, err)
+	}
 	r.mu.Lock()
 	r.nss[c.inode] = st
 	r.mu.Unlock()
-	if err := r.relistLocked(st); err != nil {
-		r.logf("resolve: list %s: %v", c.label, err)
-	}
 	r.watchPidLocked(st)
 	r.wg.Add(1)
 	go r.watch(st, sub)
@@ -278,15 +280,20 @@ func (r *Resolver) watch(st *nsState, sub *subscription) {
 		}
 		if dirty {
 			r.wmu.Lock()
-			var err error
+			var (
+				changed bool
+				err     error
+			)
 			if !st.stopped {
-				err = r.relistLocked(st)
+				changed, err = r.relistLocked(st)
 			}
 			r.wmu.Unlock()
 			if err != nil {
 				r.logf("resolve: list %s: %v", st.ns.Label, err)
 			}
-			r.notify()
+			if changed {
+				r.notify()
+			}
 		}
 	}
 }
@@ -296,7 +303,7 @@ func (r *Resolver) watch(st *nsState, sub *subscription) {
 func (r *Resolver) resolvePendingPeersLocked() {
 	for _, st := range r.nss {
 		if st.unresolved && !st.stopped {
-			if err := r.relistLocked(st); err != nil {
+			if _, err := r.relistLocked(st); err != nil {
 				r.logf("resolve: list %s: %v", st.ns.Label, err)
 			}
 		}
@@ -340,11 +347,12 @@ func (r *Resolver) resolveNsidLocked(st *nsState, nsid int) (uint32, bool) {
 	return 0, false
 }
 
-// relistLocked dumps links and addresses of a namespace and publishes them.
-// Caller holds r.wmu.
-func (r *Resolver) relistLocked(st *nsState) error {
+// relistLocked dumps links and addresses of a namespace and publishes them,
+// reporting whether anything differs from what was known. Caller holds
+// r.wmu.
+func (r *Resolver) relistLocked(st *nsState) (bool, error) {
 	if st.stopped || st.h == nil || st.dump == nil {
-		return errors.New("namespace closed")
+		return false, errors.New("namespace closed")
 	}
 	var raws []rawLink
 	var err error
@@ -355,7 +363,7 @@ func (r *Resolver) relistLocked(st *nsState) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("dump links: %w", err)
+		return false, fmt.Errorf("dump links: %w", err)
 	}
 	var addrs []netlink.Addr
 	for try := 0; try < 3; try++ {
@@ -365,17 +373,41 @@ func (r *Resolver) relistLocked(st *nsState) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("dump addresses: %w", err)
+		return false, fmt.Errorf("dump addresses: %w", err)
 	}
 
 	links, names, unresolved := buildLinks(st.ns.Inode, raws, addrs, func(nsid int) (uint32, bool) {
 		return r.resolveNsidLocked(st, nsid)
 	})
 	st.unresolved = unresolved
+	if sameLinks(st.links, links) {
+		return false, nil
+	}
 	r.mu.Lock()
 	st.links, st.names = links, names
 	r.mu.Unlock()
-	return nil
+	return true, nil
+}
+
+// sameLinks reports whether two views of a namespace's links are equal.
+func sameLinks(a, b map[int]*Link) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for idx, la := range a {
+		lb, ok := b[idx]
+		if !ok || !sameLink(la, lb) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameLink(a, b *Link) bool {
+	return a.Netns == b.Netns && a.Index == b.Index && a.Name == b.Name && a.Kind == b.Kind &&
+		a.Up == b.Up && a.Running == b.Running && a.MAC == b.MAC && a.MTU == b.MTU &&
+		a.MasterIndex == b.MasterIndex && a.MasterName == b.MasterName && a.PortState == b.PortState &&
+		a.PeerIndex == b.PeerIndex && a.PeerNetns == b.PeerNetns && slices.Equal(a.Addrs, b.Addrs)
 }
 
 // watchPidLocked watches the process through which a namespace was found,

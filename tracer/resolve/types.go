@@ -29,7 +29,9 @@ type Link struct {
 	PeerIndex int
 	PeerNetns uint32
 
-	Addrs []string // CIDR notation, e.g. "10.77.0.2/24"
+	// Addrs lists the addresses in CIDR notation, e.g. "10.77.0.2/24".
+	// The slice is shared with the resolver: read it, do not modify it.
+	Addrs []string
 }
 
 // IsBridge reports whether the link is a Linux bridge device.
