@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"strings"
 	"sync"
@@ -239,4 +240,91 @@ func TestTraceCountText(t *testing.T) {
 			t.Errorf("text output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// --interface starts tracking at that interface; --events streams each
+// observation with its hook, in order.
+func TestTraceInterfaceEvents(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	before := len(privtest.LoadedPrograms(t))
+	r := startCLI(t, "trace", "--interface", b.HostVeth, "--events", "--output", "json", "--proto", "icmp")
+	waitAttached(t, before)
+	if n, err := a.Ping(b.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
+		t.Fatalf("ping: %d, %v", n, err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	r.cmd.Process.Signal(syscall.SIGINT)
+	<-r.done
+	r.cmd.Wait()
+	var seq []string
+	var id float64
+	for _, l := range r.lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not JSON: %q", l)
+		}
+		if !strings.Contains(m["summary"].(string), "echo request") {
+			continue
+		}
+		if id == 0 {
+			id = m["packet_id"].(float64)
+		}
+		if m["packet_id"].(float64) != id {
+			t.Errorf("echo request events under two ids: %v and %v", id, m["packet_id"])
+		}
+		seq = append(seq, fmt.Sprintf("%s@%s/%s", m["hook"], m["netns"], m["ifname"]))
+	}
+	want := []string{
+		"net_dev_queue@host/" + b.HostVeth,
+		"netif_receive_skb@" + b.Name + "/eth0",
+		"consume_skb@" + b.Name + "/eth0",
+	}
+	if fmt.Sprint(seq) != fmt.Sprint(want) {
+		t.Errorf("echo request events\n got %v\nwant %v", seq, want)
+	}
+}
+
+// --detail adds the driver and backlog steps between egress and ingress.
+func TestTraceDetailHooks(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	before := len(privtest.LoadedPrograms(t))
+	r := startCLI(t, "trace", "--netns", a.Name, "--detail", "--output", "json", "--proto", "icmp")
+	waitAttached(t, before)
+	if n, err := a.Ping(b.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
+		t.Fatalf("ping: %d, %v", n, err)
+	}
+	time.Sleep(800 * time.Millisecond)
+	r.cmd.Process.Signal(syscall.SIGINT)
+	<-r.done
+	r.cmd.Wait()
+	for _, l := range r.lines {
+		var m struct {
+			Summary string
+			Hops    []struct{ Hook, Netns, Ifname string }
+		}
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not JSON: %q", l)
+		}
+		if !strings.Contains(m.Summary, "echo request") {
+			continue
+		}
+		var got []string
+		for _, h := range m.Hops {
+			got = append(got, h.Hook+"@"+h.Ifname)
+		}
+		want := []string{
+			"net_dev_queue@eth0", "net_dev_start_xmit@eth0", "netif_rx@" + a.HostVeth, "netif_receive_skb@" + a.HostVeth,
+			"bridge_forward@" + topo.Bridge,
+			"net_dev_queue@" + b.HostVeth, "net_dev_start_xmit@" + b.HostVeth, "netif_rx@eth0", "netif_receive_skb@eth0",
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("detail hops\n got %v\nwant %v", got, want)
+		}
+		return
+	}
+	t.Fatalf("no echo request path in %d lines", len(r.lines))
 }
