@@ -2,6 +2,8 @@
 # Starts dockerd in the background when no daemon answers, and waits (at
 # most ~30 s) until it is ready. Idempotent: does nothing when `docker info`
 # already works. Logs go to ${DOCKERD_LOG:-/var/log/hoptrace-dockerd.log}.
+# DOCKERD_ARGS adds daemon options (e.g. -H unix:///tmp/d.sock --data-root
+# /tmp/d to run a separate daemon; set DOCKER_HOST to match).
 set -euo pipefail
 
 if docker info >/dev/null 2>&1; then
@@ -13,9 +15,10 @@ if ! command -v dockerd >/dev/null; then
 fi
 
 log="${DOCKERD_LOG:-/var/log/hoptrace-dockerd.log}"
-if ! pgrep -x dockerd >/dev/null; then
-	# containerd is started by dockerd itself when it is not running.
-	nohup dockerd >>"$log" 2>&1 </dev/null &
+if [ -n "${DOCKERD_ARGS:-}" ] || ! pgrep -x dockerd >/dev/null; then
+	# dockerd starts its own containerd when none is running.
+	# shellcheck disable=SC2086
+	nohup dockerd ${DOCKERD_ARGS:-} >>"$log" 2>&1 </dev/null &
 	echo "start-dockerd: started dockerd (pid $!), log in $log"
 fi
 
