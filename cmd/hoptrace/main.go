@@ -39,6 +39,7 @@ func newApp() *cli.App {
 			doctorCommand(),
 			inspectCommand(),
 			topologyCommand(),
+			verifyCommand(),
 		},
 		OnUsageError: onUsageError,
 	}

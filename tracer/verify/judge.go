@@ -1,0 +1,224 @@
+package verify
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/hoptrace/hoptrace/tracer/path"
+)
+
+// judgement is what one probe's path says.
+type judgement struct {
+	hops    []ObservedHop
+	matched int
+	ok      bool
+	failure *Failure
+	outcome string
+}
+
+// matches reports whether an observed hop is the expected one: same
+// namespace, interface and direction.
+func matches(e Hop, h path.Hop) bool {
+	if e.Ifname != h.Ifname || e.Direction != h.Direction {
+		return false
+	}
+	if e.NetnsInode != 0 && h.NetnsInode != 0 {
+		return e.NetnsInode == h.NetnsInode
+	}
+	return e.Netns == h.Netns || (h.Container != "" && e.Netns == h.Container)
+}
+
+// judge compares a probe's path with the expected hops. The path passes
+// when the probe was seen at every expected hop, in order; what happened
+// after the last one (a socket took it, nothing listened) is the delivery
+// outcome.
+func judge(expected []Hop, p *path.Path) judgement {
+	j := judgement{hops: []ObservedHop{}, outcome: OutcomeNotReached}
+	if len(expected) == 0 {
+		j.failure = &Failure{Stage: StagePath, Hop: "?", Reason: "no expected path"}
+		return j
+	}
+	if p == nil {
+		first := expected[0]
+		j.failure = &Failure{Stage: StagePath, Hop: first.Label(),
+			Reason: fmt.Sprintf("no probe packet was seen leaving %s %s (nothing left the container: no neighbour, no route, or the probe was never sent)", first.Netns, first.Ifname)}
+		return j
+	}
+	var deviation *path.Hop
+	for _, h := range p.Hops {
+		oh := ObservedHop{Hop: h, Expected: -1}
+		switch {
+		case j.matched < len(expected) && matches(expected[j.matched], h):
+			oh.Expected, oh.OK = j.matched, true
+			j.matched++
+		case j.matched == len(expected):
+			oh.OK = true // after the last expected hop: the target's business
+		case deviation == nil:
+			hc := h
+			deviation = &hc
+		}
+		j.hops = append(j.hops, oh)
+	}
+	if j.matched == len(expected) {
+		j.ok = true
+		j.outcome = OutcomeAccepted
+		switch p.Verdict {
+		case path.Dropped:
+			j.outcome = OutcomeDropped
+			if p.DropReason == "NO_SOCKET" {
+				j.outcome = OutcomeNoSocket
+			}
+		case path.Unfinished:
+			j.outcome = OutcomeNoResponse
+		}
+		return j
+	}
+	last := "?"
+	if j.matched > 0 {
+		last = expected[j.matched-1].Label() + " " + expected[j.matched-1].Direction
+	}
+	next := expected[j.matched]
+	f := &Failure{Stage: StagePath, Hop: next.Label()}
+	switch {
+	case p.Verdict == path.Dropped:
+		f.DropReason, f.DropLocation = p.DropReason, p.DropLocation
+		f.Reason = p.DropReason + dropContext(next, p)
+		if p.DropLocation != "" {
+			f.Reason += " at " + p.DropLocation
+		}
+		if j.matched > 0 {
+			f.Reason += "; last seen at " + last
+		}
+	case deviation != nil:
+		where := deviation.Netns
+		if deviation.Container != "" {
+			where = deviation.Container
+		}
+		f.Reason = fmt.Sprintf("the packet went to %s %s %s instead (%s)", where, deviation.Ifname, deviation.Direction, p.End)
+	case j.matched == 0:
+		f.Reason = "the probe was not seen at " + next.Label() + ": " + p.End
+	default:
+		f.Reason = fmt.Sprintf("packet vanished after %s with no drop event", last)
+	}
+	j.failure = f
+	return j
+}
+
+// dropContext places a drop on the path: where netfilter hooks run
+// between the last hop seen and the next one expected.
+func dropContext(next Hop, p *path.Path) string {
+	netfilter := strings.HasPrefix(p.DropReason, "NETFILTER")
+	via := ""
+	if len(p.Ends) > 0 {
+		for _, e := range p.Ends {
+			if e.Hook == "kfree_skb" && e.Reason == p.DropReason && e.Ifname != "" {
+				via = e.Ifname
+				break
+			}
+		}
+	}
+	switch {
+	case netfilter && next.Kind == "bridge" && next.Direction == "forward":
+		s := " in the bridge's forward path (netfilter FORWARD hook: iptables FORWARD/DOCKER-USER or nftables forward chain)"
+		if via != "" {
+			s += ", before leaving through " + via
+		}
+		return s
+	case netfilter && next.Kind == "bridge" && next.Direction == "local":
+		return " on local delivery to the host (netfilter PREROUTING/INPUT hook)"
+	case netfilter && next.Direction == "ingress":
+		return " on the way into " + next.Netns + " (its netfilter rules)"
+	case netfilter:
+		return " (netfilter)"
+	case via != "":
+		return " on " + via
+	}
+	return ""
+}
+
+// conclude sets the verdict and the delivery outcome from the probes.
+func conclude(r *Report, opts Options) {
+	var firstFail *Failure
+	passed := 0
+	counts := map[string]int{}
+	var firstOK *Probe
+	for i := range r.Probes {
+		pr := &r.Probes[i]
+		if !pr.PathOK {
+			if firstFail == nil {
+				firstFail = pr.Failure
+			}
+			continue
+		}
+		passed++
+		counts[pr.Outcome]++
+		if firstOK == nil {
+			firstOK = pr
+		}
+	}
+	if firstOK != nil {
+		r.Delivery = delivery(r, counts, firstOK, opts)
+	}
+	if firstFail != nil {
+		f := *firstFail
+		if len(r.Probes) > 1 {
+			f.Reason = fmt.Sprintf("%s (probe %d; %d/%d probes took the expected path)", f.Reason, f.Probe, passed, len(r.Probes))
+		}
+		r.fail(f)
+		return
+	}
+	r.Verdict = Pass
+	r.Summary = "PASS"
+}
+
+func delivery(r *Report, counts map[string]int, first *Probe, opts Options) *Delivery {
+	d := &Delivery{Outcome: first.Outcome, Probes: counts}
+	if first.Path != nil && first.Path.DropReason != "" && first.Outcome != OutcomeAccepted {
+		d.Reason = first.Path.DropReason
+	}
+	target := r.Target.IP
+	if r.Target.Name != "" {
+		target = r.Target.Name + " (" + r.Target.IP + ")"
+	}
+	switch first.Outcome {
+	case OutcomeAccepted:
+		switch opts.Proto {
+		case "icmp":
+			d.Detail = fmt.Sprintf("%s answered: %s", target, first.Response)
+		case "udp":
+			d.Detail = fmt.Sprintf("a socket on udp port %d in %s took the datagram", opts.Port, target)
+			if first.Response != "" {
+				d.Detail += " (" + first.Response + ")"
+			}
+		case "tcp":
+			d.Detail = first.Response
+		}
+	case OutcomeNoSocket:
+		d.Detail = fmt.Sprintf("nothing listens on %s port %d in %s: the kernel dropped the probe with NO_SOCKET", opts.Proto, opts.Port, target)
+		if first.Path != nil && first.Path.DropLocation != "" {
+			d.Detail += " (" + first.Path.DropLocation + ")"
+		}
+		if first.Response != "" {
+			d.Detail += " and the sender got " + first.Response
+		}
+	case OutcomeRefused:
+		d.Detail = fmt.Sprintf("%s refused the probe: %s", target, first.Response)
+	case OutcomeDropped:
+		d.Detail = fmt.Sprintf("the probe reached %s and was dropped there: %s", target, first.Path.End)
+	case OutcomeNoResponse:
+		d.Detail = fmt.Sprintf("the probe reached %s; nothing came back", target)
+		if first.Response != "" {
+			d.Detail += " (" + first.Response + ")"
+		}
+	}
+	if len(counts) > 1 {
+		var parts []string
+		for k, n := range counts {
+			parts = append(parts, fmt.Sprintf("%s %d", k, n))
+		}
+		sort.Strings(parts)
+		d.Detail += "; outcomes differ between probes: " + strings.Join(parts, ", ")
+	}
+	return d
+}

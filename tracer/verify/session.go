@@ -1,0 +1,111 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/trace"
+)
+
+// session is one running trace whose paths go to whoever listens.
+type session struct {
+	names  trace.Resolver
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+
+	mu    sync.Mutex
+	subs  map[int]func(path.Path)
+	nextS int
+}
+
+// startSession starts a trace of the namespaces and returns once the
+// programs are attached.
+func (v *Verifier) startSession(ctx context.Context, inodes []uint32) (*session, error) {
+	if v.Names == nil {
+		return nil, errors.New("verify: no name resolver")
+	}
+	run := v.Trace
+	if run == nil {
+		run = trace.Run
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	s := &session{names: v.Names, cancel: cancel, done: make(chan struct{}), subs: map[int]func(path.Path){}}
+	ready := make(chan struct{})
+	var once sync.Once
+	cfg := trace.Config{
+		Netns:  inodes,
+		Ready:  func() { once.Do(func() { close(ready) }) },
+		OnPath: s.dispatch,
+	}
+	go func() {
+		defer close(s.done)
+		_, s.err = run(tctx, cfg, v.Names)
+	}()
+	select {
+	case <-ready:
+		return s, nil
+	case <-s.done:
+		cancel()
+		if s.err == nil {
+			s.err = errors.New("the trace ended before it was attached")
+		}
+		return nil, fmt.Errorf("start tracer: %w", s.err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-s.done
+		return nil, errors.New("start tracer: not attached after 30s")
+	case <-ctx.Done():
+		cancel()
+		<-s.done
+		return nil, ctx.Err()
+	}
+}
+
+func (s *session) dispatch(p path.Path) {
+	s.mu.Lock()
+	fns := make([]func(path.Path), 0, len(s.subs))
+	for _, fn := range s.subs {
+		fns = append(fns, fn)
+	}
+	s.mu.Unlock()
+	for _, fn := range fns {
+		fn(p)
+	}
+}
+
+// subscribe sends every path to fn until the returned function is called.
+func (s *session) subscribe(fn func(path.Path)) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := s.nextS
+	s.nextS++
+	s.subs[id] = fn
+	return func() {
+		s.mu.Lock()
+		delete(s.subs, id)
+		s.mu.Unlock()
+	}
+}
+
+// alive reports an error if the trace stopped.
+func (s *session) alive() error {
+	select {
+	case <-s.done:
+		if s.err != nil {
+			return s.err
+		}
+		return errors.New("the trace stopped")
+	default:
+		return nil
+	}
+}
+
+func (s *session) close() {
+	s.cancel()
+	<-s.done
+}
