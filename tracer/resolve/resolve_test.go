@@ -522,3 +522,34 @@ func TestDockerSandboxDir(t *testing.T) {
 		return !ok
 	})
 }
+
+// TestIproute2Netns checks the resolver against the real "ip netns", whose
+// bind mounts (and mount propagation set-up) differ from testnet's.
+func TestIproute2Netns(t *testing.T) {
+	testnet.RequireRoot(t)
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		t.Skip("SKIPPED: no ip binary (iproute2)")
+	}
+	r := newResolver(t, Options{})
+	name := fmt.Sprintf("htip%d", os.Getpid()%100000)
+	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command(ip, "netns", "del", name).Run() })
+	ino, err := testnet.Inode(NamedNetnsDir + "/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, r, 5*time.Second, "ip netns "+name, func() bool {
+		ns, ok := r.Namespace(ino)
+		return ok && ns.Label == name
+	})
+	if out, err := exec.Command(ip, "netns", "del", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del: %v: %s", err, out)
+	}
+	waitFor(t, r, 5*time.Second, "ip netns "+name+" to go", func() bool {
+		_, ok := r.Namespace(ino)
+		return !ok
+	})
+}

@@ -42,8 +42,9 @@ type Options struct {
 
 // Topology is a bridge with namespaces attached to it.
 type Topology struct {
-	Bridge      string       // bridge name in the host namespace
-	BridgeIndex int          // bridge ifindex in the host namespace
+	Bridge      string // bridge name in the host namespace
+	BridgeIndex int    // bridge ifindex in the host namespace
+	BridgeMAC   net.HardwareAddr
 	Gateway     netip.Prefix // bridge address, e.g. 10.231.7.1/24
 	Hosts       []*Host
 
@@ -173,7 +174,10 @@ func build(opts Options) (topo *Topology, err error) {
 		}
 	}()
 
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: topo.Bridge}}
+	// A fixed MAC: a bridge otherwise takes the lowest MAC of its ports,
+	// which changes as hosts come and go.
+	mac := net.HardwareAddr{0x02, 0x68, 0x74, randByte(), randByte(), randByte()}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: topo.Bridge, HardwareAddr: mac}}
 	if err := netlink.LinkAdd(br); err != nil {
 		return topo, fmt.Errorf("add bridge %s: %w", topo.Bridge, err)
 	}
@@ -182,6 +186,7 @@ func build(opts Options) (topo *Topology, err error) {
 		return topo, fmt.Errorf("bridge %s: %w", topo.Bridge, err)
 	}
 	topo.BridgeIndex = link.Attrs().Index
+	topo.BridgeMAC = link.Attrs().HardwareAddr
 	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(topo.Gateway)}); err != nil {
 		return topo, fmt.Errorf("address %s on %s: %w", topo.Gateway, topo.Bridge, err)
 	}

@@ -52,6 +52,9 @@ func TestTopology(t *testing.T) {
 	if br.Type() != "bridge" || br.Attrs().Index != topo.BridgeIndex {
 		t.Fatalf("bridge %s: type %s index %d, want bridge %d", topo.Bridge, br.Type(), br.Attrs().Index, topo.BridgeIndex)
 	}
+	if !bytes.Equal(br.Attrs().HardwareAddr, topo.BridgeMAC) || topo.BridgeMAC[0] != 0x02 {
+		t.Errorf("bridge MAC %s, want %s (locally administered)", br.Attrs().HardwareAddr, topo.BridgeMAC)
+	}
 	seen := map[uint32]bool{topo.HostInode(): true}
 	for _, h := range topo.Hosts {
 		if len(h.Name) > 15 || len(h.HostVeth) > 15 {
