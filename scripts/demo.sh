@@ -23,8 +23,8 @@ gateway=$(docker inspect -f '{{.NetworkSettings.Gateway}}' "$name")
 echo "== hoptrace inspect $name"
 bin/hoptrace inspect "$name" || true
 echo
-echo "== hoptrace trace --container $name --count 4   (the container pings its gateway $gateway twice)"
+echo "== hoptrace trace --container $name --proto icmp --count 4   (the container pings its gateway $gateway twice)"
 ( sleep 1.5; docker exec "$name" ping -c 2 -W 1 "$gateway" >/dev/null || true ) &
 pinger=$!
-bin/hoptrace trace --container "$name" --count 4 --duration 15s
+bin/hoptrace trace --container "$name" --proto icmp --count 4 --duration 15s
 wait "$pinger"
