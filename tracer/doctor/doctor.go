@@ -161,14 +161,14 @@ func Run() *Report {
 	r.Plan.FunctionHooks = "none; hoptrace needs no kprobes and no fentry (on this kernel kprobes are " +
 		availableWord(kp) + ", fentry is " + availableWord(fe) + ")"
 	if drops.Available {
-		r.Plan.DropReasons = "named from this kernel's enum skb_drop_reason (" + drops.Detail + ")"
+		r.Plan.DropReasons = "named from this kernel's BTF (" + drops.Detail + ")"
 	} else {
 		r.Plan.DropReasons = "numbers only: " + drops.Detail
 	}
 	if docker.Available {
 		r.Plan.Containers = "Docker, through " + kernel.DockerSocket() + " (--container and container names)"
 	} else {
-		r.Plan.Containers = "no container runtime (" + docker.Detail + "): trace with --netns and --interface"
+		r.Plan.Containers = "none, " + docker.Detail + "; trace with --netns and --interface"
 	}
 
 	r.CanRun = true
