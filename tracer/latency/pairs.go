@@ -159,6 +159,9 @@ func DescribeHop(names Names, k HopKey) Hop {
 // two of its ports reads "host:veth1a2b ingress → docker0 → veth9c3d egress".
 func PairLabel(from, to *Hop) string {
 	switch {
+	case to.NetnsInode == 0:
+		// an end with neither device nor socket: it happened where the packet was
+		return from.Label + " → " + to.Step
 	case from.NetnsInode == to.NetnsInode && from.Ifindex == to.Ifindex && from.Ifindex != 0:
 		return from.Label + " → " + to.Step
 	case from.NetnsInode == to.NetnsInode && from.Bridge != "" && from.Bridge == to.Bridge &&

@@ -230,7 +230,17 @@ func buildPaths(pairs []PairStat) []PathStat {
 		}
 		p.First = pairs[chain[0]].From
 		p.Last = pairs[chain[len(chain)-1]].To
-		p.Label = p.First.Label + " → " + p.Last.Label
+		last := p.Last.Label
+		if p.Last.NetnsInode == 0 {
+			// an end with no namespace of its own: name it after the hop before
+			before := pairs[chain[len(chain)-1]].From
+			last = before.Who()
+			if before.Interface != "" {
+				last += ":" + before.Interface
+			}
+			last += " " + p.Last.Step
+		}
+		p.Label = p.First.Label + " → " + last
 		pi := len(paths)
 		for _, i := range chain {
 			if pairs[i].Path >= 0 {
