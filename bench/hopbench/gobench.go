@@ -20,7 +20,7 @@ type GoBench struct {
 }
 
 // goBenchPackages hold the userspace hot path benchmarks.
-var goBenchPackages = []string{"./tracer/event", "./tracer/path", "./tracer/resolve"}
+var goBenchPackages = []string{"./tracer/event", "./tracer/path", "./tracer/resolve", "./tracer/output", "./tracer/latency"}
 
 // RunGoBench runs the hot path benchmarks on one core (GOMAXPROCS=1, so the
 // garbage collector shares that core too).
