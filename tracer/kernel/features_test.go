@@ -67,19 +67,31 @@ func known(rel string) (kernelExpect, bool) {
 	return kernelExpect{}, false
 }
 
-// kernelConfig returns the running kernel's build configuration from
-// /proc/config.gz or /boot/config-<release>, or nil.
-func kernelConfig(rel string) map[string]string {
+// kernelConfig returns the running kernel's build configuration and where
+// it came from: /proc/config.gz, /boot/config-<release>, or, in the test VMs,
+// the unpacked kernel package (tools/vmtest/fetch-kernel.sh); nil if none.
+func kernelConfig(rel string) (map[string]string, string) {
 	var r io.Reader
+	var src string
+	kernels := os.Getenv("VMTEST_KERNELS")
+	if kernels == "" {
+		kernels = "/var/tmp/vmtest/kernels"
+	}
 	if b, err := os.ReadFile("/proc/config.gz"); err == nil {
 		if zr, err := gzip.NewReader(bytes.NewReader(b)); err == nil {
-			r = zr
+			r, src = zr, "/proc/config.gz"
 		}
-	} else if b, err := os.ReadFile("/boot/config-" + rel); err == nil {
-		r = bytes.NewReader(b)
+	}
+	for _, p := range []string{"/boot/config-" + rel, kernels + "/" + rel + "/boot/config-" + rel} {
+		if r != nil {
+			break
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			r, src = bytes.NewReader(b), p
+		}
 	}
 	if r == nil {
-		return nil
+		return nil, ""
 	}
 	cfg := map[string]string{}
 	sc := bufio.NewScanner(r)
@@ -88,7 +100,7 @@ func kernelConfig(rel string) map[string]string {
 			cfg[k] = v
 		}
 	}
-	return cfg
+	return cfg, src
 }
 
 func expectProbe(t *testing.T, p Probe, want bool, why string) {
@@ -161,17 +173,20 @@ func TestFunctionHooks(t *testing.T) {
 	requirePrivileged(t)
 	rel, _ := release(t)
 	k, isKnown := known(rel)
-	cfg := kernelConfig(rel)
+	cfg, cfgSrc := kernelConfig(rel)
+	if cfg != nil {
+		t.Logf("kernel config from %s: CONFIG_KPROBES=%q CONFIG_KPROBE_EVENTS=%q", cfgSrc, cfg["CONFIG_KPROBES"], cfg["CONFIG_KPROBE_EVENTS"])
+	}
 	var wantKprobes bool
 	var why string
 	switch {
 	case isKnown:
 		wantKprobes, why = k.kprobes, k.what
 		if cfg != nil && (cfg["CONFIG_KPROBE_EVENTS"] == "y") != k.kprobes {
-			t.Errorf("table says kprobes=%v for %s but CONFIG_KPROBE_EVENTS=%q", k.kprobes, rel, cfg["CONFIG_KPROBE_EVENTS"])
+			t.Errorf("table says kprobes=%v for %s but %s has CONFIG_KPROBE_EVENTS=%q", k.kprobes, rel, cfgSrc, cfg["CONFIG_KPROBE_EVENTS"])
 		}
 	case cfg != nil:
-		wantKprobes, why = cfg["CONFIG_KPROBE_EVENTS"] == "y", "kernel config CONFIG_KPROBE_EVENTS="+cfg["CONFIG_KPROBE_EVENTS"]
+		wantKprobes, why = cfg["CONFIG_KPROBE_EVENTS"] == "y", cfgSrc+": CONFIG_KPROBE_EVENTS="+cfg["CONFIG_KPROBE_EVENTS"]
 	default:
 		_, err := os.Stat(KprobePMUPath)
 		wantKprobes, why = err == nil, "unknown kernel without a config: kprobe PMU present="+boolWord(err == nil)
