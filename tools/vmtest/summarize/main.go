@@ -231,6 +231,15 @@ func report(w io.Writer, runs []*kernelRun) (anyFailed bool) {
 			if len(p.buildOutput) > 0 {
 				fmt.Fprintf(w, "           build: %s\n", tail(p.buildOutput, 6))
 			}
+			var passed []string
+			for _, tn := range p.order {
+				if t := p.tests[tn]; t.action == "pass" && !strings.Contains(tn, "/") {
+					passed = append(passed, tn)
+				}
+			}
+			if len(passed) > 0 {
+				fmt.Fprintf(w, "           passed: %s\n", wrap(passed, 90))
+			}
 			for _, tn := range p.order {
 				t := p.tests[tn]
 				switch t.action {
@@ -283,6 +292,11 @@ func why(out []string, n int) string {
 	if len(msgs) == 0 {
 		return "(no message)"
 	}
+	for i, m := range msgs {
+		if len(m) > 240 {
+			msgs[i] = m[:240] + "..."
+		}
+	}
 	return strings.Join(msgs, " | ")
 }
 
@@ -308,3 +322,23 @@ func lastLines(s string, n int) string {
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n           ") }
+
+// wrap joins words into lines of about width characters.
+func wrap(words []string, width int) string {
+	var b strings.Builder
+	n := 0
+	for i, w := range words {
+		if i > 0 {
+			if n+1+len(w) > width {
+				b.WriteString("\n                   ")
+				n = 0
+			} else {
+				b.WriteByte(' ')
+				n++
+			}
+		}
+		b.WriteString(w)
+		n += len(w)
+	}
+	return b.String()
+}
