@@ -83,10 +83,11 @@ func judge(expected []Hop, p *path.Path) judgement {
 	switch {
 	case p.Verdict == path.Dropped:
 		f.DropReason, f.DropLocation = p.DropReason, p.DropLocation
-		f.Reason = p.DropReason + dropContext(next, p)
+		f.Reason = p.DropReason
 		if p.DropLocation != "" {
 			f.Reason += " at " + p.DropLocation
 		}
+		f.Reason += dropContext(next, p)
 		if j.matched > 0 {
 			f.Reason += "; last seen at " + last
 		}
@@ -120,11 +121,11 @@ func dropContext(next Hop, p *path.Path) string {
 	}
 	switch {
 	case netfilter && next.Kind == "bridge" && next.Direction == "forward":
-		s := " in the bridge's forward path (netfilter FORWARD hook: iptables FORWARD/DOCKER-USER or nftables forward chain)"
+		s := " in the bridge's forward path"
 		if via != "" {
-			s += ", before leaving through " + via
+			s += " toward " + via
 		}
-		return s
+		return s + " (netfilter FORWARD hook: iptables FORWARD/DOCKER-USER or an nftables forward chain)"
 	case netfilter && next.Kind == "bridge" && next.Direction == "local":
 		return " on local delivery to the host (netfilter PREROUTING/INPUT hook)"
 	case netfilter && next.Direction == "ingress":
@@ -169,7 +170,17 @@ func conclude(r *Report, opts Options) {
 		return
 	}
 	r.Verdict = Pass
-	r.Summary = "PASS"
+	var hs []string
+	for _, h := range r.Expected {
+		hs = append(hs, h.Label())
+	}
+	r.Summary = fmt.Sprintf("PASS: %d/%d probes took the expected path %s", passed, len(r.Probes), strings.Join(hs, " → "))
+	if r.Delivery != nil && r.Delivery.Outcome != OutcomeAccepted {
+		r.Summary += "; delivery: " + r.Delivery.Outcome
+		if r.Delivery.Reason != "" {
+			r.Summary += " (" + r.Delivery.Reason + ")"
+		}
+	}
 }
 
 func delivery(r *Report, counts map[string]int, first *Probe, opts Options) *Delivery {

@@ -41,13 +41,13 @@ func hasBridgePath(ep runtime.Endpoint) bool {
 func noPath(c runtime.Container) error {
 	switch {
 	case c.NetworkMode == "host":
-		return fmt.Errorf("container %s uses the host network namespace (--network host): there is no veth or bridge on its path: %w", c.Name, ErrNoPath)
+		return noPathErr("container %s uses the host network namespace (--network host): there is no veth or bridge on its path", c.Name)
 	case c.NetworkMode == "none":
-		return fmt.Errorf("container %s has no network (--network none): %w", c.Name, ErrNoPath)
+		return noPathErr("container %s has no network (--network none)", c.Name)
 	case strings.HasPrefix(c.NetworkMode, "container:"):
-		return fmt.Errorf("container %s shares the network namespace of %s: verify that container instead: %w", c.Name, strings.TrimPrefix(c.NetworkMode, "container:"), ErrNoPath)
+		return noPathErr("container %s shares the network namespace of %s: verify that container instead", c.Name, strings.TrimPrefix(c.NetworkMode, "container:"))
 	}
-	return fmt.Errorf("container %s is attached to no bridge network with an IPv4 address: %w", c.Name, ErrNoPath)
+	return noPathErr("container %s is attached to no bridge network with an IPv4 address", c.Name)
 }
 
 // plan resolves the target, checks the configuration and builds the
@@ -80,7 +80,7 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 	case to == "" || to == TargetGateway:
 		p.ep = bridged[0]
 		if p.ep.Gateway == "" {
-			return nil, fmt.Errorf("network %s of container %s has no gateway: use --to with a container on the same bridge: %w", p.ep.Network, c.Name, ErrTarget)
+			return nil, targetErr("network %s of container %s has no gateway: use --to with a container on the same bridge", p.ep.Network, c.Name)
 		}
 		r.Target = Target{Kind: TargetGateway, IP: p.ep.Gateway}
 	default:
@@ -96,23 +96,23 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 			}
 			tc, tep = &t, ep
 		} else if strings.Contains(to, ":") || looksLikeIP(to) {
-			return nil, fmt.Errorf("target %q: not an IPv4 address (verify probes IPv4 only): %w", to, ErrTarget)
+			return nil, targetErr("target %q: not an IPv4 address (verify probes IPv4 only)", to)
 		} else {
 			t, err := v.Runtime.Lookup(ctx, to)
 			if err != nil {
 				if errors.Is(err, runtime.ErrNotFound) {
-					return nil, fmt.Errorf("target %q: no such container, and not \"gateway\" or an IPv4 address: %w", to, ErrTarget)
+					return nil, targetErr("target %q: no such container, and not \"gateway\" or an IPv4 address", to)
 				}
 				return nil, fmt.Errorf("target %q: %w", to, err)
 			}
 			if !t.Running {
-				return nil, fmt.Errorf("target %s is not running (state: %s): %w", t.Name, t.State, ErrTarget)
+				return nil, targetErr("target %s is not running (state: %s)", t.Name, t.State)
 			}
 			if t.ID == c.ID {
-				return nil, fmt.Errorf("target %s is the container itself: %w", t.Name, ErrTarget)
+				return nil, targetErr("target %s is the container itself", t.Name)
 			}
 			if t.NetnsInode != 0 && t.NetnsInode == c.NetnsInode {
-				return nil, fmt.Errorf("target %s shares %s's network namespace: no veth or bridge lies between them: %w", t.Name, c.Name, ErrTarget)
+				return nil, targetErr("target %s shares %s's network namespace: no veth or bridge lies between them", t.Name, c.Name)
 			}
 			ep, err := sharedEndpoint(c, bridged, t)
 			if err != nil {
@@ -250,10 +250,10 @@ func sharedEndpoint(c runtime.Container, bridged []runtime.Endpoint, t runtime.C
 		}
 	}
 	if t.NetworkMode == "host" {
-		return runtime.Endpoint{}, fmt.Errorf("target %s uses the host network namespace: it is reached through %s's gateway and the host's routing, not across the bridge: verify --to gateway instead: %w", t.Name, c.Name, ErrTarget)
+		return runtime.Endpoint{}, targetErr("target %s uses the host network namespace: it is reached through %s's gateway and the host's routing, not across the bridge: verify --to gateway instead", t.Name, c.Name)
 	}
-	return runtime.Endpoint{}, fmt.Errorf("target %s is not on the same bridge as %s: %s is on %s; %s is on %s. Packets between different bridge networks are routed by the host (and Docker isolates them): there is no bridge path to verify: %w",
-		t.Name, c.Name, c.Name, describeNetworks(bridged), t.Name, describeNetworks(t.Endpoints), ErrTarget)
+	return runtime.Endpoint{}, targetErr("target %s is not on the same bridge as %s: %s is on %s; %s is on %s. Packets between different bridge networks are routed by the host (and Docker isolates them): there is no bridge path to verify",
+		t.Name, c.Name, c.Name, describeNetworks(bridged), t.Name, describeNetworks(t.Endpoints))
 }
 
 // containerByIP finds the running container with address ip on one of the
@@ -265,7 +265,7 @@ func (v *Verifier) containerByIP(ctx context.Context, c runtime.Container, bridg
 			inSubnet = &bridged[i]
 		}
 		if hostIP(ep.IPv4) == ip.String() {
-			return runtime.Container{}, runtime.Endpoint{}, fmt.Errorf("target %s is %s's own address: %w", ip, c.Name, ErrTarget)
+			return runtime.Container{}, runtime.Endpoint{}, targetErr("target %s is %s's own address", ip, c.Name)
 		}
 	}
 	all, err := v.Runtime.List(ctx)
@@ -284,16 +284,16 @@ func (v *Verifier) containerByIP(ctx context.Context, c runtime.Container, bridg
 				return t, tep, nil
 			}
 			if _, err := sharedEndpoint(c, bridged, t); err != nil {
-				return runtime.Container{}, runtime.Endpoint{}, fmt.Errorf("target %s belongs to container %s: %w", ip, t.Name, err)
+				return runtime.Container{}, runtime.Endpoint{}, wrapTarget(fmt.Sprintf("target %s belongs to container %s", ip, t.Name), err)
 			}
 		}
 	}
 	if inSubnet != nil {
-		return runtime.Container{}, runtime.Endpoint{}, fmt.Errorf("target %s: no running container has this address on network %s (bridge %s): nothing known to verify against: %w",
-			ip, inSubnet.Network, inSubnet.Bridge, ErrTarget)
+		return runtime.Container{}, runtime.Endpoint{}, targetErr("target %s: no running container has this address on network %s (bridge %s): nothing known to verify against",
+			ip, inSubnet.Network, inSubnet.Bridge)
 	}
-	return runtime.Container{}, runtime.Endpoint{}, fmt.Errorf("target %s is not on %s's bridge networks (%s): it would be routed through the gateway and beyond the bridge; verify checks one bridge: use --to gateway or a container on the same bridge: %w",
-		ip, c.Name, describeNetworks(bridged), ErrTarget)
+	return runtime.Container{}, runtime.Endpoint{}, targetErr("target %s is not on %s's bridge networks (%s): it would be routed through the gateway and beyond the bridge; verify checks one bridge: use --to gateway or a container on the same bridge",
+		ip, c.Name, describeNetworks(bridged))
 }
 
 func findEndpoint(r *inspect.Report, ep runtime.Endpoint) (inspect.Endpoint, bool) {
@@ -376,6 +376,10 @@ func markConsequences(ks []Check) {
 			strings.Contains(k.Detail, "administratively up but its link is") {
 			k.Consequence = true
 		}
+		// A port whose device is down is "disabled" on the bridge.
+		if !k.OK && k.Fact == "bridge port" && strings.Contains(k.Detail, " is disabled, not forwarding") {
+			k.Consequence = true
+		}
 	}
 }
 
@@ -430,4 +434,26 @@ func routeCheck(c runtime.Container, e inspect.Endpoint, dst netip.Addr) Check {
 		src = ", source " + rt.Src.String()
 	}
 	return Check{Hop: hop, Fact: fact, OK: true, Detail: fmt.Sprintf("%s leaves through %s, directly (same subnet%s)", dst, out, src)}
+}
+
+// kindError is an error message that matches a sentinel with errors.Is
+// without repeating the sentinel's words.
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
+func targetErr(format string, a ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, a...), kind: ErrTarget}
+}
+
+func noPathErr(format string, a ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, a...), kind: ErrNoPath}
+}
+
+func wrapTarget(prefix string, err error) error {
+	return &kindError{msg: prefix + ": " + err.Error(), kind: ErrTarget}
 }

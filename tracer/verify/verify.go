@@ -67,6 +67,8 @@ type Options struct {
 	Timeout time.Duration
 	// Interval between probes (0: 100ms).
 	Interval time.Duration
+	// Select, when set, limits All to the containers it accepts.
+	Select func(runtime.Container) bool
 }
 
 // Default ports.
@@ -314,7 +316,7 @@ func (v *Verifier) All(ctx context.Context, opts Options) ([]*Report, error) {
 	var plans []*plan
 	var inodes []uint32
 	for _, c := range cs {
-		if !c.Running {
+		if !c.Running || (opts.Select != nil && !opts.Select(c)) {
 			continue
 		}
 		p, err := v.plan(ctx, c, opts)
