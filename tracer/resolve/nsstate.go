@@ -13,6 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// errIncomplete marks a relist that used a dump the kernel flagged as
+// interrupted by concurrent changes.
+var errIncomplete = errors.New("dump interrupted by concurrent changes")
+
 // netlinkTimeout bounds every netlink request the resolver makes.
 const netlinkTimeout = 5 * time.Second
 
@@ -107,8 +111,9 @@ func (r *Resolver) addLocked(c candidate) (err error) {
 		return fmt.Errorf("subscribe in %s: %w", c.path, err)
 	}
 	// List before publishing, so that readers never see it without links.
-	if _, err := r.relistLocked(st); err != nil {
-		r.logf("resolve: list %s: %v", c.label, err)
+	_, listErr := r.relistLocked(st)
+	if listErr != nil {
+		st.kickLocked() // the watcher retries
 	}
 	r.mu.Lock()
 	r.nss[c.inode] = st
@@ -221,10 +226,21 @@ func (s *subscription) end() {
 }
 
 // watch relists a namespace whenever netlink reports a link or address
-// change in it, and renews its subscriptions if they fail (for example on
-// a receive buffer overrun, after which events were lost).
+// change in it, retries a failed relist with backoff, and renews its
+// subscriptions if they fail (for example on a receive buffer overrun,
+// after which events were lost).
 func (r *Resolver) watch(st *nsState, sub *subscription) {
 	defer r.wg.Done()
+	var (
+		retry    *time.Timer
+		retryC   <-chan time.Time
+		failures int
+	)
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	backoff := 50 * time.Millisecond
 	for {
 		failed, dirty := false, false
@@ -237,6 +253,9 @@ func (r *Resolver) watch(st *nsState, sub *subscription) {
 		case _, ok := <-sub.addrs:
 			failed, dirty = !ok, true
 		case <-st.kick:
+			dirty = true
+		case <-retryC:
+			retry, retryC = nil, nil
 			dirty = true
 		}
 		// Coalesce a burst of events into one relist.
@@ -278,23 +297,42 @@ func (r *Resolver) watch(st *nsState, sub *subscription) {
 				backoff = min(2*backoff, 5*time.Second)
 			}
 		}
-		if dirty {
-			r.wmu.Lock()
-			var (
-				changed bool
-				err     error
-			)
-			if !st.stopped {
-				changed, err = r.relistLocked(st)
-			}
-			r.wmu.Unlock()
-			if err != nil {
-				r.logf("resolve: list %s: %v", st.ns.Label, err)
-			}
-			if changed {
-				r.notify()
-			}
+		if !dirty {
+			continue
 		}
+		r.wmu.Lock()
+		var (
+			changed bool
+			err     error
+		)
+		if !st.stopped {
+			changed, err = r.relistLocked(st)
+		}
+		r.wmu.Unlock()
+		if changed {
+			r.notify()
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		failures++
+		if !errors.Is(err, errIncomplete) || failures > 3 {
+			r.logf("resolve: list %s: %v", st.ns.Label, err)
+		}
+		if retryC == nil {
+			retry = time.NewTimer(min(10*time.Millisecond<<min(failures, 7), time.Second))
+			retryC = retry.C
+		}
+	}
+}
+
+// kickLocked asks the namespace's watcher for a relist (after one failed
+// outside the watcher).
+func (st *nsState) kickLocked() {
+	select {
+	case st.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -304,7 +342,7 @@ func (r *Resolver) resolvePendingPeersLocked() {
 	for _, st := range r.nss {
 		if st.unresolved && !st.stopped {
 			if _, err := r.relistLocked(st); err != nil {
-				r.logf("resolve: list %s: %v", st.ns.Label, err)
+				st.kickLocked()
 			}
 		}
 	}
@@ -350,30 +388,48 @@ func (r *Resolver) resolveNsidLocked(st *nsState, nsid int) (uint32, bool) {
 // relistLocked dumps links and addresses of a namespace and publishes them,
 // reporting whether anything differs from what was known. Caller holds
 // r.wmu.
-func (r *Resolver) relistLocked(st *nsState) (bool, error) {
+func (r *Resolver) relistLocked(st *nsState) (changed bool, listErr error) {
 	if st.stopped || st.h == nil || st.dump == nil {
 		return false, errors.New("namespace closed")
 	}
-	var raws []rawLink
-	var err error
-	for try := 0; try < 3; try++ {
+	// A dump that raced with a change is retried; if changes keep coming,
+	// its (nearly right) result is used and the caller retries later.
+	var (
+		raws        []rawLink
+		addrs       []netlink.Addr
+		err         error
+		interrupted bool
+	)
+	for try := 0; ; try++ {
 		raws, err = dumpLinks(st.dump)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || try == 3 {
 			break
 		}
+	}
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		interrupted, err = true, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("dump links: %w", err)
 	}
-	var addrs []netlink.Addr
-	for try := 0; try < 3; try++ {
+	for try := 0; ; try++ {
 		addrs, err = st.h.AddrList(nil, netlink.FAMILY_ALL)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || try == 3 {
 			break
 		}
 	}
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		interrupted, err = true, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("dump addresses: %w", err)
+	}
+	if interrupted {
+		defer func() {
+			if listErr == nil {
+				listErr = errIncomplete
+			}
+		}()
 	}
 
 	links, names, unresolved := buildLinks(st.ns.Inode, raws, addrs, func(nsid int) (uint32, bool) {

@@ -553,3 +553,53 @@ func TestIproute2Netns(t *testing.T) {
 		return !ok
 	})
 }
+
+// TestManyNamespaces creates namespaces in a burst while the resolver runs:
+// dumps get interrupted by concurrent changes and subscriptions see bursts,
+// yet every veth pair must end up resolved both ways.
+func TestManyNamespaces(t *testing.T) {
+	testnet.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("burst of 50 namespaces skipped in -short mode")
+	}
+	topo := testnet.New(t, testnet.Options{Hosts: 1})
+	r := newResolver(t, Options{})
+	var hs []*testnet.Host
+	for i := 0; i < 50; i++ {
+		hs = append(hs, topo.AddHost(t))
+	}
+	waitFor(t, r, 30*time.Second, "all 50 veth pairs resolved", func() bool {
+		for _, h := range hs {
+			hv, ok := r.Link(topo.HostInode(), h.HostVethIndex)
+			if !ok || hv.PeerNetns != h.Inode || hv.PeerIndex != h.Ifindex || hv.MasterIndex != topo.BridgeIndex {
+				return false
+			}
+			e, ok := r.Link(h.Inode, h.Ifindex)
+			if !ok || e.PeerNetns != topo.HostInode() || e.PeerIndex != h.HostVethIndex || !slices.Contains(e.Addrs, h.Addr.String()) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, h := range hs[:25] {
+		if err := topo.RemoveHost(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, r, 30*time.Second, "25 removed namespaces gone", func() bool {
+		for _, h := range hs[:25] {
+			if _, ok := r.Namespace(h.Inode); ok {
+				return false
+			}
+			if _, ok := r.Link(topo.HostInode(), h.HostVethIndex); ok {
+				return false
+			}
+		}
+		return true
+	})
+	for _, h := range hs[25:] {
+		if _, ok := r.Namespace(h.Inode); !ok {
+			t.Errorf("namespace %s lost", h.Name)
+		}
+	}
+}
