@@ -29,6 +29,7 @@ their first hop on. --interface selects packets crossing those interfaces.`,
 			&cli.BoolFlag{Name: "events", Usage: "stream every hop event as it happens instead of whole paths"},
 			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
+			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
 		}, append(containerFlags(), filterFlags()...)...),
 		Action: runTrace,
 	}
@@ -47,6 +48,9 @@ func runTrace(c *cli.Context) error {
 	}
 	if c.Duration("duration") < 0 {
 		return usagef("--duration must not be negative")
+	}
+	if rs := c.Int("ring-size"); rs < 1 || rs > 1024 || rs&(rs-1) != 0 {
+		return usagef("--ring-size must be a power of two from 1 to 1024 (MiB), not %d", rs)
 	}
 	filter, err := packetFilter(c)
 	if err != nil {
@@ -71,13 +75,15 @@ func runTrace(c *cli.Context) error {
 	defer names.Close()
 
 	cfg := trace.Config{
-		Filter:   filter,
-		Count:    c.Int("count"),
-		Duration: c.Duration("duration"),
-		Events:   c.Bool("events"),
-		Detail:   c.Bool("detail"),
-		Format:   format,
-		Out:      os.Stdout,
+		Filter:    filter,
+		Count:     c.Int("count"),
+		Duration:  c.Duration("duration"),
+		Events:    c.Bool("events"),
+		Detail:    c.Bool("detail"),
+		Format:    format,
+		Out:       os.Stdout,
+		RingBytes: c.Int("ring-size") << 20,
+		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
 	var scopes []resolve.Namespace
 	for _, spec := range c.StringSlice("netns") {

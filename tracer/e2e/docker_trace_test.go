@@ -107,9 +107,8 @@ func bridged(a, b dockerBox, bridge string) string {
 // opens a TCP connection to b; both paths carry the containers' names.
 func checkContainerPaths(t *testing.T, a, b dockerBox, bridge string) {
 	t.Helper()
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--container", a.name, "--output", "json")
-	waitAttached(t, before)
+	waitAttached(t, r)
 
 	testdocker.Exec(t, b.name, "sh", "-c", "nc -l -p 8080 </dev/null >/dev/null 2>&1 & sleep 0.3")
 	testdocker.Exec(t, a.name, "ping", "-c", "1", "-W", "2", a.gateway)
@@ -169,9 +168,8 @@ func TestTraceContainersOnUserBridge(t *testing.T) {
 func TestTraceContainerStartedDuringTrace(t *testing.T) {
 	testdocker.RequireDocker(t)
 	name := testdocker.UniqueName("ht-late")
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--container", name, "--output", "json", "--proto", "icmp")
-	waitAttached(t, before)
+	waitAttached(t, r)
 	t.Cleanup(func() { testdocker.DockerErr("rm", "-f", name) })
 	id := testdocker.Docker(t, "run", "-d", "--name", name, "--label", "hoptrace-test=1", testdocker.Image, "sleep", "3600")
 	c := box(t, testdocker.Container{Name: name, ID: id}, "")
@@ -195,9 +193,8 @@ func TestTraceContainerStartedDuringTrace(t *testing.T) {
 func TestTraceNamesContainersWithoutSelection(t *testing.T) {
 	testdocker.RequireDocker(t)
 	a := box(t, testdocker.Run(t, "ht-a"), "")
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--output", "json", "--proto", "icmp", "--host", a.ip)
-	waitAttached(t, before)
+	waitAttached(t, r)
 	testdocker.Exec(t, a.name, "ping", "-c", "1", "-W", "2", a.gateway)
 	time.Sleep(800 * time.Millisecond)
 	paths := stopJSON(t, r)

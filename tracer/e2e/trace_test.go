@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
 )
@@ -28,6 +30,7 @@ func TestTraceUsageErrors(t *testing.T) {
 		{[]string{"trace", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"trace", "--duration", "soon"}, exitUsage, "invalid value"},
 		{[]string{"trace", "--proto", "sctpx"}, exitUsage, "unknown protocol"},
+		{[]string{"trace", "--ring-size", "3"}, exitUsage, "--ring-size must be a power of two"},
 		{[]string{"trace", "--host", "10.0.0.300"}, exitUsage, "bad --host"},
 		{[]string{"trace", "--proto", "icmp", "--port", "80"}, exitUsage, "--port needs tcp or udp"},
 	} {
@@ -86,6 +89,7 @@ type running struct {
 	lines  []string
 	stderr bytes.Buffer
 	done   chan struct{}
+	progs  []ebpf.ProgramID
 }
 
 func startCLI(t *testing.T, args ...string) *running {
@@ -116,16 +120,11 @@ func startCLI(t *testing.T, args ...string) *running {
 	return r
 }
 
-// waitAttached waits until the process has its programs loaded.
-func waitAttached(t *testing.T, before int) {
+// waitAttached waits until the process holds its programs (the five hop
+// and end hooks at least) and remembers them.
+func waitAttached(t *testing.T, r *running) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for len(privtest.LoadedPrograms(t)) <= before {
-		if time.Now().After(deadline) {
-			t.Fatal("hoptrace did not load its programs within 20s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	r.progs = privtest.WaitAttached(t, r.cmd.Process.Pid, 5, 20*time.Second)
 	time.Sleep(300 * time.Millisecond) // filters are set right after loading
 }
 
@@ -135,9 +134,8 @@ func TestTraceJSONContractAndInterrupt(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--netns", a.Name, "--output", "json")
-	waitAttached(t, before)
+	waitAttached(t, r)
 	if n, err := a.Ping(b.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
 		t.Fatalf("ping: %d, %v", n, err)
 	}
@@ -193,8 +191,8 @@ func TestTraceJSONContractAndInterrupt(t *testing.T) {
 	if hm := hops[2].(map[string]any); hm["inferred"] != true || hm["direction"] != "forward" {
 		t.Errorf("bridge hop: %v", hm)
 	}
-	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
-		t.Errorf("%d programs left after SIGINT", left)
+	if left := privtest.WaitGone(r.progs, 5*time.Second); len(left) != 0 {
+		t.Errorf("programs %v programs left after SIGINT", left)
 	}
 }
 
@@ -202,13 +200,12 @@ func TestTraceJSONContractAndInterrupt(t *testing.T) {
 // every attachment is a link file descriptor that dies with the process.
 func TestTraceSIGKILLLeavesNothing(t *testing.T) {
 	privtest.RequireRoot(t)
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--output", "json")
-	waitAttached(t, before)
+	waitAttached(t, r)
 	r.cmd.Process.Kill()
 	r.cmd.Wait()
-	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
-		t.Fatalf("%d hoptrace programs still loaded after SIGKILL", left)
+	if left := privtest.WaitGone(r.progs, 5*time.Second); len(left) != 0 {
+		t.Fatalf("programs %v hoptrace programs still loaded after SIGKILL", left)
 	}
 }
 
@@ -217,9 +214,8 @@ func TestTraceCountText(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--netns", a.Name, "--proto", "icmp", "--count", "2", "--duration", "20s")
-	waitAttached(t, before)
+	waitAttached(t, r)
 	if n, err := a.Ping(b.Addr.Addr(), 3, 2*time.Second); err != nil || n != 3 {
 		t.Fatalf("ping: %d, %v", n, err)
 	}
@@ -248,9 +244,8 @@ func TestTraceInterfaceEvents(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--interface", b.HostVeth, "--events", "--output", "json", "--proto", "icmp")
-	waitAttached(t, before)
+	waitAttached(t, r)
 	if n, err := a.Ping(b.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
 		t.Fatalf("ping: %d, %v", n, err)
 	}
@@ -291,9 +286,8 @@ func TestTraceDetailHooks(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
-	before := len(privtest.LoadedPrograms(t))
 	r := startCLI(t, "trace", "--netns", a.Name, "--detail", "--output", "json", "--proto", "icmp")
-	waitAttached(t, before)
+	waitAttached(t, r)
 	if n, err := a.Ping(b.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
 		t.Fatalf("ping: %d, %v", n, err)
 	}

@@ -19,8 +19,6 @@ import (
 // has no tracepoint: its delivery is silent.)
 func TestLoopbackUDPOneIdentity(t *testing.T) {
 	privtest.RequireRoot(t)
-	before := len(privtest.LoadedPrograms(t))
-
 	tr, err := loader.Load(loader.Options{})
 	if err != nil {
 		t.Fatalf("load: %v", err)
@@ -31,8 +29,9 @@ func TestLoopbackUDPOneIdentity(t *testing.T) {
 			tr.Close()
 		}
 	}()
-	if got := len(privtest.LoadedPrograms(t)) - before; got != len(loader.HopHooks)+len(loader.EndHooks) {
-		t.Fatalf("%d hoptrace programs loaded, want %d", got, len(loader.HopHooks)+len(loader.EndHooks))
+	progs := privtest.ProgramsOf(t, os.Getpid())
+	if len(progs) != len(loader.HopHooks)+len(loader.EndHooks) {
+		t.Fatalf("%d hoptrace programs loaded, want %d", len(progs), len(loader.HopHooks)+len(loader.EndHooks))
 	}
 
 	rd, err := ringbuf.NewReader(tr.Events())
@@ -98,7 +97,7 @@ func TestLoopbackUDPOneIdentity(t *testing.T) {
 		t.Fatalf("close: %v", err)
 	}
 	closed = true
-	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
-		t.Fatalf("%d hoptrace programs still loaded 5s after Close", left)
+	if left := privtest.WaitGone(progs, 5*time.Second); len(left) != 0 {
+		t.Fatalf("programs %v still loaded 5s after Close", left)
 	}
 }

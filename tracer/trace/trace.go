@@ -81,6 +81,8 @@ type Config struct {
 	// Ready, if set, is called once the programs are attached and the
 	// filters set: packets sent from then on are traced.
 	Ready func()
+	// Warn, if set, receives warnings while tracing (lost events).
+	Warn func(string)
 	// OnPath, if set, receives every finished path instead of the output
 	// writer (for callers that analyse paths, such as verify).
 	OnPath func(path.Path)
@@ -202,6 +204,31 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return w.Flush()
 	}
 
+	// tick releases finished paths and buffered output; it runs every poll
+	// interval even while events keep coming, and reports lost events.
+	lastTick, lastLostCheck := time.Now(), time.Now()
+	var lostSeen uint64
+	tick := func(now time.Time) error {
+		lastTick = now
+		if cfg.Events {
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+		} else if err := flush(false); err != nil {
+			return err
+		}
+		if now.Sub(lastLostCheck) >= time.Second {
+			lastLostCheck = now
+			if st, err := tr.Stats(); err == nil && st.Lost > lostSeen {
+				if cfg.Warn != nil {
+					cfg.Warn(fmt.Sprintf("%d events lost so far: the ring buffer was full (narrow the selection or raise --ring-size)", st.Lost))
+				}
+				lostSeen = st.Lost
+			}
+		}
+		return nil
+	}
+
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
@@ -229,15 +256,17 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		default:
 		}
 
-		rd.SetDeadline(time.Now().Add(poll))
+		now := time.Now()
+		if now.Sub(lastTick) >= poll {
+			if err := tick(now); err != nil {
+				return res, err
+			}
+		}
+		rd.SetDeadline(now.Add(poll))
 		err := rd.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if !cfg.Events {
-				if err := flush(false); err != nil {
-					return res, err
-				}
-			} else if err := w.Flush(); err != nil {
+			if err := tick(time.Now()); err != nil {
 				return res, err
 			}
 			continue

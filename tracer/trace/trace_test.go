@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -407,13 +408,13 @@ func TestLinkCreatedDuringTraceIsNamed(t *testing.T) {
 // Nothing stays attached once a trace returns.
 func TestNoProgramsAfterTrace(t *testing.T) {
 	privtest.RequireRoot(t)
-	before := len(privtest.LoadedPrograms(t))
 	s := startTrace(t, trace.Config{})
-	if len(privtest.LoadedPrograms(t)) <= before {
+	progs := privtest.ProgramsOf(t, os.Getpid())
+	if len(progs) == 0 {
 		t.Fatal("no hoptrace programs loaded while tracing")
 	}
 	s.stop()
-	if left := privtest.WaitProgramsGone(t, before, 5*time.Second); left != 0 {
-		t.Fatalf("%d programs left after the trace ended", left)
+	if left := privtest.WaitGone(progs, 5*time.Second); len(left) != 0 {
+		t.Fatalf("programs %v left after the trace ended", left)
 	}
 }

@@ -1,10 +1,15 @@
 // Package privtest holds small helpers for privileged tests: the root check
-// and a census of hoptrace's BPF programs still loaded in the kernel.
+// and a census of the BPF programs a process holds, so tests can prove that
+// nothing stays loaded after a tracer exits, even while other processes on
+// the machine load programs of their own.
 package privtest
 
 import (
+	"bufio"
 	"errors"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,48 +25,89 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// LoadedPrograms lists the names of loaded BPF programs that belong to
-// hoptrace (their names start with "on_"), so tests can prove nothing is
-// left behind after a tracer exits.
-func LoadedPrograms(t testing.TB) []string {
+// ProgramsOf returns the IDs of hoptrace's BPF programs (names starting
+// with "on_") that process pid holds, directly or through links.
+func ProgramsOf(t testing.TB, pid int) []ebpf.ProgramID {
 	t.Helper()
-	var names []string
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("iterate BPF programs: %v", err)
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // unloaded meanwhile
-		}
-		info, err := p.Info()
-		p.Close()
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fdinfo")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // the process is gone
+	}
+	seen := map[ebpf.ProgramID]bool{}
+	var ids []ebpf.ProgramID
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
 			continue
 		}
-		if strings.HasPrefix(info.Name, "on_") {
-			names = append(names, info.Name)
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			v, ok := strings.CutPrefix(sc.Text(), "prog_id:")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+			if err != nil || seen[ebpf.ProgramID(n)] {
+				continue
+			}
+			id := ebpf.ProgramID(n)
+			seen[id] = true
+			if isHoptrace(id) {
+				ids = append(ids, id)
+			}
 		}
+		f.Close()
 	}
-	return names
+	return ids
 }
 
-// WaitProgramsGone waits until at most baseline hoptrace programs are loaded
-// (the kernel frees programs asynchronously after their last link closes)
-// and returns how many remain above the baseline when the wait ends.
-func WaitProgramsGone(t testing.TB, baseline int, wait time.Duration) int {
+func isHoptrace(id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false
+	}
+	defer p.Close()
+	info, err := p.Info()
+	return err == nil && strings.HasPrefix(info.Name, "on_")
+}
+
+// WaitAttached waits until process pid holds at least n hoptrace programs
+// and returns their IDs; it fails the test after the timeout.
+func WaitAttached(t testing.TB, pid, n int, timeout time.Duration) []ebpf.ProgramID {
 	t.Helper()
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(timeout)
 	for {
-		left := len(LoadedPrograms(t)) - baseline
-		if left <= 0 || time.Now().After(deadline) {
-			return max(left, 0)
+		ids := ProgramsOf(t, pid)
+		if len(ids) >= n {
+			return ids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d holds %d hoptrace programs after %v, want %d", pid, len(ids), timeout, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitGone waits until none of the programs is loaded any more (the kernel
+// frees a program asynchronously after its last reference goes) and returns
+// those still loaded when the wait ends.
+func WaitGone(ids []ebpf.ProgramID, timeout time.Duration) []ebpf.ProgramID {
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []ebpf.ProgramID
+		for _, id := range ids {
+			p, err := ebpf.NewProgramFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err == nil {
+				p.Close()
+			}
+			left = append(left, id)
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
