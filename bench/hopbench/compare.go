@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // A condition is what runs beside the workload: nothing, tcpdump, or hoptrace.
@@ -74,7 +78,7 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 				return append([]string{hoptrace, "latency"}, nsFlags(nt)...)
 			},
 			ReadyRe:  hoptraceReady,
-			MinLinks: 2,
+			MinLinks: 8, // hop, detail and end hooks
 		})
 	}
 	return cs
@@ -151,6 +155,9 @@ func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, error
 
 func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Duration) Sample {
 	s := Sample{Condition: c.Name, Workload: w.Name, Metrics: map[string]float64{}}
+	// BPF programs on the same tracepoints, loaded by other processes, slow
+	// every condition: count them so that the report can say so.
+	s.Metrics["foreign_progs"] = float64(countHoptracePrograms())
 	var p *Proc
 	if c.Argv != nil {
 		var err error
@@ -244,4 +251,27 @@ func (s *syncBuffer) Bytes() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]byte(nil), s.b.Bytes()...)
+}
+
+// countHoptracePrograms counts loaded BPF programs named like hoptrace's
+// (on_*), whoever loaded them.
+func countHoptracePrograms() int {
+	n := 0
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) || err != nil {
+			return n
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		p.Close()
+		if err == nil && strings.HasPrefix(info.Name, "on_") {
+			n++
+		}
+	}
 }

@@ -101,6 +101,15 @@ func bench(args []string) error {
 		if err != nil {
 			res.Notes = append(res.Notes, fmt.Sprintf("comparison stopped early: %v", err))
 		}
+		foreign := 0
+		for _, s := range samples {
+			if s.Metrics["foreign_progs"] > 0 {
+				foreign++
+			}
+		}
+		if foreign > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("%d of %d measurements ran while BPF programs of another hoptrace process (tests running on the same machine) were attached to the same tracepoints: they slow every condition, the baseline too.", foreign, len(samples)))
+		}
 		for _, s := range samples {
 			if s.Error != "" {
 				res.Notes = append(res.Notes, fmt.Sprintf("round %d %s %s failed: %s", s.Round, s.Condition, s.Workload, oneLineErr(s.Error)))

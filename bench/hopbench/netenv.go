@@ -192,17 +192,31 @@ func (nt *Net) DisableIPv6() {
 // Close removes the namespaces, veths, bridge and iptables rule.
 func (nt *Net) Close() error {
 	var errs []error
+	// Unmounting a namespace that nothing else holds destroys it and its veth
+	// end, which takes the host end along; the kernel does that in batches,
+	// much faster than one link deletion (and RCU grace period) at a time.
 	for _, h := range nt.Hosts {
-		if l, err := netlink.LinkByName(h.HostVeth); err == nil {
-			if err := netlink.LinkDel(l); err != nil {
-				errs = append(errs, err)
-			}
-		}
 		if err := unix.Unmount(h.Path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", h.Path, err))
 		}
 		if err := os.Remove(h.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, h := range nt.Hosts {
+		for {
+			l, err := netlink.LinkByName(h.HostVeth)
+			if err != nil {
+				break // gone
+			}
+			if time.Now().After(deadline) {
+				if err := netlink.LinkDel(l); err != nil {
+					errs = append(errs, fmt.Errorf("delete %s: %w", h.HostVeth, err))
+				}
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	nt.Hosts = nil

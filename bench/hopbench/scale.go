@@ -29,8 +29,8 @@ type ScaleResult struct {
 }
 
 // Scale measures attach and detach with n pairs.
-func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) ScaleResult {
-	r := ScaleResult{Pairs: n}
+func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleResult) {
+	r.Pairs = n
 	t0 := time.Now()
 	nt, err := NewNet(n)
 	r.CreateS = time.Since(t0).Seconds()
