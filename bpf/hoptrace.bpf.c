@@ -270,7 +270,23 @@ static __always_inline void parse(struct sk_buff *skb, struct net_device *dev, s
 		m->ip_len = bpf_ntohs(ip6.payload_len) + 40;
 		/* the low flow-label bits stand in for IPv4's id in the fingerprint */
 		m->ip_id = bpf_ntohs(*(__be16 *)&ip6.flow_lbl[1]);
-		parse_l4(head + off + sizeof(ip6), ip6.nexthdr, m);
+		__u8 next = ip6.nexthdr;
+		__u32 l4 = off + sizeof(ip6);
+		/* skip a few extension headers (MLD reports carry hop-by-hop options) */
+#pragma unroll
+		for (int i = 0; i < 3; i++) {
+			struct {
+				__u8 next;
+				__u8 len;
+			} ext;
+			if (next != 0 && next != 43 && next != 60)
+				break;
+			if (bpf_probe_read_kernel(&ext, sizeof(ext), head + l4))
+				return;
+			next = ext.next;
+			l4 += (ext.len + 1) * 8;
+		}
+		parse_l4(head + l4, next, m);
 	} else if (eth_proto == ETH_P_ARP) {
 		struct arp_ipv4 arp;
 		if (bpf_probe_read_kernel(&arp, sizeof(arp), head + off))

@@ -235,6 +235,10 @@ func icmpText(m *Meta) string {
 			return echo("reply")
 		case 1:
 			return fmt.Sprintf("unreachable code=%d", m.IcmpCode)
+		case 130:
+			return "multicast listener query"
+		case 131, 143:
+			return "multicast listener report"
 		case 133:
 			return "router solicitation"
 		case 134:
