@@ -554,21 +554,25 @@ func TestIproute2Netns(t *testing.T) {
 	})
 }
 
-// TestManyNamespaces creates namespaces in a burst while the resolver runs:
+// TestManyNamespaces creates 30 namespaces in a burst while the resolver runs:
 // dumps get interrupted by concurrent changes and subscriptions see bursts,
 // yet every veth pair must end up resolved both ways.
 func TestManyNamespaces(t *testing.T) {
 	testnet.RequireRoot(t)
 	if testing.Short() {
-		t.Skip("burst of 50 namespaces skipped in -short mode")
+		t.Skip("burst of 30 namespaces skipped in -short mode")
 	}
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	r := newResolver(t, Options{})
 	var hs []*testnet.Host
-	for i := 0; i < 50; i++ {
+	t0 := time.Now()
+	for i := 0; i < 30; i++ {
 		hs = append(hs, topo.AddHost(t))
 	}
-	waitFor(t, r, 30*time.Second, "all 50 veth pairs resolved", func() bool {
+	t.Logf("30 namespaces created in %v", time.Since(t0))
+	t0 = time.Now()
+	defer func() { t.Logf("resolver caught up %v after the last change", time.Since(t0)) }()
+	waitFor(t, r, 30*time.Second, "all 30 veth pairs resolved", func() bool {
 		for _, h := range hs {
 			hv, ok := r.Link(topo.HostInode(), h.HostVethIndex)
 			if !ok || hv.PeerNetns != h.Inode || hv.PeerIndex != h.Ifindex || hv.MasterIndex != topo.BridgeIndex {
@@ -581,13 +585,17 @@ func TestManyNamespaces(t *testing.T) {
 		}
 		return true
 	})
-	for _, h := range hs[:25] {
+	t.Logf("resolved %v after the last creation", time.Since(t0))
+	t0 = time.Now()
+	for _, h := range hs[:15] {
 		if err := topo.RemoveHost(h); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, r, 30*time.Second, "25 removed namespaces gone", func() bool {
-		for _, h := range hs[:25] {
+	t.Logf("15 namespaces removed in %v", time.Since(t0))
+	t0 = time.Now()
+	waitFor(t, r, 30*time.Second, "15 removed namespaces gone", func() bool {
+		for _, h := range hs[:15] {
 			if _, ok := r.Namespace(h.Inode); ok {
 				return false
 			}
@@ -597,7 +605,7 @@ func TestManyNamespaces(t *testing.T) {
 		}
 		return true
 	})
-	for _, h := range hs[25:] {
+	for _, h := range hs[15:] {
 		if _, ok := r.Namespace(h.Inode); !ok {
 			t.Errorf("namespace %s lost", h.Name)
 		}
