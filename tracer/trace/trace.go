@@ -298,7 +298,16 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		}
 		asm.Add(&ev)
 	}
-	if !cfg.Events {
+	if !cfg.Events && !done() {
+		// Stopped from outside: take what is already in the ring buffer,
+		// then release every path, finished or not.
+		rd.SetDeadline(time.Now())
+		for rd.ReadInto(&rec) == nil {
+			if event.Decode(rec.RawSample, &ev) == nil {
+				sum.Events++
+				asm.Add(&ev)
+			}
+		}
 		if err := flush(true); err != nil {
 			return res, err
 		}
