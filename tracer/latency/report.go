@@ -157,7 +157,8 @@ type DropNamer interface {
 // A path starts at a hop no recorded pair leads to (where packets were
 // first seen, in a container or on an interface of the selection) and
 // follows, hop by hop, the most used of the pairs leaving the current hop;
-// when that is an end pair (socket, consume, drop) the path ends there. A
+// when that is an end pair (socket, consume, drop) the path ends there, if
+// at least half the packets arriving at the hop ended that way. A
 // pair on several paths (two senders through one bridge port) is counted
 // in the first path only for its Path/Share fields.
 func buildPaths(pairs []PairStat) []PathStat {
@@ -212,8 +213,13 @@ func buildPaths(pairs []PairStat) []PathStat {
 				break
 			}
 			next := idx[0] // the most used pair leaving cur
-			chain = append(chain, next)
 			to := pairs[next].Key.To
+			if IsEndKey(to) && len(chain) > 0 && 2*pairs[next].Count < pairs[chain[len(chain)-1]].Count {
+				// most packets arriving here were not seen to end here: the
+				// path ends at the hop, not at a minority's end
+				break
+			}
+			chain = append(chain, next)
 			if IsEndKey(to) || seen[to] {
 				break
 			}
