@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
@@ -32,19 +33,7 @@ const (
 )
 
 // Hook is one tracepoint hoptrace can observe (see bpf/hoptrace.h).
-type Hook = bpfobj.HoptraceHook
-
-const (
-	HookNetDevQueue     = bpfobj.HoptraceHookHOOK_NET_DEV_QUEUE
-	HookNetDevStartXmit = bpfobj.HoptraceHookHOOK_NET_DEV_START_XMIT
-	HookNetDevXmit      = bpfobj.HoptraceHookHOOK_NET_DEV_XMIT
-	HookNetifRx         = bpfobj.HoptraceHookHOOK_NETIF_RX
-	HookGROReceive      = bpfobj.HoptraceHookHOOK_GRO_RECEIVE
-	HookNetifReceiveSkb = bpfobj.HoptraceHookHOOK_NETIF_RECEIVE_SKB
-	HookKfreeSkb        = bpfobj.HoptraceHookHOOK_KFREE_SKB
-	HookConsumeSkb      = bpfobj.HoptraceHookHOOK_CONSUME_SKB
-	HookCopyDatagram    = bpfobj.HoptraceHookHOOK_COPY_DATAGRAM
-)
+type Hook = event.Hook
 
 // HopHooks are the hooks that show a packet at a device: one egress and one
 // ingress observation per device crossed. DetailHooks add the driver and
@@ -52,9 +41,9 @@ const (
 // after the peer has already received the packet, which reads as time
 // running backwards). EndHooks say where a packet's life ended.
 var (
-	HopHooks    = []Hook{HookNetDevQueue, HookNetifReceiveSkb}
-	DetailHooks = []Hook{HookNetDevStartXmit, HookNetifRx, HookGROReceive}
-	EndHooks    = []Hook{HookKfreeSkb, HookConsumeSkb, HookCopyDatagram}
+	HopHooks    = []Hook{event.HookNetDevQueue, event.HookNetifReceiveSkb}
+	DetailHooks = []Hook{event.HookNetDevStartXmit, event.HookNetifRx, event.HookGROReceive}
+	EndHooks    = []Hook{event.HookKfreeSkb, event.HookConsumeSkb, event.HookCopyDatagram}
 )
 
 // Filter kinds, mirrored from enum filter_flag in the BPF program.
@@ -212,26 +201,26 @@ func Load(opts Options) (*Tracer, error) {
 // programName maps a hook to its program in the object.
 func programName(h Hook, consumeLoc bool) (string, error) {
 	switch h {
-	case HookNetDevQueue:
+	case event.HookNetDevQueue:
 		return "on_net_dev_queue", nil
-	case HookNetDevStartXmit:
+	case event.HookNetDevStartXmit:
 		return "on_net_dev_start_xmit", nil
-	case HookNetDevXmit:
+	case event.HookNetDevXmit:
 		return "on_net_dev_xmit", nil
-	case HookNetifRx:
+	case event.HookNetifRx:
 		return "on_netif_rx", nil
-	case HookGROReceive:
+	case event.HookGROReceive:
 		return "on_napi_gro_receive_entry", nil
-	case HookNetifReceiveSkb:
+	case event.HookNetifReceiveSkb:
 		return "on_netif_receive_skb", nil
-	case HookKfreeSkb:
+	case event.HookKfreeSkb:
 		return "on_kfree_skb", nil
-	case HookConsumeSkb:
+	case event.HookConsumeSkb:
 		if consumeLoc {
 			return "on_consume_skb", nil
 		}
 		return "on_consume_skb_noloc", nil
-	case HookCopyDatagram:
+	case event.HookCopyDatagram:
 		return "on_skb_copy_datagram_iovec", nil
 	}
 	return "", fmt.Errorf("unknown hook %d", h)
