@@ -354,6 +354,19 @@ func okDetail(k inspect.Check, e inspect.Endpoint) string {
 		return fmt.Sprintf("%s is up (%s)", e.Container.Name, e.Container.OperState)
 	case e.HostVeth != nil && k.Fact == e.HostVeth.Name+" up":
 		return fmt.Sprintf("%s is up (%s) in the host namespace", e.HostVeth.Name, e.HostVeth.OperState)
+	case k.Fact == "container interface" && e.Container != nil:
+		return fmt.Sprintf("%s (%s), %s", e.Container.Name, e.Container.Kind, k.Detail)
+	case strings.HasPrefix(k.Fact, "address ") && e.Container != nil:
+		return fmt.Sprintf("%s on %s", strings.TrimPrefix(k.Fact, "address "), e.Container.Name)
+	case strings.HasPrefix(k.Fact, "MAC ") && e.Container != nil:
+		return fmt.Sprintf("%s has %s", e.Container.Name, k.Fact)
+	case k.Fact == "veth peer":
+		return k.Detail + " (host namespace)"
+	case strings.HasPrefix(k.Fact, "bridge ") && k.Fact != "bridge port" && e.BridgeDev != nil:
+		return fmt.Sprintf("%s is a bridge, up (%s)", e.BridgeDev.Name, e.BridgeDev.OperState)
+	}
+	if k.Detail == "" {
+		return k.Fact
 	}
 	return k.Detail
 }
