@@ -17,6 +17,10 @@ import (
 // interrupted by concurrent changes.
 var errIncomplete = errors.New("dump interrupted by concurrent changes")
 
+// coalesceDelay is how long a namespace's watcher collects netlink events
+// before relisting it.
+const coalesceDelay = 5 * time.Millisecond
+
 // netlinkTimeout bounds every netlink request the resolver makes.
 const netlinkTimeout = 5 * time.Second
 
@@ -258,18 +262,25 @@ func (r *Resolver) watch(st *nsState, sub *subscription) {
 			retry, retryC = nil, nil
 			dirty = true
 		}
-		// Coalesce a burst of events into one relist.
-	drain:
-		for !failed {
-			select {
-			case _, ok := <-sub.links:
-				failed = !ok
-			case _, ok := <-sub.addrs:
-				failed = !ok
-			case <-st.kick:
-			default:
-				break drain
+		// Coalesce a burst of events (a container start brings a dozen)
+		// into one relist: collect what arrives within coalesceDelay.
+		if !failed {
+			quiet := time.NewTimer(coalesceDelay)
+		drain:
+			for !failed {
+				select {
+				case _, ok := <-sub.links:
+					failed = !ok
+				case _, ok := <-sub.addrs:
+					failed = !ok
+				case <-st.kick:
+				case <-st.stop:
+					break drain // handled at the top of the loop
+				case <-quiet.C:
+					break drain
+				}
 			}
+			quiet.Stop()
 		}
 		if failed {
 			sub.end()
