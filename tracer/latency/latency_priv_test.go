@@ -569,7 +569,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if !found {
 		t.Errorf("no histogram for %s eth0 egress → xmit with the pings:\n%s", a.Name, body)
 	}
-	t.Logf("%d pair histograms; sample:\n%s", len(hist.Metric), firstLines(string(body), latency.MetricHopLatency, 6))
+	t.Logf("%d pair histograms; sample:\n%s", len(hist.Metric), firstLines(string(body), latency.MetricHopLatency+"_bucket", 3))
 }
 
 func firstLines(s, prefix string, n int) string {
