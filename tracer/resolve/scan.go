@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -246,7 +247,19 @@ func (r *Resolver) rescan(ctx context.Context, full bool) error {
 	}
 	changed := false
 	var errs []error
+	// Host first, then by source: veth peers mostly live in the host
+	// namespace, and knowing it first saves relisting the others.
+	cands := make([]candidate, 0, len(res.byInode))
 	for _, c := range res.byInode {
+		cands = append(cands, c)
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].src != cands[j].src {
+			return cands[i].src < cands[j].src
+		}
+		return cands[i].inode < cands[j].inode
+	})
+	for _, c := range cands {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("resolve: scan: %w", err)
 		}
