@@ -138,11 +138,12 @@ func runLatency(c *cli.Context) error {
 	case err := <-runErr:
 		return err
 	case err := <-serveErr:
+		if err == nil {
+			// shut down because the session is ending (Ctrl-C, --duration)
+			return <-runErr
+		}
 		cancel()
 		<-runErr
-		if err == nil {
-			err = fmt.Errorf("metrics endpoint stopped")
-		}
 		return fmt.Errorf("metrics endpoint: %w", err)
 	}
 }

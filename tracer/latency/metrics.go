@@ -150,7 +150,9 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 		})
 		if to.Step == StepDrop {
 			at := to
-			if at.Interface == "" {
+			if at.NetnsInode == 0 {
+				at = from // no device, no socket: where the packet last was
+			} else if at.Interface == "" {
 				at.Interface = from.Interface
 			}
 			reason := "unknown"

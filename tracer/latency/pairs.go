@@ -160,8 +160,9 @@ func DescribeHop(names Names, k HopKey) Hop {
 func PairLabel(from, to *Hop) string {
 	switch {
 	case to.NetnsInode == 0:
-		// an end with neither device nor socket: it happened where the packet was
-		return from.Label + " → " + to.Step
+		// an end with neither device nor socket: it happened where the
+		// packet was, but is told apart from the end on the device itself
+		return from.Label + " → " + to.Step + " (no device)"
 	case from.NetnsInode == to.NetnsInode && from.Ifindex == to.Ifindex && from.Ifindex != 0:
 		return from.Label + " → " + to.Step
 	case from.NetnsInode == to.NetnsInode && from.Bridge != "" && from.Bridge == to.Bridge &&
