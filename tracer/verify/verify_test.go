@@ -251,6 +251,24 @@ func TestContainerToContainerSameBridge(t *testing.T) {
 		t.Errorf("tcp to a closed port: delivery %+v response %q", r.Delivery, r.Probes[0].Response)
 	}
 	t.Logf("\n%s", text(r))
+
+	// With a listener, the same probe is accepted.
+	testdocker.Docker(t, "exec", "-d", f.b.Name, "nc", "-ll", "-p", "8080", "-e", "cat")
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(testdocker.Exec(t, f.b.Name, "netstat", "-lnt"), ":8080 ") {
+		if time.Now().After(deadline) {
+			t.Fatal("nc did not listen on 8080 in the target")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r = f.verify(f.a.Name, verify.Options{To: f.b.Name, Count: 1, Proto: "tcp", Port: 8080})
+	requirePass(t, r, f.toB(), 1)
+	if r.Delivery == nil || r.Delivery.Outcome != verify.OutcomeAccepted || !strings.Contains(r.Probes[0].Response, "connection accepted") {
+		t.Errorf("tcp to a listener: delivery %+v response %q", r.Delivery, r.Probes[0].Response)
+	}
+	if rp := r.Probes[0].Reply; rp == nil || !strings.Contains(rp.Summary, "[S.]") {
+		t.Errorf("SYN-ACK path not traced: %+v", rp)
+	}
 }
 
 func TestUDPNoListenerIsDeliveryNotPath(t *testing.T) {
