@@ -161,6 +161,9 @@ func runVerify(cc *cli.Context) error {
 	if err := opts.Validate(); err != nil {
 		return usageError{err}
 	}
+	if err := requireRoot("verify"); err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(cc.Context)
 	defer cancel()
