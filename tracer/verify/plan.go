@@ -341,6 +341,8 @@ func endpointChecks(owner string, e inspect.Endpoint, source bool) []Check {
 		detail := k.Detail
 		if k.OK {
 			detail = okDetail(k, e)
+		} else if !source {
+			detail = strings.Replace(detail, "packets from "+ci+" go nowhere", "packets for "+owner+" go nowhere", 1)
 		}
 		out = append(out, Check{Hop: hop, Fact: k.Fact, OK: k.OK, Detail: detail})
 	}
