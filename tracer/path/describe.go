@@ -138,7 +138,17 @@ func (d *Describer) Describe(p *Packet) Path {
 		e := &p.Events[i]
 		h := event.Hook(e.Hook)
 		if event.IsEnd(h) {
-			path.Ends = append(path.Ends, d.EndEvent(e))
+			end := d.EndEvent(e)
+			if e.Netns == 0 && len(path.Hops) > 0 {
+				// Freed after the stack dropped its device and socket
+				// references: it ended where it was last seen.
+				last := path.Hops[len(path.Hops)-1]
+				end.NetnsInode, end.Netns = last.NetnsInode, last.Netns
+				if last.Container != "" {
+					end.Netns = last.Container
+				}
+			}
+			path.Ends = append(path.Ends, end)
 			continue
 		}
 		hop := d.Hop(e)

@@ -258,3 +258,16 @@ func ids(ps []*Packet) []uint64 {
 	}
 	return out
 }
+
+func TestEndWithoutNamespaceEndsWhereLastSeen(t *testing.T) {
+	c := ev(1, 20_000, event.HookConsumeSkb, 0, 0)
+	c.Location = locIcmpRcv
+	p := assemble(t,
+		ev(1, 0, event.HookNetDevQueue, nsA, 2),
+		ev(1, 10_000, event.HookNetifReceiveSkb, nsB, 2),
+		c,
+	)
+	if p.Verdict != Delivered || p.End != "consumed by icmp_rcv in web" {
+		t.Errorf("verdict %q end %q, want consumed by icmp_rcv in web", p.Verdict, p.End)
+	}
+}
