@@ -4,6 +4,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -281,5 +282,35 @@ func TestSameLinks(t *testing.T) {
 	}
 	if sameLinks(a, map[int]*Link{}) || sameLinks(a, map[int]*Link{7: &same}) {
 		t.Error("different link sets reported equal")
+	}
+}
+
+func TestNotePending(t *testing.T) {
+	r := &Resolver{}
+	t0 := time.Unix(1000, 0)
+	// Files present at the first scan are old: no retries for them.
+	if r.notePendingLocked([]string{"/d/stale"}, t0) {
+		t.Error("stale file at first scan asks for retries")
+	}
+	if (&Resolver{}).notePendingLocked(nil, t0) {
+		t.Error("nothing pending asks for retries")
+	}
+	if r.notePendingLocked([]string{"/d/stale"}, t0.Add(time.Second)) {
+		t.Error("stale file asks for retries")
+	}
+	// A new file is retried within the window, not after.
+	if !r.notePendingLocked([]string{"/d/stale", "/d/new"}, t0.Add(2*time.Second)) {
+		t.Error("new file does not ask for retries")
+	}
+	if !r.notePendingLocked([]string{"/d/stale", "/d/new"}, t0.Add(6*time.Second)) {
+		t.Error("new file not retried within the window")
+	}
+	if r.notePendingLocked([]string{"/d/stale", "/d/new"}, t0.Add(8*time.Second)) {
+		t.Error("new file retried after the window")
+	}
+	// Once mounted (no longer pending) it is forgotten.
+	r.notePendingLocked([]string{"/d/stale"}, t0.Add(9*time.Second))
+	if _, ok := r.pendingSeen["/d/new"]; ok {
+		t.Error("mounted file still tracked")
 	}
 }

@@ -92,8 +92,9 @@ type Resolver struct {
 	mu  sync.RWMutex
 	nss map[uint32]*nsState
 
-	wmu    sync.Mutex // serializes every change of the namespace set and of links
-	closed bool
+	wmu         sync.Mutex // serializes every change of the namespace set and of links
+	closed      bool
+	pendingSeen map[string]time.Time // under wmu; see notePendingLocked
 
 	changes   chan struct{}
 	refreshC  chan struct{}

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,7 +26,7 @@ type candidate struct {
 // scanResult collects candidates by inode, keeping the best source.
 type scanResult struct {
 	byInode map[uint32]candidate
-	pending int // files in the watched directories that are no namespace (yet)
+	pending []string // files in the watched directories that are no namespace (yet)
 }
 
 func (s *scanResult) add(c candidate) {
@@ -39,7 +40,7 @@ func (s *scanResult) add(c candidate) {
 }
 
 // scanDir adds the namespace files of a directory. A file that is no
-// namespace yet (created, bind mount still to come) is counted as pending.
+// namespace yet (created, bind mount still to come) is noted as pending.
 func (s *scanResult) scanDir(dir string, src source) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -55,7 +56,7 @@ func (s *scanResult) scanDir(dir string, src source) {
 			continue
 		}
 		if !ok {
-			s.pending++
+			s.pending = append(s.pending, p)
 			continue
 		}
 		label := e.Name()
@@ -225,6 +226,35 @@ func checkNetnsFile(path string) (uint32, error) {
 	return uint32(st.Ino), nil
 }
 
+// pendingWindow is how long a new file in a namespace directory is looked
+// at again for its bind mount to appear.
+const pendingWindow = 5 * time.Second
+
+// notePendingLocked records when each not-yet-namespace file was first
+// seen and reports whether one is recent enough to look again soon. Files
+// already there at the first scan are old: Docker leaves the files of
+// stopped sandboxes behind, unmounted. Caller holds r.wmu.
+func (r *Resolver) notePendingLocked(pending []string, now time.Time) bool {
+	first := r.pendingSeen == nil
+	seen := make(map[string]time.Time, len(pending))
+	retry := false
+	for _, p := range pending {
+		t, ok := r.pendingSeen[p]
+		if !ok {
+			t = now
+			if first {
+				t = time.Time{}
+			}
+		}
+		seen[p] = t
+		if !t.IsZero() && now.Sub(t) < pendingWindow {
+			retry = true
+		}
+	}
+	r.pendingSeen = seen
+	return retry
+}
+
 // rescan looks for namespaces: always the host one and the two
 // directories, and /proc too when full. New namespaces are added, ones that
 // can no longer be reached are dropped.
@@ -236,14 +266,14 @@ func (r *Resolver) rescan(ctx context.Context, full bool) error {
 	if full {
 		res.scanProc()
 	}
-	if res.pending > 0 {
-		r.schedulePendingRetry()
-	}
 
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	if r.closed {
 		return errors.New("resolve: closed")
+	}
+	if r.notePendingLocked(res.pending, time.Now()) {
+		r.schedulePendingRetry()
 	}
 	changed := false
 	var errs []error
