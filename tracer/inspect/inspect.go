@@ -131,7 +131,7 @@ func FromContainer(rtName string, c runtime.Container) (*Report, error) {
 	}
 	defer ch.Close()
 
-	clinks, err := ch.LinkList()
+	clinks, err := nsscan.LinkList(ch)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: list interfaces: %w", c.Name, err)
 	}

@@ -129,7 +129,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		return nil, nil, err
 	}
 	defer hh.Close()
-	links, err := hh.LinkList()
+	links, err := nsscan.LinkList(hh)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list interfaces: %w", err)
 	}

@@ -226,7 +226,7 @@ func Handle(path string) (*netlink.Handle, error) {
 func Addrs(h *netlink.Handle, l netlink.Link) []string {
 	var out []string
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		as, err := h.AddrList(l, fam)
+		as, err := AddrList(h, l, fam)
 		if err != nil {
 			continue
 		}
