@@ -274,6 +274,10 @@ func connected(t *testing.T, a, b *testnet.Host) {
 	t.Fatalf("%s cannot reach %s: %v", a.Name, b.Addr.Addr(), last)
 }
 
+// rankSlack is how far apart in rank two quantiles of the same traffic may
+// be when measured by two tracers at once.
+const rankSlack = 0.03
+
 var hookByName = func() map[string]event.Hook {
 	m := map[string]event.Hook{}
 	for h := event.Hook(1); h < 10; h++ {
@@ -414,17 +418,28 @@ func TestAgreesWithTrace(t *testing.T) {
 		}
 		for _, q := range []struct {
 			name     string
+			q        float64
 			lat, trc uint64
-		}{{"p50", lp.P50Ns, ts.P50Ns}, {"p90", lp.P90Ns, ts.P90Ns}} {
+		}{{"p50", 0.5, lp.P50Ns, ts.P50Ns}, {"p90", 0.9, lp.P90Ns, ts.P90Ns}} {
 			// Two bucket resolutions (each side reports a bucket midpoint)
 			// plus 1.5µs: the other tracer's program runs inside each delta.
 			tol := 2*latency.MaxRelativeError*float64(max(q.lat, q.trc)) + 1500
 			if !hasIn[k.From] {
 				tol += 10000
 			}
-			if math.Abs(float64(q.lat)-float64(q.trc)) > tol {
-				t.Errorf("%s %s: latency %s, trace %s (tolerance %s)", lp.Label, q.name,
-					latency.FormatNs(q.lat), latency.FormatNs(q.trc), latency.FormatNs(uint64(tol)))
+			if math.Abs(float64(q.lat)-float64(q.trc)) <= tol {
+				continue
+			}
+			// Where the distribution is sparse (between two modes) a
+			// quantile jumps when a few packets move: accept a value the
+			// trace has within rankSlack of the same rank. The packets each
+			// tracer delays for the other are that few.
+			lo := float64(th.Percentile(max(q.q-rankSlack, 0.01))) - tol
+			hi := float64(th.Percentile(min(q.q+rankSlack, 1))) + tol
+			if v := float64(q.lat); v < lo || v > hi {
+				t.Errorf("%s %s: latency %s, trace %s (tolerance %s; trace p%g..p%g: %s..%s)", lp.Label, q.name,
+					latency.FormatNs(q.lat), latency.FormatNs(q.trc), latency.FormatNs(uint64(tol)),
+					100*(q.q-rankSlack), 100*(q.q+rankSlack), latency.FormatNs(uint64(lo+tol)), latency.FormatNs(uint64(hi-tol)))
 			}
 		}
 		t.Logf("%-50s count %4d/%4d  p50 %8s/%8s  p90 %8s/%8s", lp.Label, lp.Count, ts.Count,

@@ -372,6 +372,11 @@ func TestReportPathsAndLabels(t *testing.T) {
 	drop.Add(500)
 	hists[Pair{From: webToDB[3], To: hk(nsHost, 10, event.HookKfreeSkb)}] = drop
 
+	// a stray pair into the first hop (an skb address reused) hides nothing
+	stray := new(Hist)
+	stray.Add(9000)
+	hists[Pair{From: hk(nsDB, 2, event.HookNetifRx), To: webToDB[0]}] = stray
+
 	r := BuildReport(hists, names, nil)
 	if len(r.Paths) != 2 {
 		t.Fatalf("%d paths, want 2: %+v", len(r.Paths), r.Paths)
@@ -414,9 +419,10 @@ func TestReportPathsAndLabels(t *testing.T) {
 	if r.Paths[1].Label != "db:eth0 egress → host:veth1a2b egress" {
 		t.Errorf("reply path label %q", r.Paths[1].Label)
 	}
-	last := r.Pairs[len(r.Pairs)-1]
-	if last.Path != -1 || last.To.Step != StepDrop {
-		t.Errorf("the drop must come last, on no path: %+v", last.Label)
+	for _, ps := range r.Pairs[len(r.Pairs)-2:] {
+		if ps.Path != -1 || (ps.To.Step != StepDrop && ps.Key.To != webToDB[0]) {
+			t.Errorf("the drop and the stray pair must come last, on no path: %s", ps.Label)
+		}
 	}
 	// JSON and text render.
 	var buf bytes.Buffer

@@ -154,8 +154,9 @@ type DropNamer interface {
 
 // buildPaths chains pairs into paths and sets each pair's Path and Share.
 //
-// A path starts at a hop no recorded pair leads to (where packets were
-// first seen, in a container or on an interface of the selection) and
+// A path starts at a hop where most packets leaving it were first seen
+// (fewer than half arrived from another hop: a container's eth0 egress, an
+// interface of the selection) and
 // follows, hop by hop, the most used of the pairs leaving the current hop;
 // when that is an end pair (socket, consume, drop) the path ends there, if
 // at least half the packets arriving at the hop ended that way. A
@@ -163,40 +164,37 @@ type DropNamer interface {
 // in the first path only for its Path/Share fields.
 func buildPaths(pairs []PairStat) []PathStat {
 	out := map[HopKey][]int{} // pairs leaving a hop, most used first (pairs is sorted by count)
-	hasIn := map[HopKey]bool{}
+	in := map[HopKey]uint64{} // packets arriving at a hop from another
 	for i := range pairs {
 		k := pairs[i].Key
 		out[k.From] = append(out[k.From], i)
 		if !IsEndKey(k.To) {
-			hasIn[k.To] = true
+			in[k.To] += pairs[i].Count
 		}
 	}
-	var sources []HopKey
-	for k, idx := range out {
-		if hasIn[k] || IsEndKey(k) {
-			continue
-		}
-		// a source must start at least one hop-to-hop pair
-		hop := false
-		for _, i := range idx {
-			if !IsEndKey(pairs[i].Key.To) {
-				hop = true
-				break
-			}
-		}
-		if hop {
-			sources = append(sources, k)
-		}
-	}
-	outCount := func(k HopKey) uint64 {
+	hopOut := func(k HopKey) uint64 { // packets leaving a hop for another hop
 		var n uint64
 		for _, i := range out[k] {
-			n += pairs[i].Count
+			if !IsEndKey(pairs[i].Key.To) {
+				n += pairs[i].Count
+			}
 		}
 		return n
 	}
+	// A source is a hop where most packets leaving it were first seen: a
+	// stray pair into it (an skb address reused within the stale limit)
+	// does not hide a path.
+	var sources []HopKey
+	for k := range out {
+		if IsEndKey(k) {
+			continue
+		}
+		if o := hopOut(k); o > 0 && 2*in[k] < o {
+			sources = append(sources, k)
+		}
+	}
 	sort.Slice(sources, func(i, j int) bool {
-		a, b := outCount(sources[i]), outCount(sources[j])
+		a, b := hopOut(sources[i])-in[sources[i]], hopOut(sources[j])-in[sources[j]]
 		if a != b {
 			return a > b
 		}
