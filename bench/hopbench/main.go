@@ -70,7 +70,7 @@ func bench(args []string) error {
 
 	res := &Results{
 		Date: time.Now(), Kernel: kernelRelease(), CPU: cpuModel(), Cores: runtime.NumCPU(), Commit: gitCommit(),
-		Command: "hopbench " + strings.Join(args, " "), Rounds: *rounds, Duration: dur.String(),
+		Command: "hopbench " + strings.Join(args, " "), Rounds: *rounds, Duration: dur.String(), LoadStart: loadAvg(),
 	}
 	part := func(name string) bool { return *only == "" || *only == name }
 
@@ -128,6 +128,7 @@ func bench(args []string) error {
 			res.Scale = append(res.Scale, Scale(ctx, *hoptrace, n, log))
 		}
 	}
+	res.LoadEnd = loadAvg()
 	md := res.Markdown()
 	if *out == "" {
 		fmt.Print(md)
