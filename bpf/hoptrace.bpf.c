@@ -498,8 +498,15 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 		flags |= EVENT_F_CLONED;
 
 	if (mode == MODE_LATENCY) {
-		if (prev_ts && now >= prev_ts)
-			hist_add(&prev, &cur, now - prev_ts);
+		if (prev_ts && now >= prev_ts) {
+			struct hop_key to = cur;
+			if (hook == HOOK_KFREE_SKB) {
+				to.drop_reason[0] = reason;
+				to.drop_reason[1] = reason >> 8;
+				to.drop_reason[2] = reason >> 16;
+			}
+			hist_add(&prev, &to, now - prev_ts);
+		}
 	} else {
 		struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {

@@ -92,7 +92,9 @@ struct hop_key {
 	__u32 netns;
 	__u32 ifindex;
 	__u8 hook;
-	__u8 pad[3];
+	/* kfree_skb end hops in latency mode: the drop reason's low 24 bits,
+	 * so drops are counted by reason; zero everywhere else. */
+	__u8 drop_reason[3];
 };
 
 struct hop_pair {

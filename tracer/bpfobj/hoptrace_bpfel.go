@@ -80,11 +80,11 @@ const (
 )
 
 type HoptraceHopKey struct {
-	_       structs.HostLayout
-	Netns   uint32
-	Ifindex uint32
-	Hook    uint8
-	Pad     [3]uint8
+	_          structs.HostLayout
+	Netns      uint32
+	Ifindex    uint32
+	Hook       uint8
+	DropReason [3]uint8
 }
 
 type HoptraceHopPair struct {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/cilium/ebpf/btf"
 	"io"
 	"math"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
@@ -600,4 +602,45 @@ func firstLines(s, prefix string, n int) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Datagrams to a port nobody listens on end in a kfree_skb pair that carries
+// the kernel's reason, NO_SOCKET, counted once per datagram.
+func TestDropsCountedByReason(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	drops := dropNamesForTest(t)
+	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode}, Interval: 200 * time.Millisecond, Drops: drops})
+	const n = 20
+	for i := 0; i < n; i++ {
+		if err := a.SendUDP(netip.AddrPortFrom(b.Addr.Addr(), 7999), []byte("nobody")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(600 * time.Millisecond)
+	final := s.stop()
+	var count uint64
+	for _, p := range final.Pairs {
+		if p.DropReason == "NO_SOCKET" && p.Key.To.Netns == b.Inode {
+			count += p.Count
+		}
+	}
+	if count != n {
+		logReport(t, &final)
+		t.Fatalf("%d NO_SOCKET drops in %s counted, want %d", count, b.Name, n)
+	}
+}
+
+func dropNamesForTest(t *testing.T) latency.DropNamer {
+	t.Helper()
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatalf("kernel BTF: %v", err)
+	}
+	d, err := kernel.LoadDropReasons(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

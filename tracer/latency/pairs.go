@@ -62,13 +62,13 @@ func Step(h event.Hook) string {
 // IsEndKey reports whether a hop is the end of a packet's life.
 func IsEndKey(k HopKey) bool { return event.IsEnd(event.Hook(k.Hook)) }
 
-// DropReason returns the drop reason a kfree_skb end hop carries in its
-// padding (24 bits), 0 when the kernel did not record one.
+// DropReason returns the drop reason a kfree_skb end hop carries (its low
+// 24 bits), 0 when the kernel did not record one.
 func DropReason(k HopKey) uint32 {
 	if event.Hook(k.Hook) != event.HookKfreeSkb {
 		return 0
 	}
-	return uint32(k.Pad[0]) | uint32(k.Pad[1])<<8 | uint32(k.Pad[2])<<16
+	return uint32(k.DropReason[0]) | uint32(k.DropReason[1])<<8 | uint32(k.DropReason[2])<<16
 }
 
 // Hop is one hop with names.
