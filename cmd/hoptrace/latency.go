@@ -13,7 +13,6 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
-	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
 func latencyCommand() *cli.Command {
@@ -30,14 +29,12 @@ Selection works as for trace: --netns, --container, --interface; none traces
 every namespace. --metrics-addr serves Prometheus metrics (loopback unless
 another host is named).`,
 		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "netns", Aliases: []string{"n"}, Usage: "measure packets of this network namespace: a name in /var/run/netns, a Docker sandbox id, or a path such as /proc/PID/ns/net (repeatable)"},
-			&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: "measure packets crossing this interface, in the --netns namespaces or the host (repeatable)"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "report every `D`"},
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long and print the summary (default: until Ctrl-C)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per interval, the last one with \"final\": true)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at `HOST:PORT` (/metrics); an empty host means 127.0.0.1"},
 			&cli.BoolFlag{Name: "detail", Usage: "text output: add the mean, the tracepoints of each pair and every pair on no path"},
-		}, containerFlags()...),
+		}, selectionFlags("measure")...),
 		Action: runLatency,
 	}
 }
@@ -78,38 +75,8 @@ func runLatency(c *cli.Context) error {
 	}
 	defer names.Close()
 
-	// The selection is built as for trace, then handed over.
-	var sel trace.Config
-	var scopes []resolve.Namespace
-	for _, spec := range c.StringSlice("netns") {
-		ns, err := names.OpenNetns(spec)
-		if err != nil {
-			return err
-		}
-		scopes = append(scopes, ns)
-		sel.Netns = append(sel.Netns, ns.Inode)
-	}
-	if ifnames := c.StringSlice("interface"); len(ifnames) > 0 {
-		if len(scopes) == 0 {
-			host, _ := names.Namespace(names.HostInode())
-			host.Inode = names.HostInode()
-			scopes = []resolve.Namespace{host}
-		}
-		for _, ifname := range ifnames {
-			found := false
-			for _, ns := range scopes {
-				if l, ok := names.LinkByName(ns.Inode, ifname); ok {
-					sel.Devices = append(sel.Devices, trace.Device{Netns: ns.Inode, Ifindex: l.Index})
-					found = true
-				}
-			}
-			if !found {
-				return fmt.Errorf("interface %q: no such interface in %s", ifname, scopeNames(names, scopes))
-			}
-		}
-		sel.Netns = nil
-	}
-	if err := containers.Select(ctx, &sel); err != nil {
+	sel, err := selection(ctx, c, names, containers)
+	if err != nil {
 		return err
 	}
 

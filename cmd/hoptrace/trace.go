@@ -22,15 +22,13 @@ packet in every network namespace is traced. --netns and --container select
 packets seen in those namespaces or sent to or from their addresses, from
 their first hop on. --interface selects packets crossing those interfaces.`,
 		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "netns", Aliases: []string{"n"}, Usage: "trace this network namespace: a name in /var/run/netns, a Docker sandbox id, or a path such as /proc/PID/ns/net (repeatable)"},
-			&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: "trace packets crossing this interface, in the --netns namespaces or the host (repeatable)"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Usage: "stop after `N` packets (events with --events)"},
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long (e.g. 10s)"},
 			&cli.BoolFlag{Name: "events", Usage: "stream every hop event as it happens instead of whole paths"},
 			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
 			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
-		}, append(containerFlags(), filterFlags()...)...),
+		}, append(selectionFlags("trace"), filterFlags()...)...),
 		Action: runTrace,
 	}
 }
@@ -85,53 +83,16 @@ func runTrace(c *cli.Context) error {
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
-	var scopes []resolve.Namespace
-	for _, spec := range c.StringSlice("netns") {
-		ns, err := names.OpenNetns(spec)
-		if err != nil {
-			return err
-		}
-		scopes = append(scopes, ns)
-		cfg.Netns = append(cfg.Netns, ns.Inode)
-	}
-	if ifnames := c.StringSlice("interface"); len(ifnames) > 0 {
-		if len(scopes) == 0 {
-			host, _ := names.Namespace(names.HostInode())
-			host.Inode = names.HostInode()
-			scopes = []resolve.Namespace{host}
-		}
-		for _, ifname := range ifnames {
-			found := false
-			for _, ns := range scopes {
-				if l, ok := names.LinkByName(ns.Inode, ifname); ok {
-					cfg.Devices = append(cfg.Devices, trace.Device{Netns: ns.Inode, Ifindex: l.Index})
-					found = true
-				}
-			}
-			if !found {
-				return fmt.Errorf("interface %q: no such interface in %s", ifname, scopeNames(names, scopes))
-			}
-		}
-		cfg.Netns = nil
-	}
-	if err := containers.Select(ctx, &cfg); err != nil {
+	sel, err := selection(ctx, c, names, containers)
+	if err != nil {
 		return err
 	}
+	cfg.Netns, cfg.Devices, cfg.Dynamic = sel.Netns, sel.Devices, sel.Dynamic
+
 	res, err := trace.Run(ctx, cfg, names)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "hoptrace: %s\n", res.Summary)
 	return nil
-}
-
-func scopeNames(names *resolve.Resolver, scopes []resolve.Namespace) string {
-	s := ""
-	for i, ns := range scopes {
-		if i > 0 {
-			s += ", "
-		}
-		s += "netns " + names.Label(ns.Inode)
-	}
-	return s
 }

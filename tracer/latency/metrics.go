@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -138,16 +139,30 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 		}
 		return h
 	}
+	// Pairs whose labels are equal (drops at one place for different
+	// reasons) are one series: the reasons are counted in the drops metric.
+	bySeries := map[string]int{}
 	for k, h := range totals {
 		from, to := hop(k.From), hop(k.To)
-		n := h.Total()
-		pairs = append(pairs, metricPair{
-			labels: []string{from.Container, from.Netns, from.Interface, from.Direction, from.Step,
-				to.Container, to.Netns, to.Interface, to.Direction, to.Step},
-			count:   n,
-			sum:     float64(h.SumNs) / 1e9,
-			buckets: PromBuckets(h),
-		})
+		labels := []string{from.Container, from.Netns, from.Interface, from.Direction, from.Step,
+			to.Container, to.Netns, to.Interface, to.Direction, to.Step}
+		series := strings.Join(labels, "\x00")
+		if i, ok := bySeries[series]; ok {
+			mp := &pairs[i]
+			mp.count += h.Total()
+			mp.sum += float64(h.SumNs) / 1e9
+			for bound, c := range PromBuckets(h) {
+				mp.buckets[bound] += c
+			}
+		} else {
+			bySeries[series] = len(pairs)
+			pairs = append(pairs, metricPair{
+				labels:  labels,
+				count:   h.Total(),
+				sum:     float64(h.SumNs) / 1e9,
+				buckets: PromBuckets(h),
+			})
+		}
 		if to.Step == StepDrop {
 			at := to
 			if at.NetnsInode == 0 {

@@ -2,8 +2,6 @@ package latency
 
 import (
 	"context"
-	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/loader"
@@ -88,16 +86,16 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 	}
 	defer tr.Close()
 
-	sel := newSelection(tr, names)
+	sel := trace.NewSelection(tr, names)
 	for _, d := range cfg.Devices {
 		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
 			return err
 		}
 	}
 	for _, ns := range cfg.Netns {
-		sel.netns[ns] = true
+		sel.Set(ns, true)
 	}
-	if err := sel.sync(); err != nil {
+	if err := sel.Sync(); err != nil {
 		return err
 	}
 
@@ -187,16 +185,12 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 				cfg.Dynamic = nil
 				continue
 			}
-			if ch.Selected {
-				sel.netns[ch.Inode] = true
-			} else {
-				delete(sel.netns, ch.Inode)
-			}
-			if err := sel.sync(); err != nil {
+			sel.Set(ch.Inode, ch.Selected)
+			if err := sel.Sync(); err != nil {
 				return err
 			}
 		case <-names.Changes():
-			if err := sel.sync(); err != nil {
+			if err := sel.Sync(); err != nil {
 				return err
 			}
 		case <-ticker.C:
@@ -231,64 +225,4 @@ func refreshUnknown(names trace.Resolver, hists map[Pair]*Hist) {
 			}
 		}
 	}
-}
-
-// selection keeps the in-kernel namespace and address filters equal to the
-// selected namespaces and the addresses their interfaces have now (the same
-// rule as a trace: packets seen in a namespace, or sent to or from it).
-type selection struct {
-	tr            *loader.Tracer
-	names         trace.Resolver
-	netns         map[uint32]bool
-	inKernelNetns map[uint32]bool
-	inKernelAddrs map[netip.Addr]bool
-}
-
-func newSelection(tr *loader.Tracer, names trace.Resolver) *selection {
-	return &selection{tr: tr, names: names, netns: map[uint32]bool{},
-		inKernelNetns: map[uint32]bool{}, inKernelAddrs: map[netip.Addr]bool{}}
-}
-
-func (s *selection) sync() error {
-	want := map[netip.Addr]bool{}
-	for ns := range s.netns {
-		if !s.inKernelNetns[ns] {
-			if err := s.tr.SelectNetns(ns, true); err != nil {
-				return err
-			}
-			s.inKernelNetns[ns] = true
-		}
-		for _, l := range s.names.Links(ns) {
-			for _, cidr := range l.Addrs {
-				if p, err := netip.ParsePrefix(cidr); err == nil && !p.Addr().IsLoopback() {
-					want[p.Addr()] = true
-				}
-			}
-		}
-	}
-	for ns := range s.inKernelNetns {
-		if !s.netns[ns] {
-			if err := s.tr.SelectNetns(ns, false); err != nil {
-				return err
-			}
-			delete(s.inKernelNetns, ns)
-		}
-	}
-	for a := range want {
-		if !s.inKernelAddrs[a] {
-			if err := s.tr.SelectAddr(a, true); err != nil {
-				return err
-			}
-			s.inKernelAddrs[a] = true
-		}
-	}
-	for a := range s.inKernelAddrs {
-		if !want[a] {
-			if err := s.tr.SelectAddr(a, false); err != nil {
-				return fmt.Errorf("selection: %w", err)
-			}
-			delete(s.inKernelAddrs, a)
-		}
-	}
-	return nil
 }

@@ -137,16 +137,16 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	defer tr.Close()
 	res.Hooks = tr.Hooks()
 
-	sel := newSelection(tr, names)
+	sel := NewSelection(tr, names)
 	for _, d := range cfg.Devices {
 		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
 			return res, err
 		}
 	}
 	for _, ns := range cfg.Netns {
-		sel.netns[ns] = true
+		sel.Set(ns, true)
 	}
-	if err := sel.sync(); err != nil {
+	if err := sel.Sync(); err != nil {
 		return res, err
 	}
 
@@ -242,15 +242,12 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				cfg.Dynamic = nil
 				break
 			}
-			sel.netns[ch.Inode] = ch.Selected
-			if !ch.Selected {
-				delete(sel.netns, ch.Inode)
-			}
-			if err := sel.sync(); err != nil {
+			sel.Set(ch.Inode, ch.Selected)
+			if err := sel.Sync(); err != nil {
 				return res, err
 			}
 		case <-names.Changes():
-			if err := sel.sync(); err != nil {
+			if err := sel.Sync(); err != nil {
 				return res, err
 			}
 		default:
@@ -355,9 +352,10 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 	return he
 }
 
-// selection keeps the in-kernel namespace and address filters equal to the
+// Selection keeps the in-kernel namespace and address filters equal to the
 // selected namespaces and the addresses their interfaces have right now.
-type selection struct {
+// Latency sessions use it too.
+type Selection struct {
 	tr    *loader.Tracer
 	names Resolver
 	netns map[uint32]bool
@@ -366,8 +364,9 @@ type selection struct {
 	inKernelAddrs map[netip.Addr]bool
 }
 
-func newSelection(tr *loader.Tracer, names Resolver) *selection {
-	return &selection{
+// NewSelection starts with nothing selected.
+func NewSelection(tr *loader.Tracer, names Resolver) *Selection {
+	return &Selection{
 		tr: tr, names: names,
 		netns:         map[uint32]bool{},
 		inKernelNetns: map[uint32]bool{},
@@ -375,7 +374,18 @@ func newSelection(tr *loader.Tracer, names Resolver) *selection {
 	}
 }
 
-func (s *selection) sync() error {
+// Set selects (or unselects) a namespace; Sync applies it.
+func (s *Selection) Set(inode uint32, on bool) {
+	if on {
+		s.netns[inode] = true
+	} else {
+		delete(s.netns, inode)
+	}
+}
+
+// Sync makes the kernel's filters match the selection and the current
+// addresses of the selected namespaces.
+func (s *Selection) Sync() error {
 	wantAddrs := map[netip.Addr]bool{}
 	for ns := range s.netns {
 		if !s.inKernelNetns[ns] {

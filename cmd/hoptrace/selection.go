@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/trace"
+)
+
+// selectionFlags choose what trace and latency look at; verb says what
+// they do with it ("trace", "measure").
+func selectionFlags(verb string) []cli.Flag {
+	return append([]cli.Flag{
+		&cli.StringSliceFlag{Name: "netns", Aliases: []string{"n"}, Usage: verb + " packets of this network namespace: a name in /var/run/netns, a Docker sandbox id, or a path such as /proc/PID/ns/net (repeatable)"},
+		&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: verb + " packets crossing this interface, in the --netns namespaces or the host (repeatable)"},
+	}, containerFlags()...)
+}
+
+// selection resolves --netns, --interface and --container into the
+// namespaces, devices and live container feed of a trace.Config.
+func selection(ctx context.Context, c *cli.Context, names *resolve.Resolver, containers *containerSupport) (trace.Config, error) {
+	var sel trace.Config
+	var scopes []resolve.Namespace
+	for _, spec := range c.StringSlice("netns") {
+		ns, err := names.OpenNetns(spec)
+		if err != nil {
+			return sel, err
+		}
+		scopes = append(scopes, ns)
+		sel.Netns = append(sel.Netns, ns.Inode)
+	}
+	if ifnames := c.StringSlice("interface"); len(ifnames) > 0 {
+		if len(scopes) == 0 {
+			host, _ := names.Namespace(names.HostInode())
+			host.Inode = names.HostInode()
+			scopes = []resolve.Namespace{host}
+		}
+		for _, ifname := range ifnames {
+			found := false
+			for _, ns := range scopes {
+				if l, ok := names.LinkByName(ns.Inode, ifname); ok {
+					sel.Devices = append(sel.Devices, trace.Device{Netns: ns.Inode, Ifindex: l.Index})
+					found = true
+				}
+			}
+			if !found {
+				return sel, fmt.Errorf("interface %q: no such interface in %s", ifname, scopeNames(names, scopes))
+			}
+		}
+		sel.Netns = nil
+	}
+	if err := containers.Select(ctx, &sel); err != nil {
+		return sel, err
+	}
+	return sel, nil
+}
+
+func scopeNames(names *resolve.Resolver, scopes []resolve.Namespace) string {
+	s := ""
+	for i, ns := range scopes {
+		if i > 0 {
+			s += ", "
+		}
+		s += "netns " + names.Label(ns.Inode)
+	}
+	return s
+}
