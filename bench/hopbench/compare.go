@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // A condition is what runs beside the workload: nothing, tcpdump, or hoptrace.
@@ -111,6 +112,7 @@ type CompareOptions struct {
 	Duration time.Duration
 	Hoptrace string
 	Latency  bool // include hoptrace latency
+	BPFStats bool // collect BPF program run time while comparing
 	Log      io.Writer
 }
 
@@ -122,6 +124,15 @@ func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, error
 		return nil, err
 	}
 	defer srv.Close()
+	if opts.BPFStats {
+		// Statistics stay on while this descriptor is open, and only then.
+		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			fmt.Fprintf(opts.Log, "BPF run time statistics unavailable: %v\n", err)
+		} else {
+			defer st.Close()
+		}
+	}
 
 	epp := 6.0 // events per UDP packet, measured by the trace condition's udp64 run
 	var samples []Sample
@@ -176,8 +187,10 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 		time.Sleep(200 * time.Millisecond)
 	}
 	var u0 Usage
+	var b0 BPFStats
 	if p != nil {
 		u0, _ = p.Sample()
+		b0 = p.BPFSample()
 	}
 	t0 := time.Now()
 	m, err := w.Run(ctx, nt, dur)
@@ -190,6 +203,19 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 	}
 	if p != nil {
 		u1, _ := p.Sample()
+		if b1 := p.BPFSample(); b1.RunCount > b0.RunCount {
+			runs := float64(b1.RunCount - b0.RunCount)
+			rt := (b1.Runtime - b0.Runtime).Seconds()
+			s.Metrics["bpf_runs_per_s"] = runs / elapsed.Seconds()
+			s.Metrics["bpf_ns_per_run"] = rt * 1e9 / runs
+			s.Metrics["bpf_cpu_pct"] = 100 * rt / elapsed.Seconds()
+			for name, ps := range b1.ByName {
+				if d := ps.RunCount - b0.ByName[name].RunCount; d > 0 {
+					s.Metrics["bpf_ns_"+name] = float64(ps.Runtime-b0.ByName[name].Runtime) / float64(d)
+					s.Metrics["bpf_rate_"+name] = float64(d) / elapsed.Seconds()
+				}
+			}
+		}
 		s.Metrics["tool_cpu_pct"] = 100 * (u1.CPU - u0.CPU).Seconds() / elapsed.Seconds()
 		s.Metrics["tool_hwm_mb"] = float64(u1.HWMKB) / 1024
 		exit, err := p.Stop(10 * time.Second)

@@ -60,6 +60,7 @@ func bench(args []string) error {
 	jsonOut := fs.String("json", "", "write raw results as JSON here")
 	goCmd := fs.String("go", "go", "go command for the go test benchmarks")
 	benchtime := fs.String("benchtime", "1s", "go test -benchtime")
+	bpfStats := fs.Bool("bpf-stats", true, "measure the run time of hoptrace's BPF programs (kernel BPF statistics, on only during the comparison)")
 	fs.Parse(args)
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root: it creates network namespaces and runs hoptrace")
@@ -93,7 +94,7 @@ func bench(args []string) error {
 		}
 		nt.DisableIPv6()
 		fmt.Fprintf(log, "network: bridge %s, %s %s, %s %s\n", nt.Bridge, nt.Hosts[0].Name, nt.Hosts[0].Addr, nt.Hosts[1].Name, nt.Hosts[1].Addr)
-		samples, err := Compare(ctx, nt, CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, Log: log})
+		samples, err := Compare(ctx, nt, CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, BPFStats: *bpfStats, Log: log})
 		res.Samples = samples
 		if cerr := nt.Close(); cerr != nil {
 			fmt.Fprintf(log, "cleanup: %v\n", cerr)

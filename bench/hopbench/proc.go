@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // clkTck is USER_HZ, the unit of utime and stime in /proc/PID/stat.
@@ -270,4 +272,76 @@ func ParseSummary(stderr string) Summary {
 		}
 	}
 	return s
+}
+
+// BPFStats is the run time and run count of a process's BPF programs.
+type BPFStats struct {
+	Runtime  time.Duration
+	RunCount uint64
+	ByName   map[string]BPFProgStats
+}
+
+// BPFProgStats is one program's counters.
+type BPFProgStats struct {
+	Runtime  time.Duration
+	RunCount uint64
+}
+
+// programIDs returns the ids of the BPF programs a process holds, as
+// program or link file descriptors (fdinfo's prog_id).
+func programIDs(pid int) []ebpf.ProgramID {
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	seen := map[ebpf.ProgramID]bool{}
+	var ids []ebpf.ProgramID
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if !ok || k != "prog_id" {
+				continue
+			}
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+			if err == nil && !seen[ebpf.ProgramID(n)] {
+				seen[ebpf.ProgramID(n)] = true
+				ids = append(ids, ebpf.ProgramID(n))
+			}
+		}
+	}
+	return ids
+}
+
+// BPFSample sums the run statistics of the process's programs (collected
+// only while statistics are enabled).
+func (p *Proc) BPFSample() BPFStats {
+	st := BPFStats{ByName: map[string]BPFProgStats{}}
+	for _, id := range programIDs(p.Cmd.Process.Pid) {
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		s, err := prog.Stats()
+		info, ierr := prog.Info()
+		prog.Close()
+		if err != nil {
+			continue
+		}
+		st.Runtime += s.Runtime
+		st.RunCount += s.RunCount
+		name := fmt.Sprintf("prog%d", id)
+		if ierr == nil {
+			name = info.Name
+		}
+		ps := st.ByName[name]
+		ps.Runtime += s.Runtime
+		ps.RunCount += s.RunCount
+		st.ByName[name] = ps
+	}
+	return st
 }

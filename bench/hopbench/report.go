@@ -189,8 +189,9 @@ func (r *Results) Markdown() string {
 		p("CPU is utime+stime from /proc/PID/stat over the workload, as %% of one core; RSS is VmHWM at the end of the workload. ")
 		p("Events come from hoptrace's summary line: *received* by userspace, *lost* (ring buffer full); *produced* = received + lost. ")
 		p("Rates are over the workload's wall time. Median (min–max) over rounds.\n\n")
-		p("| Tool | Workload | CPU %% of a core | VmHWM MB | events produced/s | events received | events lost | start → attached s | SIGINT → exit s |\n")
-		p("|---|---|---|---|---|---|---|---|---|\n")
+		p("*BPF* columns come from the kernel's BPF run time statistics (enabled during the comparison, which adds two clock reads to every program run): runs of the tool's programs per second, mean ns per run, and the CPU they took in the kernel as %% of one core.\n\n")
+		p("| Tool | Workload | CPU %% of a core (userspace process) | VmHWM MB | events produced/s | events received | events lost | BPF runs/s | ns per BPF run | BPF %% of a core | start → attached s | SIGINT → exit s |\n")
+		p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, c := range conds[1:] {
 			for _, w := range []string{"tcp_stream", "udp64", "tcp_rr", "udp64_300kev"} {
 				if len(r.all(c, w, "tool_cpu_pct")) == 0 {
@@ -203,11 +204,15 @@ func (r *Results) Markdown() string {
 					}
 					return fmtRange(st, scale, "", prec)
 				}
-				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", condTitle[c], w,
+				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", condTitle[c], w,
 					cell("tool_cpu_pct", 1, 1), cell("tool_hwm_mb", 1, 1), cell("events_per_s", 1e-3, 0)+withK(r.all(c, w, "events_per_s")),
-					cell("events_received", 1, 0), cell("events_lost", 1, 0), cell("tool_start_s", 1, 2), cell("tool_exit_s", 1, 2))
+					cell("events_received", 1, 0), cell("events_lost", 1, 0),
+					cell("bpf_runs_per_s", 1e-3, 0)+withK(r.all(c, w, "bpf_runs_per_s")), cell("bpf_ns_per_run", 1, 0), cell("bpf_cpu_pct", 1, 1),
+					cell("tool_start_s", 1, 2), cell("tool_exit_s", 1, 2))
 			}
 		}
+		p("\n")
+		r.programTable(p, conds[1:])
 		p("\n`udp64_300kev` runs only under `hoptrace trace`: UDP 64 B at the packet rate that makes ~%dk events/s (events per packet measured in the same run's udp64 workload).\n\n", eventRate/1000)
 		if tc := r.all("tcpdump", "udp64", "kernel_dropped"); len(tc) > 0 {
 			st, _ := summarize(tc)
@@ -324,7 +329,7 @@ func (r *Results) Targets() []string {
 		out = append(out, fmt.Sprintf("RSS < 100 MB: %s (highest VmHWM of hoptrace in this run: %.1f MB)", verdict(maxRSS < 100), maxRSS))
 	}
 	for _, g := range r.GoBench {
-		if strings.HasPrefix(g.Name, "BenchmarkDecodeStitch") {
+		if strings.TrimSuffix(g.Name, "-1") == "BenchmarkDecodeStitch" {
 			if v, ok := g.Metrics["events/s"]; ok {
 				out = append(out, fmt.Sprintf("decode + stitch ≥ 1M hop events/s on one core: %s (%s events/s, %s)", verdict(v >= 1e6), human(v), strings.TrimSuffix(g.Name, "-1")))
 			}
@@ -419,4 +424,52 @@ func loadAvg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// programTable lists each BPF program's mean run time by workload.
+func (r *Results) programTable(p func(string, ...any), conds []string) {
+	type key struct{ cond, prog string }
+	progs := map[key]bool{}
+	for _, s := range r.Samples {
+		for k := range s.Metrics {
+			if name, ok := strings.CutPrefix(k, "bpf_ns_"); ok && name != "per_run" {
+				progs[key{s.Condition, name}] = true
+			}
+		}
+	}
+	if len(progs) == 0 {
+		return
+	}
+	works := []string{"tcp_stream", "udp64", "tcp_rr"}
+	p("Mean ns per run of each BPF program (median over rounds) and runs per workload second:\n\n| Tool | Program |")
+	for _, w := range works {
+		p(" %s ns | %s runs/s |", w, w)
+	}
+	p("\n|---|---|")
+	for range works {
+		p("---|---|")
+	}
+	p("\n")
+	for _, c := range conds {
+		var names []string
+		for k := range progs {
+			if k.cond == c {
+				names = append(names, k.prog)
+			}
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			p("| %s | %s |", condTitle[c], n)
+			for _, w := range works {
+				ns, ok1 := summarize(r.all(c, w, "bpf_ns_"+n))
+				runs, ok2 := summarize(r.all(c, w, "bpf_rate_"+n))
+				if !ok1 || !ok2 {
+					p(" – | – |")
+					continue
+				}
+				p(" %.0f | %s |", ns.med, human(runs.med))
+			}
+			p("\n")
+		}
+	}
 }
