@@ -209,6 +209,8 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 			s.Metrics["bpf_runs_per_s"] = runs / elapsed.Seconds()
 			s.Metrics["bpf_ns_per_run"] = rt * 1e9 / runs
 			s.Metrics["bpf_cpu_pct"] = 100 * rt / elapsed.Seconds()
+			s.Metrics["bpf_runs"] = runs
+			s.Metrics["bpf_s"] = rt
 			for name, ps := range b1.ByName {
 				if d := ps.RunCount - b0.ByName[name].RunCount; d > 0 {
 					s.Metrics["bpf_ns_"+name] = float64(ps.Runtime-b0.ByName[name].Runtime) / float64(d)
@@ -223,6 +225,7 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 		if err != nil && s.Error == "" {
 			s.Error = err.Error()
 		}
+		s.Metrics["tool_cpu_s"] = (u1.CPU - u0.CPU).Seconds()
 		sum := ParseSummary(p.Stderr())
 		s.Summary = sum.Line
 		if strings.HasPrefix(sum.Line, "hoptrace:") {

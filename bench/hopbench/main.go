@@ -60,8 +60,24 @@ func bench(args []string) error {
 	jsonOut := fs.String("json", "", "write raw results as JSON here")
 	goCmd := fs.String("go", "go", "go command for the go test benchmarks")
 	benchtime := fs.String("benchtime", "1s", "go test -benchtime")
+	from := fs.String("from", "", "only render the report from a -json file of an earlier run")
 	bpfStats := fs.Bool("bpf-stats", true, "measure the run time of hoptrace's BPF programs (kernel BPF statistics, on only during the comparison)")
 	fs.Parse(args)
+	if *from != "" {
+		b, err := os.ReadFile(*from)
+		if err != nil {
+			return err
+		}
+		var res Results
+		if err := json.Unmarshal(b, &res); err != nil {
+			return fmt.Errorf("%s: %w", *from, err)
+		}
+		if *out == "" {
+			fmt.Print(res.Markdown())
+			return nil
+		}
+		return os.WriteFile(*out, []byte(res.Markdown()), 0o644)
+	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root: it creates network namespaces and runs hoptrace")
 	}

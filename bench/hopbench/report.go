@@ -257,6 +257,13 @@ func (r *Results) Markdown() string {
 		p("\n")
 	}
 
+	if lim := r.Limits(); len(lim) > 0 {
+		p("## What limits the results\n\n")
+		for _, l := range lim {
+			p("- %s\n", l)
+		}
+		p("\n")
+	}
 	p("## Targets\n\n")
 	for _, t := range r.Targets() {
 		p("- %s\n", t)
@@ -472,4 +479,87 @@ func (r *Results) programTable(p func(string, ...any), conds []string) {
 			p("\n")
 		}
 	}
+}
+
+// perRound computes f over the samples of one condition and workload that
+// have every metric named, one value per round.
+func (r *Results) perRound(cond, work string, f func(m map[string]float64) float64, need ...string) []float64 {
+	var xs []float64
+	for _, s := range r.Samples {
+		if s.Condition != cond || s.Workload != work || s.Error != "" {
+			continue
+		}
+		ok := true
+		for _, n := range need {
+			if _, has := s.Metrics[n]; !has {
+				ok = false
+			}
+		}
+		if ok {
+			xs = append(xs, f(s.Metrics))
+		}
+	}
+	return xs
+}
+
+// Limits explains the overheads from the measurements.
+func (r *Results) Limits() []string {
+	var out []string
+	for _, c := range []string{"trace", "latency"} {
+		// Kernel side: BPF time per transaction against the latency added.
+		perTxn, ok := summarize(r.perRound(c, "tcp_rr", func(m map[string]float64) float64 {
+			return m["bpf_s"] * 1e6 / m["transactions"]
+		}, "bpf_s", "transactions"))
+		runsPerTxn, _ := summarize(r.perRound(c, "tcp_rr", func(m map[string]float64) float64 {
+			return m["bpf_runs"] / m["transactions"]
+		}, "bpf_runs", "transactions"))
+		p50, ok2 := summarize(r.paired(c, "tcp_rr", "p50_us", delta))
+		if ok && ok2 {
+			out = append(out, fmt.Sprintf("%s, TCP_RR: the BPF programs ran %.1f times per transaction, %.1f µs in all (median of rounds; kernel statistics give total run time only, so a few long runs — interrupted or descheduled vCPU — weigh in fully); p50 rose by %+.1f µs.",
+				condTitle[c], runsPerTxn.med, perTxn.med, p50.med))
+		}
+		perPkt, ok := summarize(r.perRound(c, "udp64", func(m map[string]float64) float64 {
+			return m["bpf_s"] * 1e6 / m["tx_packets"]
+		}, "bpf_s", "tx_packets"))
+		if ok {
+			out = append(out, fmt.Sprintf("%s, UDP 64 B: %.1f µs of BPF time per packet sent (median); the sender is CPU-bound already at baseline, so this time comes straight off its packet rate.", condTitle[c], perPkt.med))
+		}
+	}
+	userPerEvent, ok := summarize(r.perRound("trace", "udp64", func(m map[string]float64) float64 {
+		return m["tool_cpu_s"] * 1e6 / m["events_received"]
+	}, "tool_cpu_s", "events_received"))
+	cpu, _ := summarize(r.all("trace", "udp64", "tool_cpu_pct"))
+	if ok {
+		out = append(out, fmt.Sprintf("hoptrace trace's userspace spent %.1f µs of CPU per event received during UDP 64 B (%.0f%% of a core, median): reading, stitching, describing and writing JSON. On a 2-core machine that CPU is taken from the workload, and it caps what one core can follow at about %.0fk events/s.",
+			userPerEvent.med, cpu.med, 1e3/userPerEvent.med))
+	}
+	lost := 0.0
+	for _, s := range r.Samples {
+		lost += s.Metrics["events_lost"]
+	}
+	if lost > 0 {
+		out = append(out, fmt.Sprintf("%.0f events were lost in all (ring buffer full): the reader fell behind the programs.", lost))
+	}
+	rate, ok := summarize(r.all("trace", "udp64_300kev", "events_per_s"))
+	if ok && rate.med < 0.9*eventRate {
+		out = append(out, fmt.Sprintf("The fixed-rate workload reached only %.0fk events/s (median), not %dk: with hoptrace trace attached the UDP sender in this VM cannot send faster, so zero loss at 300k events/s is not demonstrated here.", rate.med/1e3, eventRate/1000))
+	}
+	if f := r.foreignShare(); f > 0 {
+		out = append(out, fmt.Sprintf("%.0f%% of the measurements ran while another process had hoptrace programs attached (tests on the same machine): the spread (min–max) is mostly that noise.", 100*f))
+	}
+	return out
+}
+
+func (r *Results) foreignShare() float64 {
+	n, f := 0, 0
+	for _, s := range r.Samples {
+		n++
+		if s.Metrics["foreign_progs"] > 0 {
+			f++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return float64(f) / float64(n)
 }
