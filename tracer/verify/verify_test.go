@@ -314,7 +314,25 @@ func TestHostVethDown(t *testing.T) {
 	t.Logf("\n%s", text(r))
 
 	run(t, "ip", "link", "set", f.aVeth, "up")
+	waitCarrier(t, f.a.Name)
 	requirePass(t, f.verify(f.a.Name, verify.Options{Count: 1}), f.toGateway(), 1)
+}
+
+// waitCarrier waits until the container's eth0 has its carrier back: the
+// kernel raises it shortly after the peer is set up again.
+func waitCarrier(t *testing.T, container string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := exec.Command("docker", "exec", container, "cat", "/sys/class/net/eth0/carrier").Output()
+		if strings.TrimSpace(string(out)) == "1" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("eth0 of %s has no carrier 5s after its peer came up", container)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func TestHostVethNotOnBridge(t *testing.T) {
