@@ -46,7 +46,7 @@ demo:
 # Overhead (baseline vs tcpdump vs hoptrace trace vs hoptrace latency, alternating
 # rounds), scale (50/200/500 veth pairs) and userspace hot path benchmarks.
 # Root; builds its own namespaces and removes them. Writes BENCHMARKS.md.
-BENCH_FLAGS ?= -rounds 5 -duration 2s -scale 50,200,500
+BENCH_FLAGS ?= -rounds 7 -duration 2s -scale 50,200,500
 bench: build
 	$(GO) build -o bin/hopbench ./bench/hopbench
 	bin/hopbench $(BENCH_FLAGS) -hoptrace $(BIN) -go $(GO) -out BENCHMARKS.md -json bench/results.json

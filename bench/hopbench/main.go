@@ -61,6 +61,7 @@ func bench(args []string) error {
 	goCmd := fs.String("go", "go", "go command for the go test benchmarks")
 	benchtime := fs.String("benchtime", "1s", "go test -benchtime")
 	from := fs.String("from", "", "only render the report from a -json file of an earlier run")
+	noIdle := fs.Bool("no-idle", true, "hold /dev/cpu_dma_latency at 0 while measuring, so idle CPUs poll instead of halting (a halted vCPU takes tens of µs to wake, which would swamp request/response latency)")
 	bpfStats := fs.Bool("bpf-stats", true, "measure the run time of hoptrace's BPF programs (kernel BPF statistics, on only during the comparison)")
 	fs.Parse(args)
 	if *from != "" {
@@ -88,6 +89,14 @@ func bench(args []string) error {
 	res := &Results{
 		Date: time.Now(), Kernel: kernelRelease(), CPU: cpuModel(), Cores: runtime.NumCPU(), Commit: gitCommit(),
 		Command: "hopbench " + strings.Join(args, " "), Rounds: *rounds, Duration: dur.String(), LoadStart: loadAvg(),
+	}
+	if *noIdle {
+		if f, err := holdNoIdle(); err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("idle CPUs could not be kept polling (%v): request/response latency includes vCPU wake-ups.", err))
+		} else {
+			defer f.Close()
+			res.NoIdle = true
+		}
 	}
 	part := func(name string) bool { return *only == "" || *only == name }
 
@@ -159,4 +168,18 @@ func bench(args []string) error {
 		}
 	}
 	return ctx.Err()
+}
+
+// holdNoIdle asks for zero wake-up latency (PM QoS) until the file is closed.
+func holdNoIdle() (*os.File, error) {
+	f, err := os.OpenFile("/dev/cpu_dma_latency", os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	var zero [4]byte // an s32 of 0 µs
+	if _, err := f.Write(zero[:]); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
