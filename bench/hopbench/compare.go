@@ -24,6 +24,8 @@ type Condition struct {
 	Argv     func(nt *Net) []string
 	ReadyRe  *regexp.Regexp
 	MinLinks int
+	// InProc, instead of Argv, attaches something in this process.
+	InProc func() (io.Closer, error)
 }
 
 // Workload is one measurement.
@@ -58,6 +60,7 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 	}
 	cs := []Condition{
 		{Name: "baseline"},
+		{Name: "empty", InProc: attachEmpty},
 		{
 			Name:    "tcpdump",
 			Argv:    func(*Net) []string { return []string{"tcpdump", "-i", "any", "-w", "/dev/null", "-s", "96"} },
@@ -186,6 +189,20 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 		s.Metrics["tool_start_s"] = ready.Seconds()
 		time.Sleep(200 * time.Millisecond)
 	}
+	var self *Proc // BPF statistics of in-process programs
+	if c.InProc != nil {
+		cl, err := c.InProc()
+		if err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		defer cl.Close()
+		self = &Proc{Cmd: &exec.Cmd{Process: &os.Process{Pid: os.Getpid()}}}
+	}
+	var b0s BPFStats
+	if self != nil {
+		b0s = self.BPFSample()
+	}
 	var u0 Usage
 	var b0 BPFStats
 	if p != nil {
@@ -201,23 +218,12 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 	if err != nil {
 		s.Error = err.Error()
 	}
+	if self != nil {
+		recordBPF(s.Metrics, b0s, self.BPFSample(), elapsed)
+	}
 	if p != nil {
 		u1, _ := p.Sample()
-		if b1 := p.BPFSample(); b1.RunCount > b0.RunCount {
-			runs := float64(b1.RunCount - b0.RunCount)
-			rt := (b1.Runtime - b0.Runtime).Seconds()
-			s.Metrics["bpf_runs_per_s"] = runs / elapsed.Seconds()
-			s.Metrics["bpf_ns_per_run"] = rt * 1e9 / runs
-			s.Metrics["bpf_cpu_pct"] = 100 * rt / elapsed.Seconds()
-			s.Metrics["bpf_runs"] = runs
-			s.Metrics["bpf_s"] = rt
-			for name, ps := range b1.ByName {
-				if d := ps.RunCount - b0.ByName[name].RunCount; d > 0 {
-					s.Metrics["bpf_ns_"+name] = float64(ps.Runtime-b0.ByName[name].Runtime) / float64(d)
-					s.Metrics["bpf_rate_"+name] = float64(d) / elapsed.Seconds()
-				}
-			}
-		}
+		recordBPF(s.Metrics, b0, p.BPFSample(), elapsed)
 		s.Metrics["tool_cpu_pct"] = 100 * (u1.CPU - u0.CPU).Seconds() / elapsed.Seconds()
 		s.Metrics["tool_hwm_mb"] = float64(u1.HWMKB) / 1024
 		exit, err := p.Stop(10 * time.Second)
@@ -301,6 +307,26 @@ func countHoptracePrograms() int {
 		p.Close()
 		if err == nil && strings.HasPrefix(info.Name, "on_") {
 			n++
+		}
+	}
+}
+
+// recordBPF stores the difference of two BPF statistics samples.
+func recordBPF(m map[string]float64, b0, b1 BPFStats, elapsed time.Duration) {
+	if b1.RunCount <= b0.RunCount {
+		return
+	}
+	runs := float64(b1.RunCount - b0.RunCount)
+	rt := (b1.Runtime - b0.Runtime).Seconds()
+	m["bpf_runs_per_s"] = runs / elapsed.Seconds()
+	m["bpf_ns_per_run"] = rt * 1e9 / runs
+	m["bpf_cpu_pct"] = 100 * rt / elapsed.Seconds()
+	m["bpf_runs"] = runs
+	m["bpf_s"] = rt
+	for name, ps := range b1.ByName {
+		if d := ps.RunCount - b0.ByName[name].RunCount; d > 0 {
+			m["bpf_ns_"+name] = float64(ps.Runtime-b0.ByName[name].Runtime) / float64(d)
+			m["bpf_rate_"+name] = float64(d) / elapsed.Seconds()
 		}
 	}
 }

@@ -110,6 +110,7 @@ func (r *Results) conditionNames() []string {
 
 var condTitle = map[string]string{
 	"baseline": "baseline",
+	"empty":    "empty tp_btf programs",
 	"tcpdump":  "tcpdump",
 	"trace":    "hoptrace trace",
 	"latency":  "hoptrace latency",
@@ -198,7 +199,7 @@ func (r *Results) Markdown() string {
 		p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, c := range conds[1:] {
 			for _, w := range []string{"tcp_stream", "udp64", "tcp_rr", "udp64_300kev"} {
-				if len(r.all(c, w, "tool_cpu_pct")) == 0 {
+				if len(r.all(c, w, "tool_cpu_pct")) == 0 && len(r.all(c, w, "bpf_runs")) == 0 {
 					continue
 				}
 				cell := func(metric string, scale float64, prec int) string {
