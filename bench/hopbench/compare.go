@@ -114,17 +114,18 @@ type CompareOptions struct {
 	Rounds   int
 	Duration time.Duration
 	Hoptrace string
-	Latency  bool // include hoptrace latency
-	BPFStats bool // collect BPF program run time while comparing
+	Latency  bool   // include hoptrace latency
+	BPFStats bool   // collect BPF program run time while comparing
+	PerfDir  string // if set, profile UDP 64 B under each BPF condition with perf, after the rounds
 	Log      io.Writer
 }
 
 // Compare runs every workload under every condition, condition after
 // condition within a round, round after round.
-func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, error) {
+func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, []Profile, error) {
 	srv, err := startServers(ctx, nt)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer srv.Close()
 	if opts.BPFStats {
@@ -148,7 +149,7 @@ func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, error
 					continue
 				}
 				if ctx.Err() != nil {
-					return samples, ctx.Err()
+					return samples, nil, ctx.Err()
 				}
 				s := runOne(ctx, nt, c, w, opts.Duration)
 				s.Round = round
@@ -164,7 +165,23 @@ func Compare(ctx context.Context, nt *Net, opts CompareOptions) ([]Sample, error
 			}
 		}
 	}
-	return samples, nil
+	var profiles []Profile
+	if opts.PerfDir != "" {
+		for _, c := range conds {
+			if c.Argv == nil && c.InProc == nil || c.Name == "tcpdump" {
+				continue
+			}
+			for _, w := range works {
+				if w.Name != "udp64" || ctx.Err() != nil {
+					continue
+				}
+				pr := ProfileRun(ctx, nt, c, w, opts.Duration+time.Second, opts.PerfDir)
+				fmt.Fprintf(opts.Log, "profile %-8s %-8s %d samples %v %s\n", c.Name, w.Name, pr.Samples, pr.Symbols, pr.Error)
+				profiles = append(profiles, pr)
+			}
+		}
+	}
+	return samples, profiles, nil
 }
 
 func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Duration) Sample {

@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime"
 	"strconv"
@@ -62,6 +63,7 @@ func bench(args []string) error {
 	benchtime := fs.String("benchtime", "1s", "go test -benchtime")
 	from := fs.String("from", "", "only render the report from a -json file of an earlier run")
 	noIdle := fs.Bool("no-idle", true, "hold /dev/cpu_dma_latency at 0 while measuring, so idle CPUs poll instead of halting (a halted vCPU takes tens of µs to wake, which would swamp request/response latency)")
+	perf := fs.Bool("perf", true, "after the rounds, profile UDP 64 B under each BPF condition with perf record -a -g (skipped without perf)")
 	bpfStats := fs.Bool("bpf-stats", true, "measure the run time of hoptrace's BPF programs (kernel BPF statistics, on only during the comparison)")
 	fs.Parse(args)
 	if *from != "" {
@@ -119,8 +121,18 @@ func bench(args []string) error {
 		}
 		nt.DisableIPv6()
 		fmt.Fprintf(log, "network: bridge %s, %s %s, %s %s\n", nt.Bridge, nt.Hosts[0].Name, nt.Hosts[0].Addr, nt.Hosts[1].Name, nt.Hosts[1].Addr)
-		samples, err := Compare(ctx, nt, CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, BPFStats: *bpfStats, Log: log})
-		res.Samples = samples
+		copts := CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, BPFStats: *bpfStats, Log: log}
+		if *perf {
+			if _, err := exec.LookPath("perf"); err == nil {
+				dir, err := os.MkdirTemp("", "hopbench-perf")
+				if err == nil {
+					defer os.RemoveAll(dir)
+					copts.PerfDir = dir
+				}
+			}
+		}
+		samples, profiles, err := Compare(ctx, nt, copts)
+		res.Samples, res.Profiles = samples, profiles
 		if cerr := nt.Close(); cerr != nil {
 			fmt.Fprintf(log, "cleanup: %v\n", cerr)
 		}

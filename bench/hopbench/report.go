@@ -29,6 +29,7 @@ type Results struct {
 	LoadStart string        `json:"load_start"`
 	LoadEnd   string        `json:"load_end"`
 	NoIdle    bool          `json:"no_idle"`
+	Profiles  []Profile     `json:"profiles"`
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -224,6 +225,8 @@ func (r *Results) Markdown() string {
 			p("tcpdump's own kernel drops during udp64: %s packets (median, min–max).\n\n", fmtRange(st, 1, "", 0))
 		}
 	}
+
+	r.profileTable(p)
 
 	if len(r.Scale) > 0 {
 		p("## Scale: one trace over N namespaces\n\n")
@@ -517,6 +520,31 @@ func (r *Results) perRound(cond, work string, f func(m map[string]float64) float
 // Limits explains the overheads from the measurements.
 func (r *Results) Limits() []string {
 	var out []string
+	for _, pr := range r.Profiles {
+		run, _ := pr.value("bpf_trace_run")
+		wake, _ := pr.value("irq_work_queue")
+		probe, _ := pr.value("bpf_probe_read_kernel")
+		if run <= 0 {
+			continue
+		}
+		if wake > 0.2*run {
+			out = append(out, fmt.Sprintf("%s: %.0f%% of the time in its BPF programs is ring buffer wake-ups (irq_work_queue from bpf_ringbuf_submit, %.1f%% of all CPU): once the reader lags by wakeup_bytes, every event forces a wake-up, and each is a self-IPI (an APIC register write, a VM exit on a virtual machine).",
+				condTitle[pr.Condition], 100*wake/run, wake))
+		}
+		if probe > 0.2*run {
+			out = append(out, fmt.Sprintf("%s: %.0f%% of the time in its BPF programs is bpf_probe_read_kernel (%.1f%% of all CPU): BPF_CORE_READ chains and small header reads, each a helper call.",
+				condTitle[pr.Condition], 100*probe/run, probe))
+		}
+	}
+	if floor, ok := summarize(r.all("empty", "udp64", "bpf_ns_per_run")); ok {
+		line := fmt.Sprintf("An empty tp_btf program on trace's hooks costs %.0f ns per run (UDP 64 B, median, trampoline and statistics included)", floor.med)
+		for _, c := range []string{"trace", "latency"} {
+			if st, ok := summarize(r.all(c, "udp64", "bpf_ns_per_run")); ok {
+				line += fmt.Sprintf("; %s's programs %.0f ns (%.0fx)", condTitle[c], st.med, st.med/floor.med)
+			}
+		}
+		out = append(out, line+": the cost is in the program bodies, not in attaching to these tracepoints.")
+	}
 	for _, c := range []string{"trace", "latency"} {
 		// Kernel side: BPF time per transaction against the latency added.
 		perTxn, ok := summarize(r.perRound(c, "tcp_rr", func(m map[string]float64) float64 {
@@ -588,4 +616,81 @@ func (r *Results) foreignShare() float64 {
 		return 0
 	}
 	return float64(f) / float64(n)
+}
+
+var profileRows = []struct{ key, title string }{
+	{"bpf_trace_run", "all BPF program runs (bpf_trace_run*)"},
+	{"bpf_ringbuf_submit", "bpf_ringbuf_submit"},
+	{"irq_work_queue", "irq_work_queue (ring buffer wake-up)"},
+	{"native_write_msr", "native_write_msr (APIC write: the wake-up's self-IPI)"},
+	{"bpf_probe_read_kernel", "bpf_probe_read_kernel"},
+	{"copy_from_kernel_nofault", "copy_from_kernel_nofault"},
+	{"htab_lru_map_update_elem", "htab_lru_map_update_elem"},
+	{"htab_lru_map_delete_elem", "htab_lru_map_delete_elem"},
+	{"bpf_lru_pop_free", "bpf_lru_pop_free"},
+}
+
+func (pr Profile) value(key string) (float64, bool) {
+	if key == "bpf_trace_run" {
+		sum, ok := 0.0, false
+		for _, k := range []string{"bpf_trace_run1", "bpf_trace_run2", "bpf_trace_run3"} {
+			if v, has := pr.Symbols[k]; has {
+				sum += v
+				ok = true
+			}
+		}
+		return sum, ok
+	}
+	v, ok := pr.Symbols[key]
+	return v, ok
+}
+
+// profileTable shows where the machine's CPU went under each BPF condition.
+func (r *Results) profileTable(p func(string, ...any)) {
+	if len(r.Profiles) == 0 {
+		return
+	}
+	p("### Where the CPU goes (perf, UDP 64 B)\n\n")
+	p("One extra UDP 64 B run per condition after the rounds, under `perf record -a -g`; %% of all samples on both CPUs, callees included.\n\n| Symbol |")
+	for _, pr := range r.Profiles {
+		p(" %s |", condTitle[pr.Condition])
+	}
+	p("\n|---|")
+	for range r.Profiles {
+		p("---|")
+	}
+	p("\n")
+	rows := append([]struct{ key, title string }{}, profileRows...)
+	progs := map[string]bool{}
+	for _, pr := range r.Profiles {
+		for k := range pr.Symbols {
+			if strings.HasPrefix(k, "prog:") {
+				progs[k] = true
+			}
+		}
+	}
+	for _, k := range sortedKeys(progs) {
+		rows = append(rows, struct{ key, title string }{k, "program " + strings.TrimPrefix(k, "prog:")})
+	}
+	for _, row := range rows {
+		found := false
+		for _, pr := range r.Profiles {
+			if _, ok := pr.value(row.key); ok {
+				found = true
+			}
+		}
+		if !found {
+			continue
+		}
+		p("| %s |", row.title)
+		for _, pr := range r.Profiles {
+			if v, ok := pr.value(row.key); ok {
+				p(" %.1f%% |", v)
+			} else {
+				p(" – |")
+			}
+		}
+		p("\n")
+	}
+	p("\n")
 }
