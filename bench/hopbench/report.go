@@ -565,6 +565,17 @@ func (r *Results) Limits() []string {
 			out = append(out, fmt.Sprintf("%s, UDP 64 B: %.1f µs of BPF time per packet sent (median); the sender is CPU-bound already at baseline, so this time comes straight off its packet rate.", condTitle[c], perPkt.med))
 		}
 	}
+	if epp, ok := summarize(r.perRound("trace", "udp64", func(m map[string]float64) float64 {
+		return m["events_produced"] / m["tx_packets"]
+	}, "events_produced", "tx_packets")); ok {
+		line := fmt.Sprintf("hoptrace trace wrote %.1f events per UDP packet (median)", epp.med)
+		if ept, ok := summarize(r.perRound("trace", "tcp_rr", func(m map[string]float64) float64 {
+			return m["events_produced"] / m["transactions"]
+		}, "events_produced", "transactions")); ok {
+			line += fmt.Sprintf(" and %.1f per TCP_RR transaction (two packets)", ept.med)
+		}
+		out = append(out, line+": every program run on a selected packet is an event, end events included.")
+	}
 	userPerEvent, ok := summarize(r.perRound("trace", "udp64", func(m map[string]float64) float64 {
 		return m["tool_cpu_s"] * 1e6 / m["events_received"]
 	}, "tool_cpu_s", "events_received"))
