@@ -78,7 +78,7 @@ struct dev_key {
 
 /* Counters in the stats per-CPU array. */
 enum stat_counter {
-	STAT_EVENTS = 0,      /* events written to the ring buffer */
+	STAT_UNUSED = 0,      /* formerly events written; userspace counts what it reads */
 	STAT_LOST = 1,        /* events lost: ring buffer full */
 	STAT_PACKETS = 2,     /* packet identities created */
 	STAT_REUSED = 3,      /* skb addresses reused by a different packet */

@@ -126,7 +126,7 @@ type HoptracePktTrack struct {
 type HoptraceStatCounter uint32
 
 const (
-	HoptraceStatCounterSTAT_EVENTS       HoptraceStatCounter = 0
+	HoptraceStatCounterSTAT_UNUSED       HoptraceStatCounter = 0
 	HoptraceStatCounterSTAT_LOST         HoptraceStatCounter = 1
 	HoptraceStatCounterSTAT_PACKETS      HoptraceStatCounter = 2
 	HoptraceStatCounterSTAT_REUSED       HoptraceStatCounter = 3

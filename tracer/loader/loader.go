@@ -293,7 +293,6 @@ func (t *Tracer) Close() error {
 
 // Stats are the kernel-side counters, summed over CPUs.
 type Stats struct {
-	Events      uint64 // written to the ring buffer
 	Lost        uint64 // dropped: ring buffer full
 	Packets     uint64 // packet identities created
 	Reused      uint64 // skb addresses found reused by another packet
@@ -320,7 +319,6 @@ func (t *Tracer) Stats() (Stats, error) {
 		idx bpfobj.HoptraceStatCounter
 		dst *uint64
 	}{
-		{bpfobj.HoptraceStatCounterSTAT_EVENTS, &s.Events},
 		{bpfobj.HoptraceStatCounterSTAT_LOST, &s.Lost},
 		{bpfobj.HoptraceStatCounterSTAT_PACKETS, &s.Packets},
 		{bpfobj.HoptraceStatCounterSTAT_REUSED, &s.Reused},
