@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -99,6 +100,13 @@ func bench(args []string) error {
 			defer f.Close()
 			res.NoIdle = true
 		}
+	}
+	// Measure one binary throughout: bin/hoptrace may be rebuilt meanwhile.
+	if snap, err := snapshotBinary(*hoptrace); err != nil {
+		return fmt.Errorf("copy %s: %w", *hoptrace, err)
+	} else {
+		defer os.RemoveAll(filepath.Dir(snap))
+		*hoptrace = snap
 	}
 	part := func(name string) bool { return *only == "" || *only == name }
 
@@ -194,4 +202,22 @@ func holdNoIdle() (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// snapshotBinary copies the binary to a private directory.
+func snapshotBinary(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "hopbench-bin")
+	if err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, "hoptrace")
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dst, nil
 }

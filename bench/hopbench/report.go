@@ -418,6 +418,10 @@ func human(v float64) string {
 }
 
 func oneLineErr(s string) string {
+	// Prefer hoptrace's own one-line error over the first line of a log.
+	if i := strings.LastIndex(s, "hoptrace: "); i >= 0 {
+		s = s[i:]
+	}
 	s, _, _ = strings.Cut(s, "\n")
 	if len(s) > 120 {
 		s = s[:120] + "…"
