@@ -1,0 +1,52 @@
+package main
+
+import (
+	"math"
+	"testing"
+)
+
+func TestParseSummaryHoptrace(t *testing.T) {
+	s := ParseSummary("hoptrace: warning: something\nhoptrace: 41845 packets, 209215 hops, 211427 events, 12 lost events (ring buffer full), 10 dropped packets")
+	if !s.Found || s.Packets != 41845 || s.Events != 211427 || s.Lost != 12 || s.Produced != 211439 {
+		t.Fatalf("got %+v", s)
+	}
+}
+
+func TestParseSummaryTcpdump(t *testing.T) {
+	s := ParseSummary("listening on any, link-type LINUX_SLL2\n54400 packets captured\n54500 packets received by filter\n7 packets dropped by kernel")
+	if !s.Found || s.Packets != 54400 || s.Dropped != 7 {
+		t.Fatalf("got %+v", s)
+	}
+}
+
+func TestParseGoBench(t *testing.T) {
+	out := `goos: linux
+pkg: github.com/hoptrace/hoptrace/tracer/path
+BenchmarkDecodeStitch 	 1000000	      1440 ns/op	    694556 events/s	     251 B/op	       0 allocs/op
+BenchmarkDescribe-1 	  136654	      8045 ns/op	    4480 B/op	      37 allocs/op
+PASS`
+	got := parseGoBench(out)
+	if len(got) != 2 {
+		t.Fatalf("got %d results", len(got))
+	}
+	if got[0].Package != "github.com/hoptrace/hoptrace/tracer/path" || got[0].Metrics["events/s"] != 694556 || got[0].Metrics["ns/op"] != 1440 {
+		t.Errorf("first: %+v", got[0])
+	}
+	if got[1].Metrics["allocs/op"] != 37 {
+		t.Errorf("second: %+v", got[1])
+	}
+}
+
+func TestPairedRatios(t *testing.T) {
+	r := &Results{Samples: []Sample{
+		{Round: 1, Condition: "baseline", Workload: "udp64", Metrics: map[string]float64{"rx_pps": 100}},
+		{Round: 1, Condition: "trace", Workload: "udp64", Metrics: map[string]float64{"rx_pps": 50}},
+		{Round: 2, Condition: "baseline", Workload: "udp64", Metrics: map[string]float64{"rx_pps": 200}},
+		{Round: 2, Condition: "trace", Workload: "udp64", Metrics: map[string]float64{"rx_pps": 180}},
+		{Round: 3, Condition: "trace", Workload: "udp64", Metrics: map[string]float64{"rx_pps": 1}}, // no baseline: ignored
+	}}
+	st, ok := summarize(r.paired("trace", "udp64", "rx_pps", ratio))
+	if !ok || math.Abs(st.med-0.7) > 1e-9 || st.lo != 0.5 || st.hi != 0.9 {
+		t.Fatalf("got %+v", st)
+	}
+}
