@@ -35,6 +35,7 @@ type Writer struct {
 	w      *bufio.Writer
 	format Format
 	enc    *json.Encoder
+	buf    []byte // reused for each JSON path
 }
 
 // NewWriter returns a Writer on w.
@@ -49,7 +50,10 @@ func (w *Writer) Flush() error { return w.w.Flush() }
 // Path writes one packet's path.
 func (w *Writer) Path(p *path.Path) error {
 	if w.format == JSON {
-		return w.enc.Encode(p)
+		w.buf = appendPathJSON(w.buf[:0], p)
+		w.buf = append(w.buf, '\n')
+		_, err := w.w.Write(w.buf)
+		return err
 	}
 	_, err := io.WriteString(w.w, FormatPath(p))
 	return err

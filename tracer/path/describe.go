@@ -2,6 +2,7 @@ package path
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,6 +132,7 @@ func (d *Describer) Describe(p *Packet) Path {
 	path.Len = uint32(meta.IpLen)
 	path.Summary = event.Summary(&meta)
 
+	path.Hops = make([]Hop, 0, len(p.Events)+2)
 	var lastIngress *Hop // most recent ingress at a bridge port: forwarding is inferred from it
 	var prevTs uint64
 	origSkb := first.Skb
@@ -194,7 +196,7 @@ func (d *Describer) Hop(e *event.Event) Hop {
 		Direction:  string(event.HookDirection(h)),
 		Hook:       event.HookName(h),
 		TsNs:       e.TsNs,
-		Skb:        fmt.Sprintf("0x%x", e.Skb),
+		Skb:        SkbString(e.Skb),
 	}
 	d.nameNetns(&hop.Netns, &hop.Container, e.Netns)
 	if l, ok := d.Names.Link(e.Netns, int(e.Ifindex)); ok {
@@ -252,7 +254,7 @@ func (d *Describer) EndEvent(e *event.Event) EndEvent {
 		NetnsInode: e.Netns,
 		Ifname:     event.Ifname(e),
 		TsNs:       e.TsNs,
-		Skb:        fmt.Sprintf("0x%x", e.Skb),
+		Skb:        SkbString(e.Skb),
 	}
 	var owner string
 	d.nameNetns(&end.Netns, &owner, e.Netns)
@@ -386,4 +388,9 @@ func HopLabel(h Hop) string {
 		owner = h.Netns
 	}
 	return strings.TrimSpace(owner + ":" + h.Ifname)
+}
+
+// SkbString renders an skb address as hoptrace prints it, "0xffff...".
+func SkbString(addr uint64) string {
+	return "0x" + strconv.FormatUint(addr, 16)
 }

@@ -331,7 +331,7 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 		Ifindex:    int(e.Ifindex),
 		Ifname:     event.Ifname(e),
 		Kind:       "unknown",
-		Skb:        fmt.Sprintf("0x%x", e.Skb),
+		Skb:        path.SkbString(e.Skb),
 		Len:        e.Len,
 		CPU:        e.Cpu,
 		TsNs:       e.TsNs,
