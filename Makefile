@@ -1,4 +1,6 @@
 # hoptrace build, test and demo targets. Run as root for test/demo/bench.
+# sudo resets PATH; the Go toolchain usually lives here.
+export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin/hoptrace
 GOFLAGS_TEST ?= -count=1
