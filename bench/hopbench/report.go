@@ -339,17 +339,29 @@ func (r *Results) Targets() []string {
 		if p50, found := summarize(r.paired("trace", "tcp_rr", "p50_us", delta)); found {
 			out = append(out, fmt.Sprintf("trace mode, TCP_RR p50 within +1 µs: %s (%+.2f µs, range %+.2f–%+.2f)", verdict(p50.med <= 1), p50.med, p50.lo, p50.hi))
 		}
-		lost, f3 := summarize(r.all("trace", "udp64_300kev", "events_lost"))
-		rate, _ := summarize(r.all("trace", "udp64_300kev", "events_per_s"))
-		if f3 {
-			switch {
-			case lost.hi > 0:
-				out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **NOT met** (events lost in some rounds, up to %.0f, at a median %.0fk events/s)", lost.hi, rate.med/1e3))
-			case rate.med < 0.95*eventRate:
-				out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **not demonstrated** (no event lost, but the workload reached only %.0fk events/s, median)", rate.med/1e3))
-			default:
-				out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **met** (%.0fk events/s, none lost)", rate.med/1e3))
+		// Every trace measurement at (about) 300k events/s or more counts,
+		// whichever workload made the events.
+		n, lossy, maxLost, minRate := 0, 0, 0.0, math.Inf(1)
+		for _, s := range r.Samples {
+			rate := s.Metrics["events_per_s"]
+			if s.Condition != "trace" || s.Error != "" || rate < 0.95*eventRate {
+				continue
 			}
+			n++
+			minRate = math.Min(minRate, rate)
+			if l := s.Metrics["events_lost"]; l > 0 {
+				lossy++
+				maxLost = math.Max(maxLost, l)
+			}
+		}
+		rate, _ := summarize(r.all("trace", "udp64_300kev", "events_per_s"))
+		switch {
+		case n == 0:
+			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **not demonstrated** (no measurement reached 285k events/s; the fixed-rate workload made %.0fk, median)", rate.med/1e3))
+		case lossy > 0:
+			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **NOT met** (%d of %d measurements at ≥ 285k events/s lost events, up to %.0f)", lossy, n, maxLost))
+		default:
+			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **met** (%d measurements at %.0fk events/s or more, none lost an event)", n, minRate/1e3))
 		}
 	}
 	for _, s := range r.Scale {
