@@ -73,6 +73,9 @@ func pairNetns(t *testing.T) (a, b, bAddr string) {
 // and reads its JSON: one object per interval, the last one final, with the
 // traffic's pairs in it.
 func TestLatencyCommandJSON(t *testing.T) {
+	if os.Getenv("HOPTRACE_VM") != "" {
+		t.Skip("SKIP: interval timing under software emulation (kernel-matrix VM) is not meaningful")
+	}
 	a, b, bAddr := pairNetns(t)
 	iperf, err := exec.LookPath("iperf3")
 	if err != nil {

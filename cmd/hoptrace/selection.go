@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -67,4 +68,26 @@ func scopeNames(names *resolve.Resolver, scopes []resolve.Namespace) string {
 		s += "netns " + names.Label(ns.Inode)
 	}
 	return s
+}
+
+// describeSelection says in words what a trace looks at.
+func describeSelection(names *resolve.Resolver, cfg trace.Config) string {
+	var parts []string
+	for _, ns := range cfg.Netns {
+		parts = append(parts, "netns "+names.Label(ns))
+	}
+	for _, d := range cfg.Devices {
+		ifname := fmt.Sprintf("ifindex %d", d.Ifindex)
+		if l, ok := names.Link(d.Netns, d.Ifindex); ok {
+			ifname = l.Name
+		}
+		parts = append(parts, ifname+" in "+names.Label(d.Netns))
+	}
+	if cfg.Dynamic != nil {
+		parts = append(parts, "the selected containers")
+	}
+	if len(parts) == 0 {
+		return "every namespace"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -89,6 +89,9 @@ func runTrace(c *cli.Context) error {
 	}
 	cfg.Netns, cfg.Devices, cfg.Dynamic = sel.Netns, sel.Devices, sel.Dynamic
 
+	cfg.Ready = func() {
+		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg))
+	}
 	res, err := trace.Run(ctx, cfg, names)
 	if err != nil {
 		return err

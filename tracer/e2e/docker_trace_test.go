@@ -58,7 +58,7 @@ func stopJSON(t *testing.T, r *running) []path.Path {
 		t.Fatal("hoptrace did not exit within 10s of SIGINT")
 	}
 	if err := r.cmd.Wait(); err != nil {
-		t.Fatalf("hoptrace: %v: %s", err, r.stderr.String())
+		t.Fatalf("hoptrace: %v: %s", err, r.stderrText())
 	}
 	var paths []path.Path
 	for _, l := range r.lines {

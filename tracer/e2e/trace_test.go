@@ -87,9 +87,27 @@ type running struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	lines  []string
-	stderr bytes.Buffer
+	stderr lockedBuffer
 	done   chan struct{}
 	progs  []ebpf.ProgramID
+}
+
+// lockedBuffer is written by the process's stderr copier, read by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (r *running) stderrText() string {
+	r.stderr.mu.Lock()
+	defer r.stderr.mu.Unlock()
+	return r.stderr.b.String()
 }
 
 func startCLI(t *testing.T, args ...string) *running {
@@ -120,12 +138,26 @@ func startCLI(t *testing.T, args ...string) *running {
 	return r
 }
 
-// waitAttached waits until the process holds its programs (the five hop
-// and end hooks at least) and remembers them.
+// waitAttached waits until the process says it is tracing (its programs
+// attached and its filters set) and remembers the programs it holds.
 func waitAttached(t *testing.T, r *running) {
 	t.Helper()
-	r.progs = privtest.WaitAttached(t, r.cmd.Process.Pid, 5, 20*time.Second)
-	time.Sleep(300 * time.Millisecond) // filters are set right after loading
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(r.stderrText(), "hoptrace: tracing ") {
+		select {
+		case <-r.done:
+			t.Fatalf("hoptrace exited before tracing: %s", r.stderrText())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hoptrace not tracing after 30s: %s", r.stderrText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.progs = privtest.ProgramsOf(t, r.cmd.Process.Pid)
+	if len(r.progs) == 0 {
+		t.Fatal("hoptrace says it is tracing but holds no programs")
+	}
 }
 
 // The JSON output keeps its documented contract, and Ctrl-C ends the trace
@@ -147,10 +179,10 @@ func TestTraceJSONContractAndInterrupt(t *testing.T) {
 		t.Fatal("hoptrace did not exit within 10s of SIGINT")
 	}
 	if err := r.cmd.Wait(); err != nil {
-		t.Fatalf("exit after SIGINT: %v (stderr %q)", err, r.stderr.String())
+		t.Fatalf("exit after SIGINT: %v (stderr %q)", err, r.stderrText())
 	}
-	if !strings.Contains(r.stderr.String(), "packets,") || !strings.Contains(r.stderr.String(), "lost events") {
-		t.Errorf("no summary line on stderr: %q", r.stderr.String())
+	if !strings.Contains(r.stderrText(), "packets,") || !strings.Contains(r.stderrText(), "lost events") {
+		t.Errorf("no summary line on stderr: %q", r.stderrText())
 	}
 	var request map[string]any
 	for _, l := range r.lines {
