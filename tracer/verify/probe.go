@@ -7,53 +7,23 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/hoptrace/hoptrace/tracer/nsenter"
 	"github.com/hoptrace/hoptrace/tracer/path"
 )
 
 // probePayload marks probe packets (UDP payload, ICMP echo data).
 const probePayload = "hoptrace-verify-probe"
 
-// inNetns runs fn on a locked OS thread inside the namespace at nsPath and
-// moves the thread back afterwards. Sockets created by fn stay in that
-// namespace for their whole life, whichever thread uses them later.
-func inNetns(nsPath string, fn func() error) error {
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("open network namespace %s: %w", nsPath, err)
-	}
-	defer target.Close()
-	goruntime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		goruntime.UnlockOSThread()
-		return fmt.Errorf("open current network namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		goruntime.UnlockOSThread()
-		return fmt.Errorf("enter network namespace %s: %w", nsPath, err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			return // the thread stays locked: the runtime discards it
-		}
-		goruntime.UnlockOSThread()
-	}()
-	return fn()
-}
-
 // socketIn creates a socket inside the namespace, bound to src:0, and
 // returns it with the local port the kernel chose.
 func socketIn(nsPath string, typ, proto int, src netip.Addr) (fd int, port int, err error) {
-	err = inNetns(nsPath, func() error {
+	err = nsenter.Do(nsPath, func() error {
 		var e error
 		fd, e = unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, proto)
 		return e

@@ -7,11 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/hoptrace/hoptrace/tracer/nsenter"
 )
 
 // Do runs fn with the calling goroutine locked to its OS thread and that
@@ -19,37 +18,7 @@ import (
 // afterwards. Sockets fn creates stay in the host's namespace for their whole
 // life. Goroutines fn starts do not inherit the namespace.
 func (h *Host) Do(fn func() error) error {
-	return doIn(h.Path, fn)
-}
-
-func doIn(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer target.Close()
-
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", path, err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime discards it when the
-			// goroutine exits instead of reusing a thread in the wrong
-			// namespace.
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	return fn()
+	return nsenter.Do(h.Path, fn)
 }
 
 // ListenUDP opens a UDP socket inside the host's namespace, bound to
