@@ -202,7 +202,7 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 			return s
 		}
 		defer p.Kill()
-		ready, _, err := p.WaitReady(ctx, 20*time.Second, 300*time.Millisecond)
+		ready, _, err := p.WaitReady(ctx, 20*time.Second, time.Second)
 		if err != nil {
 			s.Error = err.Error()
 			return s

@@ -231,7 +231,7 @@ func (r *Results) Markdown() string {
 	if len(r.Scale) > 0 {
 		p("## Scale: one trace over N namespaces\n\n")
 		p("N namespaces, each with a veth pair on one bridge, all selected with `--netns` (`hoptrace trace --output json --netns ... ` × N). ")
-		p("*Attached* is process start → its BPF links held (or a ready line); *first path* is process start → the path of a UDP probe sent every 10 ms from the **last** namespace written out (it includes the assembler's linger and the ring buffer read interval); *later packet traced* checks a second probe after that. ")
+		p("*Attached* is process start → hoptrace's ready line (\"hoptrace: tracing …\" on stderr), or its BPF links held where it prints none; *first path* is process start → the path of a UDP probe sent every 10 ms from the **last** namespace written out (it includes the assembler's linger and the ring buffer read interval); *later packet traced* checks a second probe after that. ")
 		p("*Detach* is SIGINT → exit.\n\n")
 		p("| veth pairs | create pairs s | start → attached s | start → first path from last pair s | later packet on last pair traced | SIGINT → exit s | VmHWM MB | CPU s | remove pairs s |\n")
 		p("|---|---|---|---|---|---|---|---|---|\n")

@@ -106,7 +106,7 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 
 	readyc := make(chan struct{})
 	go func() {
-		d, line, err := p.WaitReady(ctx, 120*time.Second, 0)
+		d, line, err := p.WaitReady(ctx, 120*time.Second, 5*time.Second) // the ready line wins if hoptrace prints one
 		if err == nil {
 			r.ReadyS, r.ReadyLine = d.Seconds(), line
 		}
