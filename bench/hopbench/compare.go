@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -193,6 +194,7 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 	// BPF programs on the same tracepoints, loaded by other processes, slow
 	// every condition: count them so that the report can say so.
 	s.Metrics["foreign_progs"] = float64(countHoptracePrograms())
+	s.Metrics["loadavg1"] = loadAvg1()
 	var p *Proc
 	if c.Argv != nil {
 		var err error
@@ -350,4 +352,14 @@ func recordBPF(m map[string]float64, b0, b1 BPFStats, elapsed time.Duration) {
 			m["bpf_rate_"+name] = float64(d) / elapsed.Seconds()
 		}
 	}
+}
+
+// loadAvg1 is the 1-minute load average: other work on the machine.
+func loadAvg1() float64 {
+	f := strings.Fields(loadAvg())
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
