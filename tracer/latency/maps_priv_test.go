@@ -41,7 +41,7 @@ func TestSweeperExpiresOldEntries(t *testing.T) {
 	vals := make([]latency.Track, n)
 	for i := range keys {
 		keys[i] = uint64(0xffff888000000000) + uint64(i)*256
-		vals[i] = latency.Track{PktId: uint64(i + 1), LastTs: now - 120e9, Last: old}
+		vals[i] = latency.Track{PktId: uint64(i + 1), LastTs: 1, Last: old}
 		if i%2 == 1 {
 			vals[i].LastTs = now
 			vals[i].Last = fresh
@@ -54,8 +54,10 @@ func TestSweeperExpiresOldEntries(t *testing.T) {
 			}
 		}
 	}
-	// A long timeout: the fresh half must stay fresh however slow the sweep is.
-	sw := latency.NewSweeper(m, 60*time.Second)
+	// Old entries date from boot, fresh ones from now; half the uptime as
+	// the timeout keeps the fresh half fresh however slow the sweep (a VM
+	// may have booted seconds ago).
+	sw := latency.NewSweeper(m, time.Duration(now/2))
 	start := time.Now()
 	res, err := sw.Sweep()
 	if err != nil {
