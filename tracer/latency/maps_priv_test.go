@@ -33,7 +33,7 @@ func trackMap(t testing.TB, entries int) *ebpf.Map {
 func TestSweeperExpiresOldEntries(t *testing.T) {
 	privtest.RequireRoot(t)
 	const n = 65536
-	m := trackMap(t, n)
+	m := trackMap(t, 2*n) // room to spare: a full LRU map evicts on insert
 	now := latency.MonotonicNow()
 	old := latency.HopKey{Netns: 1, Ifindex: 7, Hook: uint8(event.HookNetDevQueue)}
 	fresh := latency.HopKey{Netns: 1, Ifindex: 8, Hook: uint8(event.HookNetifRx)}
