@@ -89,6 +89,9 @@ func runLatency(c *cli.Context) error {
 		Report:   w.Write,
 		Drops:    latencyDropNames(),
 	}
+	cfg.Ready = func() {
+		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s; Ctrl-C to stop\n", describeSelection(names, sel))
+	}
 	var serveErr <-chan error
 	if metricsAddr != "" {
 		cfg.Metrics = latency.NewMetrics()

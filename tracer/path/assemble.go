@@ -33,9 +33,10 @@ type Assembler struct {
 	pending map[uint64]*Packet
 	// done remembers recently finished ids so that late events (TCP data is
 	// consumed up to a second after delivery) do not open a new packet.
-	done     map[uint64]uint64 // id -> time finished
-	late     uint64
-	maxEvent int
+	done      map[uint64]uint64 // id -> time finished
+	lastPrune uint64
+	late      uint64
+	maxEvent  int
 }
 
 // NewAssembler returns an Assembler with the given timings in nanoseconds.
@@ -100,10 +101,14 @@ func (a *Assembler) Flush(now uint64, force bool) []*Packet {
 			out = append(out, p)
 		}
 	}
-	// Forget finished ids after a few seconds: late events come within ~1s.
-	for id, t := range a.done {
-		if now-t > 5_000_000_000 && now > t {
-			delete(a.done, id)
+	// Forget finished ids after a few seconds (late events come within
+	// ~1s); pruning once a second keeps Flush cheap at high packet rates.
+	if now-a.lastPrune > 1_000_000_000 {
+		a.lastPrune = now
+		for id, t := range a.done {
+			if now-t > 5_000_000_000 && now > t {
+				delete(a.done, id)
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].first < out[j].first })
