@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -35,23 +36,33 @@ func newDirWatcher(fd int, targets []string) *dirWatcher {
 func (w *dirWatcher) ensure() bool {
 	added := false
 	for _, t := range w.targets {
-		if _, ok := w.watched[t]; ok {
-			continue
-		}
-		wd, err := unix.InotifyAddWatch(w.fd, t, dirEvents)
-		if err == nil {
-			w.watched[t] = int32(wd)
-			w.wds[int32(wd)] = t
-			added = true
-			continue
-		}
-		// Watch the closest ancestor that exists for the directory to appear.
-		for dir := filepath.Dir(t); ; dir = filepath.Dir(dir) {
-			if wd, err := unix.InotifyAddWatch(w.fd, dir, ancestorEvents); err == nil {
-				w.wds[int32(wd)] = dir
+		// A few rounds: a directory below the ancestor just watched may
+		// have been created before that watch existed (mkdir -p), and its
+		// creation event is then lost; look again instead.
+		for round := 0; round < 8; round++ {
+			if _, ok := w.watched[t]; ok {
 				break
 			}
-			if dir == "/" {
+			wd, err := unix.InotifyAddWatch(w.fd, t, dirEvents)
+			if err == nil {
+				w.watched[t] = int32(wd)
+				w.wds[int32(wd)] = t
+				added = true
+				break
+			}
+			// Watch the closest ancestor that exists for the directory to appear.
+			var watchedDir string
+			for dir := filepath.Dir(t); ; dir = filepath.Dir(dir) {
+				if wd, err := unix.InotifyAddWatch(w.fd, dir, ancestorEvents); err == nil {
+					w.wds[int32(wd)] = dir
+					watchedDir = dir
+					break
+				}
+				if dir == "/" {
+					break
+				}
+			}
+			if watchedDir == "" || !childOfExists(watchedDir, t) {
 				break
 			}
 		}
@@ -130,4 +141,16 @@ func (r *Resolver) startInotify() error {
 		}
 	}()
 	return nil
+}
+
+// childOfExists reports whether the next directory from ancestor towards
+// target exists already.
+func childOfExists(ancestor, target string) bool {
+	rel, err := filepath.Rel(ancestor, target)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return false
+	}
+	first := strings.SplitN(rel, string(filepath.Separator), 2)[0]
+	_, err = os.Stat(filepath.Join(ancestor, first))
+	return err == nil
 }
