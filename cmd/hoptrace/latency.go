@@ -12,7 +12,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/latency"
-	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
 func latencyCommand() *cli.Command {
@@ -64,21 +63,12 @@ func runLatency(c *cli.Context) error {
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 
-	containers, err := openContainers(ctx, c)
+	sc, err := openScope(ctx, c, "latency")
 	if err != nil {
 		return err
 	}
-	defer containers.Close()
-	names, err := resolve.New(ctx, resolve.Options{Annotator: containers.Annotator()})
-	if err != nil {
-		return fmt.Errorf("resolve names: %w", err)
-	}
-	defer names.Close()
-
-	sel, err := selection(ctx, c, names, containers)
-	if err != nil {
-		return err
-	}
+	defer sc.Close()
+	names, sel := sc.names, sc.sel
 
 	cfg := latency.Config{
 		Netns:    sel.Netns,

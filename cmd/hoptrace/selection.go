@@ -20,6 +20,45 @@ func selectionFlags(verb string) []cli.Flag {
 	}, containerFlags()...)
 }
 
+// scope is what trace and latency look at: Docker for names and
+// --container, the name resolver, and the selection from the flags.
+type scope struct {
+	containers *containerSupport
+	names      *resolve.Resolver
+	sel        trace.Config // Netns, Devices and Dynamic
+}
+
+// openScope checks privileges, connects to Docker (optional), starts the
+// resolver and resolves the selection flags. Close releases all of it.
+func openScope(ctx context.Context, c *cli.Context, command string) (*scope, error) {
+	if err := requireRoot(command); err != nil {
+		return nil, err
+	}
+	containers, err := openContainers(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	s := &scope{containers: containers}
+	s.names, err = resolve.New(ctx, resolve.Options{Annotator: containers.Annotator()})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("resolve names: %w", err)
+	}
+	if s.sel, err = selection(ctx, c, s.names, containers); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops the resolver and Docker following.
+func (s *scope) Close() {
+	if s.names != nil {
+		s.names.Close()
+	}
+	s.containers.Close()
+}
+
 // selection resolves --netns, --interface and --container into the
 // namespaces, devices and live container feed of a trace.Config.
 func selection(ctx context.Context, c *cli.Context, names *resolve.Resolver, containers *containerSupport) (trace.Config, error) {

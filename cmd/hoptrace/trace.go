@@ -8,7 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hoptrace/hoptrace/tracer/output"
-	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -54,23 +53,14 @@ func runTrace(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := requireRoot("trace"); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
-
-	containers, err := openContainers(ctx, c)
+	sc, err := openScope(ctx, c, "trace")
 	if err != nil {
 		return err
 	}
-	defer containers.Close()
-
-	names, err := resolve.New(ctx, resolve.Options{Annotator: containers.Annotator()})
-	if err != nil {
-		return fmt.Errorf("resolve names: %w", err)
-	}
-	defer names.Close()
+	defer sc.Close()
+	names := sc.names
 
 	cfg := trace.Config{
 		Filter:    filter,
@@ -83,11 +73,7 @@ func runTrace(c *cli.Context) error {
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
-	sel, err := selection(ctx, c, names, containers)
-	if err != nil {
-		return err
-	}
-	cfg.Netns, cfg.Devices, cfg.Dynamic = sel.Netns, sel.Devices, sel.Dynamic
+	cfg.Netns, cfg.Devices, cfg.Dynamic = sc.sel.Netns, sc.sel.Devices, sc.sel.Dynamic
 
 	cfg.Ready = func() {
 		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg))
