@@ -87,28 +87,12 @@ type running struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	lines  []string
-	stderr lockedBuffer
+	stderr privtest.SyncBuffer
 	done   chan struct{}
 	progs  []ebpf.ProgramID
 }
 
-// lockedBuffer is written by the process's stderr copier, read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (r *running) stderrText() string {
-	r.stderr.mu.Lock()
-	defer r.stderr.mu.Unlock()
-	return r.stderr.b.String()
-}
+func (r *running) stderrText() string { return r.stderr.String() }
 
 func startCLI(t *testing.T, args ...string) *running {
 	t.Helper()

@@ -292,23 +292,6 @@ var hookByName = func() map[string]event.Hook {
 	return m
 }()
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestAgreesWithTrace measures the same traffic with a detailed trace (JSON
 // paths, per-hop deltas) and with latency mode at once; the per-pair
 // percentiles must agree within the bucket resolution and a small
@@ -337,7 +320,7 @@ func TestAgreesWithTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer names.Close()
-	var out syncBuffer
+	var out privtest.SyncBuffer
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {

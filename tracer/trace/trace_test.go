@@ -2,7 +2,6 @@ package trace_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,30 +20,12 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
-// syncBuffer collects output written by the trace goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // session is a running trace in JSON mode.
 type session struct {
 	t      *testing.T
 	cancel context.CancelFunc
 	done   chan struct{}
-	out    syncBuffer
+	out    privtest.SyncBuffer
 	res    trace.Result
 	err    error
 	names  *resolve.Resolver
