@@ -66,13 +66,7 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 	if hooks == nil {
 		hooks = DefaultHooks()
 	}
-	var kinds uint32
-	switch {
-	case len(cfg.Devices) > 0:
-		kinds = loader.FilterDev
-	case len(cfg.Netns) > 0 || cfg.Dynamic != nil:
-		kinds = loader.FilterNetns | loader.FilterAddr
-	}
+	kinds := trace.FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
 	tr, err := loader.Load(loader.Options{
 		Mode:         loader.ModeLatency,
 		Hooks:        hooks,

@@ -117,13 +117,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		hooks = append(hooks, loader.DetailHooks...)
 	}
 	hooks = append(hooks, loader.EndHooks...)
-	var kinds uint32
-	switch {
-	case len(cfg.Devices) > 0:
-		kinds = loader.FilterDev
-	case len(cfg.Netns) > 0 || cfg.Dynamic != nil:
-		kinds = loader.FilterNetns | loader.FilterAddr
-	}
+	kinds := FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
 	tr, err := loader.Load(loader.Options{
 		Mode:         loader.ModeEvents,
 		Hooks:        hooks,
@@ -350,6 +344,19 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 	hop := d.Hop(e)
 	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, hop.Kind, hop.Bridge, hop.Direction
 	return he
+}
+
+// FilterKinds says which in-kernel filters a selection needs: devices when
+// interfaces are named, else namespaces and their addresses when namespaces
+// are (or may become, with a dynamic feed) selected, else none.
+func FilterKinds(devices []Device, netns []uint32, dynamic <-chan NetnsChange) uint32 {
+	switch {
+	case len(devices) > 0:
+		return loader.FilterDev
+	case len(netns) > 0 || dynamic != nil:
+		return loader.FilterNetns | loader.FilterAddr
+	}
+	return 0
 }
 
 // Selection keeps the in-kernel namespace and address filters equal to the
