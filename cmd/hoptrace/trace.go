@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
@@ -26,10 +28,39 @@ their first hop on. --interface selects packets crossing those interfaces.`,
 			&cli.BoolFlag{Name: "events", Usage: "stream every hop event as it happens instead of whole paths"},
 			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
+			&cli.BoolFlag{Name: "rules", Usage: "name the netfilter rule that dropped a packet (adds a temporary nftables table marking the selection's packets for nf_tables tracing)"},
 			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
 		}, append(selectionFlags("trace"), filterFlags()...)...),
 		Action: runTrace,
 	}
+}
+
+// warn prints a warning line on standard error.
+func warn(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) }
+
+// openRules creates the nftables trace table for trace --rules: it marks
+// packets from or to the selected namespaces' addresses, or every packet
+// when the selection is not by namespace. Where it cannot work it says so
+// once and the trace goes on without it.
+func openRules(cfg trace.Config) *nftrace.Tracer {
+	mode := nftrace.ModeAll
+	if len(cfg.Devices) == 0 && (len(cfg.Netns) > 0 || cfg.Dynamic != nil) {
+		mode = nftrace.ModeAddrs
+	}
+	rules, err := nftrace.Open(nftrace.Options{Mode: mode})
+	if err != nil {
+		warn(err.Error() + "; drops keep their kernel reason")
+		return nil
+	}
+	if w := nftrace.LegacyWarning(); w != "" {
+		warn(w)
+	}
+	what := "every packet"
+	if mode == nftrace.ModeAddrs {
+		what = "packets from or to the selection's addresses"
+	}
+	fmt.Fprintf(os.Stderr, "hoptrace: naming netfilter rules: table %s marks %s for nf_tables tracing (removed on exit)\n", strings.Join(rules.TableNames(), ", "), what)
+	return rules
 }
 
 func runTrace(c *cli.Context) error {
@@ -71,9 +102,15 @@ func runTrace(c *cli.Context) error {
 		Format:    format,
 		Out:       os.Stdout,
 		RingBytes: c.Int("ring-size") << 20,
-		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
+		Warn:      warn,
 	}
 	cfg.Netns, cfg.Devices, cfg.Dynamic = sc.sel.Netns, sc.sel.Devices, sc.sel.Dynamic
+	if c.Bool("rules") {
+		if rules := openRules(cfg); rules != nil {
+			defer rules.Close()
+			cfg.Rules = rules
+		}
+	}
 
 	cfg.Ready = func() {
 		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg))

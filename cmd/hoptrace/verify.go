@@ -40,6 +40,7 @@ not fail the path. Exit status: 0 PASS, 1 FAIL or error, 2 usage error.
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Value: 3, Usage: "number of probes"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "how long to wait for probes and their paths"},
 			&cli.BoolFlag{Name: "all", Usage: "verify every running container against its gateway"},
+			&cli.BoolFlag{Name: "no-rules", Usage: "do not name the netfilter rule that drops a probe (no temporary nftables table)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"},
 		},
 		Action: runVerify,
@@ -157,6 +158,7 @@ func runVerify(cc *cli.Context) error {
 		Port:    c.Int("port"),
 		Count:   c.Int("count"),
 		Timeout: c.Duration("timeout"),
+		NoRules: c.Bool("no-rules"),
 	}
 	if err := opts.Validate(); err != nil {
 		return usageError{err}
@@ -187,7 +189,7 @@ func runVerify(cc *cli.Context) error {
 		return fmt.Errorf("resolve names: %w", err)
 	}
 	defer names.Close()
-	v := &verify.Verifier{Runtime: rt, Names: names}
+	v := &verify.Verifier{Runtime: rt, Names: names, Warn: warn}
 
 	if all {
 		reports, err := v.All(ctx, opts)

@@ -52,6 +52,9 @@ func appendPathJSON(b []byte, p *path.Path) []byte {
 		}
 		b = append(b, ']')
 	}
+	if p.Rule != nil {
+		b = appendRuleJSON(b, p.Rule)
+	}
 	return append(b, '}')
 }
 
@@ -98,6 +101,27 @@ func appendEndJSON(b []byte, e *path.EndEvent) []byte {
 		b = appendStrField(b, "location", e.Location)
 	}
 	b = appendStrField(b, "skb", e.Skb)
+	return append(b, '}')
+}
+
+func appendRuleJSON(b []byte, r *path.Rule) []byte {
+	b = append(b, `,"rule":{"family":`...)
+	b = appendString(b, r.Family)
+	b = appendStrField(b, "table", r.Table)
+	b = appendStrField(b, "chain", r.Chain)
+	if r.Handle != 0 {
+		b = appendUintField(b, "handle", r.Handle)
+	}
+	if r.Text != "" {
+		b = appendStrField(b, "text", r.Text)
+	}
+	if r.Iptables != "" {
+		b = appendStrField(b, "iptables", r.Iptables)
+	}
+	b = appendStrField(b, "verdict", r.Verdict)
+	if r.Policy {
+		b = append(b, `,"policy":true`...)
+	}
 	return append(b, '}')
 }
 

@@ -57,6 +57,9 @@ type Path struct {
 	Hops []Hop  `json:"hops"`
 	// Ends are the end-of-life events seen (drops, consumes, socket copies).
 	Ends []EndEvent `json:"ends,omitempty"`
+	// Rule is the netfilter rule or chain policy that dropped the packet,
+	// when rule naming is on (see package nftrace).
+	Rule *Rule `json:"rule,omitempty"`
 }
 
 // Hop is one point on the path.

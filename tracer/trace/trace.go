@@ -86,6 +86,20 @@ type Config struct {
 	// OnPath, if set, receives every finished path instead of the output
 	// writer (for callers that analyse paths, such as verify).
 	OnPath func(path.Path)
+	// Rules, if set, names the netfilter rule of NETFILTER_DROP paths and
+	// is kept told the selection's addresses (see package nftrace).
+	Rules RuleNamer
+}
+
+// RuleNamer names the rule that dropped a packet; *nftrace.Tracer
+// implements it.
+type RuleNamer interface {
+	// Annotate sets the path's rule from the packet's first-hop headers.
+	Annotate(p *path.Path, m *event.Meta)
+	// SetAddrs says which addresses the selection has now.
+	SetAddrs(addrs []netip.Addr) error
+	// Lost counts trace events the kernel could not deliver.
+	Lost() uint64
 }
 
 // Result is what a finished trace reports.
@@ -143,6 +157,15 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	if err := sel.Sync(); err != nil {
 		return res, err
 	}
+	syncRules := func() error {
+		if cfg.Rules == nil {
+			return nil
+		}
+		return cfg.Rules.SetAddrs(sel.Addrs())
+	}
+	if err := syncRules(); err != nil {
+		return res, err
+	}
 
 	rd, err := ringbuf.NewReader(tr.Events())
 	if err != nil {
@@ -180,6 +203,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if len(pa.Hops) == 0 {
 				continue // only end events: the packet's hops were not selected
 			}
+			if cfg.Rules != nil {
+				cfg.Rules.Annotate(&pa, &p.Events[0].Meta)
+			}
 			sum.Packets++
 			sum.Hops += uint64(len(pa.Hops))
 			sum.Verdicts[pa.Verdict]++
@@ -201,7 +227,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	// tick releases finished paths and buffered output; it runs every poll
 	// interval even while events keep coming, and reports lost events.
 	lastTick, lastLostCheck := time.Now(), time.Now()
-	var lostSeen uint64
+	var lostSeen, rulesLost uint64
 	tick := func(now time.Time) error {
 		lastTick = now
 		if cfg.Events {
@@ -218,6 +244,14 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 					cfg.Warn(fmt.Sprintf("%d events lost so far: the ring buffer was full (narrow the selection or raise --ring-size)", st.Lost))
 				}
 				lostSeen = st.Lost
+			}
+			if cfg.Rules != nil {
+				if n := cfg.Rules.Lost(); n > rulesLost {
+					if cfg.Warn != nil {
+						cfg.Warn(fmt.Sprintf("%d nf_tables trace messages lost so far (socket buffer full): some drops may not name their rule", n))
+					}
+					rulesLost = n
+				}
 			}
 		}
 		return nil
@@ -240,8 +274,14 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if err := sel.Sync(); err != nil {
 				return res, err
 			}
+			if err := syncRules(); err != nil {
+				return res, err
+			}
 		case <-names.Changes():
 			if err := sel.Sync(); err != nil {
+				return res, err
+			}
+			if err := syncRules(); err != nil {
 				return res, err
 			}
 		default:
@@ -436,6 +476,15 @@ func (s *Selection) Sync() error {
 		}
 	}
 	return nil
+}
+
+// Addrs returns the addresses the address filter holds.
+func (s *Selection) Addrs() []netip.Addr {
+	addrs := make([]netip.Addr, 0, len(s.inKernelAddrs))
+	for a := range s.inKernelAddrs {
+		addrs = append(addrs, a)
+	}
+	return addrs
 }
 
 func orDefault(d, def time.Duration) time.Duration {

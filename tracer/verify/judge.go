@@ -88,6 +88,10 @@ func judge(expected []Hop, p *path.Path) judgement {
 			f.Reason += " at " + p.DropLocation
 		}
 		f.Reason += dropContext(next, p)
+		if p.Rule != nil {
+			f.Rule = p.Rule
+			f.Reason += ": " + p.Rule.String()
+		}
 		if j.matched > 0 {
 			f.Reason += "; last seen at " + last
 		}
@@ -187,6 +191,7 @@ func delivery(r *Report, counts map[string]int, first *Probe, opts Options) *Del
 	d := &Delivery{Outcome: first.Outcome, Probes: counts}
 	if first.Path != nil && first.Path.DropReason != "" && first.Outcome != OutcomeAccepted {
 		d.Reason = first.Path.DropReason
+		d.Rule = first.Path.Rule
 	}
 	target := r.Target.IP
 	if r.Target.Name != "" {

@@ -69,6 +69,10 @@ type Options struct {
 	Interval time.Duration
 	// Select, when set, limits All to the containers it accepts.
 	Select func(runtime.Container) bool
+	// NoRules turns off naming the netfilter rule that drops a probe (by
+	// default a temporary nftables table marks the probe packets for
+	// nf_tables tracing; see package nftrace).
+	NoRules bool
 }
 
 // Default ports.
@@ -236,6 +240,8 @@ type Failure struct {
 	DropReason   string `json:"drop_reason,omitempty"`
 	DropLocation string `json:"drop_location,omitempty"`
 	Probe        int    `json:"probe,omitempty"`
+	// Rule is the netfilter rule or chain policy that dropped the probe.
+	Rule *path.Rule `json:"rule,omitempty"`
 }
 
 // Delivery outcomes: what the target did with probes that travelled the path.
@@ -256,6 +262,8 @@ type Delivery struct {
 	Detail string `json:"detail"`
 	// Probes counts probes per outcome.
 	Probes map[string]int `json:"probes"`
+	// Rule is the netfilter rule or chain policy that dropped the probe at the target.
+	Rule *path.Rule `json:"rule,omitempty"`
 }
 
 // Verifier runs verifications against one container runtime.
@@ -267,6 +275,8 @@ type Verifier struct {
 	Names trace.Resolver
 	// Trace, if set, replaces trace.Run (tests).
 	Trace func(context.Context, trace.Config, trace.Resolver) (trace.Result, error)
+	// Warn, if set, is told once when rule naming cannot work here.
+	Warn func(string)
 }
 
 // Verify verifies the path from the container ref to opts.To. Errors are
@@ -292,7 +302,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string, opts Options) (*Repor
 	if plan.report.Verdict == Fail {
 		return plan.report, nil
 	}
-	sess, err := v.startSession(ctx, plan.netns())
+	sess, err := v.startSession(ctx, plan.netns(), !opts.NoRules)
 	if err != nil {
 		return nil, err
 	}
@@ -342,7 +352,7 @@ func (v *Verifier) All(ctx context.Context, opts Options) ([]*Report, error) {
 	if len(plans) == 0 {
 		return reports, nil
 	}
-	sess, err := v.startSession(ctx, inodes)
+	sess, err := v.startSession(ctx, inodes, !opts.NoRules)
 	if err != nil {
 		return nil, err
 	}
