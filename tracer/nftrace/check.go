@@ -117,4 +117,3 @@ func LegacyWarning() string {
 	}
 	return ""
 }
-

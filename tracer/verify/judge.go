@@ -87,11 +87,14 @@ func judge(expected []Hop, p *path.Path) judgement {
 		if p.DropLocation != "" {
 			f.Reason += " at " + p.DropLocation
 		}
-		f.Reason += dropContext(next, p)
+		where := dropContext(next, p)
 		if p.Rule != nil {
+			// The rule itself replaces the hint at which rules to read.
+			where, _, _ = strings.Cut(where, " (netfilter")
+			where += ": " + p.Rule.String()
 			f.Rule = p.Rule
-			f.Reason += ": " + p.Rule.String()
 		}
+		f.Reason += where
 		if j.matched > 0 {
 			f.Reason += "; last seen at " + last
 		}
