@@ -77,6 +77,9 @@ func runTrace(c *cli.Context) error {
 	if c.Duration("duration") < 0 {
 		return usagef("--duration must not be negative")
 	}
+	if c.Bool("rules") && c.Bool("events") {
+		return usagef("--rules names the rule at the end of each path; it cannot be combined with --events")
+	}
 	if rs := c.Int("ring-size"); rs < 1 || rs > 1024 || rs&(rs-1) != 0 {
 		return usagef("--ring-size must be a power of two from 1 to 1024 (MiB), not %d", rs)
 	}

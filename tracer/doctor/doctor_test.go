@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"reflect"
 	"regexp"
 	"strings"
@@ -190,5 +191,33 @@ func TestProblemNamesWhatIsMissing(t *testing.T) {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("text lacks %q:\n%s", s, b.String())
 		}
+	}
+}
+
+// The doctor says whether rule naming works: on the development hosts
+// and CI (6.18, iptables-nft) it does; its owned-table probe leaves no
+// table behind.
+func TestDoctorRuleNaming(t *testing.T) {
+	privtest.RequireRoot(t)
+	r := Run()
+	for _, name := range []string{"nf_tables", "nft_table_owner", "iptables_backend", "nft_command"} {
+		c := check(t, r, name)
+		if c.Group != GroupRules || c.Required || c.Detail == "" {
+			t.Errorf("check %s: %+v", name, c)
+		}
+		if os.Getenv("HOPTRACE_VM") == "" && !c.Available {
+			t.Errorf("check %s unavailable on this host: %s", name, c.Detail)
+		}
+	}
+	if os.Getenv("HOPTRACE_VM") == "" && !strings.HasPrefix(r.Plan.RuleNaming, "a temporary owned nftables table") {
+		t.Errorf("rule naming plan: %s", r.Plan.RuleNaming)
+	}
+	var text bytes.Buffer
+	r.WriteText(&text)
+	if !strings.Contains(text.String(), "rule naming: ") || !strings.Contains(text.String(), "owned tables (5.12+)") {
+		t.Errorf("text report lacks rule naming:\n%s", text.String())
+	}
+	if out, err := exec.Command("nft", "list", "tables").Output(); err == nil && strings.Contains(string(out), "hoptrace_check_") {
+		t.Errorf("the doctor left its probe table:\n%s", out)
 	}
 }

@@ -361,7 +361,9 @@ func (v *Verifier) probe(ctx context.Context, sess *session, p *plan, opts Optio
 	defer unsub()
 	if sess.rules != nil {
 		unmark, err := sess.rules.Probe(nftrace.ProbeMatch{Src: p.srcIP, Dst: p.dstIP, Proto: opts.Proto, Port: uint16(opts.Port), ICMPID: snd.icmpID})
-		if err == nil {
+		if err != nil && v.Warn != nil {
+			v.Warn("probe packets not marked for rule naming: " + err.Error())
+		} else if err == nil {
 			defer unmark()
 		}
 	}
