@@ -1,6 +1,7 @@
 package nftrace
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 func nft(t *testing.T, args ...string) string {
@@ -31,6 +33,9 @@ func nft(t *testing.T, args ...string) string {
 // ranges no packet is sent to.
 func TestTablesFollowSelectionAndVanish(t *testing.T) {
 	privtest.RequireRoot(t)
+	if _, v, err := kernel.Release(); err == nil && !v.AtLeast(5, 12) {
+		t.Skipf("SKIP: Linux %s has no owned tables (TestOpenRefusedWithoutOwnerFlag covers it)", v)
+	}
 	name := fmt.Sprintf("%s_%d", TablePrefix, os.Getpid())
 	tr, err := Open(Options{Mode: ModeAddrs, Bridge: BridgeOn})
 	if err != nil {
@@ -75,5 +80,33 @@ func TestTablesFollowSelectionAndVanish(t *testing.T) {
 	tr.Close()
 	if out := nft(t, "list", "tables"); strings.Contains(out, name) {
 		t.Errorf("tables left after Close:\n%s", out)
+	}
+}
+
+// Before Linux 5.12 the kernel refuses the owner flag: Open says so, and
+// leaves no table that would outlive hoptrace.
+func TestOpenRefusedWithoutOwnerFlag(t *testing.T) {
+	privtest.RequireRoot(t)
+	_, v, err := kernel.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Open(Options{Mode: ModeAddrs})
+	if v.AtLeast(5, 12) {
+		if err != nil {
+			t.Fatalf("Linux %s: %v", v, err)
+		}
+		tr.Close()
+		t.Skipf("SKIP: Linux %s has owned tables", v)
+	}
+	if err == nil {
+		tr.Close()
+		t.Fatalf("Linux %s accepted an owned table", v)
+	}
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "5.12") {
+		t.Errorf("error %q, want ErrUnavailable naming 5.12", err)
+	}
+	if out := nft(t, "list", "tables"); strings.Contains(out, fmt.Sprintf("%s_%d", TablePrefix, os.Getpid())) {
+		t.Errorf("a table was left:\n%s", out)
 	}
 }
