@@ -21,7 +21,10 @@ func traceCommand() *cli.Command {
 		Description: `Traces packets across veth pairs and bridges. Without a selection every
 packet in every network namespace is traced. --netns and --container select
 packets seen in those namespaces or sent to or from their addresses, from
-their first hop on. --interface selects packets crossing those interfaces.`,
+their first hop on. --interface selects packets crossing those interfaces.
+--rules names the netfilter rule that dropped a packet: while tracing, a
+temporary nftables table owned by hoptrace marks the selected packets for
+nf_tables tracing (every packet without a namespace selection).`,
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Usage: "stop after `N` packets (events with --events)"},
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long (e.g. 10s)"},

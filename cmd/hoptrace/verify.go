@@ -32,6 +32,11 @@ kernel's drop reason, or a packet that vanished). What the target did with
 the probes (answered, NO_SOCKET, refused) is reported separately and does
 not fail the path. Exit status: 0 PASS, 1 FAIL or error, 2 usage error.
 
+A netfilter drop names its rule (family, table, chain, handle, nft and
+iptables text): while verify runs, a temporary nftables table owned by
+hoptrace marks the probe packets for nf_tables tracing. --no-rules turns
+that off and leaves the ruleset untouched.
+
 --all verifies every running container against its gateway, one line each.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Value: "gateway", Usage: "`gateway`, an IPv4 address, or a container on the same bridge"},
