@@ -368,3 +368,11 @@ func TestRulesVerifyNoRulesLeavesRuleset(t *testing.T) {
 		}
 	}
 }
+
+// --rules names rules at the end of paths; with --events there are none.
+func TestRulesUsage(t *testing.T) {
+	res := runCLI(t, "trace", "--rules", "--events")
+	if res.code != exitUsage || !strings.Contains(res.stderr, "--rules") || strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 {
+		t.Errorf("trace --rules --events: exit %d, stderr %q; want a one-line usage error", res.code, res.stderr)
+	}
+}
