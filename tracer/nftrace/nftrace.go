@@ -194,6 +194,8 @@ func createOwnedTable(c *netlink.Conn, tb *nftables.Table) error {
 		return fmt.Errorf("%w: create table: %v", ErrUnavailable, err)
 	}
 	want := sent[1].Header.Sequence
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
 	for {
 		replies, err := c.Receive()
 		if err != nil {
