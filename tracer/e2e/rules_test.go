@@ -405,3 +405,34 @@ func lineDiff(a, b string) string {
 	}
 	return strings.Join(d, "\n")
 }
+
+// The address set follows the selection: a container named before it
+// starts gets its address into hoptrace's set, and its drop is named.
+func TestRulesContainerStartedDuringTrace(t *testing.T) {
+	requireNft(t)
+	b := box(t, testdocker.Run(t, "rules-late-b"), "")
+	name := testdocker.UniqueName("rules-late")
+	r := startCLI(t, "trace", "--rules", "--container", name, "--output", "json", "--proto", "icmp")
+	waitAttached(t, r)
+	t.Cleanup(func() { testdocker.DockerErr("rm", "-f", name) })
+	id := testdocker.Docker(t, "run", "-d", "--name", name, "--label", "hoptrace-test=1", testdocker.Image, "sleep", "3600")
+	a := box(t, testdocker.Container{Name: name, ID: id}, "")
+	table := fmt.Sprintf("hoptrace_%d", r.cmd.Process.Pid)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(run(t, "nft", "list", "set", "inet", table, "sel4"), a.ip) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's address %s never reached hoptrace's set:\n%s", name, a.ip, run(t, "nft", "list", "table", "inet", table))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ipt := dockerUserDrop(t, a.ip, b.ip)
+	exec.Command("docker", "exec", a.name, "ping", "-c", "1", "-W", "1", b.ip).Run()
+	time.Sleep(800 * time.Millisecond)
+	paths := stopJSON(t, r)
+	req, ok := echoRequest(paths, a.ip, b.ip)
+	if !ok {
+		t.Fatalf("no echo request %s > %s among %d paths", a.ip, b.ip, len(paths))
+	}
+	checkRule(t, "late container", req.Rule, path.Rule{Family: "ip", Table: "filter", Chain: "DOCKER-USER", Iptables: ipt,
+		Handle: ruleHandle(t, "ip", "filter", "DOCKER-USER", "ip saddr "+a.ip+" ", "ip daddr "+b.ip+" ", "drop")})
+}
