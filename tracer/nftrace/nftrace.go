@@ -85,8 +85,10 @@ type Tracer struct {
 	store  *store
 	texts  *ruleTexts
 
-	mu    sync.Mutex
+	nl    sync.Mutex // one request at a time on the table's socket
 	addrs map[netip.Addr]bool
+
+	mu    sync.Mutex
 	probe uint64 // tag counter
 
 	done chan struct{}
@@ -306,8 +308,8 @@ func (t *Tracer) SetAddrs(addrs []netip.Addr) error {
 	if t.mode != ModeAddrs {
 		return nil
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.nl.Lock()
+	defer t.nl.Unlock()
 	want := map[netip.Addr]bool{}
 	for _, a := range addrs {
 		want[a.Unmap()] = true
@@ -376,7 +378,6 @@ func (t *Tracer) Probe(m ProbeMatch) (func(), error) {
 	if !m.Src.Is4() || !m.Dst.Is4() {
 		return nil, fmt.Errorf("probe match needs IPv4 addresses, not %s > %s", m.Src, m.Dst)
 	}
-	ex := []expr.Any{}
 	var l4 []expr.Any
 	var proto byte
 	switch m.Proto {
@@ -405,9 +406,10 @@ func (t *Tracer) Probe(m ProbeMatch) (func(), error) {
 	t.probe++
 	tag := []byte(fmt.Sprintf("hoptrace-probe-%d", t.probe))
 	t.mu.Unlock()
-	var added []*nftables.Rule
+	t.nl.Lock()
+	defer t.nl.Unlock()
 	for _, ft := range t.tables {
-		rex := append(append(ex, isIP(ft.table.Family, false)...),
+		rex := append(isIP(ft.table.Family, false),
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: m.Src.AsSlice()},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
@@ -417,7 +419,7 @@ func (t *Tracer) Probe(m ProbeMatch) (func(), error) {
 		)
 		rex = append(append(rex, l4...), setTrace()...)
 		for _, ch := range ft.chains {
-			added = append(added, t.conn.AddRule(&nftables.Rule{Table: ft.table, Chain: ch, Exprs: rex, UserData: tag}))
+			t.conn.AddRule(&nftables.Rule{Table: ft.table, Chain: ch, Exprs: rex, UserData: tag})
 		}
 	}
 	if err := t.conn.Flush(); err != nil {
@@ -429,6 +431,8 @@ func (t *Tracer) Probe(m ProbeMatch) (func(), error) {
 // removeTagged deletes the rules carrying tag (their handles are learnt by
 // listing the chains).
 func (t *Tracer) removeTagged(tag []byte) {
+	t.nl.Lock()
+	defer t.nl.Unlock()
 	n := 0
 	for _, ft := range t.tables {
 		for _, ch := range ft.chains {
