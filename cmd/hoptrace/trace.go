@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
+	"github.com/hoptrace/hoptrace/tracer/pcapng"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -15,11 +18,18 @@ func traceCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "trace",
 		Usage:     "show each packet's path hop by hop, live",
-		ArgsUsage: " ",
+		ArgsUsage: "[EXPRESSION...]",
 		Description: `Traces packets across veth pairs and bridges. Without a selection every
 packet in every network namespace is traced. --netns and --container select
 packets seen in those namespaces or sent to or from their addresses, from
-their first hop on. --interface selects packets crossing those interfaces.`,
+their first hop on. --interface selects packets crossing those interfaces.
+
+EXPRESSION is a tcpdump filter expression (pcap-filter(7)), compiled by
+libpcap (through tcpdump, which must be installed to use one) and run in the
+kernel on the frame where a packet would start being traced:
+  hoptrace trace -C web 'tcp port 80 and tcp[tcpflags] & tcp-syn != 0'
+-w FILE writes every hop of every traced packet to a pcapng file for
+Wireshark (-w - writes it to standard output instead of the paths).`,
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Usage: "stop after `N` packets (events with --events)"},
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long (e.g. 10s)"},
@@ -27,15 +37,14 @@ their first hop on. --interface selects packets crossing those interfaces.`,
 			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
 			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
+			&cli.StringFlag{Name: "write", Aliases: []string{"w"}, Usage: "write every hop of every traced packet to a pcapng `FILE` (- for standard output)"},
+			&cli.IntFlag{Name: "snaplen", Aliases: []string{"s"}, Value: pcapng.DefaultSnapLen, Usage: "with -w, keep this many `BYTES` of each frame (its headers)"},
 		}, append(selectionFlags("trace"), filterFlags()...)...),
 		Action: runTrace,
 	}
 }
 
 func runTrace(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("trace takes no arguments (got %q); use --netns, --container or --interface", c.Args().First())
-	}
 	format, err := output.ParseFormat(c.String("output"))
 	if err != nil {
 		return usageError{err}
@@ -48,6 +57,13 @@ func runTrace(c *cli.Context) error {
 	}
 	if rs := c.Int("ring-size"); rs < 1 || rs > 1024 || rs&(rs-1) != 0 {
 		return usagef("--ring-size must be a power of two from 1 to 1024 (MiB), not %d", rs)
+	}
+	if sl := c.Int("snaplen"); sl < 16 || sl > loader.MaxSnapLen {
+		return usagef("--snaplen must be from 16 to %d bytes, not %d", loader.MaxSnapLen, sl)
+	}
+	capturePath := c.String("write")
+	if capturePath != "" && c.Bool("events") {
+		return usagef("-w writes whole paths: it cannot be combined with --events")
 	}
 	filter, err := packetFilter(c)
 	if err != nil {
@@ -62,14 +78,34 @@ func runTrace(c *cli.Context) error {
 	defer sc.Close()
 	names := sc.names
 
+	out := io.Writer(os.Stdout)
+	var capture *pcapng.Writer
+	if capturePath != "" {
+		var f io.Writer = os.Stdout
+		if capturePath == "-" {
+			out = io.Discard // standard output carries the capture
+		} else {
+			file, err := os.Create(capturePath)
+			if err != nil {
+				return fmt.Errorf("-w: %w", err)
+			}
+			defer file.Close()
+			f = file
+		}
+		if capture, err = pcapng.New(f, c.Int("snaplen")); err != nil {
+			return err
+		}
+	}
+
 	cfg := trace.Config{
+		Capture:   capture,
 		Filter:    filter,
 		Count:     c.Int("count"),
 		Duration:  c.Duration("duration"),
 		Events:    c.Bool("events"),
 		Detail:    c.Bool("detail"),
 		Format:    format,
-		Out:       os.Stdout,
+		Out:       out,
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
