@@ -58,7 +58,16 @@ func Translate(prog []bpf.RawInstruction) (asm.Instructions, error) {
 	for i := 0; i < memWords; i++ {
 		insns = append(insns, asm.StoreImm(asm.RFP, int16(stackMem-8*i), 0, asm.Word))
 	}
+	// The verifier refuses unreachable instructions: translate only what
+	// the program can reach, and the failure exit only when it is used.
+	reach, err := reachable(prog)
+	if err != nil {
+		return nil, err
+	}
 	for i, raw := range prog {
+		if !reach[i] {
+			continue
+		}
 		body, err := translateOne(i, len(prog), raw.Disassemble())
 		if errors.Is(err, errBackward) {
 			return nil, err
@@ -71,11 +80,50 @@ func Translate(prog []bpf.RawInstruction) (asm.Instructions, error) {
 		}
 		insns = append(insns, body...)
 	}
-	insns = append(insns,
-		asm.Mov.Imm(asm.R0, 0).WithSymbol(labelFail),
-		asm.Return(),
-	)
+	for _, ins := range insns {
+		if ins.Reference() == labelFail {
+			insns = append(insns,
+				asm.Mov.Imm(asm.R0, 0).WithSymbol(labelFail),
+				asm.Return(),
+			)
+			break
+		}
+	}
 	return insns, nil
+}
+
+// reachable marks the instructions control can reach from the first.
+func reachable(prog []bpf.RawInstruction) ([]bool, error) {
+	reach := make([]bool, len(prog))
+	reach[0] = true
+	for i, raw := range prog {
+		if !reach[i] {
+			continue
+		}
+		var next []uint32
+		switch in := raw.Disassemble().(type) {
+		case bpf.RetA, bpf.RetConstant:
+		case bpf.Jump:
+			next = []uint32{in.Skip}
+		case bpf.JumpIf:
+			next = []uint32{uint32(in.SkipTrue), uint32(in.SkipFalse)}
+		case bpf.JumpIfX:
+			next = []uint32{uint32(in.SkipTrue), uint32(in.SkipFalse)}
+		default:
+			next = []uint32{0}
+		}
+		for _, skip := range next {
+			t := uint64(i) + 1 + uint64(skip)
+			if t >= uint64(len(prog)) {
+				if len(next) == 1 && skip == 0 {
+					return nil, fmt.Errorf("the program does not end with a return")
+				}
+				return nil, errBackward
+			}
+			reach[t] = true
+		}
+	}
+	return reach, nil
 }
 
 func describe(raw bpf.RawInstruction) string {
