@@ -25,7 +25,12 @@ func TestTraceUsageErrors(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"trace", "--output", "xml"}, exitUsage, `unknown output format "xml"`},
-		{[]string{"trace", "stray"}, exitUsage, "trace takes no arguments"},
+		{[]string{"trace", "icmp", "and"}, exitUsage, `filter expression "icmp and": can't parse filter expression: syntax error`},
+		{[]string{"trace", "--proto", "udp", "port", "99999"}, exitUsage, "port 99999"},
+		{[]string{"trace", "ip6 protochain 6"}, exitUsage, "protochain is not supported"},
+		{[]string{"latency", "tcp", "or"}, exitUsage, `filter expression "tcp or": can't parse filter expression`},
+		{[]string{"trace", "--snaplen", "8", "-w", "x.pcapng"}, exitUsage, "--snaplen must be from 16 to 4096"},
+		{[]string{"trace", "--events", "-w", "x.pcapng"}, exitUsage, "cannot be combined with --events"},
 		{[]string{"trace", "--count", "-1"}, exitUsage, "--count must not be negative"},
 		{[]string{"trace", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"trace", "--duration", "soon"}, exitUsage, "invalid value"},

@@ -34,16 +34,20 @@ const Protocols = "icmp, icmp6, tcp, udp, arp, ip, ip6"
 // for ("icmp and host 10.0.0.1 and port 53"); empty parts are left out.
 func Shorthand(proto, host string, port int) (string, error) {
 	var parts []string
-	switch p := strings.ToLower(strings.TrimSpace(proto)); p {
+	p := strings.ToLower(strings.TrimSpace(proto))
+	switch p {
 	case "":
 	case "icmp", "icmp6", "tcp", "udp", "arp", "ip", "ip6":
 		parts = append(parts, p)
 	case "icmpv6":
-		parts = append(parts, "icmp6")
+		p = "icmp6"
+		parts = append(parts, p)
 	case "ipv4":
-		parts = append(parts, "ip")
+		p = "ip"
+		parts = append(parts, p)
 	case "ipv6":
-		parts = append(parts, "ip6")
+		p = "ip6"
+		parts = append(parts, p)
 	default:
 		return "", fmt.Errorf("unknown protocol %q (want one of %s)", proto, Protocols)
 	}
@@ -66,6 +70,9 @@ func Shorthand(proto, host string, port int) (string, error) {
 		return "", fmt.Errorf("bad --port %d: want 1-65535", port)
 	}
 	if port > 0 {
+		if p != "" && p != "tcp" && p != "udp" && p != "ip" && p != "ip6" {
+			return "", fmt.Errorf("--port needs tcp or udp, not %s", p)
+		}
 		parts = append(parts, "port "+strconv.Itoa(port))
 	}
 	return strings.Join(parts, " and "), nil
