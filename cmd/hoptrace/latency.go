@@ -83,7 +83,7 @@ func runLatency(c *cli.Context) error {
 		Drops:    latencyDropNames(),
 	}
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s; Ctrl-C to stop\n", describeSelection(names, sel))
+		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s%s; Ctrl-C to stop\n", describeSelection(names, sel), describeFilter(filter))
 	}
 	var serveErr <-chan error
 	if metricsAddr != "" {

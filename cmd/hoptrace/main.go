@@ -84,6 +84,14 @@ func packetFilter(c *cli.Context) (*pktfilter.Program, error) {
 	return prog, err
 }
 
+// describeFilter says which packets an expression keeps, for the ready line.
+func describeFilter(p *pktfilter.Program) string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf(", packets matching '%s'", p.Expr)
+}
+
 func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

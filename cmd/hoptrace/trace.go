@@ -112,7 +112,7 @@ func runTrace(c *cli.Context) error {
 	cfg.Netns, cfg.Devices, cfg.Dynamic = sc.sel.Netns, sc.sel.Devices, sc.sel.Dynamic
 
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg))
+		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s%s; Ctrl-C to stop\n", describeSelection(names, cfg), describeFilter(filter))
 	}
 	res, err := trace.Run(ctx, cfg, names)
 	if err != nil {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -389,4 +390,66 @@ func describeFrame(key string) string {
 		parts = append(parts, l.LayerType().String())
 	}
 	return strings.Join(parts, "/")
+}
+
+// latency measures only the packets a filter expression matches: of 20
+// datagrams to each of two ports, only those to the expression's port
+// become tracked packets in the kernel.
+func TestLatencyFilterExpression(t *testing.T) {
+	privtest.RequireRoot(t)
+	requireTool(t, "tcpdump")
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	const port = 47011
+	for _, p := range []int{port, port + 1} {
+		c, err := b.ListenUDP(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	r := startCLI(t, "latency", "--netns", a.Name, "--netns", b.Name, "--duration", "4s", "--output", "json",
+		"--proto", "udp", fmt.Sprintf("dst port %d", port))
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(r.stderrText(), "hoptrace: measuring ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("latency not measuring: %s", r.stderrText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(r.stderrText(), fmt.Sprintf("packets matching '(dst port %d) and (udp)'", port)) {
+		t.Errorf("ready line does not name the expression: %q", r.stderrText())
+	}
+	for i := 0; i < 20; i++ {
+		for _, p := range []uint16{port, port + 1} {
+			if err := a.SendUDP(netip.AddrPortFrom(b.Addr.Addr(), p), []byte("hoptrace")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("latency did not end after --duration")
+	}
+	if err := r.cmd.Wait(); err != nil {
+		t.Fatalf("latency: %v: %s", err, r.stderrText())
+	}
+	r.mu.Lock()
+	last := r.lines[len(r.lines)-1]
+	r.mu.Unlock()
+	var rep struct {
+		Final  bool `json:"final"`
+		Kernel struct {
+			Packets uint64 `json:"packets"`
+		} `json:"kernel"`
+		Pairs []json.RawMessage `json:"pairs"`
+	}
+	if err := json.Unmarshal([]byte(last), &rep); err != nil || !rep.Final {
+		t.Fatalf("last line is not the final report (%v): %s", err, last)
+	}
+	if rep.Kernel.Packets < 20 || rep.Kernel.Packets > 21 || len(rep.Pairs) == 0 {
+		t.Errorf("%d packets tracked and %d pairs, want the 20 datagrams to port %d only", rep.Kernel.Packets, len(rep.Pairs), port)
+	}
 }
