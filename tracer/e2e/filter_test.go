@@ -292,6 +292,9 @@ func TestFilterMatchesTcpdump(t *testing.T) {
 		"udp[8:4] == 0x484f5054",
 		"greater 100",
 		"tcp and (dst port 443 or src port 80)",
+		"len > 60 and ip[2:2] % 3 == 0",
+		"ip[8] * 2 / 3 > 40 and not udp",
+		"ip and tcp[((tcp[12:1] & 0xf0) >> 2) - 7] & 0x10 != 0",
 	}
 	dir := t.TempDir()
 	type run struct {
