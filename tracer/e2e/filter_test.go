@@ -343,14 +343,7 @@ func TestFilterMatchesTcpdump(t *testing.T) {
 	}
 	for _, r := range runs {
 		r.tcpdump.Wait()
-		select {
-		case <-r.hoptrace.done:
-		case <-time.After(15 * time.Second):
-			t.Fatalf("hoptrace %q did not stop", r.expr)
-		}
-		if err := r.hoptrace.cmd.Wait(); err != nil {
-			t.Fatalf("hoptrace %q: %v: %s", r.expr, err, r.hoptrace.stderrText())
-		}
+		waitExit(t, r.hoptrace, 15*time.Second)
 	}
 	iface := a.IfName + "@" + a.Name
 	all := map[string]bool{}
@@ -413,13 +406,7 @@ func TestLatencyFilterExpression(t *testing.T) {
 	}
 	r := startCLI(t, "latency", "--netns", a.Name, "--netns", b.Name, "--duration", "4s", "--output", "json",
 		"--proto", "udp", fmt.Sprintf("dst port %d", port))
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(r.stderrText(), "hoptrace: measuring ") {
-		if time.Now().After(deadline) {
-			t.Fatalf("latency not measuring: %s", r.stderrText())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStderr(t, r, "hoptrace: measuring ")
 	if !strings.Contains(r.stderrText(), fmt.Sprintf("packets matching '(dst port %d) and (udp)'", port)) {
 		t.Errorf("ready line does not name the expression: %q", r.stderrText())
 	}
@@ -431,14 +418,7 @@ func TestLatencyFilterExpression(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	select {
-	case <-r.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("latency did not end after --duration")
-	}
-	if err := r.cmd.Wait(); err != nil {
-		t.Fatalf("latency: %v: %s", err, r.stderrText())
-	}
+	waitExit(t, r, 20*time.Second)
 	r.mu.Lock()
 	last := r.lines[len(r.lines)-1]
 	r.mu.Unlock()

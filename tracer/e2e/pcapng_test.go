@@ -44,13 +44,36 @@ func tsharkFields(t *testing.T, file, filter string, fields ...string) [][]strin
 func stopCLI(t *testing.T, r *running) {
 	t.Helper()
 	r.cmd.Process.Signal(syscall.SIGINT)
+	waitExit(t, r, 15*time.Second)
+}
+
+// waitExit waits for a hoptrace run to end by itself, successfully.
+func waitExit(t *testing.T, r *running, timeout time.Duration) {
+	t.Helper()
 	select {
 	case <-r.done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("hoptrace did not exit within 15s of SIGINT")
+	case <-time.After(timeout):
+		t.Fatalf("hoptrace did not exit within %s", timeout)
 	}
 	if err := r.cmd.Wait(); err != nil {
 		t.Fatalf("hoptrace: %v: %s", err, r.stderrText())
+	}
+}
+
+// waitStderr waits until a hoptrace run has written text to standard error.
+func waitStderr(t *testing.T, r *running, text string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(r.stderrText(), text) {
+		select {
+		case <-r.done:
+			t.Fatalf("hoptrace exited before writing %q: %s", text, r.stderrText())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hoptrace did not write %q within 30s: %s", text, r.stderrText())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -131,18 +131,7 @@ func startCLI(t *testing.T, args ...string) *running {
 // attached and its filters set) and remembers the programs it holds.
 func waitAttached(t *testing.T, r *running) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(r.stderrText(), "hoptrace: tracing ") {
-		select {
-		case <-r.done:
-			t.Fatalf("hoptrace exited before tracing: %s", r.stderrText())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hoptrace not tracing after 30s: %s", r.stderrText())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStderr(t, r, "hoptrace: tracing ")
 	r.progs = privtest.ProgramsOf(t, r.cmd.Process.Pid)
 	if len(r.progs) == 0 {
 		t.Fatal("hoptrace says it is tracing but holds no programs")

@@ -308,6 +308,16 @@ func aluX(op bpf.ALUOp) (asm.Instructions, error) {
 	return append(insns, o.Reg32(regA, regX)), nil
 }
 
+var jumpOps = map[bpf.JumpTest]asm.JumpOp{
+	bpf.JumpEqual:          asm.JEq,
+	bpf.JumpNotEqual:       asm.JNE,
+	bpf.JumpGreaterThan:    asm.JGT,
+	bpf.JumpLessThan:       asm.JLT,
+	bpf.JumpGreaterOrEqual: asm.JGE,
+	bpf.JumpLessOrEqual:    asm.JLE,
+	bpf.JumpBitsSet:        asm.JSet,
+}
+
 // condJump jumps to the true or false branch; x/net/bpf normalises the
 // conditions, so both senses of each comparison appear.
 func condJump(i, n int, cond bpf.JumpTest, skipTrue, skipFalse uint8, jump func(asm.JumpOp, string) asm.Instruction) (asm.Instructions, error) {
@@ -319,27 +329,13 @@ func condJump(i, n int, cond bpf.JumpTest, skipTrue, skipFalse uint8, jump func(
 	if err != nil {
 		return nil, err
 	}
-	var op asm.JumpOp
-	switch cond {
-	case bpf.JumpEqual:
-		op = asm.JEq
-	case bpf.JumpNotEqual:
-		op = asm.JNE
-	case bpf.JumpGreaterThan:
-		op = asm.JGT
-	case bpf.JumpLessThan:
-		op = asm.JLT
-	case bpf.JumpGreaterOrEqual:
-		op = asm.JGE
-	case bpf.JumpLessOrEqual:
-		op = asm.JLE
-	case bpf.JumpBitsSet:
-		op = asm.JSet
-	case bpf.JumpBitsNotSet:
+	op, ok := jumpOps[cond]
+	if cond == bpf.JumpBitsNotSet {
 		// no eBPF "none of the bits": the opposite test with the branches swapped
-		op = asm.JSet
+		op, ok = asm.JSet, true
 		tTrue, tFalse = tFalse, tTrue
-	default:
+	}
+	if !ok {
 		return nil, fmt.Errorf("jump condition %d", cond)
 	}
 	if tTrue == tFalse {
