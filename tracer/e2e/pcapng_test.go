@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -63,7 +64,11 @@ func waitExit(t *testing.T, r *running, timeout time.Duration) {
 // waitStderr waits until a hoptrace run has written text to standard error.
 func waitStderr(t *testing.T, r *running, text string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	wait := 30 * time.Second
+	if os.Getenv("HOPTRACE_VM") != "" {
+		wait = 3 * time.Minute // loading under software emulation
+	}
+	deadline := time.Now().Add(wait)
 	for !strings.Contains(r.stderrText(), text) {
 		select {
 		case <-r.done:
@@ -71,7 +76,7 @@ func waitStderr(t *testing.T, r *running, text string) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("hoptrace did not write %q within 30s: %s", text, r.stderrText())
+			t.Fatalf("hoptrace did not write %q within %s: %s", text, wait, r.stderrText())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
