@@ -62,6 +62,9 @@ func runTrace(c *cli.Context) error {
 		return usagef("--snaplen must be from 16 to %d bytes, not %d", loader.MaxSnapLen, sl)
 	}
 	capturePath := c.String("write")
+	if capturePath == "" && c.IsSet("snaplen") {
+		return usagef("--snaplen sets how much of each frame -w writes: give -w FILE too")
+	}
 	if capturePath != "" && c.Bool("events") {
 		return usagef("-w writes whole paths: it cannot be combined with --events")
 	}
