@@ -61,13 +61,18 @@ func waitExit(t *testing.T, r *running, timeout time.Duration) {
 	}
 }
 
+// readyTimeout is how long hoptrace may take to load and attach.
+func readyTimeout() time.Duration {
+	if os.Getenv("HOPTRACE_VM") != "" {
+		return 3 * time.Minute // software emulation
+	}
+	return 30 * time.Second
+}
+
 // waitStderr waits until a hoptrace run has written text to standard error.
 func waitStderr(t *testing.T, r *running, text string) {
 	t.Helper()
-	wait := 30 * time.Second
-	if os.Getenv("HOPTRACE_VM") != "" {
-		wait = 3 * time.Minute // loading under software emulation
-	}
+	wait := readyTimeout()
 	deadline := time.Now().Add(wait)
 	for !strings.Contains(r.stderrText(), text) {
 		select {
@@ -198,7 +203,7 @@ func TestPcapngToStdout(t *testing.T) {
 	requireTool(t, "tshark")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
-	ht := exec.Command(hoptraceBin, "trace", "--netns", a.Name, "-w", "-", "--count", "2", "--duration", "20s", "icmp")
+	ht := exec.Command(hoptraceBin, "trace", "--netns", a.Name, "-w", "-", "--count", "2", "--duration", "5m", "icmp")
 	var htErr privtest.SyncBuffer
 	ht.Stderr = &htErr
 	pipe, err := ht.StdoutPipe()
@@ -216,7 +221,7 @@ func TestPcapngToStdout(t *testing.T) {
 	if err := ts.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(readyTimeout())
 	for !strings.Contains(htErr.String(), "hoptrace: tracing ") {
 		if time.Now().After(deadline) {
 			t.Fatalf("hoptrace not tracing: %s", htErr.String())
