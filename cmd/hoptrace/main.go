@@ -79,6 +79,11 @@ func packetFilter(c *cli.Context) (*pktfilter.Program, error) {
 	prog, err := pktfilter.Compile(c.Context, expr)
 	var bad *pktfilter.BadExpressionError
 	if errors.As(err, &bad) {
+		for _, w := range c.Args().Slice() {
+			if strings.HasPrefix(w, "-") {
+				return nil, usagef("%w (flags go before the expression)", err)
+			}
+		}
 		return nil, usageError{err}
 	}
 	return prog, err

@@ -32,6 +32,7 @@ func TestTraceUsageErrors(t *testing.T) {
 		{[]string{"trace", "--snaplen", "8", "-w", "x.pcapng"}, exitUsage, "--snaplen must be from 16 to 4096"},
 		{[]string{"trace", "--events", "-w", "x.pcapng"}, exitUsage, "cannot be combined with --events"},
 		{[]string{"trace", "--snaplen", "64"}, exitUsage, "give -w FILE too"},
+		{[]string{"trace", "icmp", "-c", "3"}, exitUsage, "(flags go before the expression)"},
 		{[]string{"trace", "--count", "-1"}, exitUsage, "--count must not be negative"},
 		{[]string{"trace", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"trace", "--duration", "soon"}, exitUsage, "invalid value"},
