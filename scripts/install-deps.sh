@@ -8,7 +8,8 @@ packages=(
 	clang-19 llvm-19 libbpf-dev bpftool   # make generate
 	docker.io busybox-static              # Docker tests and the demo image
 	iproute2 iptables nftables            # test topologies, drop rules
-	iperf3 tcpdump                        # benchmarks
+	iperf3 tcpdump                        # benchmarks; tcpdump compiles filter expressions
+	tshark                                # pcapng (-w) tests read the capture with it
 	graphviz                              # topology --format dot is rendered in tests
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels
 )
@@ -25,5 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# tshark's wireshark-common asks whether to install dumpcap setuid: no.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

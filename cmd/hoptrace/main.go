@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -56,22 +57,44 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 	return usageError{err}
 }
 
-// filterFlags select packets in the output, tcpdump-style.
+// filterFlags are shorthands for parts of a filter expression.
 func filterFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "proto", Usage: "only packets of this protocol: " + pktfilter.Protocols},
-		&cli.StringFlag{Name: "host", Usage: "only packets from or to this address or CIDR prefix"},
-		&cli.IntFlag{Name: "port", Usage: "only TCP/UDP packets from or to this port"},
+		&cli.StringFlag{Name: "proto", Usage: "only packets of this protocol (" + pktfilter.Protocols + "); short for the expression word"},
+		&cli.StringFlag{Name: "host", Usage: "only packets from or to this address or CIDR prefix; short for 'host ADDR' or 'net CIDR'"},
+		&cli.IntFlag{Name: "port", Usage: "only TCP/UDP packets from or to this port; short for 'port N'"},
 	}
 }
 
-// packetFilter builds the filter from --proto, --host and --port.
-func packetFilter(c *cli.Context) (pktfilter.Filter, error) {
-	f, err := pktfilter.New(c.String("proto"), c.String("host"), c.Int("port"))
+// packetFilter compiles the filter expression: the words after the flags
+// (joined by spaces, as tcpdump does) and the --proto, --host and --port
+// shorthands, all of which must match. No expression: nil, no filter.
+// A bad expression is a usage error with libpcap's message.
+func packetFilter(c *cli.Context) (*pktfilter.Program, error) {
+	short, err := pktfilter.Shorthand(c.String("proto"), c.String("host"), c.Int("port"))
 	if err != nil {
-		return f, usageError{err}
+		return nil, usageError{err}
 	}
-	return f, nil
+	expr := pktfilter.Join(strings.Join(c.Args().Slice(), " "), short)
+	prog, err := pktfilter.Compile(c.Context, expr)
+	var bad *pktfilter.BadExpressionError
+	if errors.As(err, &bad) {
+		for _, w := range c.Args().Slice() {
+			if strings.HasPrefix(w, "-") {
+				return nil, usagef("%w (flags go before the expression)", err)
+			}
+		}
+		return nil, usageError{err}
+	}
+	return prog, err
+}
+
+// describeFilter says which packets an expression keeps, for the ready line.
+func describeFilter(p *pktfilter.Program) string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf(", packets matching '%s'", p.Expr)
 }
 
 func run(args []string) int {

@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/hoptrace/hoptrace/tracer/nftrace"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
+	"github.com/hoptrace/hoptrace/tracer/pcapng"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -17,11 +20,18 @@ func traceCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "trace",
 		Usage:     "show each packet's path hop by hop, live",
-		ArgsUsage: " ",
+		ArgsUsage: "[EXPRESSION...]",
 		Description: `Traces packets across veth pairs and bridges. Without a selection every
 packet in every network namespace is traced. --netns and --container select
 packets seen in those namespaces or sent to or from their addresses, from
 their first hop on. --interface selects packets crossing those interfaces.
+
+EXPRESSION is a tcpdump filter expression (pcap-filter(7)), compiled by
+libpcap (through tcpdump, which must be installed to use one) and run in the
+kernel on the frame where a packet would start being traced:
+  hoptrace trace -C web 'tcp port 80 and tcp[tcpflags] & tcp-syn != 0'
+-w FILE writes every hop of every traced packet to a pcapng file for
+Wireshark (-w - writes it to standard output instead of the paths).
 --rules names the netfilter rule that dropped a packet: while tracing, a
 temporary nftables table owned by hoptrace marks the selected packets for
 nf_tables tracing (every packet without a namespace selection).`,
@@ -33,6 +43,8 @@ nf_tables tracing (every packet without a namespace selection).`,
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
 			&cli.BoolFlag{Name: "rules", Usage: "name the netfilter rule that dropped a packet (adds a temporary nftables table marking the selection's packets for nf_tables tracing)"},
 			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
+			&cli.StringFlag{Name: "write", Aliases: []string{"w"}, Usage: "write every hop of every traced packet to a pcapng `FILE` (- for standard output)"},
+			&cli.IntFlag{Name: "snaplen", Aliases: []string{"s"}, Value: pcapng.DefaultSnapLen, Usage: "with -w, keep this many `BYTES` of each frame (its headers)"},
 		}, append(selectionFlags("trace"), filterFlags()...)...),
 		Action: runTrace,
 	}
@@ -67,9 +79,6 @@ func openRules(cfg trace.Config) *nftrace.Tracer {
 }
 
 func runTrace(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("trace takes no arguments (got %q); use --netns, --container or --interface", c.Args().First())
-	}
 	format, err := output.ParseFormat(c.String("output"))
 	if err != nil {
 		return usageError{err}
@@ -86,6 +95,16 @@ func runTrace(c *cli.Context) error {
 	if rs := c.Int("ring-size"); rs < 1 || rs > 1024 || rs&(rs-1) != 0 {
 		return usagef("--ring-size must be a power of two from 1 to 1024 (MiB), not %d", rs)
 	}
+	if sl := c.Int("snaplen"); sl < 16 || sl > loader.MaxSnapLen {
+		return usagef("--snaplen must be from 16 to %d bytes, not %d", loader.MaxSnapLen, sl)
+	}
+	capturePath := c.String("write")
+	if capturePath == "" && c.IsSet("snaplen") {
+		return usagef("--snaplen sets how much of each frame -w writes: give -w FILE too")
+	}
+	if capturePath != "" && c.Bool("events") {
+		return usagef("-w writes whole paths: it cannot be combined with --events")
+	}
 	filter, err := packetFilter(c)
 	if err != nil {
 		return err
@@ -99,14 +118,34 @@ func runTrace(c *cli.Context) error {
 	defer sc.Close()
 	names := sc.names
 
+	out := io.Writer(os.Stdout)
+	var capture *pcapng.Writer
+	if capturePath != "" {
+		var f io.Writer = os.Stdout
+		if capturePath == "-" {
+			out = io.Discard // standard output carries the capture
+		} else {
+			file, err := os.Create(capturePath)
+			if err != nil {
+				return fmt.Errorf("-w: %w", err)
+			}
+			defer file.Close()
+			f = file
+		}
+		if capture, err = pcapng.New(f, c.Int("snaplen")); err != nil {
+			return err
+		}
+	}
+
 	cfg := trace.Config{
+		Capture:   capture,
 		Filter:    filter,
 		Count:     c.Int("count"),
 		Duration:  c.Duration("duration"),
 		Events:    c.Bool("events"),
 		Detail:    c.Bool("detail"),
 		Format:    format,
-		Out:       os.Stdout,
+		Out:       out,
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      warn,
 	}
@@ -119,7 +158,7 @@ func runTrace(c *cli.Context) error {
 	}
 
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg))
+		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s%s; Ctrl-C to stop\n", describeSelection(names, cfg), describeFilter(filter))
 	}
 	res, err := trace.Run(ctx, cfg, names)
 	if err != nil {

@@ -55,6 +55,14 @@ const (
 	HoptraceEventFlagEVENT_F_SOCK_NS HoptraceEventFlag = 8
 )
 
+type HoptraceFrameSnap struct {
+	_      structs.HostLayout
+	Len    uint32
+	Caplen uint16
+	L3     uint8
+	Pad    uint8
+}
+
 type HoptraceHist struct {
 	_       structs.HostLayout
 	Count   uint64
@@ -158,15 +166,18 @@ const (
 	HoptraceProgOnNetifReceiveSkb      = "on_netif_receive_skb"
 	HoptraceProgOnNetifRx              = "on_netif_rx"
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
+	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNextPktId               = "next_pkt_id"
+	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
 	HoptraceVarUnusedFlag              = "unused_flag"
 	HoptraceVarUnusedHist              = "unused_hist"
 	HoptraceVarUnusedHook              = "unused_hook"
 	HoptraceVarUnusedPair              = "unused_pair"
+	HoptraceVarUnusedSnap              = "unused_snap"
 	HoptraceVarUnusedStat              = "unused_stat"
 	HoptraceVarWakeupBytes             = "wakeup_bytes"
 )
@@ -244,15 +255,18 @@ type HoptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceVariableSpecs struct {
+	ExprFilter  *ebpf.VariableSpec `ebpf:"expr_filter"`
 	FilterFlags *ebpf.VariableSpec `ebpf:"filter_flags"`
 	Mode        *ebpf.VariableSpec `ebpf:"mode"`
 	NextPktId   *ebpf.VariableSpec `ebpf:"next_pkt_id"`
+	SnapLen     *ebpf.VariableSpec `ebpf:"snap_len"`
 	StaleNs     *ebpf.VariableSpec `ebpf:"stale_ns"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFlag  *ebpf.VariableSpec `ebpf:"unused_flag"`
 	UnusedHist  *ebpf.VariableSpec `ebpf:"unused_hist"`
 	UnusedHook  *ebpf.VariableSpec `ebpf:"unused_hook"`
 	UnusedPair  *ebpf.VariableSpec `ebpf:"unused_pair"`
+	UnusedSnap  *ebpf.VariableSpec `ebpf:"unused_snap"`
 	UnusedStat  *ebpf.VariableSpec `ebpf:"unused_stat"`
 	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -306,15 +320,18 @@ func (m *HoptraceMaps) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceVariables struct {
+	ExprFilter  *ebpf.Variable `ebpf:"expr_filter"`
 	FilterFlags *ebpf.Variable `ebpf:"filter_flags"`
 	Mode        *ebpf.Variable `ebpf:"mode"`
 	NextPktId   *ebpf.Variable `ebpf:"next_pkt_id"`
+	SnapLen     *ebpf.Variable `ebpf:"snap_len"`
 	StaleNs     *ebpf.Variable `ebpf:"stale_ns"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFlag  *ebpf.Variable `ebpf:"unused_flag"`
 	UnusedHist  *ebpf.Variable `ebpf:"unused_hist"`
 	UnusedHook  *ebpf.Variable `ebpf:"unused_hook"`
 	UnusedPair  *ebpf.Variable `ebpf:"unused_pair"`
+	UnusedSnap  *ebpf.Variable `ebpf:"unused_snap"`
 	UnusedStat  *ebpf.Variable `ebpf:"unused_stat"`
 	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

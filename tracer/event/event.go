@@ -268,3 +268,25 @@ func TCPFlags(f uint8) string {
 	}
 	return string(b)
 }
+
+// Snap describes the frame bytes that follow an event in a record when the
+// tracer captures packets (struct frame_snap in bpf/hoptrace.h).
+type Snap = bpfobj.HoptraceFrameSnap
+
+// SnapSize is the size of the snapshot header.
+const SnapSize = int(unsafe.Sizeof(Snap{}))
+
+// Snapshot returns the frame snapshot after the event in a record: its
+// header and the captured bytes (a slice of raw). ok is false when the
+// record has none.
+func Snapshot(raw []byte) (s Snap, data []byte, ok bool) {
+	if len(raw) < Size+SnapSize {
+		return s, nil, false
+	}
+	s = *(*Snap)(unsafe.Pointer(&raw[Size]))
+	data = raw[Size+SnapSize:]
+	if int(s.Caplen) > len(data) {
+		return s, nil, false
+	}
+	return s, data[:s.Caplen], true
+}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/loader"
+	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -24,6 +25,10 @@ type Config struct {
 	Netns   []uint32
 	Devices []trace.Device
 	Dynamic <-chan trace.NetnsChange
+	// Filter, if set, is a filter expression run in the kernel: only
+	// packets whose frame matches where they would start being tracked
+	// are measured.
+	Filter *pktfilter.Program
 
 	Interval time.Duration // report every; 0: 1s
 	Duration time.Duration // stop after; 0: until cancelled
@@ -71,6 +76,7 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 		Mode:         loader.ModeLatency,
 		Hooks:        hooks,
 		FilterKinds:  kinds,
+		Filter:       cfg.Filter.Instructions(),
 		TrackEntries: cfg.TrackEntries,
 		HistPairs:    cfg.HistPairs,
 		RingBytes:    4096 * 4, // no events in latency mode: keep the ring small

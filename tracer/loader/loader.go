@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
@@ -74,7 +75,16 @@ type Options struct {
 	WakeupBytes int
 	// KernelBTF, if set, is used instead of loading /sys/kernel/btf/vmlinux.
 	KernelBTF *btf.Spec
+	// Filter, if set, is a filter expression's program (pktfilter.Program's
+	// Insns): a packet starts being tracked only where its frame matches.
+	Filter asm.Instructions
+	// SnapLen > 0 appends the first SnapLen bytes of the frame to every
+	// event (event.Snapshot); 0 captures nothing.
+	SnapLen int
 }
+
+// MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
+const MaxSnapLen = 4096
 
 // Tracer owns the loaded objects and links.
 type Tracer struct {
@@ -146,6 +156,17 @@ func Load(opts Options) (*Tracer, error) {
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
+	if opts.SnapLen < 0 || opts.SnapLen > MaxSnapLen {
+		return nil, fmt.Errorf("snapshot length %d: want 0 to %d bytes", opts.SnapLen, MaxSnapLen)
+	}
+	if err := spec.Variables["snap_len"].Set(uint32(opts.SnapLen)); err != nil {
+		return nil, fmt.Errorf("set snap_len: %w", err)
+	}
+	if opts.Filter != nil {
+		if err := spec.Variables["expr_filter"].Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set expr_filter: %w", err)
+		}
+	}
 
 	// consume_skb gained its location argument in 6.3: keep the variant this kernel can run.
 	consumeLoc := false
@@ -169,6 +190,14 @@ func Load(opts Options) (*Tracer, error) {
 	for name := range spec.Programs {
 		if !wanted[name] {
 			delete(spec.Programs, name)
+		}
+	}
+
+	if opts.Filter != nil {
+		for name, p := range spec.Programs {
+			if p.Instructions, err = injectFilter(p.Instructions, opts.Filter); err != nil {
+				return nil, fmt.Errorf("program %s: %w", name, err)
+			}
 		}
 	}
 
@@ -196,6 +225,44 @@ func Load(opts Options) (*Tracer, error) {
 		t.links = append(t.links, l)
 	}
 	return t, nil
+}
+
+// filterStub is the function in the BPF object whose body is a filter
+// expression's program.
+const filterStub = "pcap_filter"
+
+// injectFilter replaces the body of the filter stub, a BPF-to-BPF function
+// linked into the program, with the filter's instructions. The function's
+// first instruction keeps its metadata (symbol, BTF function and line info),
+// so calls and the verifier's view of subprograms stay as compiled.
+func injectFilter(insns asm.Instructions, filter asm.Instructions) (asm.Instructions, error) {
+	if len(filter) == 0 {
+		return nil, errors.New("empty filter program")
+	}
+	start := -1
+	for i, ins := range insns {
+		if ins.Symbol() == filterStub {
+			start = i
+			break
+		}
+	}
+	if start < 0 {
+		return insns, nil // a program that never starts tracking (end hooks) has no call to it
+	}
+	end := len(insns)
+	for i := start + 1; i < len(insns); i++ {
+		if btf.FuncMetadata(&insns[i]) != nil {
+			end = i
+			break
+		}
+	}
+	body := make(asm.Instructions, len(filter))
+	copy(body, filter)
+	body[0] = body[0].WithMetadata(insns[start].Metadata)
+	out := make(asm.Instructions, 0, len(insns)-(end-start)+len(body))
+	out = append(out, insns[:start]...)
+	out = append(out, body...)
+	return append(out, insns[end:]...), nil
 }
 
 // programName maps a hook to its program in the object.

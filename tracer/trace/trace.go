@@ -22,6 +22,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/pcapng"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
@@ -57,8 +58,12 @@ type Config struct {
 	// trace is then filtered by namespace even while the selection is empty.
 	Dynamic <-chan NetnsChange
 
-	// Filter keeps only matching packets in the output (protocol, host, port).
-	Filter pktfilter.Filter
+	// Filter, if set, is a filter expression run in the kernel: a packet
+	// starts being traced only at a hop where its frame matches.
+	Filter *pktfilter.Program
+	// Capture, if set, receives every path with its frames (pcapng, -w);
+	// the kernel then copies each frame's headers into its events.
+	Capture *pcapng.Writer
 
 	Count    int           // stop after this many paths (events with Events); 0: no limit
 	Duration time.Duration // stop after this long; 0: until cancelled
@@ -132,13 +137,18 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	}
 	hooks = append(hooks, loader.EndHooks...)
 	kinds := FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
-	tr, err := loader.Load(loader.Options{
+	opts := loader.Options{
 		Mode:         loader.ModeEvents,
 		Hooks:        hooks,
 		FilterKinds:  kinds,
+		Filter:       cfg.Filter.Instructions(),
 		RingBytes:    cfg.RingBytes,
 		TrackEntries: cfg.TrackEntries,
-	})
+	}
+	if cfg.Capture != nil {
+		opts.SnapLen = cfg.Capture.SnapLen()
+	}
+	tr, err := loader.Load(opts)
 	if err != nil {
 		return res, err
 	}
@@ -196,11 +206,11 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if done() {
 				break
 			}
-			if len(p.Events) > 0 && !cfg.Filter.Match(&p.Events[0].Meta) {
-				continue
-			}
 			pa := desc.Describe(p)
 			if len(pa.Hops) == 0 {
+				if cfg.Capture != nil {
+					cfg.Capture.Discard(p.ID)
+				}
 				continue // only end events: the packet's hops were not selected
 			}
 			if cfg.Rules != nil {
@@ -213,12 +223,22 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				sum.Dropped++
 			}
 			emitted++
+			if cfg.Capture != nil {
+				if err := cfg.Capture.Path(&pa); err != nil {
+					return err
+				}
+			}
 			if cfg.OnPath != nil {
 				cfg.OnPath(pa)
 				continue
 			}
 			if err := w.Path(&pa); err != nil {
 				return fmt.Errorf("write output: %w", err)
+			}
+		}
+		if cfg.Capture != nil {
+			if err := cfg.Capture.Flush(); err != nil {
+				return fmt.Errorf("write capture: %w", err)
 			}
 		}
 		return w.Flush()
@@ -310,6 +330,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			return res, err
 		}
 		sum.Events++
+		if cfg.Capture != nil {
+			cfg.Capture.Keep(&ev, rec.RawSample)
+		}
 		if ev.Netns != 0 && !unknownNetns[ev.Netns] {
 			if _, ok := names.Namespace(ev.Netns); !ok && ev.Netns != names.HostInode() {
 				unknownNetns[ev.Netns] = true
@@ -317,9 +340,6 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			}
 		}
 		if cfg.Events {
-			if !cfg.Filter.Match(&ev.Meta) {
-				continue
-			}
 			he := hopEvent(desc, &ev)
 			if err := w.Event(&he); err != nil {
 				return res, fmt.Errorf("write output: %w", err)
@@ -336,6 +356,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		for rd.ReadInto(&rec) == nil {
 			if event.Decode(rec.RawSample, &ev) == nil {
 				sum.Events++
+				if cfg.Capture != nil {
+					cfg.Capture.Keep(&ev, rec.RawSample)
+				}
 				asm.Add(&ev)
 			}
 		}
@@ -351,6 +374,11 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		sum.Packets = 0
 	}
 	res.Summary = sum
+	if cfg.Capture != nil {
+		if err := cfg.Capture.Close(sum); err != nil {
+			return res, fmt.Errorf("write capture: %w", err)
+		}
+	}
 	return res, nil
 }
 
