@@ -92,7 +92,7 @@ type Tracer struct {
 	probe uint64 // tag counter
 
 	done chan struct{}
-	lost uint64 // trace messages the socket had no room for
+	lost uint64 // overflows of the trace socket
 }
 
 // famTable is one table of hoptrace's with its chains and sets.
@@ -529,8 +529,8 @@ func (t *Tracer) ours(ev Event) bool {
 	return strings.HasPrefix(ev.Table, TablePrefix+"_")
 }
 
-// Lost is the number of trace messages the kernel could not deliver (a
-// full socket buffer).
+// Lost is the number of times the kernel could not deliver trace messages
+// (ENOBUFS: a full socket buffer; the count of messages is not known).
 func (t *Tracer) Lost() uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()

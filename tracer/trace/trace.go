@@ -103,7 +103,7 @@ type RuleNamer interface {
 	Annotate(p *path.Path, m *event.Meta)
 	// SetAddrs says which addresses the selection has now.
 	SetAddrs(addrs []netip.Addr) error
-	// Lost counts trace events the kernel could not deliver.
+	// Lost counts the times trace events could not be delivered (a full socket buffer).
 	Lost() uint64
 }
 
@@ -268,7 +268,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if cfg.Rules != nil {
 				if n := cfg.Rules.Lost(); n > rulesLost {
 					if cfg.Warn != nil {
-						cfg.Warn(fmt.Sprintf("%d nf_tables trace messages lost so far (socket buffer full): some drops may not name their rule", n))
+						cfg.Warn(fmt.Sprintf("the nf_tables trace socket overflowed %d times so far: some drops may not name their rule", n))
 					}
 					rulesLost = n
 				}
