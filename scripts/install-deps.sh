@@ -9,7 +9,7 @@ packages=(
 	docker.io busybox-static              # Docker tests and the demo image
 	iproute2 iptables nftables            # test topologies, drop rules
 	iperf3 tcpdump                        # benchmarks
-	graphviz                              # topology --format dot is rendered in tests
+	graphviz                              # topology -o dot is rendered in tests
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels
 )
 missing=()

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,6 +125,10 @@ func TestInspectCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"network": "`+netName+`"`) {
 		t.Errorf("inspect --output json: exit %d\n%s", code, out)
 	}
+	// Flags after the argument mean the same.
+	if code, after, _ := runInProcess(t, "inspect", c.ID[:12], "--output", "json"); code != 0 || after != out {
+		t.Errorf("inspect ID --output json: exit %d, output differs from inspect --output json ID:\n%s", code, after)
+	}
 
 	// Host veth down: a warning, exit status still 0.
 	veth := ""
@@ -154,7 +160,8 @@ func TestInspectCommand(t *testing.T) {
 		{[]string{"inspect", "ht-cli-no-such-container"}, 1, `hoptrace: no such container "ht-cli-no-such-container"`},
 		{[]string{"inspect", stopped.Name}, 1, "hoptrace: container " + stopped.Name + " is not running"},
 		{[]string{"inspect"}, 2, "hoptrace: inspect takes one CONTAINER"},
-		{[]string{"inspect", "--output", "yaml", c.Name}, 2, "hoptrace: --output must be text or json"},
+		{[]string{"inspect", "--output", "yaml", c.Name}, 2, "hoptrace: --output must be one of text, json"},
+		{[]string{"inspect", c.Name, "-o", "yaml"}, 2, "hoptrace: --output must be one of text, json"},
 	} {
 		code, out, errOut := runInProcess(t, tc.args...)
 		if code != tc.code || !strings.HasPrefix(errOut, tc.want) || strings.Count(errOut, "\n") != 1 || out != "" {
@@ -190,9 +197,9 @@ func TestTopologyCommand(t *testing.T) {
 			t.Errorf("%s: exit %d\n%s%s", cmd, code, out, errOut)
 		}
 	}
-	code, out, _ := runInProcess(t, "ls", "--format", "dot")
+	code, out, _ := runInProcess(t, "ls", "-o", "dot")
 	if code != 0 || !strings.HasPrefix(out, "graph hoptrace {") {
-		t.Fatalf("ls --format dot: exit %d\n%s", code, out)
+		t.Fatalf("ls -o dot: exit %d\n%s", code, out)
 	}
 	if _, err := exec.LookPath("dot"); err != nil {
 		t.Log("SKIPPED ASSERTION: graphviz not installed; apt-get install -y graphviz")
@@ -203,10 +210,42 @@ func TestTopologyCommand(t *testing.T) {
 			t.Errorf("dot -Tsvg: %v", err)
 		}
 	}
-	if code, out, _ := runInProcess(t, "ls", "-f", "mermaid"); code != 0 || !strings.HasPrefix(out, "flowchart LR") {
-		t.Errorf("ls -f mermaid: exit %d\n%s", code, out)
+	if code, out, _ := runInProcess(t, "ls", "--output", "mermaid"); code != 0 || !strings.HasPrefix(out, "flowchart LR") {
+		t.Errorf("ls --output mermaid: exit %d\n%s", code, out)
 	}
-	if code, _, errOut := runInProcess(t, "ls", "--format", "png"); code != 2 || !strings.Contains(errOut, "--format must be one of") {
-		t.Errorf("ls --format png: exit %d, %q", code, errOut)
+	// --format, the old name, still works for a release, with a note.
+	if code, out, errOut := runInProcess(t, "ls", "-f", "mermaid"); code != 0 || !strings.HasPrefix(out, "flowchart LR") || !strings.Contains(errOut, "--format is now --output") {
+		t.Errorf("ls -f mermaid: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut := runInProcess(t, "ls", "-o", "png"); code != 2 || !strings.Contains(errOut, "--output must be one of") {
+		t.Errorf("ls -o png: exit %d, %q", code, errOut)
+	}
+}
+
+// Container names are completed from Docker where a container is expected.
+func TestCompletionContainerNames(t *testing.T) {
+	cliRequireDocker(t)
+	c := cliRun(t, "ht-cli-complete")
+	bin := filepath.Join(t.TempDir(), "hoptrace")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	for _, words := range [][]string{
+		{"inspect"},
+		{"verify", "-o", "json"},
+		{"trace", "--container"},
+		{"latency", "-C"},
+	} {
+		out, err := exec.Command(bin, append(words, completionFlag)...).Output()
+		if err != nil {
+			t.Fatalf("hoptrace %s: %v", strings.Join(words, " "), err)
+		}
+		if !slices.Contains(strings.Fields(string(out)), c.Name) {
+			t.Errorf("hoptrace %s <TAB> = %q, want container %s among the candidates", strings.Join(words, " "), out, c.Name)
+		}
+	}
+	// A CONTAINER already given: nothing more to complete.
+	if out, _ := exec.Command(bin, "inspect", c.Name, completionFlag).Output(); len(out) != 0 {
+		t.Errorf("inspect %s <TAB> = %q, want nothing", c.Name, out)
 	}
 }

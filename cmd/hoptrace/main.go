@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -31,8 +33,9 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:                 "hoptrace",
 		Usage:                "trace packets from containers across veth pairs and bridges, hop by hop",
+		Version:              version(),
 		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			traceCommand(),
 			latencyCommand(),
@@ -40,8 +43,10 @@ func newApp() *cli.App {
 			inspectCommand(),
 			topologyCommand(),
 			verifyCommand(),
+			completionCommand(),
 		},
 		OnUsageError: onUsageError,
+		Writer:       os.Stdout,
 	}
 	for _, c := range app.Commands {
 		if c.OnUsageError == nil {
@@ -79,7 +84,10 @@ func run(args []string) int {
 	defer stop()
 	app := newApp()
 	app.ExitErrHandler = func(*cli.Context, error) {} // exit codes are decided below
-	err := app.RunContext(ctx, args)
+	if completeFlagValue(ctx, app.Writer, args) {
+		return exitOK
+	}
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	if err == nil {
 		return exitOK
 	}
@@ -102,6 +110,21 @@ func (u usageError) Error() string { return u.err.Error() }
 func (u usageError) Unwrap() error { return u.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// outputFlag is --output/-o, the one spelling of every command's output
+// format; formats[0] is the default.
+func outputFlag(formats ...string) *cli.StringFlag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: formats[0], Usage: strings.Join(formats, ", ")}
+}
+
+// outputFormat reads --output and checks it is one of formats.
+func outputFormat(c *cli.Context, formats ...string) (string, error) {
+	f := c.String("output")
+	if !slices.Contains(formats, f) {
+		return "", usagef("--output must be one of %s, not %q", strings.Join(formats, ", "), f)
+	}
+	return f, nil
+}
 
 // requireRoot fails early, in one sentence, where BPF or namespaces are needed.
 func requireRoot(command string) error {

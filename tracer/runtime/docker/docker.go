@@ -146,6 +146,21 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Container, error) {
 	return out, nil
 }
 
+// Names lists every container's name, running or not, sorted (shell
+// completion: a container may be named before it starts).
+func (r *Runtime) Names(ctx context.Context) ([]string, error) {
+	sums, err := r.cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return nil, r.wrap(err)
+	}
+	names := make([]string, 0, len(sums))
+	for _, s := range sums {
+		names = append(names, summaryName(s))
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
 // Lookup implements runtime.Runtime. The reference is matched like the
 // docker CLI does: full ID first, then exact name (with or without the
 // leading "/"), then unique ID prefix. A stopped container is returned with
