@@ -17,7 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/hoptrace/hoptrace/tracer/inspect"
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/testdocker"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 	"github.com/hoptrace/hoptrace/tracer/topology"
 )
