@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"os"
 	"os/exec"
@@ -11,72 +9,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/hoptrace/hoptrace/internal/testdocker"
 )
-
-// The Docker helpers of tracer/internal/testdocker, which cmd/ cannot
-// import, reduced to what these tests need.
-
-const cliTestImage = "hoptrace-test/busybox:latest"
-
-func cliRequireDocker(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIP: Docker tests need root (run go test as root; CI does)")
-	}
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: no Docker daemon inside the kernel-matrix VM")
-	}
-	if out, err := exec.Command("docker", "info").CombinedOutput(); err != nil {
-		t.Fatalf("no Docker daemon answers: %v: %.300s (start one with scripts/start-dockerd.sh)", err, out)
-	}
-	if out, err := exec.Command("bash", "../../scripts/docker-test-image.sh").CombinedOutput(); err != nil {
-		t.Fatalf("test image: %v: %s", err, out)
-	}
-}
-
-func cliDocker(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("docker", args...).Output()
-	if err != nil {
-		msg := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			msg = string(ee.Stderr)
-		}
-		t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, msg)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func cliUnique(prefix string) string {
-	var b [4]byte
-	rand.Read(b[:])
-	return prefix + "-" + hex.EncodeToString(b[:])
-}
-
-type cliContainer struct{ Name, ID string }
-
-func cliRun(t *testing.T, prefix string, opts ...string) cliContainer {
-	t.Helper()
-	name := cliUnique(prefix)
-	t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
-	args := append([]string{"run", "-d", "--name", name, "--label", "hoptrace-test=1"}, opts...)
-	id := cliDocker(t, append(args, cliTestImage, "sleep", "3600")...)
-	return cliContainer{name, id}
-}
-
-func cliNetwork(t *testing.T, prefix string) (name, id string) {
-	t.Helper()
-	name = cliUnique(prefix)
-	t.Cleanup(func() {
-		for i := 0; i < 10 && exec.Command("docker", "network", "rm", name).Run() != nil; i++ {
-			time.Sleep(200 * time.Millisecond)
-		}
-	})
-	return name, cliDocker(t, "network", "create", "--label", "hoptrace-test=1", name)
-}
 
 // cliMu serialises tests that swap os.Stdout and os.Stderr.
 var cliMu sync.Mutex
@@ -114,9 +51,9 @@ func runInProcess(t *testing.T, args ...string) (code int, stdout, stderr string
 }
 
 func TestInspectCommand(t *testing.T) {
-	cliRequireDocker(t)
-	netName, netID := cliNetwork(t, "ht-cli-net")
-	c := cliRun(t, "ht-cli", "--network", netName)
+	testdocker.RequireDocker(t)
+	netName, netID := testdocker.Network(t, "ht-cli-net")
+	c := testdocker.Run(t, "ht-cli", "--network", netName)
 	code, out, errOut := runInProcess(t, "inspect", c.Name)
 	if code != 0 || !strings.Contains(out, "br-"+netID[:12]) || strings.Contains(out, "✗") {
 		t.Fatalf("inspect %s: exit %d\n%s%s", c.Name, code, out, errOut)
@@ -150,8 +87,8 @@ func TestInspectCommand(t *testing.T) {
 	}
 
 	// Errors: one line, exit 1; usage errors exit 2.
-	stopped := cliRun(t, "ht-cli-stopped")
-	cliDocker(t, "stop", "-t", "0", stopped.Name)
+	stopped := testdocker.Run(t, "ht-cli-stopped")
+	testdocker.Docker(t, "stop", "-t", "0", stopped.Name)
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -169,8 +106,8 @@ func TestInspectCommand(t *testing.T) {
 		}
 	}
 
-	host := cliRun(t, "ht-cli-host", "--network", "host")
-	none := cliRun(t, "ht-cli-none", "--network", "none")
+	host := testdocker.Run(t, "ht-cli-host", "--network", "host")
+	none := testdocker.Run(t, "ht-cli-none", "--network", "none")
 	if code, out, _ := runInProcess(t, "inspect", host.Name); code != 0 || !strings.Contains(out, host.Name+" shares the host network namespace") {
 		t.Errorf("inspect host-mode: exit %d\n%s", code, out)
 	}
@@ -189,8 +126,8 @@ func TestInspectCommandDaemonUnreachable(t *testing.T) {
 }
 
 func TestTopologyCommand(t *testing.T) {
-	cliRequireDocker(t)
-	c := cliRun(t, "ht-cli-topo")
+	testdocker.RequireDocker(t)
+	c := testdocker.Run(t, "ht-cli-topo")
 	for _, cmd := range []string{"topology", "ls"} {
 		code, out, errOut := runInProcess(t, cmd)
 		if code != 0 || !strings.Contains(out, "docker0") || !strings.Contains(out, "container "+c.Name) {
@@ -224,8 +161,8 @@ func TestTopologyCommand(t *testing.T) {
 
 // Container names are completed from Docker where a container is expected.
 func TestCompletionContainerNames(t *testing.T) {
-	cliRequireDocker(t)
-	c := cliRun(t, "ht-cli-complete")
+	testdocker.RequireDocker(t)
+	c := testdocker.Run(t, "ht-cli-complete")
 	bin := filepath.Join(t.TempDir(), "hoptrace")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v: %s", err, out)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -89,7 +90,7 @@ func waitFor(t *testing.T, r *Resolver, timeout time.Duration, what string, cond
 }
 
 func TestResolveTopology(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	r := newResolver(t, Options{})
 
@@ -206,7 +207,7 @@ func (f fakeAnnotator) NetnsOwner(ino uint32) (string, bool) {
 }
 
 func TestAnnotator(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{Annotator: fakeAnnotator{h.Inode: "web"}})
@@ -223,7 +224,7 @@ func TestAnnotator(t *testing.T) {
 }
 
 func TestLinkChangesFollowed(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{})
@@ -311,7 +312,7 @@ func TestLinkChangesFollowed(t *testing.T) {
 }
 
 func TestNamespaceAddedFoundByInotify(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	r := newResolver(t, Options{})
 	h := topo.AddHost(t)
@@ -345,7 +346,7 @@ func TestNamespaceAddedFoundByInotify(t *testing.T) {
 }
 
 func TestNamespaceFoundByRefresh(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	r := newResolver(t, Options{})
 	pid, ino, stop := startNetnsProcess(t)
 	if _, ok := r.Namespace(ino); ok {
@@ -373,7 +374,7 @@ func TestNamespaceFoundByRefresh(t *testing.T) {
 }
 
 func TestOpenNetns(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{})
@@ -415,7 +416,7 @@ func TestOpenNetns(t *testing.T) {
 }
 
 func TestCloseStopsGoroutines(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	testnet.New(t, testnet.Options{Hosts: 2})
 	before := runtime.NumGoroutine()
 	ctx := context.Background()
@@ -465,7 +466,7 @@ func BenchmarkLink(b *testing.B) {
 }
 
 func TestDockerSandboxDir(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	// The directory does not exist when the resolver starts, as before
 	// Docker's first container: its appearance must be noticed too.
 	dockerDir := t.TempDir() + "/docker/netns"
@@ -526,7 +527,7 @@ func TestDockerSandboxDir(t *testing.T) {
 // TestIproute2Netns checks the resolver against the real "ip netns", whose
 // bind mounts (and mount propagation set-up) differ from testnet's.
 func TestIproute2Netns(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	ip, err := exec.LookPath("ip")
 	if err != nil {
 		t.Skip("SKIPPED: no ip binary (iproute2)")
@@ -558,7 +559,7 @@ func TestIproute2Netns(t *testing.T) {
 // dumps get interrupted by concurrent changes and subscriptions see bursts,
 // yet every veth pair must end up resolved both ways.
 func TestManyNamespaces(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	if testing.Short() {
 		t.Skip("burst of 30 namespaces skipped in -short mode")
 	}
