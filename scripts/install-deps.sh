@@ -6,9 +6,10 @@ set -euo pipefail
 
 packages=(
 	clang-19 llvm-19 libbpf-dev bpftool   # make generate
+	libc6-dev                             # TestBucketMatchesC builds hist_bucket() with clang-19
 	docker.io busybox-static              # Docker tests and the demo image
 	iproute2 iptables nftables            # test topologies, drop rules
-	iperf3 tcpdump                        # benchmarks
+	iperf3 tcpdump                        # benchmarks, latency tests
 	graphviz                              # topology -o dot is rendered in tests
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels
 )

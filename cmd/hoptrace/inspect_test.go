@@ -138,15 +138,7 @@ func TestTopologyCommand(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "graph hoptrace {") {
 		t.Fatalf("ls -o dot: exit %d\n%s", code, out)
 	}
-	if _, err := exec.LookPath("dot"); err != nil {
-		t.Log("SKIPPED ASSERTION: graphviz not installed; apt-get install -y graphviz")
-	} else {
-		cmd := exec.Command("dot", "-Tsvg")
-		cmd.Stdin = strings.NewReader(out)
-		if svg, err := cmd.Output(); err != nil || !strings.Contains(string(svg), "<svg") {
-			t.Errorf("dot -Tsvg: %v", err)
-		}
-	}
+	// That Graphviz renders it is tracer/topology's test (renderDOT).
 	if code, out, _ := runInProcess(t, "ls", "--output", "mermaid"); code != 0 || !strings.HasPrefix(out, "flowchart LR") {
 		t.Errorf("ls --output mermaid: exit %d\n%s", code, out)
 	}

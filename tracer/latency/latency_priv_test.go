@@ -449,10 +449,7 @@ func TestAgreesWithTrace(t *testing.T) {
 // packets that never reached a next hop are counted as expired.
 func TestFloodDoesNotFillTracking(t *testing.T) {
 	privtest.RequireRoot(t)
-	iperf, err := exec.LookPath("iperf3")
-	if err != nil {
-		t.Skip("SKIPPED: iperf3 not installed")
-	}
+	iperf := privtest.Tool(t, "iperf3", "iperf3")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	connected(t, a, b)

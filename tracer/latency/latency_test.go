@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
@@ -76,14 +77,10 @@ func boundaryValues() []uint64 {
 }
 
 // TestBucketMatchesC compiles hist_bucket() from bpf/hoptrace.bpf.c with the
-// host C compiler and compares it with Bucket on every boundary.
+// compiler make generate uses (clang-19, with libc6-dev's headers) and
+// compares it with Bucket on every boundary.
 func TestBucketMatchesC(t *testing.T) {
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		if cc, err = exec.LookPath("gcc"); err != nil {
-			t.Skip("SKIPPED: no C compiler to build hist_bucket() from bpf/hoptrace.bpf.c")
-		}
-	}
+	cc := privtest.Tool(t, "clang-19", "clang-19")
 	src, err := os.ReadFile("../../bpf/hoptrace.bpf.c")
 	if err != nil {
 		t.Fatal(err)

@@ -528,10 +528,7 @@ func TestDockerSandboxDir(t *testing.T) {
 // bind mounts (and mount propagation set-up) differ from testnet's.
 func TestIproute2Netns(t *testing.T) {
 	privtest.RequireRoot(t)
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Skip("SKIPPED: no ip binary (iproute2)")
-	}
+	ip := privtest.Tool(t, "ip", "iproute2")
 	r := newResolver(t, Options{})
 	name := fmt.Sprintf("htip%d", os.Getpid()%100000)
 	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {

@@ -321,9 +321,7 @@ func TestIdentityUnderSkbReuse(t *testing.T) {
 // with verdict dropped and the kernel's reason, charged to the egress port.
 func TestNetfilterDropIsReported(t *testing.T) {
 	privtest.RequireRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Fatalf("nft is required for this test (apt-get install nftables): %v", err)
-	}
+	privtest.Tool(t, "nft", "nftables")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	table := "hoptrace_test_" + strings.TrimPrefix(topo.Bridge, "ht")
