@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 )
 
@@ -126,12 +127,10 @@ func outputFormat(c *cli.Context, formats ...string) (string, error) {
 	return f, nil
 }
 
-// requireRoot fails early, in one sentence, where BPF or namespaces are needed.
+// requireRoot fails early, in one sentence, where BPF or namespaces are
+// needed: the rule doctor and the loader apply too.
 func requireRoot(command string) error {
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("%s needs root: it loads BPF programs and enters network namespaces (try: sudo hoptrace %s ...)", command, command)
-	}
-	return nil
+	return kernel.RequirePrivileges(command)
 }
 
 // oneLine keeps the first line of an error; multi-line details (verifier

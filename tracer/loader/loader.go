@@ -88,8 +88,8 @@ type Tracer struct {
 
 // Load loads and attaches the programs. On error nothing stays loaded.
 func Load(opts Options) (*Tracer, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run hoptrace with sudo")
+	if err := kernel.RequirePrivileges("tracing"); err != nil {
+		return nil, err
 	}
 	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to memcg.
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -244,7 +244,7 @@ func loadError(err error) error {
 	}
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return fmt.Errorf("loading BPF programs was refused (needs root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN; check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
+		return fmt.Errorf("loading BPF programs was refused (check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
 	case errors.Is(err, unix.ENOMEM):
 		return fmt.Errorf("not enough memory for BPF maps (memory cgroup limit?): %w", err)
 	}
