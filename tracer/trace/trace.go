@@ -349,7 +349,7 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 // FilterKinds says which in-kernel filters a selection needs: devices when
 // interfaces are named, else namespaces and their addresses when namespaces
 // are (or may become, with a dynamic feed) selected, else none.
-func FilterKinds(devices []Device, netns []uint32, dynamic <-chan NetnsChange) uint32 {
+func FilterKinds(devices []Device, netns []uint32, dynamic <-chan NetnsChange) loader.FilterKind {
 	switch {
 	case len(devices) > 0:
 		return loader.FilterDev
