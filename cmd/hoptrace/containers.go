@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
@@ -156,9 +155,6 @@ func (cs *containerSupport) Close() error {
 
 // hostInode is the initial network namespace's inode.
 func hostInode() uint32 {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
-		return 0
-	}
-	return uint32(st.Ino)
+	ino, _ := resolve.NetnsInode("/proc/1/ns/net")
+	return ino
 }

@@ -390,7 +390,7 @@ func (t *Topology) setupHost(h *Host) error {
 	if err := createNamedNetns(h.Path); err != nil {
 		return err
 	}
-	ino, err := Inode(h.Path)
+	ino, err := inode(h.Path)
 	if err != nil {
 		return err
 	}
@@ -590,9 +590,9 @@ func (t *Topology) Close() error {
 	return t.closeErr
 }
 
-// Inode returns the inode number of a namespace file (/var/run/netns/NAME,
-// /proc/PID/ns/net, ...), which identifies the namespace.
-func Inode(path string) (uint32, error) {
+// inode returns the inode number of a namespace file: resolve.NetnsInode,
+// which this package cannot import (resolve's own tests import testnet).
+func inode(path string) (uint32, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("stat %s: %w", path, err)

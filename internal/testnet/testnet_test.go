@@ -66,7 +66,7 @@ func TestTopology(t *testing.T) {
 			t.Errorf("host %s: inode %d not unique", h.Name, h.Inode)
 		}
 		seen[h.Inode] = true
-		if ino, err := Inode(filepath.Join("/var/run/netns", h.Name)); err != nil || ino != h.Inode {
+		if ino, err := inode(filepath.Join("/var/run/netns", h.Name)); err != nil || ino != h.Inode {
 			t.Errorf("host %s: /var/run/netns inode %d (%v), want %d", h.Name, ino, err, h.Inode)
 		}
 		if !topo.Subnet().Contains(h.Addr.Addr()) {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/testdocker"
 	"github.com/hoptrace/hoptrace/tracer/inspect"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )
@@ -132,11 +132,11 @@ func checkAgainstDocker(t *testing.T, r *inspect.Report, c testdocker.Container,
 
 func mustInode(t *testing.T, p string) uint32 {
 	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(p, &st); err != nil {
+	ino, err := resolve.NetnsInode(p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return uint32(st.Ino)
+	return ino
 }
 
 func allOK(t *testing.T, r *inspect.Report) {

@@ -55,7 +55,7 @@ func startNetnsProcess(t *testing.T) (pid int, inode uint32, stop func()) {
 	}
 	t.Cleanup(stop)
 	pid = cmd.Process.Pid
-	inode, err = testnet.Inode(fmt.Sprintf("/proc/%d/ns/net", pid))
+	inode, err = NetnsInode(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,7 +535,7 @@ func TestIproute2Netns(t *testing.T) {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command(ip, "netns", "del", name).Run() })
-	ino, err := testnet.Inode(NamedNetnsDir + "/" + name)
+	ino, err := NetnsInode(NamedNetnsDir + "/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -175,8 +175,9 @@ func procLabel(inode uint32, pid int) string {
 	return fmt.Sprintf("%s (pid %d)", l, pid)
 }
 
-// nsInode returns the inode of the namespace file at path.
-func nsInode(path string) (uint32, error) {
+// NetnsInode returns the inode of the namespace file at path
+// (/var/run/netns/NAME, /proc/PID/ns/net, ...), which identifies the namespace.
+func NetnsInode(path string) (uint32, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("stat %s: %w", path, err)
@@ -195,7 +196,7 @@ func nsfsInode(path string) (uint32, bool, error) {
 	if sfs.Type != unix.NSFS_MAGIC {
 		return 0, false, nil
 	}
-	ino, err := nsInode(path)
+	ino, err := NetnsInode(path)
 	return ino, err == nil, err
 }
 

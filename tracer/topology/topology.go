@@ -17,7 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/nsscan"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -124,12 +124,12 @@ type Options struct {
 // learn (runtime unreachable, a namespace that vanished meanwhile).
 func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 	var warnings []string
-	hh, self, err := nsscan.HostHandle()
+	hh, self, err := resolve.HostHandle()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer hh.Close()
-	links, err := nsscan.LinkList(hh)
+	links, err := resolve.LinkList(hh)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list interfaces: %w", err)
 	}
@@ -164,8 +164,8 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 	}
 
 	// Namespaces by the nsid the host gave them.
-	byNSID := map[int]nsscan.Namespace{}
-	for _, ns := range nsscan.Scan(hh, self) {
+	byNSID := map[int]resolve.FoundNetns{}
+	for _, ns := range resolve.Scan(hh, self) {
 		if ns.NSID >= 0 {
 			byNSID[ns.NSID] = ns
 		}
@@ -192,7 +192,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 			h = handles[a.NetNsID]
 			if h == nil {
 				var err error
-				if h, err = nsscan.Handle(ns.Path); err != nil {
+				if h, err = resolve.NetnsHandle(ns.Path); err != nil {
 					p.NotFound, p.NotFoundW = true, err.Error()
 					return p
 				}
@@ -209,12 +209,12 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		if la.HardwareAddr != nil {
 			p.MAC = la.HardwareAddr.String()
 		}
-		p.Addrs = nsscan.Addrs(h, l)
+		p.Addrs = resolve.Addrs(h, l)
 		return p
 	}
 	port := func(l netlink.Link) Port {
 		a := l.Attrs()
-		p := Port{Name: a.Name, Index: a.Index, Kind: l.Type(), Up: a.Flags&net.FlagUp != 0, OperState: a.OperState.String(), State: nsscan.PortState(a.Name)}
+		p := Port{Name: a.Name, Index: a.Index, Kind: l.Type(), Up: a.Flags&net.FlagUp != 0, OperState: a.OperState.String(), State: resolve.PortState(a.Name)}
 		if a.HardwareAddr != nil {
 			p.MAC = a.HardwareAddr.String()
 		}
@@ -234,7 +234,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		}
 		a := l.Attrs()
 		b := Bridge{Name: a.Name, Index: a.Index, Up: a.Flags&net.FlagUp != 0, OperState: a.OperState.String(),
-			Addrs: nsscan.Addrs(hh, l), Network: networks[a.Name], Ports: []Port{}}
+			Addrs: resolve.Addrs(hh, l), Network: networks[a.Name], Ports: []Port{}}
 		if a.HardwareAddr != nil {
 			b.MAC = a.HardwareAddr.String()
 		}

@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/hoptrace/hoptrace/tracer/inspect"
-	"github.com/hoptrace/hoptrace/tracer/internal/nsscan"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -424,7 +424,7 @@ func orNone(s []string) string {
 func routeCheck(c runtime.Container, e inspect.Endpoint, dst netip.Addr) Check {
 	hop := c.Name + " route"
 	fact := "route to " + dst.String()
-	h, err := nsscan.Handle(c.NetnsPath)
+	h, err := resolve.NetnsHandle(c.NetnsPath)
 	if err != nil {
 		return Check{Hop: hop, Fact: fact, Detail: err.Error()}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -312,25 +313,17 @@ func (r *Runtime) inspect(ctx context.Context, id string) (runtime.Container, er
 // its inode: the SandboxKey when it exists, else /proc/PID/ns/net.
 func netnsOf(sandboxKey string, pid int) (string, uint32) {
 	if sandboxKey != "" {
-		if ino, err := inodeOf(sandboxKey); err == nil {
+		if ino, err := resolve.NetnsInode(sandboxKey); err == nil {
 			return sandboxKey, ino
 		}
 	}
 	if pid > 0 {
 		p := fmt.Sprintf("/proc/%d/ns/net", pid)
-		if ino, err := inodeOf(p); err == nil {
+		if ino, err := resolve.NetnsInode(p); err == nil {
 			return p, ino
 		}
 	}
 	return sandboxKey, 0
-}
-
-func inodeOf(path string) (uint32, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return uint32(st.Ino), nil
 }
 
 // network returns (and caches) a network's driver and bridge device name.

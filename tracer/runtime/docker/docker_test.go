@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hoptrace/hoptrace/internal/testdocker"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )
@@ -27,11 +27,11 @@ func newRuntime(t *testing.T) *docker.Runtime {
 
 func inodeOf(t *testing.T, path string) uint32 {
 	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		t.Fatalf("stat %s: %v", path, err)
+	ino, err := resolve.NetnsInode(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return uint32(st.Ino)
+	return ino
 }
 
 func TestBridgeDevice(t *testing.T) {
