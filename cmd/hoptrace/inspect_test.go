@@ -4,7 +4,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -155,10 +154,7 @@ func TestTopologyCommand(t *testing.T) {
 func TestCompletionContainerNames(t *testing.T) {
 	testdocker.RequireDocker(t)
 	c := testdocker.Run(t, "ht-cli-complete")
-	bin := filepath.Join(t.TempDir(), "hoptrace")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	bin := testBinary(t)
 	for _, words := range [][]string{
 		{"inspect"},
 		{"verify", "-o", "json"},

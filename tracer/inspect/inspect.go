@@ -32,6 +32,8 @@ type Report struct {
 	SandboxKey  string   `json:"sandbox_key,omitempty"`
 	NetnsInode  uint32   `json:"netns_inode,omitempty"`
 	NetnsNames  []string `json:"netns_names,omitempty"` // ip netns names
+	// Netns is the namespace's label, as trace and latency print it.
+	Netns string `json:"netns,omitempty"`
 	// NSID is the id the host namespace assigned to the container's
 	// namespace ("link-netnsid" in ip link); -1 when none.
 	NSID int `json:"nsid"`
@@ -123,6 +125,7 @@ func FromContainer(rtName string, c runtime.Container) (*Report, error) {
 	}
 	defer hh.Close()
 	r.NetnsNames = resolve.NetnsNames(c.NetnsInode)
+	r.Netns = resolve.LabelOf(c.NetnsInode, c.NetnsPath)
 	r.NSID = resolve.NSID(hh, c.NetnsPath)
 
 	ch, err := resolve.NetnsHandle(c.NetnsPath)

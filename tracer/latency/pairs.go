@@ -15,11 +15,7 @@ type HopKey = bpfobj.HoptraceHopKey
 type Pair = bpfobj.HoptraceHopPair
 
 // Names is what naming hops needs; *resolve.Resolver implements it.
-type Names interface {
-	Link(netns uint32, ifindex int) (resolve.Link, bool)
-	Namespace(inode uint32) (resolve.Namespace, bool)
-	HostInode() uint32
-}
+type Names = resolve.Names
 
 // Steps: what a hook means on the path, in the words reports use.
 const (
@@ -107,43 +103,17 @@ func DescribeHop(names Names, k HopKey) Hop {
 		Step:       Step(hk),
 		Direction:  string(event.HookDirection(hk)),
 	}
+	pl := resolve.PlaceOf(names, k.Netns, int(k.Ifindex))
+	h.Netns, h.Container, h.Bridge = pl.Netns, pl.Container, pl.Bridge
 	switch {
-	case k.Netns == 0:
-		h.Netns = "?"
-	case names != nil && k.Netns == names.HostInode():
-		h.Netns = "host"
-		if ns, ok := names.Namespace(k.Netns); ok {
-			h.Container = ns.Owner
-		}
-	default:
-		h.Netns = fmt.Sprintf("netns:%d", k.Netns)
-		if names != nil {
-			if ns, ok := names.Namespace(k.Netns); ok {
-				if ns.Label != "" {
-					h.Netns = ns.Label
-				}
-				h.Container = ns.Owner
-			}
-		}
-	}
-	if k.Ifindex != 0 {
+	case pl.Ifname != "":
+		h.Interface = pl.Ifname
+	case k.Ifindex != 0:
 		h.Interface = fmt.Sprintf("if%d", k.Ifindex)
-		if names != nil {
-			if l, ok := names.Link(k.Netns, int(k.Ifindex)); ok {
-				h.Interface = l.Name
-				if l.IsBridge() {
-					h.Bridge = l.Name
-					if hk == event.HookNetifReceiveSkb {
-						h.Step = StepLocal
-						h.Direction = string(event.Local)
-					}
-				} else if l.MasterIndex != 0 {
-					if m, ok := names.Link(k.Netns, l.MasterIndex); ok && m.IsBridge() {
-						h.Bridge = m.Name
-					}
-				}
-			}
-		}
+	}
+	if pl.IsBridge && hk == event.HookNetifReceiveSkb {
+		h.Step = StepLocal
+		h.Direction = string(event.Local)
 	}
 	h.Label = h.Who()
 	if h.Interface != "" {

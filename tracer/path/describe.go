@@ -19,11 +19,7 @@ const (
 )
 
 // Names resolves what events report by number. *resolve.Resolver implements it.
-type Names interface {
-	Link(netns uint32, ifindex int) (resolve.Link, bool)
-	Namespace(inode uint32) (resolve.Namespace, bool)
-	HostInode() uint32
-}
+type Names = resolve.Names
 
 // Symbolizer names kernel code addresses (where a packet was freed).
 type Symbolizer interface {
@@ -188,55 +184,35 @@ func (d *Describer) Describe(p *Packet) Path {
 // Hop describes one hop event with names.
 func (d *Describer) Hop(e *event.Event) Hop {
 	h := event.Hook(e.Hook)
+	pl := resolve.PlaceOf(d.Names, e.Netns, int(e.Ifindex))
 	hop := Hop{
+		Netns:      pl.Netns,
 		NetnsInode: e.Netns,
+		Container:  pl.Container,
 		Ifindex:    int(e.Ifindex),
 		Ifname:     event.Ifname(e),
 		Kind:       "unknown",
 		Direction:  string(event.HookDirection(h)),
+		Bridge:     pl.Bridge,
 		Hook:       event.HookName(h),
 		TsNs:       e.TsNs,
 		Skb:        SkbString(e.Skb),
 	}
-	d.nameNetns(&hop.Netns, &hop.Container, e.Netns)
-	if l, ok := d.Names.Link(e.Netns, int(e.Ifindex)); ok {
-		hop.Ifname = l.Name
-		hop.Kind = l.Kind
-		if l.MasterName != "" {
-			if m, ok := d.Names.Link(e.Netns, l.MasterIndex); ok && m.IsBridge() {
-				hop.Bridge = m.Name
-				hop.Note = "port of " + m.Name
-			}
-		}
-		if l.IsBridge() {
-			hop.Bridge = l.Name
-			if h == event.HookNetifReceiveSkb {
-				hop.Direction = string(event.Local)
-				hop.Note = "up to the host stack"
-			}
-		}
+	if pl.Ifname != "" {
+		hop.Ifname, hop.Kind = pl.Ifname, pl.Kind
+	}
+	switch {
+	case pl.IsBridge && h == event.HookNetifReceiveSkb:
+		hop.Direction = string(event.Local)
+		hop.Note = "up to the host stack"
+	case pl.Bridge != "" && !pl.IsBridge:
+		hop.Note = "port of " + pl.Bridge
 	}
 	return hop
 }
 
 func (d *Describer) nameNetns(label, container *string, inode uint32) {
-	if inode == 0 {
-		*label = "?"
-		return
-	}
-	ns, ok := d.Names.Namespace(inode)
-	switch {
-	case ok:
-		*label = ns.Label
-		*container = ns.Owner
-	case inode == d.Names.HostInode():
-		*label = "host"
-	default:
-		*label = fmt.Sprintf("netns:%d", inode)
-	}
-	if inode == d.Names.HostInode() {
-		*label = "host"
-	}
+	*label, *container = resolve.NetnsLabel(d.Names, inode)
 }
 
 func (d *Describer) bridgeIndex(hop Hop) int {

@@ -162,6 +162,21 @@ func canonicalRun(dir string) string {
 	return dir
 }
 
+// LabelOf is the label the Resolver gives the namespace with this inode
+// that path opens (see Place.Netns), for callers that found it themselves.
+func LabelOf(inode uint32, path string) string {
+	if names := NetnsNames(inode); len(names) > 0 {
+		return names[0]
+	}
+	switch src, label := classifyPath(path, NamedNetnsDir, DockerNetnsDir); src {
+	case srcNamed, srcDocker:
+		return label
+	case srcProc:
+		return procLabel(inode, procPid(path))
+	}
+	return procLabel(inode, 0)
+}
+
 // procLabel labels a namespace known only through a process.
 func procLabel(inode uint32, pid int) string {
 	l := "netns:" + strconv.FormatUint(uint64(inode), 10)

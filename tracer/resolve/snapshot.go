@@ -23,7 +23,9 @@ const maxProcsScanned = 100000
 
 // FoundNetns is one network namespace a Scan found on the machine.
 type FoundNetns struct {
-	Inode    uint32
+	Inode uint32
+	// Label is what the Resolver calls it (see Place.Netns).
+	Label    string
 	Path     string   // a path that opens it
 	Names    []string // names under /var/run/netns
 	Sandbox  string   // Docker sandbox file name under /var/run/docker/netns
@@ -156,6 +158,14 @@ func Scan(nl *netlink.Handle, self uint32) []FoundNetns {
 	for _, ns := range byIno {
 		sort.Strings(ns.Names)
 		ns.NSID = NSID(nl, ns.Path)
+		switch {
+		case len(ns.Names) > 0:
+			ns.Label = ns.Names[0]
+		case ns.Sandbox != "":
+			ns.Label = "docker:" + ns.Sandbox
+		default:
+			ns.Label = procLabel(ns.Inode, ns.FirstPID)
+		}
 		out = append(out, *ns)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Inode < out[j].Inode })

@@ -77,24 +77,20 @@ type Netns struct {
 	Sandbox   string   `json:"sandbox,omitempty"`   // Docker sandbox id
 	PID       int      `json:"pid,omitempty"`       // lowest PID in it
 	Host      bool     `json:"host,omitempty"`      // the host namespace itself
+
+	// NetnsLabel is the namespace's label, as trace and latency print it
+	// ("host", an ip netns name, "docker:<sandbox>", "netns:<inode> (pid P comm)").
+	NetnsLabel string `json:"label"`
 }
 
-// Label is what the namespace is called: the container name, the ip netns
-// name, "sandbox <id>", "pid N" or "netns:<inode>".
+// Label is what the namespace is called, as trace and latency call it:
+// its container (resolve.Place.Who), else its label.
 func (n Netns) Label() string {
 	switch {
-	case n.Host:
-		return "host"
 	case n.Container != "":
 		return n.Container
-	case len(n.Names) > 0:
-		return n.Names[0]
-	case n.Sandbox != "":
-		return "sandbox " + n.Sandbox
-	case n.PID > 0:
-		return fmt.Sprintf("pid %d", n.PID)
-	case n.Inode != 0:
-		return fmt.Sprintf("netns:%d", n.Inode)
+	case n.NetnsLabel != "":
+		return n.NetnsLabel
 	}
 	return fmt.Sprintf("nsid %d", n.NSID)
 }
@@ -180,7 +176,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		p := &Peer{Index: a.ParentIndex, Netns: Netns{NSID: a.NetNsID}}
 		var h *netlink.Handle
 		if a.NetNsID < 0 {
-			p.Netns = Netns{Inode: t.HostInode, NSID: -1, Host: true}
+			p.Netns = Netns{Inode: t.HostInode, NetnsLabel: "host", NSID: -1, Host: true}
 			h = hh
 		} else {
 			ns, ok := byNSID[a.NetNsID]
@@ -188,7 +184,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 				p.NotFound, p.NotFoundW = true, fmt.Sprintf("no namespace with nsid %d found under /var/run/netns, /var/run/docker/netns or /proc", a.NetNsID)
 				return p
 			}
-			p.Netns = Netns{Inode: ns.Inode, NSID: ns.NSID, Container: owners[ns.Inode], Names: ns.Names, Sandbox: ns.Sandbox, PID: ns.FirstPID}
+			p.Netns = Netns{Inode: ns.Inode, NetnsLabel: ns.Label, NSID: ns.NSID, Container: owners[ns.Inode], Names: ns.Names, Sandbox: ns.Sandbox, PID: ns.FirstPID}
 			h = handles[a.NetNsID]
 			if h == nil {
 				var err error
