@@ -11,7 +11,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
-	"github.com/hoptrace/hoptrace/tracer/trace"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 )
 
 func containerFlags() []cli.Flag {
@@ -75,7 +75,7 @@ func (cs *containerSupport) Annotator() resolve.Annotator {
 
 // Select adds the --container selection to a trace: the namespaces of the
 // selected containers now, and as they start and stop.
-func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error {
+func (cs *containerSupport) Select(ctx context.Context, cfg *selection.Selection) error {
 	if len(cs.refs) == 0 {
 		return nil
 	}
@@ -87,7 +87,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 		return err
 	}
 	cs.sel = sel
-	changes := make(chan trace.NetnsChange, 64)
+	changes := make(chan selection.NetnsChange, 64)
 	cfg.Dynamic = changes
 	fctx, cancel := context.WithCancel(ctx)
 	cs.cancel = cancel
@@ -120,7 +120,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 					continue
 				}
 				select {
-				case changes <- trace.NetnsChange{Inode: inode, Selected: ch.Added}:
+				case changes <- selection.NetnsChange{Inode: inode, Selected: ch.Added}:
 				case <-fctx.Done():
 					return
 				}

@@ -71,13 +71,11 @@ func runLatency(c *cli.Context) error {
 	names, sel := sc.names, sc.sel
 
 	cfg := latency.Config{
-		Netns:    sel.Netns,
-		Devices:  sel.Devices,
-		Dynamic:  sel.Dynamic,
-		Interval: interval,
-		Duration: c.Duration("duration"),
-		Report:   w.Write,
-		Drops:    latencyDropNames(),
+		Selection: sel,
+		Interval:  interval,
+		Duration:  c.Duration("duration"),
+		Report:    w.Write,
+		Drops:     latencyDropNames(),
 	}
 	cfg.Ready = func() {
 		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s; Ctrl-C to stop\n", describeSelection(names, sel))

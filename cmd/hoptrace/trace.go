@@ -73,10 +73,10 @@ func runTrace(c *cli.Context) error {
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
-	cfg.Netns, cfg.Devices, cfg.Dynamic = sc.sel.Netns, sc.sel.Devices, sc.sel.Dynamic
+	cfg.Selection = sc.sel
 
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg))
+		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s; Ctrl-C to stop\n", describeSelection(names, cfg.Selection))
 	}
 	res, err := trace.Run(ctx, cfg, names)
 	if err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -195,7 +196,7 @@ func TestInjectedQueueDelay(t *testing.T) {
 		burst   = 1600
 	)
 	measure := func() latency.Report {
-		s := startLatency(t, latency.Config{Netns: []uint32{a.Inode, b.Inode}, Interval: 200 * time.Millisecond})
+		s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond})
 		sendBurst(t, a, dst, n, payload, got, 5*time.Second)
 		time.Sleep(300 * time.Millisecond)
 		return s.stop()
@@ -310,7 +311,7 @@ func TestAgreesWithTrace(t *testing.T) {
 	// Both tracers see every packet. At each tracepoint the programs run in
 	// the order they were attached, so each delta also holds some of the
 	// other tracer's work (see the tolerance below).
-	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode, b.Inode}, Interval: 500 * time.Millisecond})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 500 * time.Millisecond})
 
 	// the trace
 	ctx, cancel := context.WithCancel(context.Background())
@@ -325,7 +326,7 @@ func TestAgreesWithTrace(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		_, err := trace.Run(ctx, trace.Config{
-			Netns: []uint32{a.Inode, b.Inode}, Detail: true, Format: output.JSON, Out: &out,
+			Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Detail: true, Format: output.JSON, Out: &out,
 			Ready: func() { close(ready) }, TrackEntries: 65536,
 		}, names)
 		done <- err
@@ -455,7 +456,7 @@ func TestFloodDoesNotFillTracking(t *testing.T) {
 	connected(t, a, b)
 	const entries = 512 // small: the flood fills it
 	s := startLatency(t, latency.Config{
-		Netns: []uint32{a.Inode, b.Inode}, Interval: 250 * time.Millisecond,
+		Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 250 * time.Millisecond,
 		TrackEntries: entries, ExpireAfter: 500 * time.Millisecond,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -528,7 +529,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if ap, err := netip.ParseAddrPort(addr.String()); err != nil || !ap.Addr().IsLoopback() {
 		t.Fatalf("metrics bound to %s, want loopback when no host is named", addr)
 	}
-	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode, b.Inode}, Interval: 200 * time.Millisecond, Metrics: m})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond, Metrics: m})
 	if n, err := a.Ping(b.Addr.Addr(), 5, time.Second); err != nil || n != 5 {
 		t.Fatalf("ping: %d replies, %v", n, err)
 	}
@@ -601,7 +602,7 @@ func TestDropsCountedByReason(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	drops := dropNamesForTest(t)
-	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode}, Interval: 200 * time.Millisecond, Drops: drops})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}, Interval: 200 * time.Millisecond, Drops: drops})
 	const n = 20
 	for i := 0; i < n; i++ {
 		if err := a.SendUDP(netip.AddrPortFrom(b.Addr.Addr(), 7999), []byte("nobody")); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -145,7 +146,7 @@ func TestTraceAcrossBridge(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 3})
 	a, b, c := topo.Hosts[0], topo.Hosts[1], topo.Hosts[2]
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 
 	// Traffic: ICMP a->b and a->gateway, UDP a->b (open and closed port),
 	// TCP a->b, and c->b which must not be traced (neither end selected).
@@ -292,7 +293,7 @@ func TestIdentityUnderSkbReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer udp.Close()
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 	const n = 300
 	for i := 0; i < n; i++ {
 		if err := a.SendUDP(netip.AddrPortFrom(b.Addr.Addr(), 7100), []byte(fmt.Sprintf("datagram %d", i))); err != nil {
@@ -338,7 +339,7 @@ func TestNetfilterDropIsReported(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("nft", "delete", "table", "bridge", table).Run() })
 
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 	if n, _ := a.Ping(b.Addr.Addr(), 1, 500*time.Millisecond); n != 0 {
 		t.Fatalf("ping went through the drop rule")
 	}
@@ -367,7 +368,7 @@ func TestLinkCreatedDuringTraceIsNamed(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	a := topo.Hosts[0]
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 	late := topo.AddHost(t)
 	if n, err := late.Ping(a.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
 		t.Fatalf("ping late->a: %d replies, %v", n, err)

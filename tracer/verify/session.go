@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -38,9 +39,9 @@ func (v *Verifier) startSession(ctx context.Context, inodes []uint32) (*session,
 	ready := make(chan struct{})
 	var once sync.Once
 	cfg := trace.Config{
-		Netns:  inodes,
-		Ready:  func() { once.Do(func() { close(ready) }) },
-		OnPath: s.dispatch,
+		Selection: selection.Selection{Netns: inodes},
+		Ready:     func() { once.Do(func() { close(ready) }) },
+		OnPath:    s.dispatch,
 	}
 	go func() {
 		defer close(s.done)
