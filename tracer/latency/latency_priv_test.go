@@ -369,8 +369,8 @@ func TestAgreesWithTrace(t *testing.T) {
 			}
 			if prev != nil && !h.Clone && !prev.Clone && h.TsNs >= prev.TsNs {
 				k := latency.Pair{
-					From: hop(prev.NetnsInode, prev.Ifindex, hookByName[prev.Hook]),
-					To:   hop(h.NetnsInode, h.Ifindex, hookByName[h.Hook]),
+					From: hop(prev.NetnsInode, prev.Ifindex, hookByName[string(prev.Hook)]),
+					To:   hop(h.NetnsInode, h.Ifindex, hookByName[string(h.Hook)]),
 				}
 				hist := fromTrace[k]
 				if hist == nil {

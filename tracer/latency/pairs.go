@@ -77,11 +77,11 @@ type Hop struct {
 	Interface  string `json:"interface,omitempty"`
 	Ifindex    int    `json:"ifindex"`
 	// Bridge is the bridge the interface is a port of (or is).
-	Bridge    string `json:"bridge,omitempty"`
-	Hook      string `json:"hook"`      // tracepoint
-	Step      string `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, consume, socket
-	Direction string `json:"direction"` // egress, ingress, local, end
-	Label     string `json:"label"`     // "web:eth0 egress"
+	Bridge    string           `json:"bridge,omitempty"`
+	Hook      event.Tracepoint `json:"hook"`      // tracepoint
+	Step      string           `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, consume, socket
+	Direction event.Direction  `json:"direction"` // egress, ingress, local, end
+	Label     string           `json:"label"`     // "web:eth0 egress"
 }
 
 // Who is the hop's owner as reports print it: the container, else the
@@ -99,9 +99,9 @@ func DescribeHop(names Names, k HopKey) Hop {
 	h := Hop{
 		NetnsInode: k.Netns,
 		Ifindex:    int(k.Ifindex),
-		Hook:       event.HookName(hk),
+		Hook:       event.TracepointOf(hk),
 		Step:       Step(hk),
-		Direction:  string(event.HookDirection(hk)),
+		Direction:  event.HookDirection(hk),
 	}
 	pl := resolve.PlaceOf(names, k.Netns, int(k.Ifindex))
 	h.Netns, h.Container, h.Bridge = pl.Netns, pl.Container, pl.Bridge
@@ -113,7 +113,7 @@ func DescribeHop(names Names, k HopKey) Hop {
 	}
 	if pl.IsBridge && hk == event.HookNetifReceiveSkb {
 		h.Step = StepLocal
-		h.Direction = string(event.Local)
+		h.Direction = event.Local
 	}
 	h.Label = h.Who()
 	if h.Interface != "" {

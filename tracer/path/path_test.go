@@ -82,7 +82,7 @@ func checkHops(t *testing.T, p Path, want []hopWant) {
 	t.Helper()
 	var got []hopWant
 	for _, h := range p.Hops {
-		got = append(got, hopWant{h.Netns, h.Ifname, h.Kind, h.Direction, h.Bridge})
+		got = append(got, hopWant{h.Netns, h.Ifname, string(h.Kind), string(h.Direction), h.Bridge})
 	}
 	if len(got) != len(want) {
 		t.Fatalf("hops:\n got %v\nwant %v", got, want)

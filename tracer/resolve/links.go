@@ -122,7 +122,7 @@ func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(in
 			Netns:       netns,
 			Index:       a.Index,
 			Name:        a.Name,
-			Kind:        rl.link.Type(),
+			Kind:        Kind(rl.link.Type()),
 			Up:          a.RawFlags&unix.IFF_UP != 0,
 			Running:     a.RawFlags&unix.IFF_RUNNING != 0,
 			MTU:         a.MTU,
@@ -130,12 +130,12 @@ func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(in
 			PortState:   portStateName(rl.portState),
 		}
 		if l.Kind == "" {
-			l.Kind = "device"
+			l.Kind = KindDevice
 		}
 		if len(a.HardwareAddr) > 0 {
 			l.MAC = a.HardwareAddr.String()
 		}
-		if l.Kind == "veth" && a.ParentIndex > 0 {
+		if l.Kind == KindVeth && a.ParentIndex > 0 {
 			if a.NetNsID < 0 {
 				l.PeerIndex, l.PeerNetns = a.ParentIndex, netns
 			} else if ino, ok := nsid(a.NetNsID); ok {

@@ -27,7 +27,7 @@ type Place struct {
 	Ifname string
 	// Kind is the link kind ("veth", "bridge", "device", ...); empty when
 	// the link is not known.
-	Kind string
+	Kind Kind
 	// Bridge is the bridge the interface is a port of, or the interface
 	// itself when it is a bridge; empty otherwise.
 	Bridge string

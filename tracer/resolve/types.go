@@ -9,9 +9,9 @@ type Link struct {
 	Netns   uint32 // inode of the namespace the link lives in
 	Index   int
 	Name    string
-	Kind    string // "veth", "bridge", "device" (no rtnl kind), "vxlan", ...
-	Up      bool   // administratively up (IFF_UP)
-	Running bool   // operationally up (IFF_RUNNING / oper state up)
+	Kind    Kind // "veth", "bridge", "device" (no rtnl kind), "vxlan", ...
+	Up      bool // administratively up (IFF_UP)
+	Running bool // operationally up (IFF_RUNNING / oper state up)
 	MAC     string
 	MTU     int
 
@@ -35,7 +35,20 @@ type Link struct {
 }
 
 // IsBridge reports whether the link is a Linux bridge device.
-func (l Link) IsBridge() bool { return l.Kind == "bridge" }
+func (l Link) IsBridge() bool { return l.Kind == KindBridge }
+
+// Kind is a link's kind: the rtnetlink kind ("veth", "bridge", "vxlan",
+// ...), KindDevice for a link without one (lo, a NIC), KindUnknown for a
+// link the resolver does not know.
+type Kind string
+
+// Link kinds hoptrace reasons about.
+const (
+	KindVeth    Kind = "veth"
+	KindBridge  Kind = "bridge"
+	KindDevice  Kind = "device"
+	KindUnknown Kind = "unknown"
+)
 
 // Namespace is one network namespace the resolver knows.
 type Namespace struct {

@@ -299,7 +299,7 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 		return he
 	}
 	hop := d.Hop(e)
-	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, hop.Kind, hop.Bridge, hop.Direction
+	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, string(hop.Kind), hop.Bridge, string(hop.Direction)
 	return he
 }
 

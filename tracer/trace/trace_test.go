@@ -90,7 +90,7 @@ type hop struct{ netns, ifname, kind, dir string }
 func hopsOf(p path.Path) []hop {
 	var hs []hop
 	for _, h := range p.Hops {
-		hs = append(hs, hop{h.Netns, h.Ifname, h.Kind, h.Direction})
+		hs = append(hs, hop{h.Netns, h.Ifname, string(h.Kind), string(h.Direction)})
 	}
 	return hs
 }

@@ -152,7 +152,7 @@ func hopsOf(p verify.Probe) []hop {
 		if h.Container != "" {
 			where = h.Container
 		}
-		hs = append(hs, hop{where, h.Ifname, h.Kind, h.Direction})
+		hs = append(hs, hop{where, h.Ifname, string(h.Kind), string(h.Direction)})
 	}
 	return hs
 }
