@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -21,16 +20,7 @@ func runAsNobody(t *testing.T, caps []uintptr, args ...string) result {
 		Credential:  &syscall.Credential{Uid: 65534, Gid: 65534},
 		AmbientCaps: caps,
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run hoptrace %v as nobody: %v", args, err)
-	}
-	return result{code, out.String(), errb.String()}
+	return runCmd(t, cmd)
 }
 
 // One privilege rule for doctor, trace and the loader: root, or CAP_BPF,

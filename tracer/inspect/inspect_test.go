@@ -19,19 +19,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/inspect"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
-	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )
-
-func newRuntime(t *testing.T) *docker.Runtime {
-	t.Helper()
-	testdocker.RequireDocker(t)
-	rt, err := docker.New(context.Background())
-	if err != nil {
-		t.Fatalf("docker.New: %v", err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	return rt
-}
 
 // kernelView is what the kernel says, read without the code under test:
 // sysfs inside the container (docker exec) and on the host.
@@ -166,7 +154,7 @@ func text(t *testing.T, r *inspect.Report) string {
 }
 
 func TestInspectDefaultBridge(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	c := testdocker.Run(t, "ht-insp")
 	r, err := inspect.Inspect(context.Background(), rt, c.Name)
 	if err != nil {
@@ -207,7 +195,7 @@ func TestInspectDefaultBridge(t *testing.T) {
 }
 
 func TestInspectUserDefinedBridgeAndVethDown(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	netName, netID := testdocker.Network(t, "ht-insp-net")
 	c := testdocker.Run(t, "ht-insp-udn", "--network", netName)
 	ctx := context.Background()
@@ -301,7 +289,7 @@ func TestInspectUserDefinedBridgeAndVethDown(t *testing.T) {
 }
 
 func TestInspectModesAndErrors(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	host := testdocker.Run(t, "ht-insp-host", "--network", "host")
 	none := testdocker.Run(t, "ht-insp-none", "--network", "none")

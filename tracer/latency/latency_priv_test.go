@@ -24,6 +24,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/testsession"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/latency"
@@ -36,11 +37,8 @@ import (
 
 // session is a running latency measurement.
 type session struct {
+	*testsession.Session
 	t       *testing.T
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error
-	names   *resolve.Resolver
 	mu      sync.Mutex
 	reports []latency.Report
 }
@@ -48,43 +46,25 @@ type session struct {
 func startLatency(t *testing.T, cfg latency.Config) *session {
 	t.Helper()
 	privtest.RequireRoot(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	names, err := resolve.New(ctx, resolve.Options{})
-	if err != nil {
-		cancel()
-		t.Fatalf("resolver: %v", err)
-	}
-	s := &session{t: t, cancel: cancel, done: make(chan struct{}), names: names}
-	ready := make(chan struct{})
-	cfg.Ready = func() { close(ready) }
+	s := &session{t: t}
 	cfg.Report = func(r *latency.Report) error {
 		s.mu.Lock()
 		s.reports = append(s.reports, *r)
 		s.mu.Unlock()
 		return nil
 	}
-	go func() {
-		defer close(s.done)
-		s.err = latency.Run(ctx, cfg, names)
-	}()
-	select {
-	case <-ready:
-	case <-s.done:
-		t.Fatalf("latency session ended before it was ready: %v", s.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("latency session not ready after 20s")
-	}
-	t.Cleanup(func() { s.cancel(); <-s.done; names.Close() })
+	s.Session = testsession.Start(t, func(ctx context.Context, names *resolve.Resolver, ready func()) error {
+		cfg.Ready = ready
+		return latency.Run(ctx, cfg, names)
+	})
 	return s
 }
 
 // stop ends the session and returns its final report.
 func (s *session) stop() latency.Report {
 	s.t.Helper()
-	s.cancel()
-	<-s.done
-	if s.err != nil {
-		s.t.Fatalf("latency: %v", s.err)
+	if err := s.Stop(); err != nil {
+		s.t.Fatalf("latency: %v", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

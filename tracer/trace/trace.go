@@ -12,7 +12,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
@@ -120,7 +119,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	defer rd.Close()
 
 	if cfg.Drops == nil {
-		cfg.Drops = dropNames()
+		if d := kernel.KernelDropReasons(); d != nil {
+			cfg.Drops = d
+		}
 	}
 	if cfg.Symbols == nil {
 		if syms, err := kernel.LoadSymbols("/proc/kallsyms"); err == nil {
@@ -320,17 +321,4 @@ func monotonicNow() uint64 {
 // wallOffset converts monotonic event times to wall-clock times.
 func wallOffset() time.Duration {
 	return time.Duration(time.Now().UnixNano() - int64(monotonicNow()))
-}
-
-// dropNames reads this kernel's drop reason names; numbers are shown without them.
-func dropNames() path.DropNamer {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return nil
-	}
-	d, err := kernel.LoadDropReasons(spec)
-	if err != nil {
-		return nil
-	}
-	return d
 }

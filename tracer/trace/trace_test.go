@@ -14,6 +14,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/testsession"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -23,51 +24,30 @@ import (
 
 // session is a running trace in JSON mode.
 type session struct {
-	t      *testing.T
-	cancel context.CancelFunc
-	done   chan struct{}
-	out    privtest.SyncBuffer
-	res    trace.Result
-	err    error
-	names  *resolve.Resolver
+	*testsession.Session
+	t   *testing.T
+	out privtest.SyncBuffer
+	res trace.Result
 }
 
 func startTrace(t *testing.T, cfg trace.Config) *session {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	names, err := resolve.New(ctx, resolve.Options{})
-	if err != nil {
-		cancel()
-		t.Fatalf("resolver: %v", err)
-	}
-	s := &session{t: t, cancel: cancel, done: make(chan struct{}), names: names}
-	ready := make(chan struct{})
+	s := &session{t: t}
 	cfg.Format = output.JSON
 	cfg.Out = &s.out
-	cfg.Ready = func() { close(ready) }
-	go func() {
-		defer close(s.done)
-		s.res, s.err = trace.Run(ctx, cfg, names)
-	}()
-	select {
-	case <-ready:
-	case <-s.done:
-		t.Fatalf("trace ended before it was ready: %v", s.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("trace not ready after 20s")
-	}
-	t.Cleanup(func() { s.stop() })
+	s.Session = testsession.Start(t, func(ctx context.Context, names *resolve.Resolver, ready func()) (err error) {
+		cfg.Ready = ready
+		s.res, err = trace.Run(ctx, cfg, names)
+		return err
+	})
 	return s
 }
 
 // stop ends the trace and returns every path it printed.
 func (s *session) stop() []path.Path {
 	s.t.Helper()
-	s.cancel()
-	<-s.done
-	s.names.Close()
-	if s.err != nil {
-		s.t.Fatalf("trace: %v", s.err)
+	if err := s.Stop(); err != nil {
+		s.t.Fatalf("trace: %v", err)
 	}
 	var paths []path.Path
 	sc := bufio.NewScanner(strings.NewReader(s.out.String()))
