@@ -3,6 +3,10 @@ package resolve
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -107,6 +111,21 @@ func portStateName(s int) string {
 		return "blocking"
 	}
 	return fmt.Sprintf("state%d", s)
+}
+
+// PortState returns the STP state of a bridge port in the caller's
+// namespace ("forwarding", "disabled", ...) from sysfs, named as
+// portStateName names netlink's; "" when unknown.
+func PortState(ifname string) string {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", ifname, "brport/state"))
+	if err != nil {
+		return ""
+	}
+	s := strings.TrimSpace(string(b))
+	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+		return portStateName(n)
+	}
+	return s
 }
 
 // buildLinks turns a link and address dump of the namespace with inode

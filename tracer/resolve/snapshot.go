@@ -12,11 +12,10 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
-	"strings"
-	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 const maxProcsScanned = 100000
@@ -49,8 +48,8 @@ func Current() (netns.NsHandle, uint32, error) {
 	if err != nil {
 		return netns.None(), 0, fmt.Errorf("open current network namespace: %w", err)
 	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(h), &st); err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
 		h.Close()
 		return netns.None(), 0, err
 	}
@@ -176,28 +175,6 @@ func Scan(nl *netlink.Handle, self uint32) []FoundNetns {
 func isNetns(path string) bool {
 	_, ok, _ := nsfsInode(path)
 	return ok
-}
-
-// PortState returns the STP state of a bridge port in the caller's
-// namespace ("forwarding", "disabled", ...), or "" when unknown.
-func PortState(ifname string) string {
-	b, err := os.ReadFile(filepath.Join("/sys/class/net", ifname, "brport/state"))
-	if err != nil {
-		return ""
-	}
-	switch strings.TrimSpace(string(b)) {
-	case "0":
-		return "disabled"
-	case "1":
-		return "listening"
-	case "2":
-		return "learning"
-	case "3":
-		return "forwarding"
-	case "4":
-		return "blocking"
-	}
-	return strings.TrimSpace(string(b))
 }
 
 // NetnsHandle opens a netlink handle inside the namespace at path.
