@@ -283,12 +283,8 @@ func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
 	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	bits, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), bits).Masked(), true
+	p, err := netip.ParsePrefix(n.String())
+	return p.Masked(), err == nil
 }
 
 // maxHosts is how many namespaces fit a subnet: .2 to .251 of each /24 in it.

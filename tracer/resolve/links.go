@@ -3,6 +3,8 @@ package resolve
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -174,14 +176,28 @@ func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(in
 		}
 	}
 	for _, ad := range addrs {
-		if ad.IPNet == nil {
+		p, ok := netipPrefix(ad.IPNet)
+		if !ok {
 			continue
 		}
 		if l := links[ad.LinkIndex]; l != nil {
-			l.Addrs = append(l.Addrs, ad.IPNet.String())
+			l.Addrs = append(l.Addrs, p)
 		}
 	}
 	return links, names, unresolved
+}
+
+// netipPrefix converts a netlink address (IPv4 in 4 bytes or 16) to a prefix.
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), bits), true
 }
 
 // nlaTypeMask strips the NLA_F_NESTED and NLA_F_NET_BYTEORDER flags from an

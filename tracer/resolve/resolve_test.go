@@ -108,7 +108,7 @@ func TestResolveTopology(t *testing.T) {
 	if !ok || br.Name != topo.Bridge || !br.IsBridge() || !br.Up {
 		t.Fatalf("bridge: %+v %v", br, ok)
 	}
-	if !slices.Contains(br.Addrs, topo.Gateway.String()) {
+	if !slices.Contains(addrStrings(br.Addrs), topo.Gateway.String()) {
 		t.Errorf("bridge addrs %v lack %s", br.Addrs, topo.Gateway)
 	}
 	if b2, ok := r.LinkByName(topo.HostInode(), topo.Bridge); !ok || b2.Index != topo.BridgeIndex {
@@ -147,7 +147,7 @@ func TestResolveTopology(t *testing.T) {
 			e.MAC != h.MAC.String() || !e.Up || !e.Running || e.MasterIndex != 0 || e.PortState != "" {
 			t.Errorf("%s eth0: %+v (want index %d peer %d@%d mac %s)", h.Name, e, h.Ifindex, h.HostVethIndex, topo.HostInode(), h.MAC)
 		}
-		if !slices.Contains(e.Addrs, h.Addr.String()) {
+		if !slices.Contains(addrStrings(e.Addrs), h.Addr.String()) {
 			t.Errorf("%s eth0 addrs %v lack %s", h.Name, e.Addrs, h.Addr)
 		}
 		// Follow the peer both ways.
@@ -169,7 +169,7 @@ func TestResolveTopology(t *testing.T) {
 		if !slices.Contains(names, "lo") || !slices.Contains(names, "eth0") {
 			t.Errorf("Links(%s) = %v", h.Name, names)
 		}
-		if lo, ok := r.LinkByName(h.Inode, "lo"); !ok || lo.Kind != "device" || !slices.Contains(lo.Addrs, "127.0.0.1/8") {
+		if lo, ok := r.LinkByName(h.Inode, "lo"); !ok || lo.Kind != "device" || !slices.Contains(addrStrings(lo.Addrs), "127.0.0.1/8") {
 			t.Errorf("lo in %s: %+v", h.Name, lo)
 		}
 	}
@@ -262,7 +262,7 @@ func TestLinkChangesFollowed(t *testing.T) {
 	}
 	waitFor(t, r, 5*time.Second, "dummy7 up with address", func() bool {
 		l, _ := r.LinkByName(h.Inode, "dummy7")
-		return l.Up && slices.Contains(l.Addrs, "10.231.255.9/32")
+		return l.Up && slices.Contains(addrStrings(l.Addrs), "10.231.255.9/32")
 	})
 	// Rename and delete.
 	if err := nh.LinkSetDown(d); err != nil {
@@ -577,7 +577,7 @@ func TestManyNamespaces(t *testing.T) {
 				return false
 			}
 			e, ok := r.Link(h.Inode, h.Ifindex)
-			if !ok || e.PeerNetns != topo.HostInode() || e.PeerIndex != h.HostVethIndex || !slices.Contains(e.Addrs, h.Addr.String()) {
+			if !ok || e.PeerNetns != topo.HostInode() || e.PeerIndex != h.HostVethIndex || !slices.Contains(addrStrings(e.Addrs), h.Addr.String()) {
 				return false
 			}
 		}

@@ -4,6 +4,8 @@
 // It keeps that picture current from netlink notifications while a trace runs.
 package resolve
 
+import "net/netip"
+
 // Link is one network interface as the resolver knows it.
 type Link struct {
 	Netns   uint32 // inode of the namespace the link lives in
@@ -29,9 +31,9 @@ type Link struct {
 	PeerIndex int
 	PeerNetns uint32
 
-	// Addrs lists the addresses in CIDR notation, e.g. "10.77.0.2/24".
+	// Addrs lists the addresses with their prefix length, e.g. 10.77.0.2/24.
 	// The slice is shared with the resolver: read it, do not modify it.
-	Addrs []string
+	Addrs []netip.Prefix
 }
 
 // IsBridge reports whether the link is a Linux bridge device.

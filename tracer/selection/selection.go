@@ -165,12 +165,10 @@ func (fl *Follower) sync() error {
 			fl.inKernelNetns[ns] = true
 		}
 		for _, l := range fl.names.Links(ns) {
-			for _, cidr := range l.Addrs {
-				p, err := netip.ParsePrefix(cidr)
-				if err != nil || p.Addr().IsLoopback() {
-					continue
+			for _, p := range l.Addrs {
+				if !p.Addr().IsLoopback() {
+					wantAddrs[p.Addr()] = true
 				}
-				wantAddrs[p.Addr()] = true
 			}
 		}
 	}

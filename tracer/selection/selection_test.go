@@ -73,10 +73,18 @@ func (r *fakeResolver) Changes() <-chan struct{} { return r.changes }
 func (r *fakeResolver) setAddrs(netns uint32, ifindex int, addrs ...string) {
 	r.mu.Lock()
 	l := r.Static.Links[netns][ifindex]
-	l.Addrs = addrs
+	l.Addrs = prefixes(addrs...)
 	r.Static.AddLink(l)
 	r.mu.Unlock()
 	r.changes <- struct{}{}
+}
+
+func prefixes(cidrs ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		out = append(out, netip.MustParsePrefix(c))
+	}
+	return out
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -109,8 +117,8 @@ func TestFilterKinds(t *testing.T) {
 
 func TestFollow(t *testing.T) {
 	names := &fakeResolver{changes: make(chan struct{}), Static: resolve.NewStatic(1, nil,
-		resolve.Link{Netns: 10, Index: 2, Name: "eth0", Addrs: []string{"10.1.0.2/24", "127.0.0.1/8"}},
-		resolve.Link{Netns: 20, Index: 2, Name: "eth0", Addrs: []string{"10.1.0.3/24"}},
+		resolve.Link{Netns: 10, Index: 2, Name: "eth0", Addrs: prefixes("10.1.0.2/24", "127.0.0.1/8")},
+		resolve.Link{Netns: 20, Index: 2, Name: "eth0", Addrs: prefixes("10.1.0.3/24")},
 	)}
 	f := newFakeFilters()
 	dyn := make(chan NetnsChange)
