@@ -11,6 +11,7 @@ packages=(
 	iproute2 iptables nftables            # test topologies, drop rules
 	iperf3 tcpdump                        # benchmarks, latency tests
 	graphviz                              # topology -o dot is rendered in tests
+	zsh                                   # the zsh completion script is syntax-checked
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels
 )
 missing=()

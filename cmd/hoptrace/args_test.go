@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/hoptrace/hoptrace/internal/privtest"
 )
 
 func TestFlagsFirst(t *testing.T) {
@@ -167,14 +169,7 @@ func TestCompletion(t *testing.T) {
 		if !regexp.MustCompile(`--generate-bash-completion`).Match(script) {
 			t.Errorf("%s script does not ask hoptrace for candidates:\n%s", shell, script)
 		}
-		sh, err := exec.LookPath(shell)
-		if err != nil {
-			if shell == "zsh" {
-				continue // syntax-checked where zsh is installed
-			}
-			t.Fatalf("%s: %v", shell, err)
-		}
-		check := exec.Command(sh, "-n")
+		check := exec.Command(privtest.Tool(t, shell, shell), "-n")
 		check.Stdin = bytes.NewReader(script)
 		if out, err := check.CombinedOutput(); err != nil {
 			t.Errorf("%s -n rejects the completion script: %v: %s", shell, err, out)
