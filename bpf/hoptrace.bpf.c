@@ -35,7 +35,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IPPROTO_ICMPV6_ 58
 #define MAC_HEADER_UNSET ((__u16)~0U)
 
-enum mode {
+enum run_mode {
 	MODE_EVENTS = 0,  /* every observation goes to the ring buffer */
 	MODE_LATENCY = 1, /* hop-to-hop deltas go to in-kernel histograms */
 };
@@ -140,6 +140,8 @@ const enum stat_counter *unused_stat __attribute__((unused));
 const struct hop_pair *unused_pair __attribute__((unused));
 const struct hist *unused_hist __attribute__((unused));
 const struct frame_snap *unused_snap __attribute__((unused));
+const enum run_mode *unused_mode __attribute__((unused));
+const enum filter_flag *unused_filter __attribute__((unused));
 
 static __always_inline void stat_inc(__u32 idx)
 {

@@ -6,11 +6,13 @@ set -euo pipefail
 
 packages=(
 	clang-19 llvm-19 libbpf-dev bpftool   # make generate
+	libc6-dev                             # TestBucketMatchesC builds hist_bucket() with clang-19
 	docker.io busybox-static              # Docker tests and the demo image
 	iproute2 iptables nftables            # test topologies, drop rules
 	iperf3 tcpdump                        # benchmarks; tcpdump compiles filter expressions
 	tshark                                # pcapng (-w) tests read the capture with it
-	graphviz                              # topology --format dot is rendered in tests
+	graphviz                              # topology -o dot is rendered in tests
+	zsh                                   # the zsh completion script is syntax-checked
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels
 )
 missing=()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/urfave/cli/v2"
 
 	"github.com/hoptrace/hoptrace/tracer/kernel"
@@ -73,14 +72,14 @@ func runLatency(c *cli.Context) error {
 	names, sel := sc.names, sc.sel
 
 	cfg := latency.Config{
-		Netns:    sel.Netns,
-		Devices:  sel.Devices,
-		Dynamic:  sel.Dynamic,
-		Filter:   filter,
-		Interval: interval,
-		Duration: c.Duration("duration"),
-		Report:   w.Write,
-		Drops:    latencyDropNames(),
+		Selection: sel,
+		Filter:    filter,
+		Interval:  interval,
+		Duration:  c.Duration("duration"),
+		Report:    w.Write,
+	}
+	if d := kernel.KernelDropReasons(); d != nil {
+		cfg.Drops = d
 	}
 	cfg.Ready = func() {
 		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s%s; Ctrl-C to stop\n", describeSelection(names, sel), describeFilter(filter))
@@ -109,17 +108,4 @@ func runLatency(c *cli.Context) error {
 		<-runErr
 		return fmt.Errorf("metrics endpoint: %w", err)
 	}
-}
-
-// latencyDropNames reads this kernel's drop reason names, if it can.
-func latencyDropNames() latency.DropNamer {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return nil
-	}
-	d, err := kernel.LoadDropReasons(spec)
-	if err != nil {
-		return nil
-	}
-	return d
 }

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 )
 
@@ -32,8 +34,9 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:                 "hoptrace",
 		Usage:                "trace packets from containers across veth pairs and bridges, hop by hop",
+		Version:              version(),
 		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			traceCommand(),
 			latencyCommand(),
@@ -41,8 +44,10 @@ func newApp() *cli.App {
 			inspectCommand(),
 			topologyCommand(),
 			verifyCommand(),
+			completionCommand(),
 		},
 		OnUsageError: onUsageError,
+		Writer:       os.Stdout,
 	}
 	for _, c := range app.Commands {
 		if c.OnUsageError == nil {
@@ -102,7 +107,10 @@ func run(args []string) int {
 	defer stop()
 	app := newApp()
 	app.ExitErrHandler = func(*cli.Context, error) {} // exit codes are decided below
-	err := app.RunContext(ctx, args)
+	if completeFlagValue(ctx, app.Writer, args) {
+		return exitOK
+	}
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	if err == nil {
 		return exitOK
 	}
@@ -126,12 +134,25 @@ func (u usageError) Unwrap() error { return u.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
-// requireRoot fails early, in one sentence, where BPF or namespaces are needed.
-func requireRoot(command string) error {
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("%s needs root: it loads BPF programs and enters network namespaces (try: sudo hoptrace %s ...)", command, command)
+// outputFlag is --output/-o, the one spelling of every command's output
+// format; formats[0] is the default.
+func outputFlag(formats ...string) *cli.StringFlag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: formats[0], Usage: strings.Join(formats, ", ")}
+}
+
+// outputFormat reads --output and checks it is one of formats.
+func outputFormat(c *cli.Context, formats ...string) (string, error) {
+	f := c.String("output")
+	if !slices.Contains(formats, f) {
+		return "", usagef("--output must be one of %s, not %q", strings.Join(formats, ", "), f)
 	}
-	return nil
+	return f, nil
+}
+
+// requireRoot fails early, in one sentence, where BPF or namespaces are
+// needed: the rule doctor and the loader apply too.
+func requireRoot(command string) error {
+	return kernel.RequirePrivileges(command)
 }
 
 // oneLine keeps the first line of an error; multi-line details (verifier

@@ -9,8 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/loader"
+	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/pcapng"
 	"github.com/hoptrace/hoptrace/tracer/trace"
@@ -59,7 +59,7 @@ func warn(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) }
 // once and the trace goes on without it.
 func openRules(cfg trace.Config) *nftrace.Tracer {
 	mode := nftrace.ModeAll
-	if len(cfg.Devices) == 0 && (len(cfg.Netns) > 0 || cfg.Dynamic != nil) {
+	if len(cfg.Selection.Devices) == 0 && (len(cfg.Selection.Netns) > 0 || cfg.Selection.Dynamic != nil) {
 		mode = nftrace.ModeAddrs
 	}
 	rules, err := nftrace.Open(nftrace.Options{Mode: mode})
@@ -149,7 +149,7 @@ func runTrace(c *cli.Context) error {
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      warn,
 	}
-	cfg.Netns, cfg.Devices, cfg.Dynamic = sc.sel.Netns, sc.sel.Devices, sc.sel.Dynamic
+	cfg.Selection = sc.sel
 	if c.Bool("rules") {
 		if rules := openRules(cfg); rules != nil {
 			defer rules.Close()
@@ -158,7 +158,7 @@ func runTrace(c *cli.Context) error {
 	}
 
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s%s; Ctrl-C to stop\n", describeSelection(names, cfg), describeFilter(filter))
+		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s%s; Ctrl-C to stop\n", describeSelection(names, cfg.Selection), describeFilter(filter))
 	}
 	res, err := trace.Run(ctx, cfg, names)
 	if err != nil {

@@ -14,8 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 )
 
 func TestTraceUsageErrors(t *testing.T) {

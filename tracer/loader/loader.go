@@ -23,14 +23,14 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
-// Mode selects what the programs do with an observation.
-type Mode uint32
+// Mode selects what the programs do with an observation (enum run_mode).
+type Mode = bpfobj.HoptraceRunMode
 
 const (
 	// ModeEvents sends every observation to the ring buffer.
-	ModeEvents Mode = 0
+	ModeEvents = bpfobj.HoptraceRunModeMODE_EVENTS
 	// ModeLatency adds hop-to-hop deltas to in-kernel histograms; no events.
-	ModeLatency Mode = 1
+	ModeLatency = bpfobj.HoptraceRunModeMODE_LATENCY
 )
 
 // Hook is one tracepoint hoptrace can observe (see bpf/hoptrace.h).
@@ -47,11 +47,14 @@ var (
 	EndHooks    = []Hook{event.HookKfreeSkb, event.HookConsumeSkb, event.HookCopyDatagram}
 )
 
-// Filter kinds, mirrored from enum filter_flag in the BPF program.
+// FilterKind is a set of in-kernel filters (enum filter_flag).
+type FilterKind = bpfobj.HoptraceFilterFlag
+
+// Filter kinds: a packet is tracked from where it matches one of the kinds set.
 const (
-	FilterNetns uint32 = 1
-	FilterDev   uint32 = 2
-	FilterAddr  uint32 = 4
+	FilterNetns = bpfobj.HoptraceFilterFlagFILTER_NETNS
+	FilterDev   = bpfobj.HoptraceFilterFlagFILTER_DEV
+	FilterAddr  = bpfobj.HoptraceFilterFlagFILTER_ADDR
 )
 
 // Options configure Load. The zero value traces every packet in every
@@ -61,7 +64,7 @@ type Options struct {
 	Hooks []Hook // nil: HopHooks + EndHooks
 	// FilterKinds says which filter maps are consulted (FilterNetns|...);
 	// 0 traces everything. The maps' contents can change while running.
-	FilterKinds uint32
+	FilterKinds FilterKind
 	// RingBytes is the ring buffer size (power of two, >= page size); 0: 8 MiB.
 	RingBytes int
 	// TrackEntries bounds the in-flight packet maps; 0: 65536.
@@ -98,8 +101,8 @@ type Tracer struct {
 
 // Load loads and attaches the programs. On error nothing stays loaded.
 func Load(opts Options) (*Tracer, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run hoptrace with sudo")
+	if err := kernel.RequirePrivileges("tracing"); err != nil {
+		return nil, err
 	}
 	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to memcg.
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -121,6 +124,10 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
+	var specs bpfobj.HoptraceSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, fmt.Errorf("embedded BPF object: %w", err)
+	}
 	ring := opts.RingBytes
 	if ring == 0 {
 		ring = 8 << 20
@@ -128,13 +135,13 @@ func Load(opts Options) (*Tracer, error) {
 	if ring < os.Getpagesize() || ring&(ring-1) != 0 {
 		return nil, fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", ring, os.Getpagesize())
 	}
-	spec.Maps["events"].MaxEntries = uint32(ring)
+	specs.Events.MaxEntries = uint32(ring)
 	if opts.TrackEntries > 0 {
-		spec.Maps["by_skb"].MaxEntries = uint32(opts.TrackEntries)
-		spec.Maps["by_head"].MaxEntries = uint32(opts.TrackEntries)
+		specs.BySkb.MaxEntries = uint32(opts.TrackEntries)
+		specs.ByHead.MaxEntries = uint32(opts.TrackEntries)
 	}
 	if opts.HistPairs > 0 {
-		spec.Maps["hists"].MaxEntries = uint32(opts.HistPairs)
+		specs.Hists.MaxEntries = uint32(opts.HistPairs)
 	}
 	stale := opts.StaleAfter
 	if stale == 0 {
@@ -144,26 +151,26 @@ func Load(opts Options) (*Tracer, error) {
 	if wakeup == 0 {
 		wakeup = ring / 8
 	}
-	if err := spec.Variables["mode"].Set(uint32(opts.Mode)); err != nil {
+	if err := specs.Mode.Set(uint32(opts.Mode)); err != nil {
 		return nil, fmt.Errorf("set mode: %w", err)
 	}
-	if err := spec.Variables["filter_flags"].Set(opts.FilterKinds); err != nil {
+	if err := specs.FilterFlags.Set(uint32(opts.FilterKinds)); err != nil {
 		return nil, fmt.Errorf("set filter: %w", err)
 	}
-	if err := spec.Variables["stale_ns"].Set(uint64(stale.Nanoseconds())); err != nil {
+	if err := specs.StaleNs.Set(uint64(stale.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("set stale_ns: %w", err)
 	}
-	if err := spec.Variables["wakeup_bytes"].Set(uint64(wakeup)); err != nil {
+	if err := specs.WakeupBytes.Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	if opts.SnapLen < 0 || opts.SnapLen > MaxSnapLen {
 		return nil, fmt.Errorf("snapshot length %d: want 0 to %d bytes", opts.SnapLen, MaxSnapLen)
 	}
-	if err := spec.Variables["snap_len"].Set(uint32(opts.SnapLen)); err != nil {
+	if err := specs.SnapLen.Set(uint32(opts.SnapLen)); err != nil {
 		return nil, fmt.Errorf("set snap_len: %w", err)
 	}
 	if opts.Filter != nil {
-		if err := spec.Variables["expr_filter"].Set(uint32(1)); err != nil {
+		if err := specs.ExprFilter.Set(uint32(1)); err != nil {
 			return nil, fmt.Errorf("set expr_filter: %w", err)
 		}
 	}
@@ -173,22 +180,20 @@ func Load(opts Options) (*Tracer, error) {
 	if n, err := kernel.TracepointArgs(kspec, "consume_skb"); err == nil && n >= 2 {
 		consumeLoc = true
 	}
-	if consumeLoc {
-		delete(spec.Programs, "on_consume_skb_noloc")
-	} else {
-		delete(spec.Programs, "on_consume_skb")
-	}
-	// Load only the programs of the hooks asked for.
-	wanted := map[string]bool{}
-	for _, h := range hooks {
-		name, err := programName(h, consumeLoc)
+	// Load only the programs of the hooks asked for (and the consume_skb
+	// variant this kernel can run).
+	progSpecs := make([]*ebpf.ProgramSpec, len(hooks))
+	wanted := map[*ebpf.ProgramSpec]bool{}
+	for i, h := range hooks {
+		ps, err := programSpec(&specs.HoptraceProgramSpecs, h, consumeLoc)
 		if err != nil {
 			return nil, err
 		}
-		wanted[name] = true
+		progSpecs[i] = ps
+		wanted[ps] = true
 	}
-	for name := range spec.Programs {
-		if !wanted[name] {
+	for name, ps := range spec.Programs {
+		if !wanted[ps] {
 			delete(spec.Programs, name)
 		}
 	}
@@ -212,15 +217,14 @@ func Load(opts Options) (*Tracer, error) {
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
 	}
-	for _, h := range hooks {
-		name, _ := programName(h, consumeLoc)
-		prog := coll.Programs[name]
-		delete(coll.Programs, name)
+	for _, ps := range progSpecs {
+		prog := coll.Programs[ps.Name]
+		delete(coll.Programs, ps.Name)
 		t.progs = append(t.progs, prog)
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			t.Close()
-			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", name, tracepointName(h), err)
+			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", ps.Name, ps.AttachTo, err)
 		}
 		t.links = append(t.links, l)
 	}
@@ -265,40 +269,32 @@ func injectFilter(insns asm.Instructions, filter asm.Instructions) (asm.Instruct
 	return append(out, insns[end:]...), nil
 }
 
-// programName maps a hook to its program in the object.
-func programName(h Hook, consumeLoc bool) (string, error) {
+// programSpec maps a hook to its program in the object.
+func programSpec(p *bpfobj.HoptraceProgramSpecs, h Hook, consumeLoc bool) (*ebpf.ProgramSpec, error) {
 	switch h {
 	case event.HookNetDevQueue:
-		return "on_net_dev_queue", nil
+		return p.OnNetDevQueue, nil
 	case event.HookNetDevStartXmit:
-		return "on_net_dev_start_xmit", nil
+		return p.OnNetDevStartXmit, nil
 	case event.HookNetDevXmit:
-		return "on_net_dev_xmit", nil
+		return p.OnNetDevXmit, nil
 	case event.HookNetifRx:
-		return "on_netif_rx", nil
+		return p.OnNetifRx, nil
 	case event.HookGROReceive:
-		return "on_napi_gro_receive_entry", nil
+		return p.OnNapiGroReceiveEntry, nil
 	case event.HookNetifReceiveSkb:
-		return "on_netif_receive_skb", nil
+		return p.OnNetifReceiveSkb, nil
 	case event.HookKfreeSkb:
-		return "on_kfree_skb", nil
+		return p.OnKfreeSkb, nil
 	case event.HookConsumeSkb:
 		if consumeLoc {
-			return "on_consume_skb", nil
+			return p.OnConsumeSkb, nil
 		}
-		return "on_consume_skb_noloc", nil
+		return p.OnConsumeSkbNoloc, nil
 	case event.HookCopyDatagram:
-		return "on_skb_copy_datagram_iovec", nil
+		return p.OnSkbCopyDatagramIovec, nil
 	}
-	return "", fmt.Errorf("unknown hook %d", h)
-}
-
-func tracepointName(h Hook) string {
-	n, err := programName(h, true)
-	if err != nil {
-		return "?"
-	}
-	return n[len("on_"):]
+	return nil, fmt.Errorf("unknown hook %d", h)
 }
 
 // loadError turns a load failure into one clear sentence, printing the
@@ -311,7 +307,7 @@ func loadError(err error) error {
 	}
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return fmt.Errorf("loading BPF programs was refused (needs root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN; check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
+		return fmt.Errorf("loading BPF programs was refused (check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
 	case errors.Is(err, unix.ENOMEM):
 		return fmt.Errorf("not enough memory for BPF maps (memory cgroup limit?): %w", err)
 	}

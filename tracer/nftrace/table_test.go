@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 

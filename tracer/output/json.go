@@ -65,10 +65,10 @@ func appendHopJSON(b []byte, h *path.Hop) []byte {
 	b = appendStrField(b, "container", h.Container)
 	b = appendIntField(b, "ifindex", int64(h.Ifindex))
 	b = appendStrField(b, "ifname", h.Ifname)
-	b = appendStrField(b, "kind", h.Kind)
-	b = appendStrField(b, "direction", h.Direction)
+	b = appendStrField(b, "kind", string(h.Kind))
+	b = appendStrField(b, "direction", string(h.Direction))
 	b = appendStrField(b, "bridge", h.Bridge)
-	b = appendStrField(b, "hook", h.Hook)
+	b = appendStrField(b, "hook", string(h.Hook))
 	b = appendUintField(b, "ts_ns", h.TsNs)
 	b = appendUintField(b, "delta_ns", h.DeltaNs)
 	b = appendUintField(b, "since_first_ns", h.SinceNs)
@@ -87,7 +87,7 @@ func appendHopJSON(b []byte, h *path.Hop) []byte {
 
 func appendEndJSON(b []byte, e *path.EndEvent) []byte {
 	b = append(b, `{"hook":`...)
-	b = appendString(b, e.Hook)
+	b = appendString(b, string(e.Hook))
 	b = appendStrField(b, "netns", e.Netns)
 	b = appendUintField(b, "netns_inode", uint64(e.NetnsInode))
 	if e.Ifname != "" {

@@ -266,7 +266,7 @@ func (w *Writer) iface(h *path.Hop) (int, error) {
 	desc = append(desc, fmt.Sprintf("netns %s (inode %d)", h.Netns, h.NetnsInode))
 	desc = append(desc, fmt.Sprintf("ifindex %d", h.Ifindex))
 	if h.Kind != "" {
-		desc = append(desc, h.Kind)
+		desc = append(desc, string(h.Kind))
 	}
 	if h.Bridge != "" && h.Bridge != h.Ifname {
 		desc = append(desc, "port of "+h.Bridge)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -43,9 +44,9 @@ func (v *Verifier) startSession(ctx context.Context, inodes []uint32, rules bool
 	ready := make(chan struct{})
 	var once sync.Once
 	cfg := trace.Config{
-		Netns:  inodes,
-		Ready:  func() { once.Do(func() { close(ready) }) },
-		OnPath: s.dispatch,
+		Selection: selection.Selection{Netns: inodes},
+		Ready:     func() { once.Do(func() { close(ready) }) },
+		OnPath:    s.dispatch,
 	}
 	if rules {
 		rt, err := nftrace.Open(nftrace.Options{Mode: nftrace.ModeProbes})

@@ -19,7 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
@@ -177,12 +179,12 @@ type Check struct {
 
 // Hop is one expected point on the path.
 type Hop struct {
-	Netns      string `json:"netns"` // container name or "host"
-	NetnsInode uint32 `json:"netns_inode"`
-	Ifname     string `json:"ifname"`
-	Kind       string `json:"kind"`
-	Direction  string `json:"direction"`
-	Note       string `json:"note,omitempty"`
+	Netns      string          `json:"netns"` // container name or "host"
+	NetnsInode uint32          `json:"netns_inode"`
+	Ifname     string          `json:"ifname"`
+	Kind       resolve.Kind    `json:"kind"`
+	Direction  event.Direction `json:"direction"`
+	Note       string          `json:"note,omitempty"`
 }
 
 // Label names the hop for a verdict line: "web eth0", "host veth1a2b",
@@ -190,9 +192,9 @@ type Hop struct {
 func (h Hop) Label() string {
 	s := h.Netns + " " + h.Ifname
 	switch {
-	case h.Kind == "bridge" && h.Direction == "forward":
+	case h.Kind == resolve.KindBridge && h.Direction == event.Forward:
 		s += " (forward)"
-	case h.Kind == "bridge" && h.Direction == "local":
+	case h.Kind == resolve.KindBridge && h.Direction == event.Local:
 		s += " (local delivery)"
 	}
 	return s
