@@ -27,6 +27,7 @@ their first hop on. --interface selects packets crossing those interfaces.`,
 			&cli.BoolFlag{Name: "detail", Usage: "also show driver transmit and backlog steps (more events per packet)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per line)"},
 			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
+			engineFlag(),
 		}, append(selectionFlags("trace"), filterFlags()...)...),
 		Action: runTrace,
 	}
@@ -53,6 +54,10 @@ func runTrace(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	eng, err := engine(c)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	sc, err := openScope(ctx, c, "trace")
@@ -71,6 +76,7 @@ func runTrace(c *cli.Context) error {
 		Format:    format,
 		Out:       os.Stdout,
 		RingBytes: c.Int("ring-size") << 20,
+		Engine:    eng,
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
 	cfg.Netns, cfg.Devices, cfg.Dynamic = sc.sel.Netns, sc.sel.Devices, sc.sel.Dynamic

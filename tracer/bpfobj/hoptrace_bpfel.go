@@ -158,6 +158,8 @@ const (
 	HoptraceProgOnNetifReceiveSkb      = "on_netif_receive_skb"
 	HoptraceProgOnNetifRx              = "on_netif_rx"
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
+	HoptraceProgOnTcxEgress            = "on_tcx_egress"
+	HoptraceProgOnTcxIngress           = "on_tcx_ingress"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNextPktId               = "next_pkt_id"
@@ -223,6 +225,8 @@ type HoptraceProgramSpecs struct {
 	OnNetifReceiveSkb      *ebpf.ProgramSpec `ebpf:"on_netif_receive_skb"`
 	OnNetifRx              *ebpf.ProgramSpec `ebpf:"on_netif_rx"`
 	OnSkbCopyDatagramIovec *ebpf.ProgramSpec `ebpf:"on_skb_copy_datagram_iovec"`
+	OnTcxEgress            *ebpf.ProgramSpec `ebpf:"on_tcx_egress"`
+	OnTcxIngress           *ebpf.ProgramSpec `ebpf:"on_tcx_ingress"`
 }
 
 // HoptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -333,6 +337,8 @@ type HoptracePrograms struct {
 	OnNetifReceiveSkb      *ebpf.Program `ebpf:"on_netif_receive_skb"`
 	OnNetifRx              *ebpf.Program `ebpf:"on_netif_rx"`
 	OnSkbCopyDatagramIovec *ebpf.Program `ebpf:"on_skb_copy_datagram_iovec"`
+	OnTcxEgress            *ebpf.Program `ebpf:"on_tcx_egress"`
+	OnTcxIngress           *ebpf.Program `ebpf:"on_tcx_ingress"`
 }
 
 func (p *HoptracePrograms) Close() error {
@@ -347,6 +353,8 @@ func (p *HoptracePrograms) Close() error {
 		p.OnNetifReceiveSkb,
 		p.OnNetifRx,
 		p.OnSkbCopyDatagramIovec,
+		p.OnTcxEgress,
+		p.OnTcxIngress,
 	)
 }
 

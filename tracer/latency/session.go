@@ -28,9 +28,12 @@ type Config struct {
 	Interval time.Duration // report every; 0: 1s
 	Duration time.Duration // stop after; 0: until cancelled
 
-	Hooks        []loader.Hook // nil: DefaultHooks()
-	TrackEntries int           // in-flight map size; 0: the loader's default
-	HistPairs    int           // histogram map size; 0: the loader's default
+	Hooks []loader.Hook // nil: DefaultHooks()
+	// Engine: tcx programs on devices or tracepoints for the hop hooks;
+	// zero (EngineAuto): tcx where the kernel has it.
+	Engine       loader.Engine
+	TrackEntries int // in-flight map size; 0: the loader's default
+	HistPairs    int // histogram map size; 0: the loader's default
 	// ExpireAfter: in-flight entries whose last hop is older are expired;
 	// 0: 2s (twice the tracer's StaleAfter).
 	ExpireAfter time.Duration
@@ -48,6 +51,8 @@ type Config struct {
 	// Ready, if set, is called once the programs are attached and the
 	// filters set.
 	Ready func()
+	// Warn, if set, receives warnings (devices that could not be attached).
+	Warn func(string)
 }
 
 // Run loads the tracer in latency mode and reports until ctx is cancelled
@@ -67,8 +72,13 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 		hooks = DefaultHooks()
 	}
 	kinds := trace.FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
+	engine, err := loader.ResolveEngine(cfg.Engine)
+	if err != nil {
+		return err
+	}
 	tr, err := loader.Load(loader.Options{
 		Mode:         loader.ModeLatency,
+		Engine:       engine,
 		Hooks:        hooks,
 		FilterKinds:  kinds,
 		TrackEntries: cfg.TrackEntries,
@@ -80,6 +90,11 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 	}
 	defer tr.Close()
 
+	att := trace.NewAttachments(tr, names)
+	att.Warn = cfg.Warn
+	if err := att.Sync(); err != nil {
+		return err
+	}
 	sel := trace.NewSelection(tr, names)
 	for _, d := range cfg.Devices {
 		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
@@ -180,10 +195,16 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 				continue
 			}
 			sel.Set(ch.Inode, ch.Selected)
+			if err := att.Sync(); err != nil {
+				return err
+			}
 			if err := sel.Sync(); err != nil {
 				return err
 			}
 		case <-names.Changes():
+			if err := att.Sync(); err != nil {
+				return err
+			}
 			if err := sel.Sync(); err != nil {
 				return err
 			}

@@ -1,7 +1,8 @@
 // Package loader loads hoptrace's BPF programs, attaches them to the
-// kernel's networking tracepoints and owns every link and map until Close.
-// All attachments are bpf_link file descriptors held by this process and
-// never pinned, so the kernel detaches them however the process exits.
+// kernel's networking tracepoints (and, with the tcx engine, to devices) and
+// owns every link and map until Close. All attachments are bpf_link file
+// descriptors held by this process and never pinned, so the kernel detaches
+// them however the process exits.
 package loader
 
 import (
@@ -56,8 +57,14 @@ const (
 // Options configure Load. The zero value traces every packet in every
 // namespace at the hop and end hooks.
 type Options struct {
-	Mode  Mode
-	Hooks []Hook // nil: HopHooks + EndHooks
+	Mode Mode
+	// Engine: EngineTCX observes the hop hooks with tcx programs on the
+	// devices the caller attaches (AttachDevices); EngineTracepoint and
+	// EngineAuto (the zero value: the loader attaches no device by itself)
+	// with tracepoints. ResolveEngine says what EngineAuto means for callers
+	// that attach devices.
+	Engine Engine
+	Hooks  []Hook // nil: HopHooks + EndHooks
 	// FilterKinds says which filter maps are consulted (FilterNetns|...);
 	// 0 traces everything. The maps' contents can change while running.
 	FilterKinds uint32
@@ -84,6 +91,8 @@ type Tracer struct {
 	hooks      []Hook
 	consumeLoc bool
 	ringBytes  int
+	engine     Engine
+	tcx        *tcxState // EngineTCX only
 }
 
 // Load loads and attaches the programs. On error nothing stays loaded.
@@ -157,14 +166,28 @@ func Load(opts Options) (*Tracer, error) {
 	} else {
 		delete(spec.Programs, "on_consume_skb")
 	}
+	engine := opts.Engine
+	if engine == EngineAuto {
+		engine = EngineTracepoint
+	}
 	// Load only the programs of the hooks asked for.
 	wanted := map[string]bool{}
+	var tpHooks []Hook // the hooks observed by tracepoints
+	tcxHooks := map[Hook]bool{}
 	for _, h := range hooks {
 		name, err := programName(h, consumeLoc)
 		if err != nil {
 			return nil, err
 		}
+		if engine == EngineTCX {
+			if tcxName, ok := tcxProgram[h]; ok {
+				wanted[tcxName] = true
+				tcxHooks[h] = true
+				continue
+			}
+		}
 		wanted[name] = true
+		tpHooks = append(tpHooks, h)
 	}
 	for name := range spec.Programs {
 		if !wanted[name] {
@@ -172,7 +195,7 @@ func Load(opts Options) (*Tracer, error) {
 		}
 	}
 
-	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring}
+	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring, engine: engine}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kspec},
 	})
@@ -183,7 +206,21 @@ func Load(opts Options) (*Tracer, error) {
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
 	}
-	for _, h := range hooks {
+	if engine == EngineTCX {
+		t.tcx = &tcxState{devs: map[DevKey]*devLinks{}}
+		for h := range tcxHooks {
+			name := tcxProgram[h]
+			prog := coll.Programs[name]
+			delete(coll.Programs, name)
+			t.progs = append(t.progs, prog)
+			if h == event.HookNetDevQueue {
+				t.tcx.egress = prog
+			} else {
+				t.tcx.ingress = prog
+			}
+		}
+	}
+	for _, h := range tpHooks {
 		name, _ := programName(h, consumeLoc)
 		prog := coll.Programs[name]
 		delete(coll.Programs, name)
@@ -251,6 +288,9 @@ func loadError(err error) error {
 	return fmt.Errorf("load BPF programs: %w", err)
 }
 
+// Engine is the engine loaded: EngineTracepoint or EngineTCX.
+func (t *Tracer) Engine() Engine { return t.engine }
+
 // ConsumeHasLocation reports which consume_skb program variant was loaded.
 func (t *Tracer) ConsumeHasLocation() bool { return t.consumeLoc }
 
@@ -272,6 +312,12 @@ func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
 // Close detaches every program and frees every map. Safe to call twice.
 func (t *Tracer) Close() error {
 	var errs []error
+	if t.tcx != nil {
+		for k, d := range t.tcx.devs {
+			errs = append(errs, d.close())
+			delete(t.tcx.devs, k)
+		}
+	}
 	for _, l := range t.links {
 		if err := l.Close(); err != nil {
 			errs = append(errs, err)

@@ -30,6 +30,7 @@ import (
 type Resolver interface {
 	path.Names
 	Links(netns uint32) []resolve.Link
+	Namespaces() []resolve.Namespace
 	Refresh()
 	Changes() <-chan struct{}
 }
@@ -74,6 +75,9 @@ type Config struct {
 
 	RingBytes    int
 	TrackEntries int
+	// Engine observes the hop hooks with tcx programs on devices or with
+	// tracepoints; zero (EngineAuto): tcx where the kernel has it.
+	Engine loader.Engine
 
 	Symbols path.Symbolizer
 	Drops   path.DropNamer
@@ -92,6 +96,7 @@ type Config struct {
 type Result struct {
 	Summary output.Summary
 	Hooks   []loader.Hook
+	Engine  loader.Engine // the engine used: tracepoint or tcx
 }
 
 // Run traces until ctx is cancelled, Count is reached or Duration passes.
@@ -118,8 +123,13 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	}
 	hooks = append(hooks, loader.EndHooks...)
 	kinds := FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
+	engine, err := loader.ResolveEngine(cfg.Engine)
+	if err != nil {
+		return res, err
+	}
 	tr, err := loader.Load(loader.Options{
 		Mode:         loader.ModeEvents,
+		Engine:       engine,
 		Hooks:        hooks,
 		FilterKinds:  kinds,
 		RingBytes:    cfg.RingBytes,
@@ -129,8 +139,13 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return res, err
 	}
 	defer tr.Close()
-	res.Hooks = tr.Hooks()
+	res.Hooks, res.Engine = tr.Hooks(), tr.Engine()
 
+	att := NewAttachments(tr, names)
+	att.Warn = cfg.Warn
+	if err := att.Sync(); err != nil {
+		return res, err
+	}
 	sel := NewSelection(tr, names)
 	for _, d := range cfg.Devices {
 		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
@@ -237,10 +252,16 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				break
 			}
 			sel.Set(ch.Inode, ch.Selected)
+			if err := att.Sync(); err != nil {
+				return res, err
+			}
 			if err := sel.Sync(); err != nil {
 				return res, err
 			}
 		case <-names.Changes():
+			if err := att.Sync(); err != nil {
+				return res, err
+			}
 			if err := sel.Sync(); err != nil {
 				return res, err
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -141,11 +142,33 @@ func forward(topo *testnet.Topology, a, b *testnet.Host) []hop {
 	}
 }
 
+//
+// Both engines must give the same paths: tcx programs on the devices stand
+// in for the net_dev_queue and netif_receive_skb tracepoints.
 func TestTraceAcrossBridge(t *testing.T) {
 	privtest.RequireRoot(t)
+	for _, e := range engines(t) {
+		t.Run(e.String(), func(t *testing.T) { traceAcrossBridge(t, e) })
+	}
+}
+
+// engines are the engines this kernel runs: tracepoints everywhere, tcx
+// where the kernel has it.
+func engines(t *testing.T) []loader.Engine {
+	auto, err := loader.ResolveEngine(loader.EngineAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auto == loader.EngineTCX {
+		return []loader.Engine{loader.EngineTCX, loader.EngineTracepoint}
+	}
+	return []loader.Engine{loader.EngineTracepoint}
+}
+
+func traceAcrossBridge(t *testing.T, engine loader.Engine) {
 	topo := testnet.New(t, testnet.Options{Hosts: 3})
 	a, b, c := topo.Hosts[0], topo.Hosts[1], topo.Hosts[2]
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}, Engine: engine})
 
 	// Traffic: ICMP a->b and a->gateway, UDP a->b (open and closed port),
 	// TCP a->b, and c->b which must not be traced (neither end selected).
@@ -278,6 +301,9 @@ func TestTraceAcrossBridge(t *testing.T) {
 	}
 	if s.res.Summary.Lost != 0 {
 		t.Errorf("%d events lost", s.res.Summary.Lost)
+	}
+	if s.res.Engine != engine {
+		t.Errorf("trace ran with engine %s, want %s", s.res.Engine, engine)
 	}
 }
 

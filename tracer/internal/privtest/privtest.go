@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
 // RequireRoot skips the test, loudly, when not running as root.
@@ -132,4 +133,52 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TCXLinksOf returns the IDs of the tcx links (any process's) that run one
+// of these programs, found by iterating every BPF link in the kernel.
+func TCXLinksOf(t testing.TB, progs []ebpf.ProgramID) []link.ID {
+	t.Helper()
+	want := map[ebpf.ProgramID]bool{}
+	for _, p := range progs {
+		want[p] = true
+	}
+	var ids []link.ID
+	it := new(link.Iterator)
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if info.Type == link.TCXType && want[info.Program] {
+			ids = append(ids, info.ID)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate BPF links: %v", err)
+	}
+	return ids
+}
+
+// WaitLinksGone waits until none of the links exists any more and returns
+// those still there when the wait ends.
+func WaitLinksGone(ids []link.ID, timeout time.Duration) []link.ID {
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []link.ID
+		for _, id := range ids {
+			l, err := link.NewFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err == nil {
+				l.Close()
+			}
+			left = append(left, id)
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

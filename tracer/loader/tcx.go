@@ -1,0 +1,265 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
+	"github.com/hoptrace/hoptrace/tracer/nsenter"
+)
+
+// Engine says how the hop hooks (a packet's egress and ingress at each
+// device) are observed.
+type Engine uint8
+
+const (
+	// EngineAuto is tcx where the kernel has it (Linux 6.6+), else
+	// tracepoints; see ResolveEngine.
+	EngineAuto Engine = iota
+	// EngineTracepoint observes the hop hooks with tp_btf programs on
+	// net_dev_queue and netif_receive_skb, which run for every packet of
+	// every device on the host.
+	EngineTracepoint
+	// EngineTCX observes them with tcx egress and ingress programs on the
+	// devices the caller attaches: traffic elsewhere pays nothing.
+	EngineTCX
+)
+
+func (e Engine) String() string {
+	switch e {
+	case EngineAuto:
+		return "auto"
+	case EngineTracepoint:
+		return "tracepoint"
+	case EngineTCX:
+		return "tcx"
+	}
+	return fmt.Sprintf("engine%d", uint8(e))
+}
+
+// ParseEngine reads an --engine value: auto, tcx or tracepoint.
+func ParseEngine(s string) (Engine, error) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return EngineAuto, nil
+	case "tracepoint", "tp":
+		return EngineTracepoint, nil
+	case "tcx":
+		return EngineTCX, nil
+	}
+	return 0, fmt.Errorf("engine %q: want auto, tcx or tracepoint", s)
+}
+
+// ResolveEngine turns EngineAuto into what this kernel offers (tcx when
+// tcx links work, else tracepoints) and checks that an engine asked for by
+// name can run here.
+func ResolveEngine(e Engine) (Engine, error) {
+	switch e {
+	case EngineTracepoint:
+		return e, nil
+	case EngineAuto, EngineTCX:
+		p := kernel.ProbeTCX()
+		auto := AutoEngine(p)
+		if e == EngineTCX && auto != EngineTCX {
+			return 0, fmt.Errorf("engine tcx is not available here: %s", p.Detail)
+		}
+		return auto, nil
+	}
+	return 0, fmt.Errorf("unknown engine %d", e)
+}
+
+// AutoEngine is what EngineAuto means given the tcx probe's result: tcx
+// where tcx links work, else tracepoints (legacy tc filters would outlive
+// a killed hoptrace, so they are never used).
+func AutoEngine(tcx kernel.Probe) Engine {
+	if tcx.Available {
+		return EngineTCX
+	}
+	return EngineTracepoint
+}
+
+// tcxProgram names the tcx program standing in for a hop hook's tracepoint:
+// tcx egress fires just before net_dev_queue, tcx ingress just after
+// netif_receive_skb, for the same skb.
+var tcxProgram = map[Hook]string{
+	event.HookNetDevQueue:     "on_tcx_egress",
+	event.HookNetifReceiveSkb: "on_tcx_ingress",
+}
+
+// DevKey names a device: ifindexes repeat across namespaces.
+type DevKey struct {
+	Netns   uint32
+	Ifindex int
+}
+
+// NetnsRef is a namespace to attach in: its inode, and a path that opens it.
+type NetnsRef struct {
+	Inode uint32
+	Path  string
+}
+
+type tcxState struct {
+	ingress, egress *ebpf.Program
+	devs            map[DevKey]*devLinks
+}
+
+// devLinks are the tcx links of one device.
+type devLinks struct {
+	links []link.Link
+}
+
+func (d *devLinks) close() error {
+	var errs []error
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	d.links = nil
+	return errors.Join(errs...)
+}
+
+// AttachDevices attaches the tcx programs, first in line and returning
+// TCX_NEXT, to these devices of one namespace, entering it on a locked
+// thread when it is not this process's. Devices already carrying them are
+// skipped; devices that are gone by now are left out of the result, which
+// lists the ifindexes attached.
+func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
+	if t.tcx == nil {
+		return nil, errors.New("devices are attached only with the tcx engine")
+	}
+	var todo []int
+	for _, idx := range ifindexes {
+		if _, ok := t.tcx.devs[DevKey{ns.Inode, idx}]; !ok {
+			todo = append(todo, idx)
+		}
+	}
+	if len(todo) == 0 {
+		return nil, nil
+	}
+	var done []int
+	attach := func() error {
+		if ino, err := threadNetns(); err != nil {
+			return err
+		} else if ino != ns.Inode {
+			return fmt.Errorf("%s is netns %d now, not %d: %w", ns.Path, ino, ns.Inode, errNetnsGone)
+		}
+		for _, idx := range todo {
+			d, err := t.attachDevice(idx)
+			if errors.Is(err, unix.ENODEV) || errors.Is(err, os.ErrNotExist) {
+				continue // gone since it was listed
+			}
+			if err != nil {
+				return fmt.Errorf("attach tcx programs to ifindex %d in netns %d: %w", idx, ns.Inode, err)
+			}
+			t.tcx.devs[DevKey{ns.Inode, idx}] = d
+			done = append(done, idx)
+		}
+		return nil
+	}
+	var err error
+	if cur, cerr := threadNetns(); cerr == nil && cur == ns.Inode {
+		err = attach()
+	} else {
+		err = nsenter.Do(ns.Path, attach)
+	}
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errNetnsGone) {
+		return done, nil // the namespace is gone: nothing to attach to
+	}
+	return done, err
+}
+
+// errNetnsGone: a namespace's path opens another namespace by now.
+var errNetnsGone = errors.New("network namespace gone")
+
+// attachDevice attaches both programs to one device of the current
+// namespace, unless it carries them already (a device moved here from a
+// namespace where it was attached).
+func (t *Tracer) attachDevice(ifindex int) (*devLinks, error) {
+	d := &devLinks{}
+	for _, a := range []struct {
+		prog   *ebpf.Program
+		attach ebpf.AttachType
+	}{{t.tcx.ingress, ebpf.AttachTCXIngress}, {t.tcx.egress, ebpf.AttachTCXEgress}} {
+		if a.prog == nil {
+			continue
+		}
+		if has, err := carries(ifindex, a.attach, a.prog); err != nil {
+			d.close()
+			return nil, err
+		} else if has {
+			continue
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Program: a.prog, Attach: a.attach, Interface: ifindex, Anchor: link.Head()})
+		if err != nil {
+			d.close()
+			return nil, err
+		}
+		d.links = append(d.links, l)
+	}
+	return d, nil
+}
+
+// carries reports whether prog is attached at this tcx hook of a device.
+func carries(ifindex int, at ebpf.AttachType, prog *ebpf.Program) (bool, error) {
+	info, err := prog.Info()
+	if err != nil {
+		return false, err
+	}
+	id, _ := info.ID()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(res.Programs, func(p link.AttachedProgram) bool { return p.ID == id }), nil
+}
+
+// DetachDevice removes the tcx programs from a device (one that is gone or
+// moved to another namespace).
+func (t *Tracer) DetachDevice(k DevKey) error {
+	if t.tcx == nil {
+		return nil
+	}
+	d, ok := t.tcx.devs[k]
+	if !ok {
+		return nil
+	}
+	delete(t.tcx.devs, k)
+	return d.close()
+}
+
+// AttachedDevices lists the devices carrying the tcx programs.
+func (t *Tracer) AttachedDevices() []DevKey {
+	if t.tcx == nil {
+		return nil
+	}
+	out := make([]DevKey, 0, len(t.tcx.devs))
+	for k := range t.tcx.devs {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Attached reports whether a device carries the tcx programs.
+func (t *Tracer) Attached(k DevKey) bool {
+	if t.tcx == nil {
+		return false
+	}
+	_, ok := t.tcx.devs[k]
+	return ok
+}
+
+// threadNetns is the inode of the calling thread's network namespace.
+func threadNetns() (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("stat own network namespace: %w", err)
+	}
+	return uint32(st.Ino), nil
+}
