@@ -48,11 +48,11 @@ type Plan struct {
 	ConsumeSkb        string `json:"consume_skb"`
 	// Engine is how trace and latency observe hops by default (--engine
 	// auto): "tcx" or "tracepoint"; EngineDetail says it in words.
-	Engine       string `json:"engine"`
-	EngineDetail string `json:"engine_detail"`
-	FunctionHooks     string `json:"function_hooks"`
-	DropReasons       string `json:"drop_reasons"`
-	Containers        string `json:"containers"`
+	Engine        string `json:"engine"`
+	EngineDetail  string `json:"engine_detail"`
+	FunctionHooks string `json:"function_hooks"`
+	DropReasons   string `json:"drop_reasons"`
+	Containers    string `json:"containers"`
 }
 
 // Report is the doctor's result.

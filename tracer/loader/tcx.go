@@ -144,7 +144,9 @@ func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
 		return nil, nil
 	}
 	var done []int
+	entered := false
 	attach := func() error {
+		entered = true
 		if ino, err := threadNetns(); err != nil {
 			return err
 		} else if ino != ns.Inode {
@@ -169,10 +171,21 @@ func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
 	} else {
 		err = nsenter.Do(ns.Path, attach)
 	}
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errNetnsGone) {
+	if errors.Is(err, errNetnsGone) || (err != nil && !entered && !isNetns(ns)) {
 		return done, nil // the namespace is gone: nothing to attach to
 	}
 	return done, err
+}
+
+// isNetns reports whether ns.Path still opens the namespace ns.Inode (a
+// Docker sandbox's file stays behind, unmounted, when the container stops).
+func isNetns(ns NetnsRef) bool {
+	var st unix.Stat_t
+	var fs unix.Statfs_t
+	if unix.Stat(ns.Path, &st) != nil || unix.Statfs(ns.Path, &fs) != nil {
+		return false
+	}
+	return fs.Type == unix.NSFS_MAGIC && uint32(st.Ino) == ns.Inode
 }
 
 // errNetnsGone: a namespace's path opens another namespace by now.

@@ -142,7 +142,6 @@ func forward(topo *testnet.Topology, a, b *testnet.Host) []hop {
 	}
 }
 
-//
 // Both engines must give the same paths: tcx programs on the devices stand
 // in for the net_dev_queue and netif_receive_skb tracepoints.
 func TestTraceAcrossBridge(t *testing.T) {

@@ -7,6 +7,8 @@ package privtest
 import (
 	"bufio"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +19,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/hoptrace/hoptrace/tracer/nsenter"
 )
 
 // RequireRoot skips the test, loudly, when not running as root.
@@ -181,4 +185,40 @@ func WaitLinksGone(ids []link.ID, timeout time.Duration) []link.ID {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TCXPrograms returns the programs attached at tcx ingress and egress of a
+// device, looked up inside the namespace at nsPath ("" for this process's).
+func TCXPrograms(t testing.TB, nsPath, ifname string) (ingress, egress []ebpf.ProgramID) {
+	t.Helper()
+	query := func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifi.Index, Attach: at})
+			if err != nil {
+				return fmt.Errorf("query %s of %s: %w", at, ifname, err)
+			}
+			for _, p := range res.Programs {
+				if at == ebpf.AttachTCXIngress {
+					ingress = append(ingress, p.ID)
+				} else {
+					egress = append(egress, p.ID)
+				}
+			}
+		}
+		return nil
+	}
+	var err error
+	if nsPath == "" {
+		err = query()
+	} else {
+		err = nsenter.Do(nsPath, query)
+	}
+	if err != nil {
+		t.Fatalf("tcx programs of %s in %q: %v", ifname, nsPath, err)
+	}
+	return ingress, egress
 }
