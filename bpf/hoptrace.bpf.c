@@ -647,6 +647,44 @@ int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
+/*
+ * A one-hash Bloom filter over the selected namespaces and addresses, kept
+ * by the loader next to filter_netns and filter_addr: a clear bit says "not
+ * selected" with an inlined array access instead of a hash lookup, which is
+ * what most packets on a device get. The loader mirrors bloom_idx.
+ */
+#define BLOOM_BITS 4096
+#define BLOOM_SHIFT 20 /* 32 - log2(BLOOM_BITS) */
+
+struct filter_bloom {
+	__u64 netns[BLOOM_BITS / 64];
+	__u64 addr[BLOOM_BITS / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_bloom);
+} filter_bloom SEC(".maps");
+
+static __always_inline bool bloom_has(const __u64 *bits, __u32 v)
+{
+	__u32 i = (v * 0x9E3779B1u) >> BLOOM_SHIFT;
+	return bits[i >> 6] & (1ULL << (i & 63));
+}
+
+/* An address's bloom key: IPv4 as loaded from the packet, IPv6 folded. */
+static __always_inline __u32 addr_fold(__u32 family, const __u32 *w)
+{
+	return family == 4 ? w[0] : w[0] ^ w[1] ^ w[2] ^ w[3];
+}
+
+static __always_inline bool tcx_addr_maybe(const struct filter_bloom *b, __u32 family, const __u8 *addr)
+{
+	return bloom_has(b->addr, addr_fold(family, (const __u32 *)addr)) && addr_selected(family, addr);
+}
+
 struct ethhdr_ {
 	__u8 dst[6];
 	__u8 src[6];
@@ -658,7 +696,7 @@ struct ethhdr_ {
  * itself (direct packet access, no probe reads). True when unsure: observe()
  * decides; this only rejects what observe() would reject.
  */
-static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx)
+static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struct filter_bloom *b)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -678,13 +716,13 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx)
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return true;
-		return addr_selected(4, (__u8 *)&ip->saddr) || addr_selected(4, (__u8 *)&ip->daddr);
+		return tcx_addr_maybe(b, 4, (__u8 *)&ip->saddr) || tcx_addr_maybe(b, 4, (__u8 *)&ip->daddr);
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > end)
 			return true;
-		return addr_selected(6, (__u8 *)&ip6->saddr) || addr_selected(6, (__u8 *)&ip6->daddr);
+		return tcx_addr_maybe(b, 6, (__u8 *)&ip6->saddr) || tcx_addr_maybe(b, 6, (__u8 *)&ip6->daddr);
 	}
 	if (proto == bpf_htons(ETH_P_ARP)) {
 		struct arp_ipv4 *arp = l3;
@@ -692,7 +730,7 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx)
 			return true;
 		if (arp->ptype != bpf_htons(ETH_P_IP) || arp->plen != 4)
 			return false;
-		return addr_selected(4, arp->sip) || addr_selected(4, arp->tip);
+		return tcx_addr_maybe(b, 4, arp->sip) || tcx_addr_maybe(b, 4, arp->tip);
 	}
 	return false;
 }
@@ -714,8 +752,12 @@ static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *sk
 		if (bpf_map_lookup_elem(&by_head, &head))
 			return true;
 	}
+	__u32 zero = 0;
+	const struct filter_bloom *b = bpf_map_lookup_elem(&filter_bloom, &zero);
+	if (!b)
+		return true;
 	__u32 netns = dev->nd_net.net->ns.inum;
-	if ((filter_flags & FILTER_NETNS) && bpf_map_lookup_elem(&filter_netns, &netns))
+	if ((filter_flags & FILTER_NETNS) && bloom_has(b->netns, netns) && bpf_map_lookup_elem(&filter_netns, &netns))
 		return true;
 	if (filter_flags & FILTER_DEV) {
 		struct dev_key k = {.netns = netns, .ifindex = dev->ifindex};
@@ -725,7 +767,7 @@ static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *sk
 	if (filter_flags & FILTER_ADDR) {
 		if (dev->type != ARPHRD_ETHER)
 			return true;
-		return tcx_addr_selected(ctx);
+		return tcx_addr_selected(ctx, b);
 	}
 	return false;
 }

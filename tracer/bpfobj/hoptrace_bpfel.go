@@ -55,6 +55,12 @@ const (
 	HoptraceEventFlagEVENT_F_SOCK_NS HoptraceEventFlag = 8
 )
 
+type HoptraceFilterBloom struct {
+	_     structs.HostLayout
+	Netns [64]uint64
+	Addr  [64]uint64
+}
+
 type HoptraceHist struct {
 	_       structs.HostLayout
 	Count   uint64
@@ -143,6 +149,7 @@ const (
 	HoptraceMapBySkb                   = "by_skb"
 	HoptraceMapEvents                  = "events"
 	HoptraceMapFilterAddr              = "filter_addr"
+	HoptraceMapFilterBloom             = "filter_bloom"
 	HoptraceMapFilterDev               = "filter_dev"
 	HoptraceMapFilterNetns             = "filter_netns"
 	HoptraceMapHistZero                = "hist_zero"
@@ -237,6 +244,7 @@ type HoptraceMapSpecs struct {
 	BySkb       *ebpf.MapSpec `ebpf:"by_skb"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	FilterAddr  *ebpf.MapSpec `ebpf:"filter_addr"`
+	FilterBloom *ebpf.MapSpec `ebpf:"filter_bloom"`
 	FilterDev   *ebpf.MapSpec `ebpf:"filter_dev"`
 	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
 	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
@@ -285,6 +293,7 @@ type HoptraceMaps struct {
 	BySkb       *ebpf.Map `ebpf:"by_skb"`
 	Events      *ebpf.Map `ebpf:"events"`
 	FilterAddr  *ebpf.Map `ebpf:"filter_addr"`
+	FilterBloom *ebpf.Map `ebpf:"filter_bloom"`
 	FilterDev   *ebpf.Map `ebpf:"filter_dev"`
 	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
 	HistZero    *ebpf.Map `ebpf:"hist_zero"`
@@ -298,6 +307,7 @@ func (m *HoptraceMaps) Close() error {
 		m.BySkb,
 		m.Events,
 		m.FilterAddr,
+		m.FilterBloom,
 		m.FilterDev,
 		m.FilterNetns,
 		m.HistZero,

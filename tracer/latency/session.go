@@ -95,6 +95,8 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 	if err := att.Sync(); err != nil {
 		return err
 	}
+	changes, stopFollow := att.Follow(names.Changes())
+	defer stopFollow()
 	sel := trace.NewSelection(tr, names)
 	for _, d := range cfg.Devices {
 		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
@@ -195,16 +197,13 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 				continue
 			}
 			sel.Set(ch.Inode, ch.Selected)
-			if err := att.Sync(); err != nil {
+			if err := att.SyncNow(); err != nil {
 				return err
 			}
 			if err := sel.Sync(); err != nil {
 				return err
 			}
-		case <-names.Changes():
-			if err := att.Sync(); err != nil {
-				return err
-			}
+		case <-changes:
 			if err := sel.Sync(); err != nil {
 				return err
 			}

@@ -93,6 +93,7 @@ type Tracer struct {
 	ringBytes  int
 	engine     Engine
 	tcx        *tcxState // EngineTCX only
+	bloom      bloom
 }
 
 // Load loads and attaches the programs. On error nothing stays loaded.
@@ -317,6 +318,10 @@ func (t *Tracer) Close() error {
 			errs = append(errs, d.close())
 			delete(t.tcx.devs, k)
 		}
+		for _, l := range t.tcx.moved {
+			errs = append(errs, l.Close())
+		}
+		t.tcx.moved = nil
 	}
 	for _, l := range t.links {
 		if err := l.Close(); err != nil {
@@ -380,7 +385,10 @@ func (t *Tracer) Stats() (Stats, error) {
 
 // SelectNetns starts (or, with on=false, stops) tracking packets seen in a namespace.
 func (t *Tracer) SelectNetns(inode uint32, on bool) error {
-	return setKey(t.maps.FilterNetns, inode, on, "netns filter")
+	if err := setKey(t.maps.FilterNetns, inode, on, "netns filter"); err != nil {
+		return err
+	}
+	return t.bloom.set(t.maps.FilterBloom, bloomNetns, inode, on)
 }
 
 // SelectDevice starts or stops tracking packets seen on a device.
@@ -401,7 +409,10 @@ func (t *Tracer) SelectAddr(a netip.Addr, on bool) error {
 		k.Family = 6
 		k.Addr = a.As16()
 	}
-	return setKey(t.maps.FilterAddr, k, on, "address filter")
+	if err := setKey(t.maps.FilterAddr, k, on, "address filter"); err != nil {
+		return err
+	}
+	return t.bloom.set(t.maps.FilterBloom, bloomAddr, addrFold(k.Family, k.Addr), on)
 }
 
 func setKey(m *ebpf.Map, key any, on bool, what string) error {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -109,6 +108,12 @@ type NetnsRef struct {
 type tcxState struct {
 	ingress, egress *ebpf.Program
 	devs            map[DevKey]*devLinks
+	// moved holds the links of devices that left the namespace they were
+	// attached in: a tcx link follows its device into another namespace
+	// (a veth Docker creates in the host and moves into a container), so
+	// the device stays observed from its first packet there. Closed once
+	// the device is gone (the link's ifindex reads 0), or at Close.
+	moved []link.Link
 }
 
 // devLinks are the tcx links of one device.
@@ -203,13 +208,14 @@ func (t *Tracer) attachDevice(ifindex int) (*devLinks, error) {
 		if a.prog == nil {
 			continue
 		}
-		if has, err := carries(ifindex, a.attach, a.prog); err != nil {
+		has, anchor, err := placement(ifindex, a.attach, a.prog)
+		if err != nil {
 			d.close()
 			return nil, err
 		} else if has {
 			continue
 		}
-		l, err := link.AttachTCX(link.TCXOptions{Program: a.prog, Attach: a.attach, Interface: ifindex, Anchor: link.Head()})
+		l, err := link.AttachTCX(link.TCXOptions{Program: a.prog, Attach: a.attach, Interface: ifindex, Anchor: anchor})
 		if err != nil {
 			d.close()
 			return nil, err
@@ -219,23 +225,49 @@ func (t *Tracer) attachDevice(ifindex int) (*devLinks, error) {
 	return d, nil
 }
 
-// carries reports whether prog is attached at this tcx hook of a device.
-func carries(ifindex int, at ebpf.AttachType, prog *ebpf.Program) (bool, error) {
+// placement reports whether prog is attached at this tcx hook of a device
+// already and, if not, where it goes: ahead of every other program (so that
+// it sees each packet before any of them decides its fate, as the
+// tracepoints do), but after the tcx programs of other hoptrace processes,
+// so that several tracers run in the same order at every hook, tcx and
+// tracepoints alike (each measures the others' programs consistently).
+func placement(ifindex int, at ebpf.AttachType, prog *ebpf.Program) (bool, link.Anchor, error) {
 	info, err := prog.Info()
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	id, _ := info.ID()
 	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
-	return slices.ContainsFunc(res.Programs, func(p link.AttachedProgram) bool { return p.ID == id }), nil
+	var anchor link.Anchor = link.Head()
+	for _, p := range res.Programs {
+		if p.ID == id {
+			return true, nil, nil
+		}
+		if isTCXProgram(p.ID) {
+			anchor = link.AfterProgramByID(p.ID)
+		}
+	}
+	return false, anchor, nil
 }
 
-// DetachDevice removes the tcx programs from a device (one that is gone or
-// moved to another namespace).
-func (t *Tracer) DetachDevice(k DevKey) error {
+// isTCXProgram reports whether a program is one of hoptrace's tcx programs.
+func isTCXProgram(id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false
+	}
+	defer p.Close()
+	info, err := p.Info()
+	return err == nil && (info.Name == "on_tcx_ingress" || info.Name == "on_tcx_egress")
+}
+
+// ForgetDevice is for a device no longer seen at k: deleted (its links are
+// closed) or moved to another namespace (its links stay, so it keeps being
+// observed there; AttachDevices then finds the programs on it and adds none).
+func (t *Tracer) ForgetDevice(k DevKey) error {
 	if t.tcx == nil {
 		return nil
 	}
@@ -244,7 +276,48 @@ func (t *Tracer) DetachDevice(k DevKey) error {
 		return nil
 	}
 	delete(t.tcx.devs, k)
-	return d.close()
+	var errs []error
+	for _, l := range d.links {
+		if attachedIfindex(l) != 0 {
+			t.tcx.moved = append(t.tcx.moved, l)
+			continue
+		}
+		errs = append(errs, l.Close())
+	}
+	d.links = nil
+	return errors.Join(errs...)
+}
+
+// PruneMoved closes the links of moved devices that are gone by now.
+func (t *Tracer) PruneMoved() error {
+	if t.tcx == nil {
+		return nil
+	}
+	var errs []error
+	kept := t.tcx.moved[:0]
+	for _, l := range t.tcx.moved {
+		if attachedIfindex(l) != 0 {
+			kept = append(kept, l)
+			continue
+		}
+		errs = append(errs, l.Close())
+	}
+	clear(t.tcx.moved[len(kept):])
+	t.tcx.moved = kept
+	return errors.Join(errs...)
+}
+
+// attachedIfindex is the ifindex a tcx link is attached to, 0 once its
+// device is gone.
+func attachedIfindex(l link.Link) uint32 {
+	info, err := l.Info()
+	if err != nil {
+		return 0
+	}
+	if x := info.TCX(); x != nil {
+		return x.Ifindex
+	}
+	return 0
 }
 
 // AttachedDevices lists the devices carrying the tcx programs.

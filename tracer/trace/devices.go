@@ -2,6 +2,7 @@ package trace
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -25,6 +26,7 @@ type Attachments struct {
 	// Warn receives attach failures after the first Sync (which returns them).
 	Warn   func(string)
 	synced bool
+	mu     sync.Mutex // Follow's goroutine against SyncNow
 }
 
 type attachedAs struct {
@@ -55,15 +57,18 @@ func (a *Attachments) Sync() error {
 			want[loader.DevKey{Netns: ns.Inode, Ifindex: l.Index}] = attachedAs{ns.Path, l.Name}
 		}
 	}
-	// Detach first: a device that moved between namespaces is attached
-	// again in its new one.
+	// Forget first: a device that moved between namespaces keeps its links
+	// (they follow it) and is found carrying them in its new one.
 	for k, as := range a.have {
 		if w, ok := want[k]; !ok || w != as {
-			if err := a.tr.DetachDevice(k); err != nil {
+			if err := a.tr.ForgetDevice(k); err != nil {
 				a.warn(fmt.Sprintf("detach tcx programs from ifindex %d in netns %d: %v", k.Ifindex, k.Netns, err))
 			}
 			delete(a.have, k)
 		}
+	}
+	if err := a.tr.PruneMoved(); err != nil {
+		a.warn(fmt.Sprintf("close tcx links of removed devices: %v", err))
 	}
 	var first error
 	for _, ns := range nss {
@@ -90,6 +95,48 @@ func (a *Attachments) Sync() error {
 	}
 	a.synced = true
 	return first
+}
+
+// Follow attaches new devices as soon as the resolver reports a change,
+// on a goroutine of its own (not between ring buffer reads), and passes each
+// change on to the returned channel once the devices are attached. The
+// caller must not call Sync itself until stop returns; stop waits for the
+// goroutine. With the tracepoint engine changes are passed on as they come.
+func (a *Attachments) Follow(changes <-chan struct{}) (out <-chan struct{}, stop func()) {
+	fwd := make(chan struct{}, 1)
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-changes:
+			}
+			a.mu.Lock()
+			_ = a.Sync() // after the first Sync, failures are warnings
+			a.mu.Unlock()
+			select {
+			case fwd <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	var once sync.Once
+	return fwd, func() {
+		once.Do(func() {
+			close(quit)
+			<-done
+		})
+	}
+}
+
+// SyncNow is Sync for a caller while Follow runs (a namespace just selected).
+func (a *Attachments) SyncNow() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.Sync()
 }
 
 func (a *Attachments) warn(msg string) {

@@ -146,6 +146,8 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	if err := att.Sync(); err != nil {
 		return res, err
 	}
+	changes, stopFollow := att.Follow(names.Changes())
+	defer stopFollow()
 	sel := NewSelection(tr, names)
 	for _, d := range cfg.Devices {
 		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
@@ -252,16 +254,13 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				break
 			}
 			sel.Set(ch.Inode, ch.Selected)
-			if err := att.Sync(); err != nil {
+			if err := att.SyncNow(); err != nil {
 				return res, err
 			}
 			if err := sel.Sync(); err != nil {
 				return res, err
 			}
-		case <-names.Changes():
-			if err := att.Sync(); err != nil {
-				return res, err
-			}
+		case <-changes:
 			if err := sel.Sync(); err != nil {
 				return res, err
 			}
