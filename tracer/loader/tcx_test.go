@@ -2,12 +2,15 @@ package loader_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
@@ -179,5 +182,93 @@ func TestTCXAttachDevices(t *testing.T) {
 	closed = true
 	if left := privtest.WaitLinksGone(links, 5*time.Second); len(left) != 0 {
 		t.Fatalf("tcx links %v left after Close", left)
+	}
+}
+
+// A tcx link follows its device into another namespace: after the move the
+// device is not attached again (no second copy of the programs), the old
+// key's links are kept while the device lives and closed once it is gone.
+func TestTCXLinkFollowsMovedDevice(t *testing.T) {
+	privtest.RequireRoot(t)
+	if !kernel.ProbeTCX().Available {
+		t.Skip("SKIP: no tcx on this kernel")
+	}
+	topo := testnet.New(t, testnet.Options{Hosts: 1})
+	tr, err := loader.Load(loader.Options{Engine: loader.EngineTCX})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer tr.Close()
+	// a veth pair of this test's own, created in the host namespace
+	name := fmt.Sprintf("htm%x", time.Now().UnixNano()&0xffffff)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name + "a"}, PeerName: name + "b"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("add veth: %v", err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(veth) })
+	peer, err := netlink.LinkByName(name + "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := loader.NetnsRef{Inode: topo.HostInode(), Path: "/proc/self/ns/net"}
+	if done, err := tr.AttachDevices(host, []int{peer.Attrs().Index}); err != nil || len(done) != 1 {
+		t.Fatalf("attach %s: %v, %v", name+"b", done, err)
+	}
+	links := privtest.TCXLinksOf(t, privtest.ProgramsOf(t, os.Getpid()))
+	if len(links) != 2 {
+		t.Fatalf("%d tcx links, want 2", len(links))
+	}
+
+	// move it into the topology's namespace, as Docker moves a container's end
+	ns := topo.Hosts[0]
+	nsh, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	if err := netlink.LinkSetNsFd(peer, int(nsh)); err != nil {
+		t.Fatalf("move %s: %v", name+"b", err)
+	}
+	if err := tr.ForgetDevice(loader.DevKey{Netns: host.Inode, Ifindex: peer.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	var moved netlink.Link
+	err = ns.Do(func() error {
+		var err error
+		moved, err = netlink.LinkByName(name + "b")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s in %s: %v", name+"b", ns.Name, err)
+	}
+	in, eg := privtest.TCXPrograms(t, ns.Path, name+"b")
+	if len(in) != 1 || len(eg) != 1 {
+		t.Fatalf("moved device's tcx programs: ingress %v egress %v, want one each (the links follow it)", in, eg)
+	}
+	newKey := loader.DevKey{Netns: ns.Inode, Ifindex: moved.Attrs().Index}
+	if done, err := tr.AttachDevices(loader.NetnsRef{Inode: ns.Inode, Path: ns.Path}, []int{newKey.Ifindex}); err != nil || len(done) != 1 || !tr.Attached(newKey) {
+		t.Fatalf("attach the moved device: %v, %v", done, err)
+	}
+	if in, eg := privtest.TCXPrograms(t, ns.Path, name+"b"); len(in) != 1 || len(eg) != 1 {
+		t.Errorf("moved device attached twice: ingress %v egress %v", in, eg)
+	}
+
+	// deleted: the kept links are closed by PruneMoved
+	if err := netlink.LinkDel(veth); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.ForgetDevice(newKey); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := tr.PruneMoved(); err != nil {
+			t.Fatal(err)
+		}
+		if left := privtest.WaitLinksGone(links, 100*time.Millisecond); len(left) == 0 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("links %v of a deleted device still open", left)
+		}
 	}
 }
