@@ -297,6 +297,12 @@ func (r *Results) Markdown() string {
 		}
 		p("\n")
 	}
+	p("## What a wider selection costs\n\n")
+	p("With the tcx engine every device of every namespace carries hoptrace's two tcx programs, whatever is selected: a packet pays one program run per device it crosses and one run per end tracepoint (kfree_skb, consume_skb, skb_copy_datagram_iovec) it meets. ")
+	p("For a packet that is neither tracked nor selected a run is one hash lookup (two for a cloned skb) plus Bloom-filter bits for the selection — the *idle third namespace* columns. ")
+	p("A tracked packet pays the full work at every hop (header parse, fingerprint, map updates, a ring buffer record or a histogram update) — the *hoptrace trace* and *hoptrace latency* columns, where both measured namespaces are selected. ")
+	p("So a selection of many containers costs what their own traffic costs, not more per container (the filter maps and the Bloom filter are looked up in constant time; each namespace adds two tcx links per device); no selection at all tracks every packet of the host and costs, on all traffic, what the selected columns show. ")
+	p("`latency` also runs its driver and backlog tracepoints (net_dev_start_xmit, netif_rx, napi_gro_receive_entry) on every packet of the host, so its unselected cost stays above trace's.\n\n")
 	p("## Targets\n\n")
 	for _, t := range r.Targets() {
 		p("- %s\n", t)
