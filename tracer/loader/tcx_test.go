@@ -132,27 +132,15 @@ func TestTCXAttachDevices(t *testing.T) {
 	var got []seen
 	ids := map[uint64]bool{}
 	lens := map[event.Hook]uint32{}
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) && len(got) < 4 {
-		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
-		rec, err := rd.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var e event.Event
-		if err := event.Decode(rec.RawSample, &e); err != nil {
-			t.Fatal(err)
-		}
+	readEvents(t, rd, 3*time.Second, func(e *event.Event) bool {
 		if e.Meta.L4Proto != event.ProtoUDP || e.Meta.Dport != 7411 || event.IsEnd(event.Hook(e.Hook)) {
-			continue
+			return false
 		}
 		got = append(got, seen{event.Hook(e.Hook), e.Netns, e.Ifindex})
 		ids[e.PktId] = true
 		lens[event.Hook(e.Hook)] = e.Len
-	}
+		return len(got) == 4
+	})
 	h := topo.HostInode()
 	want := []seen{
 		{event.HookNetDevQueue, a.Inode, uint32(a.Ifindex)},
@@ -269,6 +257,30 @@ func TestTCXLinkFollowsMovedDevice(t *testing.T) {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("links %v of a deleted device still open", left)
+		}
+	}
+}
+
+// readEvents hands each event from the ring buffer to f until f says it has
+// seen enough or the time is up.
+func readEvents(t *testing.T, rd *ringbuf.Reader, timeout time.Duration, f func(*event.Event) (enough bool)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		rec, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var e event.Event
+		if err := event.Decode(rec.RawSample, &e); err != nil {
+			t.Fatal(err)
+		}
+		if f(&e) {
+			return
 		}
 	}
 }
