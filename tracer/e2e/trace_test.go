@@ -35,6 +35,8 @@ func TestTraceUsageErrors(t *testing.T) {
 		{[]string{"trace", "--ring-size", "3"}, exitUsage, "--ring-size must be a power of two"},
 		{[]string{"trace", "--host", "10.0.0.300"}, exitUsage, "bad --host"},
 		{[]string{"trace", "--proto", "icmp", "--port", "80"}, exitUsage, "--port needs tcp or udp"},
+		{[]string{"trace", "--engine", "xdp"}, exitUsage, `--engine: engine "xdp": want auto, tcx or tracepoint`},
+		{[]string{"latency", "--engine", "kprobe"}, exitUsage, `--engine: engine "kprobe"`},
 	} {
 		r := runCLI(t, tc.args...)
 		if r.code != tc.code {
