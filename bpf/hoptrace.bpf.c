@@ -712,6 +712,10 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struc
 		proto = tag->proto;
 		l3 = tag + 1;
 	}
+	/* stacked tags, or headers parse() would read elsewhere: let observe() decide */
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) ||
+	    (proto != ctx->protocol && ctx->protocol != bpf_htons(ETH_P_8021Q)))
+		return true;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
