@@ -651,7 +651,7 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
  * A one-hash Bloom filter over the selected namespaces and addresses, kept
  * by the loader next to filter_netns and filter_addr: a clear bit says "not
  * selected" with an inlined array access instead of a hash lookup, which is
- * what most packets on a device get. The loader mirrors bloom_idx.
+ * what most packets on a device get. tracer/loader/bloom.go mirrors the hash.
  */
 #define BLOOM_BITS 4096
 #define BLOOM_SHIFT 20 /* 32 - log2(BLOOM_BITS) */
