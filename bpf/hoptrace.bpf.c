@@ -2,9 +2,13 @@
 /*
  * hoptrace: follow packets across veth pairs and bridges.
  *
- * Every program here is a tp_btf program on a networking tracepoint: they see
- * all network namespaces at once, need no per-interface attachment, and exist
- * on every kernel hoptrace supports. None of them changes a packet or its fate.
+ * Two engines feed the same observe(). The tracepoint engine: tp_btf programs
+ * on networking tracepoints, which see all network namespaces at once, need no
+ * per-interface attachment and exist on every kernel hoptrace supports. The
+ * tcx engine (Linux 6.6+): tcx ingress/egress programs on the devices a path
+ * can cross stand in for the net_dev_queue and netif_receive_skb hops, so
+ * traffic on other hooks pays nothing; the end tracepoints stay. None of them
+ * changes a packet or its fate.
  *
  * Packet identity: the skb address is stable along one unicast path, but the
  * kernel reuses addresses within microseconds and many frees are silent. So an
@@ -491,6 +495,24 @@ static __always_inline __u32 sock_netns(struct sk_buff *skb)
 	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
+/*
+ * skb->len as the tracepoints see it: tcx ingress runs with the link-layer
+ * header pushed back (skb->data at the MAC header), netif_receive_skb after
+ * it was pulled.
+ */
+static __always_inline __u32 skb_len(struct sk_buff *skb, __u8 hook)
+{
+	__u32 len = skb->len;
+	if (hook != HOOK_NETIF_RECEIVE_SKB || skb->mac_header == MAC_HEADER_UNSET)
+		return len;
+	__u64 data = 0, head = 0; /* scalars: no arithmetic on kernel pointers */
+	bpf_probe_read_kernel(&data, sizeof(data), &skb->data);
+	bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
+	if (data == head + skb->mac_header && len >= skb->mac_len)
+		len -= skb->mac_len;
+	return len;
+}
+
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason)
 {
@@ -503,6 +525,9 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	struct pkt_track *h = NULL;
 	bool untracked = false; /* a scalar: the verifier refuses ORing the two pointers */
 	if (!t) {
+		/* an untracked end: only a clone can still be ours (via its head) */
+		if (end && !BPF_CORE_READ_BITFIELD(skb, cloned))
+			return 0;
 		h = bpf_map_lookup_elem(&by_head, &head);
 		if (!h) {
 			if (end)
@@ -602,7 +627,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			e->netns = cur.netns;
 			e->ifindex = cur.ifindex;
 			e->iif = skb->skb_iif;
-			e->len = skb->len;
+			e->len = skb_len(skb, hook);
 			e->drop_reason = reason;
 			e->cpu = bpf_get_smp_processor_id();
 			e->hook = hook;
@@ -703,4 +728,159 @@ SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 {
 	return observe(ctx, skb, skb->dev, HOOK_COPY_DATAGRAM, 0, 0);
+}
+
+/* ---- the tcx engine ---- */
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/*
+ * A one-hash Bloom filter over the selected namespaces and addresses, kept
+ * by the loader next to filter_netns and filter_addr: a clear bit says "not
+ * selected" with an inlined array access instead of a hash lookup, which is
+ * what most packets on a device get. tracer/loader/bloom.go mirrors the hash.
+ */
+#define BLOOM_BITS 4096
+#define BLOOM_SHIFT 20 /* 32 - log2(BLOOM_BITS) */
+
+struct filter_bloom {
+	__u64 netns[BLOOM_BITS / 64];
+	__u64 addr[BLOOM_BITS / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_bloom);
+} filter_bloom SEC(".maps");
+
+static __always_inline bool bloom_has(const __u64 *bits, __u32 v)
+{
+	__u32 i = (v * 0x9E3779B1u) >> BLOOM_SHIFT;
+	return bits[i >> 6] & (1ULL << (i & 63));
+}
+
+/* An address's bloom key: IPv4 as loaded from the packet, IPv6 folded. */
+static __always_inline __u32 addr_fold(__u32 family, const __u32 *w)
+{
+	return family == 4 ? w[0] : w[0] ^ w[1] ^ w[2] ^ w[3];
+}
+
+static __always_inline bool tcx_addr_maybe(const struct filter_bloom *b, __u32 family, const __u8 *addr)
+{
+	return bloom_has(b->addr, addr_fold(family, (const __u32 *)addr)) && addr_selected(family, addr);
+}
+
+struct ethhdr_ {
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+/*
+ * Whether the selection may take this untracked packet, read from the packet
+ * itself (direct packet access, no probe reads). True when unsure: observe()
+ * decides; this only rejects what observe() would reject.
+ */
+static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struct filter_bloom *b)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr_ *eth = data;
+	if ((void *)(eth + 1) > end)
+		return true;
+	__be16 proto = eth->proto;
+	void *l3 = eth + 1;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_tag *tag = l3;
+		if ((void *)(tag + 1) > end)
+			return true;
+		proto = tag->proto;
+		l3 = tag + 1;
+	}
+	/* stacked tags, or headers parse() would read elsewhere: let observe() decide */
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) ||
+	    (proto != ctx->protocol && ctx->protocol != bpf_htons(ETH_P_8021Q)))
+		return true;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end)
+			return true;
+		return tcx_addr_maybe(b, 4, (__u8 *)&ip->saddr) || tcx_addr_maybe(b, 4, (__u8 *)&ip->daddr);
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			return true;
+		return tcx_addr_maybe(b, 6, (__u8 *)&ip6->saddr) || tcx_addr_maybe(b, 6, (__u8 *)&ip6->daddr);
+	}
+	if (proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_ipv4 *arp = l3;
+		if ((void *)(arp + 1) > end)
+			return true;
+		if (arp->ptype != bpf_htons(ETH_P_IP) || arp->plen != 4)
+			return false;
+		return tcx_addr_maybe(b, 4, arp->sip) || tcx_addr_maybe(b, 4, arp->tip);
+	}
+	return false;
+}
+
+/*
+ * The cheap rejection at a device: a packet neither tracked (by address, or
+ * by head for a clone) nor selected here costs one or two lookups and no
+ * header parsing.
+ */
+static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *skb, struct net_device *dev)
+{
+	if (!filter_flags)
+		return true;
+	__u64 addr = (__u64)skb;
+	if (bpf_map_lookup_elem(&by_skb, &addr))
+		return true;
+	if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
+		__u64 head = (__u64)skb->head;
+		if (bpf_map_lookup_elem(&by_head, &head))
+			return true;
+	}
+	__u32 zero = 0;
+	const struct filter_bloom *b = bpf_map_lookup_elem(&filter_bloom, &zero);
+	if (!b)
+		return true;
+	__u32 netns = dev->nd_net.net->ns.inum;
+	if ((filter_flags & FILTER_NETNS) && bloom_has(b->netns, netns) && bpf_map_lookup_elem(&filter_netns, &netns))
+		return true;
+	if (filter_flags & FILTER_DEV) {
+		struct dev_key k = {.netns = netns, .ifindex = dev->ifindex};
+		if (bpf_map_lookup_elem(&filter_dev, &k))
+			return true;
+	}
+	if (filter_flags & FILTER_ADDR) {
+		if (dev->type != ARPHRD_ETHER)
+			return true;
+		return tcx_addr_selected(ctx, b);
+	}
+	return false;
+}
+
+/* tcx egress fires just before net_dev_queue: it is that hop. */
+SEC("tcx/egress")
+int on_tcx_egress(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+	struct net_device *dev = skb->dev;
+	if (dev && tcx_wanted(ctx, skb, dev))
+		observe(ctx, skb, dev, HOOK_NET_DEV_QUEUE, 0, 0);
+	return TCX_NEXT;
+}
+
+/* tcx ingress fires just after netif_receive_skb: it is that hop. */
+SEC("tcx/ingress")
+int on_tcx_ingress(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+	struct net_device *dev = skb->dev;
+	if (dev && tcx_wanted(ctx, skb, dev))
+		observe(ctx, skb, dev, HOOK_NETIF_RECEIVE_SKB, 0, 0);
+	return TCX_NEXT;
 }

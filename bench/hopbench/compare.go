@@ -26,7 +26,7 @@ type Condition struct {
 	ReadyRe  *regexp.Regexp
 	MinLinks int
 	// InProc, instead of Argv, attaches something in this process.
-	InProc func() (io.Closer, error)
+	InProc func(nt *Net) (io.Closer, error)
 }
 
 // Workload is one measurement.
@@ -51,17 +51,21 @@ type Sample struct {
 // attached; without one the BPF link count is used.
 var hoptraceReady = regexp.MustCompile(`(?i)^hoptrace: .*(ready|attached|tracing|listening)`)
 
+// The measured pair is the Net's first two namespaces; the third is idle,
+// selected by the *_idle conditions while the pair talks.
 func conditions(hoptrace string, withLatency bool) []Condition {
-	nsFlags := func(nt *Net) []string {
+	measured := func(nt *Net) []string {
 		var f []string
-		for _, h := range nt.Hosts {
+		for _, h := range nt.Hosts[:2] {
 			f = append(f, "--netns", h.Name)
 		}
 		return f
 	}
+	idle := func(nt *Net) []string { return []string{"--netns", nt.Hosts[2].Name} }
 	cs := []Condition{
 		{Name: "baseline"},
-		{Name: "empty", InProc: attachEmpty},
+		{Name: "empty", InProc: func(*Net) (io.Closer, error) { return attachEmpty() }},
+		{Name: "tcx_floor", InProc: attachTCXFloor},
 		{
 			Name:    "tcpdump",
 			Argv:    func(*Net) []string { return []string{"tcpdump", "-i", "any", "-w", "/dev/null", "-s", "96"} },
@@ -70,20 +74,35 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 		{
 			Name: "trace",
 			Argv: func(nt *Net) []string {
-				return append([]string{hoptrace, "trace", "--output", "json"}, nsFlags(nt)...)
+				return append([]string{hoptrace, "trace", "--output", "json"}, measured(nt)...)
 			},
 			ReadyRe:  hoptraceReady,
 			MinLinks: 5, // two hop hooks, three end hooks
+		},
+		{
+			Name: "trace_idle",
+			Argv: func(nt *Net) []string {
+				return append([]string{hoptrace, "trace", "--output", "json"}, idle(nt)...)
+			},
+			ReadyRe:  hoptraceReady,
+			MinLinks: 5,
 		},
 	}
 	if withLatency {
 		cs = append(cs, Condition{
 			Name: "latency",
 			Argv: func(nt *Net) []string {
-				return append([]string{hoptrace, "latency"}, nsFlags(nt)...)
+				return append([]string{hoptrace, "latency"}, measured(nt)...)
 			},
 			ReadyRe:  hoptraceReady,
 			MinLinks: 8, // hop, detail and end hooks
+		}, Condition{
+			Name: "latency_idle",
+			Argv: func(nt *Net) []string {
+				return append([]string{hoptrace, "latency"}, idle(nt)...)
+			},
+			ReadyRe:  hoptraceReady,
+			MinLinks: 8,
 		})
 	}
 	return cs
@@ -214,7 +233,7 @@ func runOne(ctx context.Context, nt *Net, c Condition, w Workload, dur time.Dura
 	}
 	var self *Proc // BPF statistics of in-process programs
 	if c.InProc != nil {
-		cl, err := c.InProc()
+		cl, err := c.InProc(nt)
 		if err != nil {
 			s.Error = err.Error()
 			return s

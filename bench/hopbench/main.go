@@ -123,7 +123,7 @@ func bench(args []string) error {
 		if !withLatency {
 			res.Notes = append(res.Notes, "`hoptrace latency` is not in this build: its column is missing.")
 		}
-		nt, err := NewNet(2)
+		nt, err := NewNet(3) // the measured pair and an idle third
 		if err != nil {
 			return fmt.Errorf("benchmark network: %w", err)
 		}

@@ -52,7 +52,7 @@ func ProfileRun(ctx context.Context, nt *Net, c Condition, w Workload, dur time.
 		}
 	}
 	if c.InProc != nil {
-		cl, err := c.InProc()
+		cl, err := c.InProc(nt)
 		if err != nil {
 			pr.Error = err.Error()
 			return pr

@@ -33,6 +33,7 @@ another host is named).`,
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per interval, the last one with \"final\": true)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at `HOST:PORT` (/metrics); an empty host means 127.0.0.1"},
 			&cli.BoolFlag{Name: "detail", Usage: "text output: add the mean, the tracepoints of each pair and every pair on no path"},
+			engineFlag(),
 		}, append(selectionFlags("measure"), filterFlags()...)...),
 		Action: runLatency,
 	}
@@ -50,6 +51,10 @@ func runLatency(c *cli.Context) error {
 	}
 	if c.Duration("duration") < 0 {
 		return usagef("--duration must not be negative")
+	}
+	eng, err := engine(c)
+	if err != nil {
+		return err
 	}
 	metricsAddr := c.String("metrics-addr")
 	if metricsAddr != "" {
@@ -77,6 +82,8 @@ func runLatency(c *cli.Context) error {
 		Interval:  interval,
 		Duration:  c.Duration("duration"),
 		Report:    w.Write,
+		Engine:    eng,
+		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
 	if d := kernel.KernelDropReasons(); d != nil {
 		cfg.Drops = d

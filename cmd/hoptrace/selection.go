@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/selection"
 )
@@ -18,6 +19,20 @@ func selectionFlags(verb string) []cli.Flag {
 		&cli.StringSliceFlag{Name: "netns", Aliases: []string{"n"}, Usage: verb + " packets of this network namespace: a name in /var/run/netns, a Docker sandbox id, or a path such as /proc/PID/ns/net (repeatable)"},
 		&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: verb + " packets crossing this interface, in the --netns namespaces or the host (repeatable)"},
 	}, containerFlags()...)
+}
+
+// engineFlag chooses how trace and latency observe a packet's hops.
+func engineFlag() cli.Flag {
+	return &cli.StringFlag{Name: "engine", Value: "auto", Usage: "how hops are observed: tcx (programs on the devices, Linux 6.6+), tracepoint (net_dev_queue and netif_receive_skb, every packet of the host), or auto (tcx where the kernel has it); `hoptrace doctor` says which auto picks"}
+}
+
+// engine reads --engine.
+func engine(c *cli.Context) (loader.Engine, error) {
+	e, err := loader.ParseEngine(c.String("engine"))
+	if err != nil {
+		return 0, usageError{fmt.Errorf("--engine: %w", err)}
+	}
+	return e, nil
 }
 
 // scope is what trace and latency look at: Docker for names and

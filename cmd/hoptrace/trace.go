@@ -45,6 +45,7 @@ nf_tables tracing (every packet without a namespace selection).`,
 			&cli.IntFlag{Name: "ring-size", Value: 8, Usage: "ring buffer size in `MiB` (a power of two); raise it if events are lost"},
 			&cli.StringFlag{Name: "write", Aliases: []string{"w"}, Usage: "write every hop of every traced packet to a pcapng `FILE` (- for standard output)"},
 			&cli.IntFlag{Name: "snaplen", Aliases: []string{"s"}, Value: pcapng.DefaultSnapLen, Usage: "with -w, keep this many `BYTES` of each frame (its headers)"},
+			engineFlag(),
 		}, append(selectionFlags("trace"), filterFlags()...)...),
 		Action: runTrace,
 	}
@@ -109,6 +110,10 @@ func runTrace(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	eng, err := engine(c)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	sc, err := openScope(ctx, c, "trace")
@@ -148,6 +153,7 @@ func runTrace(c *cli.Context) error {
 		Out:       out,
 		RingBytes: c.Int("ring-size") << 20,
 		Warn:      warn,
+		Engine:    eng,
 	}
 	cfg.Selection = sc.sel
 	if c.Bool("rules") {

@@ -7,6 +7,8 @@ package privtest
 import (
 	"bufio"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/hoptrace/hoptrace/tracer/nsenter"
 )
 
 // RequireRoot skips the test, loudly, when not running as root.
@@ -149,4 +154,88 @@ func Tool(t testing.TB, name, pkg string) string {
 	}
 	t.Skipf("SKIPPED: %s not installed (apt-get install %s, or make setup)", name, pkg)
 	return ""
+}
+
+// TCXLinksOf returns the IDs of the tcx links (any process's) that run one
+// of these programs, found by iterating every BPF link in the kernel.
+func TCXLinksOf(t testing.TB, progs []ebpf.ProgramID) []link.ID {
+	t.Helper()
+	want := map[ebpf.ProgramID]bool{}
+	for _, p := range progs {
+		want[p] = true
+	}
+	var ids []link.ID
+	it := new(link.Iterator)
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if info.Type == link.TCXType && want[info.Program] {
+			ids = append(ids, info.ID)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("iterate BPF links: %v", err)
+	}
+	return ids
+}
+
+// WaitLinksGone waits until none of the links exists any more and returns
+// those still there when the wait ends.
+func WaitLinksGone(ids []link.ID, timeout time.Duration) []link.ID {
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []link.ID
+		for _, id := range ids {
+			l, err := link.NewFromID(id)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err == nil {
+				l.Close()
+			}
+			left = append(left, id)
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TCXPrograms returns the programs attached at tcx ingress and egress of a
+// device, looked up inside the namespace at nsPath ("" for this process's).
+func TCXPrograms(t testing.TB, nsPath, ifname string) (ingress, egress []ebpf.ProgramID) {
+	t.Helper()
+	query := func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifi.Index, Attach: at})
+			if err != nil {
+				return fmt.Errorf("query %s of %s: %w", at, ifname, err)
+			}
+			for _, p := range res.Programs {
+				if at == ebpf.AttachTCXIngress {
+					ingress = append(ingress, p.ID)
+				} else {
+					egress = append(egress, p.ID)
+				}
+			}
+		}
+		return nil
+	}
+	var err error
+	if nsPath == "" {
+		err = query()
+	} else {
+		err = nsenter.Do(nsPath, query)
+	}
+	if err != nil {
+		t.Fatalf("tcx programs of %s in %q: %v", ifname, nsPath, err)
+	}
+	return ingress, egress
 }

@@ -55,6 +55,12 @@ const (
 	HoptraceEventFlagEVENT_F_SOCK_NS HoptraceEventFlag = 8
 )
 
+type HoptraceFilterBloom struct {
+	_     structs.HostLayout
+	Netns [64]uint64
+	Addr  [64]uint64
+}
+
 type HoptraceFilterFlag uint32
 
 const (
@@ -166,6 +172,7 @@ const (
 	HoptraceMapBySkb                   = "by_skb"
 	HoptraceMapEvents                  = "events"
 	HoptraceMapFilterAddr              = "filter_addr"
+	HoptraceMapFilterBloom             = "filter_bloom"
 	HoptraceMapFilterDev               = "filter_dev"
 	HoptraceMapFilterNetns             = "filter_netns"
 	HoptraceMapHistZero                = "hist_zero"
@@ -181,6 +188,8 @@ const (
 	HoptraceProgOnNetifReceiveSkb      = "on_netif_receive_skb"
 	HoptraceProgOnNetifRx              = "on_netif_rx"
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
+	HoptraceProgOnTcxEgress            = "on_tcx_egress"
+	HoptraceProgOnTcxIngress           = "on_tcx_ingress"
 	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarMode                    = "mode"
@@ -251,6 +260,8 @@ type HoptraceProgramSpecs struct {
 	OnNetifReceiveSkb      *ebpf.ProgramSpec `ebpf:"on_netif_receive_skb"`
 	OnNetifRx              *ebpf.ProgramSpec `ebpf:"on_netif_rx"`
 	OnSkbCopyDatagramIovec *ebpf.ProgramSpec `ebpf:"on_skb_copy_datagram_iovec"`
+	OnTcxEgress            *ebpf.ProgramSpec `ebpf:"on_tcx_egress"`
+	OnTcxIngress           *ebpf.ProgramSpec `ebpf:"on_tcx_ingress"`
 }
 
 // HoptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -261,6 +272,7 @@ type HoptraceMapSpecs struct {
 	BySkb       *ebpf.MapSpec `ebpf:"by_skb"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	FilterAddr  *ebpf.MapSpec `ebpf:"filter_addr"`
+	FilterBloom *ebpf.MapSpec `ebpf:"filter_bloom"`
 	FilterDev   *ebpf.MapSpec `ebpf:"filter_dev"`
 	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
 	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
@@ -314,6 +326,7 @@ type HoptraceMaps struct {
 	BySkb       *ebpf.Map `ebpf:"by_skb"`
 	Events      *ebpf.Map `ebpf:"events"`
 	FilterAddr  *ebpf.Map `ebpf:"filter_addr"`
+	FilterBloom *ebpf.Map `ebpf:"filter_bloom"`
 	FilterDev   *ebpf.Map `ebpf:"filter_dev"`
 	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
 	HistZero    *ebpf.Map `ebpf:"hist_zero"`
@@ -327,6 +340,7 @@ func (m *HoptraceMaps) Close() error {
 		m.BySkb,
 		m.Events,
 		m.FilterAddr,
+		m.FilterBloom,
 		m.FilterDev,
 		m.FilterNetns,
 		m.HistZero,
@@ -371,6 +385,8 @@ type HoptracePrograms struct {
 	OnNetifReceiveSkb      *ebpf.Program `ebpf:"on_netif_receive_skb"`
 	OnNetifRx              *ebpf.Program `ebpf:"on_netif_rx"`
 	OnSkbCopyDatagramIovec *ebpf.Program `ebpf:"on_skb_copy_datagram_iovec"`
+	OnTcxEgress            *ebpf.Program `ebpf:"on_tcx_egress"`
+	OnTcxIngress           *ebpf.Program `ebpf:"on_tcx_ingress"`
 }
 
 func (p *HoptracePrograms) Close() error {
@@ -385,6 +401,8 @@ func (p *HoptracePrograms) Close() error {
 		p.OnNetifReceiveSkb,
 		p.OnNetifRx,
 		p.OnSkbCopyDatagramIovec,
+		p.OnTcxEgress,
+		p.OnTcxIngress,
 	)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/nftrace"
 )
 
@@ -47,9 +48,13 @@ type Plan struct {
 	// "on_consume_skb_noloc".
 	ConsumeSkbProgram string `json:"consume_skb_program"`
 	ConsumeSkb        string `json:"consume_skb"`
-	FunctionHooks     string `json:"function_hooks"`
-	DropReasons       string `json:"drop_reasons"`
-	Containers        string `json:"containers"`
+	// Engine is how trace and latency observe hops by default (--engine
+	// auto): "tcx" or "tracepoint"; EngineDetail says it in words.
+	Engine        string `json:"engine"`
+	EngineDetail  string `json:"engine_detail"`
+	FunctionHooks string `json:"function_hooks"`
+	DropReasons   string `json:"drop_reasons"`
+	Containers    string `json:"containers"`
 	// RuleNaming says whether trace --rules and verify name the netfilter
 	// rule that dropped a packet.
 	RuleNaming string `json:"rule_naming"`
@@ -146,7 +151,7 @@ func Run() *Report {
 
 	kp := add(GroupFunctions, false, kernel.ProbeKprobes())
 	fe := add(GroupFunctions, false, kernel.ProbeFentry())
-	add(GroupTC, false, kernel.ProbeTCX())
+	tcx := add(GroupTC, false, kernel.ProbeTCX())
 	cls := kernel.ProbeClsact()
 	cls.Name = "legacy_tc"
 	add(GroupTC, false, cls)
@@ -157,6 +162,16 @@ func Run() *Report {
 	r.Plan.RuleNaming = r.ruleNaming(privOK)
 
 	// What hoptrace will use.
+	eng := loader.AutoEngine(kernel.Probe{Name: tcx.Name, Available: tcx.Available, Detail: tcx.Detail})
+	r.Plan.Engine = eng.String()
+	if eng == loader.EngineTCX {
+		r.Plan.EngineDetail = "tcx: tcx ingress and egress programs on every device of every namespace observe the hops " +
+			"(net_dev_queue and netif_receive_skb stay detached, so traffic pays only on the devices it crosses); " +
+			"the end tracepoints, and --detail's and latency's, stay; --engine tracepoint uses the tracepoints instead"
+	} else {
+		r.Plan.EngineDetail = "tracepoint: tp_btf programs on net_dev_queue and netif_receive_skb observe the hops of every packet on the host " +
+			"(no tcx here: " + tcx.Detail + ")"
+	}
 	if loc.Available {
 		r.Plan.ConsumeSkbProgram = "on_consume_skb"
 		r.Plan.ConsumeSkb = "the consume_skb program with the location argument (kernel 6.3+), so frees are attributed to a function"
@@ -264,7 +279,7 @@ var groupTitles = []struct{ group, title string }{
 	{GroupKernel, "Kernel (BTF and the ring buffer are required)"},
 	{GroupTracepoints, "Tracepoints hoptrace attaches to (tp_btf, all required)"},
 	{GroupFunctions, "Function hooks (hoptrace does not use them)"},
-	{GroupTC, "Traffic control attachment (hoptrace does not use it)"},
+	{GroupTC, "Traffic control attachment (tcx: the default engine where available; legacy tc is never used)"},
 	{GroupFilesystems, "Filesystems (not required)"},
 	{GroupAccess, "Access"},
 	{GroupRules, "Naming the netfilter rule of a drop (trace --rules, verify; not required)"},
@@ -316,6 +331,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 	}
 	fmt.Fprintf(&b, "\nhoptrace will use:\n")
+	fmt.Fprintf(&b, "  - engine %s\n", r.Plan.EngineDetail)
 	fmt.Fprintf(&b, "  - tp_btf programs on %d tracepoints: %s\n", len(r.Plan.Tracepoints), strings.Join(r.Plan.Tracepoints, ", "))
 	fmt.Fprintf(&b, "  - %s\n", r.Plan.ConsumeSkb)
 	fmt.Fprintf(&b, "  - function hooks: %s\n", r.Plan.FunctionHooks)

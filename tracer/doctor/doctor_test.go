@@ -116,6 +116,11 @@ func TestDoctorOnThisKernel(t *testing.T) {
 	if !strings.Contains(out, "  "+mark[wantTCX]+"  tcx ") {
 		t.Errorf("text tcx line should start with %q", mark[wantTCX])
 	}
+	// The engine: tcx exactly where the kernel has tcx.
+	wantEngine := map[bool]string{true: "tcx", false: "tracepoint"}[wantTCX]
+	if r.Plan.Engine != wantEngine || !strings.Contains(out, "  - engine "+wantEngine+": ") {
+		t.Errorf("engine on %s: %q (%q), want %s", rel, r.Plan.Engine, r.Plan.EngineDetail, wantEngine)
+	}
 	if c := check(t, r, "legacy_tc"); !c.Available {
 		t.Errorf("legacy tc: %+v", c)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 func TestTraceUsageErrors(t *testing.T) {
@@ -40,6 +42,8 @@ func TestTraceUsageErrors(t *testing.T) {
 		{[]string{"trace", "--ring-size", "3"}, exitUsage, "--ring-size must be a power of two"},
 		{[]string{"trace", "--host", "10.0.0.300"}, exitUsage, "bad --host"},
 		{[]string{"trace", "--proto", "icmp", "--port", "80"}, exitUsage, "--port needs tcp or udp"},
+		{[]string{"trace", "--engine", "xdp"}, exitUsage, `--engine: engine "xdp": want auto, tcx or tracepoint`},
+		{[]string{"latency", "--engine", "kprobe"}, exitUsage, `--engine: engine "kprobe"`},
 	} {
 		r := runCLI(t, tc.args...)
 		if r.code != tc.code {
@@ -218,6 +222,54 @@ func TestTraceSIGKILLLeavesNothing(t *testing.T) {
 	r.cmd.Wait()
 	if left := privtest.WaitGone(r.progs, 5*time.Second); len(left) != 0 {
 		t.Fatalf("programs %v hoptrace programs still loaded after SIGKILL", left)
+	}
+}
+
+// The tcx engine's device links die with the process too: while a trace
+// runs, the devices of a namespace it watches (the namespace's eth0, its
+// host veth and the bridge) carry its tcx programs; after a SIGKILL no tcx
+// link of it is left. With --engine tracepoint there is none to begin with.
+func TestTraceSIGKILLLeavesNoTCXLink(t *testing.T) {
+	privtest.RequireRoot(t)
+	if !kernel.ProbeTCX().Available {
+		t.Skip("SKIP: no tcx on this kernel (the tracepoint engine is used; TestTraceSIGKILLLeavesNothing covers it)")
+	}
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a := topo.Hosts[0]
+
+	tp := startCLI(t, "trace", "--netns", a.Name, "--engine", "tracepoint")
+	waitAttached(t, tp)
+	if links := privtest.TCXLinksOf(t, tp.progs); len(links) != 0 {
+		t.Errorf("--engine tracepoint holds tcx links %v", links)
+	}
+	tp.cmd.Process.Kill()
+	tp.cmd.Wait()
+
+	r := startCLI(t, "trace", "--netns", a.Name, "--output", "json")
+	waitAttached(t, r)
+	links := privtest.TCXLinksOf(t, r.progs)
+	// at least ingress+egress on a's eth0, its host veth and the bridge
+	if len(links) < 6 {
+		t.Fatalf("trace holds %d tcx links (%v), want at least 6", len(links), links)
+	}
+	held := map[ebpf.ProgramID]bool{}
+	for _, p := range r.progs {
+		held[p] = true
+	}
+	for _, dev := range []struct{ netns, ifname string }{{a.Path, "eth0"}, {"", a.HostVeth}, {"", topo.Bridge}} {
+		in, eg := privtest.TCXPrograms(t, dev.netns, dev.ifname)
+		if !slices.ContainsFunc(in, func(id ebpf.ProgramID) bool { return held[id] }) ||
+			!slices.ContainsFunc(eg, func(id ebpf.ProgramID) bool { return held[id] }) {
+			t.Errorf("%s (netns %q) does not carry the trace's programs at tcx ingress and egress: %v, %v", dev.ifname, dev.netns, in, eg)
+		}
+	}
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+	if left := privtest.WaitLinksGone(links, 5*time.Second); len(left) != 0 {
+		t.Fatalf("tcx links %v still exist after SIGKILL", left)
+	}
+	if left := privtest.WaitGone(r.progs, 5*time.Second); len(left) != 0 {
+		t.Fatalf("programs %v still loaded after SIGKILL", left)
 	}
 }
 

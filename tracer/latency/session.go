@@ -31,9 +31,12 @@ type Config struct {
 	Interval time.Duration // report every; 0: 1s
 	Duration time.Duration // stop after; 0: until cancelled
 
-	Hooks        []loader.Hook // nil: DefaultHooks()
-	TrackEntries int           // in-flight map size; 0: the loader's default
-	HistPairs    int           // histogram map size; 0: the loader's default
+	Hooks []loader.Hook // nil: DefaultHooks()
+	// Engine: tcx programs on devices or tracepoints for the hop hooks;
+	// zero (EngineAuto): tcx where the kernel has it.
+	Engine       loader.Engine
+	TrackEntries int // in-flight map size; 0: the loader's default
+	HistPairs    int // histogram map size; 0: the loader's default
 	// ExpireAfter: in-flight entries whose last hop is older are expired;
 	// 0: 2s (twice the tracer's StaleAfter).
 	ExpireAfter time.Duration
@@ -51,6 +54,8 @@ type Config struct {
 	// Ready, if set, is called once the programs are attached and the
 	// filters set.
 	Ready func()
+	// Warn, if set, receives warnings (devices that could not be attached).
+	Warn func(string)
 }
 
 // Run loads the tracer in latency mode and reports until ctx is cancelled
@@ -69,8 +74,13 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	if hooks == nil {
 		hooks = DefaultHooks()
 	}
+	engine, err := loader.ResolveEngine(cfg.Engine)
+	if err != nil {
+		return err
+	}
 	tr, err := loader.Load(loader.Options{
 		Mode:         loader.ModeLatency,
+		Engine:       engine,
 		Hooks:        hooks,
 		FilterKinds:  cfg.Selection.FilterKinds(),
 		Filter:       cfg.Filter.Instructions(),
@@ -83,7 +93,7 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	}
 	defer tr.Close()
 
-	follow, err := selection.Follow(ctx, tr, names, cfg.Selection)
+	follow, err := selection.Follow(ctx, tr, names, cfg.Selection, selection.TracerOptions(tr, cfg.Warn))
 	if err != nil {
 		return err
 	}

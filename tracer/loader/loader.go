@@ -1,7 +1,8 @@
 // Package loader loads hoptrace's BPF programs, attaches them to the
-// kernel's networking tracepoints and owns every link and map until Close.
-// All attachments are bpf_link file descriptors held by this process and
-// never pinned, so the kernel detaches them however the process exits.
+// kernel's networking tracepoints (and, with the tcx engine, to devices) and
+// owns every link and map until Close. All attachments are bpf_link file
+// descriptors held by this process and never pinned, so the kernel detaches
+// them however the process exits.
 package loader
 
 import (
@@ -60,8 +61,14 @@ const (
 // Options configure Load. The zero value traces every packet in every
 // namespace at the hop and end hooks.
 type Options struct {
-	Mode  Mode
-	Hooks []Hook // nil: HopHooks + EndHooks
+	Mode Mode
+	// Engine: EngineTCX observes the hop hooks with tcx programs on the
+	// devices the caller attaches (AttachDevices); EngineTracepoint and
+	// EngineAuto (the zero value: the loader attaches no device by itself)
+	// with tracepoints. ResolveEngine says what EngineAuto means for callers
+	// that attach devices.
+	Engine Engine
+	Hooks  []Hook // nil: HopHooks + EndHooks
 	// FilterKinds says which filter maps are consulted (FilterNetns|...);
 	// 0 traces everything. The maps' contents can change while running.
 	FilterKinds FilterKind
@@ -97,6 +104,9 @@ type Tracer struct {
 	hooks      []Hook
 	consumeLoc bool
 	ringBytes  int
+	engine     Engine
+	tcx        *tcxState // EngineTCX only
+	bloom      bloom
 }
 
 // Load loads and attaches the programs. On error nothing stays loaded.
@@ -180,16 +190,29 @@ func Load(opts Options) (*Tracer, error) {
 	if n, err := kernel.TracepointArgs(kspec, "consume_skb"); err == nil && n >= 2 {
 		consumeLoc = true
 	}
+	engine := opts.Engine
+	if engine == EngineAuto {
+		engine = EngineTracepoint
+	}
 	// Load only the programs of the hooks asked for (and the consume_skb
-	// variant this kernel can run).
-	progSpecs := make([]*ebpf.ProgramSpec, len(hooks))
+	// variant this kernel can run); under the tcx engine the hop hooks are
+	// tcx programs instead of tracepoints.
+	var tpSpecs []*ebpf.ProgramSpec // programs attached to tracepoints
+	tcxSpecs := map[Hook]*ebpf.ProgramSpec{}
 	wanted := map[*ebpf.ProgramSpec]bool{}
-	for i, h := range hooks {
+	for _, h := range hooks {
+		if engine == EngineTCX {
+			if ps := tcxProgram(&specs.HoptraceProgramSpecs, h); ps != nil {
+				tcxSpecs[h] = ps
+				wanted[ps] = true
+				continue
+			}
+		}
 		ps, err := programSpec(&specs.HoptraceProgramSpecs, h, consumeLoc)
 		if err != nil {
 			return nil, err
 		}
-		progSpecs[i] = ps
+		tpSpecs = append(tpSpecs, ps)
 		wanted[ps] = true
 	}
 	for name, ps := range spec.Programs {
@@ -206,7 +229,7 @@ func Load(opts Options) (*Tracer, error) {
 		}
 	}
 
-	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring}
+	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring, engine: engine}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kspec},
 	})
@@ -217,7 +240,20 @@ func Load(opts Options) (*Tracer, error) {
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
 	}
-	for _, ps := range progSpecs {
+	if engine == EngineTCX {
+		t.tcx = &tcxState{devs: map[DevKey]*devLinks{}}
+		for h, ps := range tcxSpecs {
+			prog := coll.Programs[ps.Name]
+			delete(coll.Programs, ps.Name)
+			t.progs = append(t.progs, prog)
+			if h == event.HookNetDevQueue {
+				t.tcx.egress = prog
+			} else {
+				t.tcx.ingress = prog
+			}
+		}
+	}
+	for _, ps := range tpSpecs {
 		prog := coll.Programs[ps.Name]
 		delete(coll.Programs, ps.Name)
 		t.progs = append(t.progs, prog)
@@ -314,6 +350,9 @@ func loadError(err error) error {
 	return fmt.Errorf("load BPF programs: %w", err)
 }
 
+// Engine is the engine loaded: EngineTracepoint or EngineTCX.
+func (t *Tracer) Engine() Engine { return t.engine }
+
 // ConsumeHasLocation reports which consume_skb program variant was loaded.
 func (t *Tracer) ConsumeHasLocation() bool { return t.consumeLoc }
 
@@ -335,6 +374,16 @@ func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
 // Close detaches every program and frees every map. Safe to call twice.
 func (t *Tracer) Close() error {
 	var errs []error
+	if t.tcx != nil {
+		for k, d := range t.tcx.devs {
+			errs = append(errs, d.close())
+			delete(t.tcx.devs, k)
+		}
+		for _, l := range t.tcx.moved {
+			errs = append(errs, l.Close())
+		}
+		t.tcx.moved = nil
+	}
 	for _, l := range t.links {
 		if err := l.Close(); err != nil {
 			errs = append(errs, err)
@@ -397,7 +446,10 @@ func (t *Tracer) Stats() (Stats, error) {
 
 // SelectNetns starts (or, with on=false, stops) tracking packets seen in a namespace.
 func (t *Tracer) SelectNetns(inode uint32, on bool) error {
-	return setKey(t.maps.FilterNetns, inode, on, "netns filter")
+	if err := setKey(t.maps.FilterNetns, inode, on, "netns filter"); err != nil {
+		return err
+	}
+	return t.bloom.set(t.maps.FilterBloom, bloomNetns, inode, on)
 }
 
 // SelectDevice starts or stops tracking packets seen on a device.
@@ -418,7 +470,10 @@ func (t *Tracer) SelectAddr(a netip.Addr, on bool) error {
 		k.Family = 6
 		k.Addr = a.As16()
 	}
-	return setKey(t.maps.FilterAddr, k, on, "address filter")
+	if err := setKey(t.maps.FilterAddr, k, on, "address filter"); err != nil {
+		return err
+	}
+	return t.bloom.set(t.maps.FilterBloom, bloomAddr, addrFold(k.Family, k.Addr), on)
 }
 
 func setKey(m *ebpf.Map, key any, on bool, what string) error {

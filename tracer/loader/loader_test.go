@@ -65,28 +65,16 @@ func TestLoopbackUDPOneIdentity(t *testing.T) {
 	dport := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
 
 	hooks := map[event.Hook]uint64{}
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) && len(hooks) < 2 {
-		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
-		rec, err := rd.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("read: %v", err)
-		}
-		var e event.Event
-		if err := event.Decode(rec.RawSample, &e); err != nil {
-			t.Fatal(err)
-		}
+	readEvents(t, rd, 3*time.Second, func(e *event.Event) bool {
 		if e.Meta.L4Proto != event.ProtoUDP || e.Meta.Sport != sport || e.Meta.Dport != dport {
-			continue
+			return false
 		}
 		hooks[event.Hook(e.Hook)] = e.PktId
-		if event.Ifname(&e) != "lo" {
-			t.Errorf("%s on %q, want lo", event.HookName(event.Hook(e.Hook)), event.Ifname(&e))
+		if event.Ifname(e) != "lo" {
+			t.Errorf("%s on %q, want lo", event.HookName(event.Hook(e.Hook)), event.Ifname(e))
 		}
-	}
+		return len(hooks) >= 2
+	})
 	for _, h := range []event.Hook{event.HookNetDevQueue, event.HookNetifReceiveSkb} {
 		if _, ok := hooks[h]; !ok {
 			t.Errorf("no %s event for the datagram (saw %v)", event.HookName(h), hooks)

@@ -58,6 +58,7 @@ func (s Selection) FilterKinds() loader.FilterKind {
 type Resolver interface {
 	resolve.Names
 	Links(netns uint32) []resolve.Link
+	Namespaces() []resolve.Namespace
 	Refresh()
 	Changes() <-chan struct{}
 }
@@ -69,13 +70,38 @@ type Filters interface {
 	SelectAddr(a netip.Addr, on bool) error
 }
 
+// Options are what a session adds to following a selection.
+type Options struct {
+	// Devices, when set, carries the tcx engine's programs on every device
+	// of every namespace the resolver knows, attached before the filters
+	// follow each change (nil with the tracepoint engine).
+	Devices Devices
+	// Warn receives attach failures after the first (which Follow returns).
+	Warn func(string)
+	// OnAddrs, when set, receives the selection's addresses whenever they
+	// change (trace --rules keeps its nftables sets equal to them).
+	OnAddrs func([]netip.Addr) error
+}
+
+// TracerOptions are the options for following a selection on tr: its
+// devices carry the programs under the tcx engine.
+func TracerOptions(tr *loader.Tracer, warn func(string)) Options {
+	opts := Options{Warn: warn}
+	if tr.Engine() == loader.EngineTCX {
+		opts.Devices = tr
+	}
+	return opts
+}
+
 // Follower keeps a tracer's filters equal to a selection: the namespaces
 // selected now, and the addresses their interfaces have now. It owns one
 // goroutine, stopped by Close.
 type Follower struct {
-	f     Filters
-	names Resolver
-	netns map[uint32]bool
+	f       Filters
+	names   Resolver
+	att     *attachments
+	onAddrs func([]netip.Addr) error
+	netns   map[uint32]bool
 	// what the kernel maps hold
 	inKernelNetns map[uint32]bool
 	inKernelAddrs map[netip.Addr]bool
@@ -88,13 +114,19 @@ type Follower struct {
 // Follow sets the filters to the selection and, until ctx is done or Close,
 // follows its dynamic feed and the resolver's changes. The filters are set
 // when it returns.
-func Follow(ctx context.Context, f Filters, names Resolver, sel Selection) (*Follower, error) {
+func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts Options) (*Follower, error) {
 	fl := &Follower{
-		f: f, names: names,
+		f: f, names: names, onAddrs: opts.OnAddrs,
 		netns:         map[uint32]bool{},
 		inKernelNetns: map[uint32]bool{},
 		inKernelAddrs: map[netip.Addr]bool{},
 		failed:        make(chan error, 1),
+	}
+	if opts.Devices != nil {
+		fl.att = &attachments{devs: opts.Devices, names: names, have: map[loader.DevKey]attachedAs{}, warnFn: opts.Warn}
+		if err := fl.att.sync(); err != nil {
+			return nil, err
+		}
 	}
 	for _, d := range sel.Devices {
 		if err := f.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
@@ -127,6 +159,9 @@ func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange) {
 			fl.set(ch.Inode, ch.Selected)
 		case <-fl.names.Changes():
 		}
+		if fl.att != nil {
+			_ = fl.att.sync() // after the first sync, failures are warnings
+		}
 		if err := fl.sync(); err != nil {
 			fl.failed <- err
 			return
@@ -157,6 +192,7 @@ func (fl *Follower) set(inode uint32, on bool) {
 // addresses of the selected namespaces.
 func (fl *Follower) sync() error {
 	wantAddrs := map[netip.Addr]bool{}
+	changed := false
 	for ns := range fl.netns {
 		if !fl.inKernelNetns[ns] {
 			if err := fl.f.SelectNetns(ns, true); err != nil {
@@ -186,6 +222,7 @@ func (fl *Follower) sync() error {
 				return err
 			}
 			fl.inKernelAddrs[a] = true
+			changed = true
 		}
 	}
 	for a := range fl.inKernelAddrs {
@@ -194,7 +231,15 @@ func (fl *Follower) sync() error {
 				return err
 			}
 			delete(fl.inKernelAddrs, a)
+			changed = true
 		}
+	}
+	if changed && fl.onAddrs != nil {
+		addrs := make([]netip.Addr, 0, len(fl.inKernelAddrs))
+		for a := range fl.inKernelAddrs {
+			addrs = append(addrs, a)
+		}
+		return fl.onAddrs(addrs)
 	}
 	return nil
 }

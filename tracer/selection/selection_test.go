@@ -68,6 +68,15 @@ func (r *fakeResolver) Links(netns uint32) []resolve.Link {
 	}
 	return out
 }
+func (r *fakeResolver) Namespaces() []resolve.Namespace {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var nss []resolve.Namespace
+	for _, ns := range r.Static.Namespaces {
+		nss = append(nss, ns)
+	}
+	return nss
+}
 func (r *fakeResolver) Refresh()                 {}
 func (r *fakeResolver) Changes() <-chan struct{} { return r.changes }
 func (r *fakeResolver) setAddrs(netns uint32, ifindex int, addrs ...string) {
@@ -122,7 +131,7 @@ func TestFollow(t *testing.T) {
 	)}
 	f := newFakeFilters()
 	dyn := make(chan NetnsChange)
-	fl, err := Follow(context.Background(), f, names, Selection{Netns: []uint32{10}, Dynamic: dyn})
+	fl, err := Follow(context.Background(), f, names, Selection{Netns: []uint32{10}, Dynamic: dyn}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +167,7 @@ func TestFollow(t *testing.T) {
 func TestFollowDevices(t *testing.T) {
 	names := &fakeResolver{changes: make(chan struct{}), Static: resolve.NewStatic(1, nil)}
 	f := newFakeFilters()
-	fl, err := Follow(context.Background(), f, names, Selection{Devices: []Device{{10, 2}, {1, 7}}})
+	fl, err := Follow(context.Background(), f, names, Selection{Devices: []Device{{10, 2}, {1, 7}}}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,9 @@ type Config struct {
 
 	RingBytes    int
 	TrackEntries int
+	// Engine observes the hop hooks with tcx programs on devices or with
+	// tracepoints; zero (EngineAuto): tcx where the kernel has it.
+	Engine loader.Engine
 
 	Symbols path.Symbolizer
 	Drops   path.DropNamer
@@ -88,6 +91,7 @@ type RuleNamer interface {
 type Result struct {
 	Summary output.Summary
 	Hooks   []loader.Hook
+	Engine  loader.Engine // the engine used: tracepoint or tcx
 }
 
 // Run traces until ctx is cancelled, Count is reached or Duration passes.
@@ -113,8 +117,13 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		hooks = append(hooks, loader.DetailHooks...)
 	}
 	hooks = append(hooks, loader.EndHooks...)
+	engine, err := loader.ResolveEngine(cfg.Engine)
+	if err != nil {
+		return res, err
+	}
 	opts := loader.Options{
 		Mode:         loader.ModeEvents,
+		Engine:       engine,
 		Hooks:        hooks,
 		FilterKinds:  cfg.Selection.FilterKinds(),
 		Filter:       cfg.Filter.Instructions(),
@@ -129,13 +138,13 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return res, err
 	}
 	defer tr.Close()
-	res.Hooks = tr.Hooks()
+	res.Hooks, res.Engine = tr.Hooks(), tr.Engine()
 
-	var filters selection.Filters = tr
+	fopts := selection.TracerOptions(tr, cfg.Warn)
 	if cfg.Rules != nil {
-		filters = &ruleFilters{Filters: tr, rules: cfg.Rules, addrs: map[netip.Addr]bool{}}
+		fopts.OnAddrs = cfg.Rules.SetAddrs
 	}
-	follow, err := selection.Follow(ctx, filters, names, cfg.Selection)
+	follow, err := selection.Follow(ctx, tr, names, cfg.Selection, fopts)
 	if err != nil {
 		return res, err
 	}
@@ -360,30 +369,6 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 	hop := d.Hop(e)
 	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, string(hop.Kind), hop.Bridge, string(hop.Direction)
 	return he
-}
-
-// ruleFilters keeps the rule tracer's address sets equal to the addresses
-// the selection puts in the kernel's address filter.
-type ruleFilters struct {
-	selection.Filters
-	rules RuleNamer
-	addrs map[netip.Addr]bool
-}
-
-func (r *ruleFilters) SelectAddr(a netip.Addr, on bool) error {
-	if err := r.Filters.SelectAddr(a, on); err != nil {
-		return err
-	}
-	if on {
-		r.addrs[a] = true
-	} else {
-		delete(r.addrs, a)
-	}
-	addrs := make([]netip.Addr, 0, len(r.addrs))
-	for a := range r.addrs {
-		addrs = append(addrs, a)
-	}
-	return r.rules.SetAddrs(addrs)
 }
 
 func orDefault(d, def time.Duration) time.Duration {

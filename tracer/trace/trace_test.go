@@ -8,13 +8,17 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/internal/testsession"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -122,11 +126,32 @@ func forward(topo *testnet.Topology, a, b *testnet.Host) []hop {
 	}
 }
 
+// Both engines must give the same paths: tcx programs on the devices stand
+// in for the net_dev_queue and netif_receive_skb tracepoints.
 func TestTraceAcrossBridge(t *testing.T) {
 	privtest.RequireRoot(t)
+	for _, e := range engines(t) {
+		t.Run(e.String(), func(t *testing.T) { traceAcrossBridge(t, e) })
+	}
+}
+
+// engines are the engines this kernel runs: tracepoints everywhere, tcx
+// where the kernel has it.
+func engines(t *testing.T) []loader.Engine {
+	auto, err := loader.ResolveEngine(loader.EngineAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auto == loader.EngineTCX {
+		return []loader.Engine{loader.EngineTCX, loader.EngineTracepoint}
+	}
+	return []loader.Engine{loader.EngineTracepoint}
+}
+
+func traceAcrossBridge(t *testing.T, engine loader.Engine) {
 	topo := testnet.New(t, testnet.Options{Hosts: 3})
 	a, b, c := topo.Hosts[0], topo.Hosts[1], topo.Hosts[2]
-	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}, Engine: engine})
 
 	// Traffic: ICMP a->b and a->gateway, UDP a->b (open and closed port),
 	// TCP a->b, and c->b which must not be traced (neither end selected).
@@ -260,6 +285,9 @@ func TestTraceAcrossBridge(t *testing.T) {
 	if s.res.Summary.Lost != 0 {
 		t.Errorf("%d events lost", s.res.Summary.Lost)
 	}
+	if s.res.Engine != engine {
+		t.Errorf("trace ran with engine %s, want %s", s.res.Engine, engine)
+	}
 }
 
 // Many packets in a burst keep distinct identities even though the kernel
@@ -343,13 +371,44 @@ func TestNetfilterDropIsReported(t *testing.T) {
 }
 
 // A namespace and veth created after the trace started are named in the
-// first packet's hops (netlink subscription, not a scan at start only).
+// first packet's hops (netlink subscription, not a scan at start only), and
+// with the tcx engine carry its programs on both ends.
+//
+// The tracepoint engine sees a device from its very first packet. The tcx
+// engine attaches when the resolver reports the device, tens of
+// milliseconds after its creation on a loaded machine; this namespace pings
+// 2 ms after its creation, so under tcx the test waits for the attachment
+// first (the cost of tcx: see the README's "Engines").
 func TestLinkCreatedDuringTraceIsNamed(t *testing.T) {
 	privtest.RequireRoot(t)
+	for _, e := range engines(t) {
+		t.Run(e.String(), func(t *testing.T) { linkCreatedDuringTrace(t, e) })
+	}
+}
+
+func linkCreatedDuringTrace(t *testing.T, engine loader.Engine) {
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	a := topo.Hosts[0]
-	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}, Engine: engine})
 	late := topo.AddHost(t)
+	if engine == loader.EngineTCX {
+		progs := privtest.ProgramsOf(t, os.Getpid())
+		held := func(ids []ebpf.ProgramID) bool {
+			return slices.ContainsFunc(ids, func(id ebpf.ProgramID) bool { return slices.Contains(progs, id) })
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			in, eg := privtest.TCXPrograms(t, late.Path, "eth0")
+			hin, heg := privtest.TCXPrograms(t, "", late.HostVeth)
+			if held(in) && held(eg) && held(hin) && held(heg) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("new devices not attached 5s after their creation: eth0 %v %v, %s %v %v", in, eg, late.HostVeth, hin, heg)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	if n, err := late.Ping(a.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
 		t.Fatalf("ping late->a: %d replies, %v", n, err)
 	}

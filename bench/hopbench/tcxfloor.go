@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// attachTCXFloor attaches a count-only tcx program (one per-CPU counter
+// increment, then TCX_NEXT) at ingress and egress of the measured pair's
+// host veths: the floor of any per-device tracer, hoptrace's tcx engine
+// included.
+func attachTCXFloor(nt *Net) (io.Closer, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, err
+	}
+	var c closers
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Name: "f_count", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("tcx floor counter: %w", err)
+	}
+	c = append(c, counter)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    "f_tcx_count",
+		Type:    ebpf.SchedCLS,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.LoadMapPtr(asm.R1, counter.FD()),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, -1).WithSymbol("out"), // TCX_NEXT
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tcx floor program: %w", err)
+	}
+	c = append(c, prog)
+	for _, h := range nt.Hosts[:2] {
+		ifi, err := net.InterfaceByName(h.HostVeth)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			l, err := link.AttachTCX(link.TCXOptions{Program: prog, Attach: at, Interface: ifi.Index})
+			if err != nil {
+				c.Close()
+				return nil, fmt.Errorf("attach tcx floor to %s: %w", h.HostVeth, err)
+			}
+			c = append(c, l)
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,72 @@
+package loader
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// The filter_bloom map (see bpf/hoptrace.bpf.c): one bit per hashed
+// selected namespace and address, so that the tcx programs say "not
+// selected" to most packets without a hash lookup. A set bit only sends the
+// packet on to the exact filter maps.
+const (
+	bloomBits  = 4096
+	bloomShift = 20 // 32 - log2(bloomBits)
+	bloomWords = bloomBits / 64
+)
+
+type bloomKind int
+
+const (
+	bloomNetns bloomKind = iota // words [0, bloomWords)
+	bloomAddr                   // words [bloomWords, 2*bloomWords)
+)
+
+// bloom keeps what is selected, to rebuild the bits after a removal.
+type bloom struct {
+	keys [2]map[uint32]bool // per kind: the selected keys
+}
+
+// bloomIndex mirrors bloom_has.
+func bloomIndex(v uint32) uint32 { return (v * 0x9E3779B1) >> bloomShift }
+
+// addrFold mirrors addr_fold: an IPv4 address as the program loads it from
+// the packet (little-endian), IPv6 folded into 32 bits.
+func addrFold(family uint32, a [16]uint8) uint32 {
+	w := func(i int) uint32 { return binary.LittleEndian.Uint32(a[4*i:]) }
+	if family == 4 {
+		return w(0)
+	}
+	return w(0) ^ w(1) ^ w(2) ^ w(3)
+}
+
+// set records a selection change and writes the bits to the map.
+func (b *bloom) set(m *ebpf.Map, kind bloomKind, key uint32, on bool) error {
+	if b.keys[kind] == nil {
+		b.keys[kind] = map[uint32]bool{}
+	}
+	if on {
+		if b.keys[kind][key] {
+			return nil // selected already: SelectX is idempotent
+		}
+		b.keys[kind][key] = true
+	} else {
+		if !b.keys[kind][key] {
+			return nil
+		}
+		delete(b.keys[kind], key)
+	}
+	var val [2 * bloomWords]uint64
+	for k := range b.keys {
+		for key := range b.keys[k] {
+			i := bloomIndex(key)
+			val[k*bloomWords+int(i/64)] |= 1 << (i % 64)
+		}
+	}
+	if err := m.Update(uint32(0), val, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("update filter bloom: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package selection
+
+import (
+	"fmt"
+
+	"github.com/hoptrace/hoptrace/tracer/loader"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
+)
+
+// Devices is what the tcx engine needs to carry its programs on devices;
+// *loader.Tracer implements it.
+type Devices interface {
+	AttachDevices(ns loader.NetnsRef, ifindexes []int) ([]int, error)
+	ForgetDevice(k loader.DevKey) error
+	PruneMoved() error
+}
+
+// attachments keeps the tcx engine's programs on every device of every
+// namespace the resolver knows: a packet is tracked from its first hop
+// where it matches the selection and followed everywhere after, so every
+// device a path can cross carries the programs (an untracked packet costs
+// them one or two map lookups). Devices that appear while a session runs
+// (a new container) are attached when the resolver reports them, and
+// detached when they go. Only the Follower's goroutine calls sync after
+// Follow returns.
+type attachments struct {
+	devs  Devices
+	names Resolver
+	// what is attached: the namespace path and interface name it was
+	// attached under, so that a namespace inode or ifindex reused by
+	// another namespace or device is attached again
+	have   map[loader.DevKey]attachedAs
+	warnFn func(string)
+	synced bool
+}
+
+type attachedAs struct {
+	path, name string
+}
+
+// sync attaches the devices the resolver knows and the tracer does not
+// carry yet and detaches those that are gone. The first sync returns an
+// attach failure; later ones warn and go on with the other devices.
+func (a *attachments) sync() error {
+	want := map[loader.DevKey]attachedAs{}
+	byNs := map[uint32][]resolve.Link{}
+	nss := a.names.Namespaces()
+	paths := map[uint32]string{}
+	for _, ns := range nss {
+		paths[ns.Inode] = ns.Path
+		links := a.names.Links(ns.Inode)
+		byNs[ns.Inode] = links
+		for _, l := range links {
+			want[loader.DevKey{Netns: ns.Inode, Ifindex: l.Index}] = attachedAs{ns.Path, l.Name}
+		}
+	}
+	// Forget first: a device that moved between namespaces keeps its links
+	// (they follow it) and is found carrying them in its new one.
+	for k, as := range a.have {
+		if w, ok := want[k]; !ok || w != as {
+			if err := a.devs.ForgetDevice(k); err != nil {
+				a.warn(fmt.Sprintf("detach tcx programs from ifindex %d in netns %d: %v", k.Ifindex, k.Netns, err))
+			}
+			delete(a.have, k)
+		}
+	}
+	if err := a.devs.PruneMoved(); err != nil {
+		a.warn(fmt.Sprintf("close tcx links of removed devices: %v", err))
+	}
+	var first error
+	for _, ns := range nss {
+		var todo []int
+		for _, l := range byNs[ns.Inode] {
+			if _, ok := a.have[loader.DevKey{Netns: ns.Inode, Ifindex: l.Index}]; !ok {
+				todo = append(todo, l.Index)
+			}
+		}
+		if len(todo) == 0 {
+			continue
+		}
+		done, err := a.devs.AttachDevices(loader.NetnsRef{Inode: ns.Inode, Path: paths[ns.Inode]}, todo)
+		for _, idx := range done {
+			k := loader.DevKey{Netns: ns.Inode, Ifindex: idx}
+			a.have[k] = want[k]
+		}
+		if err != nil {
+			if !a.synced && first == nil {
+				first = err
+			}
+			a.warn(err.Error())
+		}
+	}
+	a.synced = true
+	return first
+}
+
+func (a *attachments) warn(msg string) {
+	if a.warnFn != nil && a.synced {
+		a.warnFn(msg)
+	}
+}
