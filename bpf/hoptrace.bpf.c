@@ -43,6 +43,7 @@ enum filter_flag {
 	FILTER_NETNS = 1, /* a packet seen in one of filter_netns */
 	FILTER_DEV = 2,   /* a packet seen on one of filter_dev */
 	FILTER_ADDR = 4,  /* a packet from or to one of filter_addr */
+	FILTER_PORT = 8,  /* a packet to one of filter_port (published ports, before DNAT) */
 };
 
 /* Set by the loader before the programs are loaded. */
@@ -50,6 +51,12 @@ volatile const __u32 mode = MODE_EVENTS;
 volatile const __u32 filter_flags = 0;
 volatile const __u64 stale_ns = 1000000000ULL;  /* a hop this much later is a new packet */
 volatile const __u64 wakeup_bytes = 1 << 20;     /* wake the reader past this much data */
+/*
+ * Latency mode: a kfree_skb from this code range (ping_rcv) is no drop: the
+ * echo reply went to a raw socket's clone. Set by the loader from kallsyms.
+ */
+volatile const __u64 benign_drop_start = 0;
+volatile const __u64 benign_drop_end = 0;
 
 struct pkt_track {
 	__u64 pkt_id;
@@ -57,6 +64,8 @@ struct pkt_track {
 	__u64 head;
 	__u64 last_ts;
 	struct hop_key last;
+	__u64 nat_fp; /* fingerprint of the headers NAT leaves alone */
+	__u64 skb;    /* by_head: the skb that created the entry (its owner) */
 };
 
 struct addr_key {
@@ -103,6 +112,19 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u8);
 } filter_addr SEC(".maps");
+
+struct port_key {
+	__u16 port; /* host byte order */
+	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct port_key);
+	__type(value, __u8);
+} filter_port SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -312,6 +334,30 @@ static __always_inline __u64 fingerprint(const struct pkt_meta *m)
 	return h ? h : 1;
 }
 
+/*
+ * The headers NAT does not rewrite: a packet whose addresses or ports changed
+ * between two hooks of the same skb keeps this one (ICMP's echo id is left
+ * out, NAT may rewrite it like a port).
+ */
+static __always_inline __u64 nat_fingerprint(const struct pkt_meta *m)
+{
+	if (m->eth_proto != ETH_P_IP && m->eth_proto != ETH_P_IPV6)
+		return 0;
+	__u64 h = 0xcbf29ce484222325ULL;
+	__u64 w[4] = {
+		(__u64)m->eth_proto << 48 | (__u64)m->ip_len << 32 | m->ip_id << 16 | m->l4_proto << 8 | m->tcp_flags,
+		(__u64)m->tcp_seq << 32 | m->tcp_ack,
+		(__u64)m->icmp_seq << 16 | m->icmp_type << 8 | m->icmp_code,
+		0,
+	};
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		h ^= w[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h ? h : 1;
+}
+
 /* ---- filtering ---- */
 
 static __always_inline bool addr_selected(__u32 family, const __u8 *addr)
@@ -343,6 +389,11 @@ static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pk
 		else if (m->eth_proto == ETH_P_IPV6)
 			family = 6;
 		if (family && (addr_selected(family, m->saddr) || addr_selected(family, m->daddr)))
+			return true;
+	}
+	if ((filter_flags & FILTER_PORT) && (m->l4_proto == IPPROTO_TCP_ || m->l4_proto == IPPROTO_UDP_)) {
+		struct port_key k = {.port = m->dport, .proto = m->l4_proto};
+		if (bpf_map_lookup_elem(&filter_port, &k))
 			return true;
 	}
 	return false;
@@ -416,11 +467,35 @@ static __always_inline __u32 sock_netns(struct sk_buff *skb)
 	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
+/*
+ * skb->dev shares a union with dev_scratch, which UDP uses while an skb waits
+ * on a socket: at the end hooks the device is trusted only when the skb has
+ * no socket, or when the device lives in the socket's namespace. Otherwise
+ * the namespace comes from the socket and there is no device.
+ */
+#define KERNEL_ADDR_MIN 0xffff000000000000ULL
+static __always_inline struct net_device *end_dev(struct sk_buff *skb)
+{
+	struct net_device *dev = skb->dev;
+	if (!dev || !skb->sk)
+		return dev;
+	if ((__u64)dev < KERNEL_ADDR_MIN)
+		return NULL;
+	struct net *net = NULL;
+	__u32 inum = 0;
+	if (bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net) || !net ||
+	    bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum))
+		return NULL;
+	return inum == sock_netns(skb) ? dev : NULL;
+}
+
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
+	/* a drop may start a path of its own: dropped before its first selected hop */
+	bool may_start = !end || hook == HOOK_KFREE_SKB;
 
 	/* Cheapest rejection first: most skbs freed on a host are not ours. */
 	struct pkt_track *t = bpf_map_lookup_elem(&by_skb, &skb_addr);
@@ -430,7 +505,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	if (!t) {
 		h = bpf_map_lookup_elem(&by_head, &head);
 		if (!h) {
-			if (end)
+			if (!may_start)
 				return 0;
 			untracked = true;
 		}
@@ -449,23 +524,40 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			flags |= EVENT_F_SOCK_NS;
 	}
 	/* namespace/device filters need no header parsing to say no */
-	if (untracked && filter_flags && !(filter_flags & FILTER_ADDR) && !selected(cur.netns, cur.ifindex, &meta))
+	if (untracked && filter_flags && !(filter_flags & (FILTER_ADDR | FILTER_PORT)) &&
+	    !selected(cur.netns, cur.ifindex, &meta))
 		return 0;
 
 	parse(skb, dev, &meta);
 	__u64 fp = fingerprint(&meta);
+	__u64 nat_fp = nat_fingerprint(&meta);
 	__u64 pkt_id = 0;
 	struct pkt_track fresh = {};
 	struct hop_key prev = {};
 	__u64 prev_ts = 0;
 
-	if (t && t->fp == fp && (end || now - t->last_ts < stale_ns)) {
+	if (t && (end || now - t->last_ts < stale_ns) && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp))) {
 		pkt_id = t->pkt_id;
 		prev = t->last;
 		prev_ts = t->last_ts;
+		if (t->fp != fp) {
+			/* the same skb, only addresses or ports changed: NAT */
+			flags |= EVENT_F_NAT;
+			t->fp = fp;
+		}
 		if (!end) {
 			t->last = cur;
 			t->last_ts = now;
+		}
+		/* Keep the clone table current: a clone made from here on
+		 * continues from this hop, with these headers. */
+		struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
+		if (o && o->pkt_id == pkt_id) {
+			o->fp = fp;
+			if (!end) {
+				o->last = cur;
+				o->last_ts = now;
+			}
 		}
 	} else {
 		if (t)
@@ -479,7 +571,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			prev_ts = h->last_ts;
 			flags |= EVENT_F_CLONE;
 		} else {
-			if (end || !selected(cur.netns, cur.ifindex, &meta))
+			if (!may_start || !selected(cur.netns, cur.ifindex, &meta))
 				return 0;
 			pkt_id = __sync_fetch_and_add(&next_pkt_id, 1) + 1;
 			flags |= EVENT_F_NEW;
@@ -490,6 +582,8 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 		fresh.head = head;
 		fresh.last = cur;
 		fresh.last_ts = now;
+		fresh.nat_fp = nat_fp;
+		fresh.skb = skb_addr;
 		if (!end) {
 			bpf_map_update_elem(&by_skb, &skb_addr, &fresh, BPF_ANY);
 			if (flags & EVENT_F_NEW)
@@ -503,7 +597,10 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	if (mode == MODE_LATENCY) {
 		if (prev_ts && now >= prev_ts) {
 			struct hop_key to = cur;
-			if (hook == HOOK_KFREE_SKB) {
+			if (hook == HOOK_KFREE_SKB && location >= benign_drop_start && location < benign_drop_end) {
+				/* ping_rcv: the reply was delivered to a raw socket's clone */
+				to.hook = HOOK_CONSUME_SKB;
+			} else if (hook == HOOK_KFREE_SKB) {
 				to.drop_reason[0] = reason;
 				to.drop_reason[1] = reason >> 8;
 				to.drop_reason[2] = reason >> 16;
@@ -548,10 +645,16 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 		}
 	}
 
-	/* The skb is gone: forget its address; its head too unless a clone still holds it. */
+	/*
+	 * The skb is gone: forget its address, and its head when it owned the
+	 * clone entry. Clones made before keep their own entries; a later skb
+	 * on the same data (a TCP retransmission of a dropped segment) is a new
+	 * packet.
+	 */
 	if (hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB) {
 		bpf_map_delete_elem(&by_skb, &skb_addr);
-		if (!(flags & EVENT_F_CLONED))
+		struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
+		if (o && o->skb == skb_addr)
 			bpf_map_delete_elem(&by_head, &head);
 	}
 	return 0;
@@ -596,24 +699,24 @@ int BPF_PROG(on_netif_receive_skb, struct sk_buff *skb)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, reason);
+	return observe(ctx, skb, end_dev(skb), HOOK_KFREE_SKB, (__u64)location, reason);
 }
 
 /* consume_skb gained its location argument in 6.3; the loader picks one of these. */
 SEC("tp_btf/consume_skb")
 int BPF_PROG(on_consume_skb, struct sk_buff *skb, void *location)
 {
-	return observe(ctx, skb, skb->dev, HOOK_CONSUME_SKB, (__u64)location, 0);
+	return observe(ctx, skb, end_dev(skb), HOOK_CONSUME_SKB, (__u64)location, 0);
 }
 
 SEC("tp_btf/consume_skb")
 int BPF_PROG(on_consume_skb_noloc, struct sk_buff *skb)
 {
-	return observe(ctx, skb, skb->dev, HOOK_CONSUME_SKB, 0, 0);
+	return observe(ctx, skb, end_dev(skb), HOOK_CONSUME_SKB, 0, 0);
 }
 
 SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 {
-	return observe(ctx, skb, skb->dev, HOOK_COPY_DATAGRAM, 0, 0);
+	return observe(ctx, skb, end_dev(skb), HOOK_COPY_DATAGRAM, 0, 0);
 }

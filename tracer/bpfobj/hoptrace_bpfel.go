@@ -53,6 +53,7 @@ const (
 	HoptraceEventFlagEVENT_F_CLONE   HoptraceEventFlag = 2
 	HoptraceEventFlagEVENT_F_CLONED  HoptraceEventFlag = 4
 	HoptraceEventFlagEVENT_F_SOCK_NS HoptraceEventFlag = 8
+	HoptraceEventFlagEVENT_F_NAT     HoptraceEventFlag = 16
 )
 
 type HoptraceHist struct {
@@ -121,6 +122,15 @@ type HoptracePktTrack struct {
 	LastTs uint64
 	Last   HoptraceHopKey
 	_      [4]byte
+	NatFp  uint64
+	Skb    uint64
+}
+
+type HoptracePortKey struct {
+	_     structs.HostLayout
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type HoptraceStatCounter uint32
@@ -145,6 +155,7 @@ const (
 	HoptraceMapFilterAddr              = "filter_addr"
 	HoptraceMapFilterDev               = "filter_dev"
 	HoptraceMapFilterNetns             = "filter_netns"
+	HoptraceMapFilterPort              = "filter_port"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
 	HoptraceMapStats                   = "stats"
@@ -158,6 +169,8 @@ const (
 	HoptraceProgOnNetifReceiveSkb      = "on_netif_receive_skb"
 	HoptraceProgOnNetifRx              = "on_netif_rx"
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
+	HoptraceVarBenignDropEnd           = "benign_drop_end"
+	HoptraceVarBenignDropStart         = "benign_drop_start"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNextPktId               = "next_pkt_id"
@@ -235,6 +248,7 @@ type HoptraceMapSpecs struct {
 	FilterAddr  *ebpf.MapSpec `ebpf:"filter_addr"`
 	FilterDev   *ebpf.MapSpec `ebpf:"filter_dev"`
 	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
+	FilterPort  *ebpf.MapSpec `ebpf:"filter_port"`
 	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
 	Hists       *ebpf.MapSpec `ebpf:"hists"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
@@ -244,17 +258,19 @@ type HoptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceVariableSpecs struct {
-	FilterFlags *ebpf.VariableSpec `ebpf:"filter_flags"`
-	Mode        *ebpf.VariableSpec `ebpf:"mode"`
-	NextPktId   *ebpf.VariableSpec `ebpf:"next_pkt_id"`
-	StaleNs     *ebpf.VariableSpec `ebpf:"stale_ns"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFlag  *ebpf.VariableSpec `ebpf:"unused_flag"`
-	UnusedHist  *ebpf.VariableSpec `ebpf:"unused_hist"`
-	UnusedHook  *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedPair  *ebpf.VariableSpec `ebpf:"unused_pair"`
-	UnusedStat  *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	BenignDropEnd   *ebpf.VariableSpec `ebpf:"benign_drop_end"`
+	BenignDropStart *ebpf.VariableSpec `ebpf:"benign_drop_start"`
+	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
+	Mode            *ebpf.VariableSpec `ebpf:"mode"`
+	NextPktId       *ebpf.VariableSpec `ebpf:"next_pkt_id"`
+	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFlag      *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedHist      *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedHook      *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedPair      *ebpf.VariableSpec `ebpf:"unused_pair"`
+	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // HoptraceObjects contains all objects after they have been loaded into the kernel.
@@ -283,6 +299,7 @@ type HoptraceMaps struct {
 	FilterAddr  *ebpf.Map `ebpf:"filter_addr"`
 	FilterDev   *ebpf.Map `ebpf:"filter_dev"`
 	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
+	FilterPort  *ebpf.Map `ebpf:"filter_port"`
 	HistZero    *ebpf.Map `ebpf:"hist_zero"`
 	Hists       *ebpf.Map `ebpf:"hists"`
 	Stats       *ebpf.Map `ebpf:"stats"`
@@ -296,6 +313,7 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterAddr,
 		m.FilterDev,
 		m.FilterNetns,
+		m.FilterPort,
 		m.HistZero,
 		m.Hists,
 		m.Stats,
@@ -306,17 +324,19 @@ func (m *HoptraceMaps) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceVariables struct {
-	FilterFlags *ebpf.Variable `ebpf:"filter_flags"`
-	Mode        *ebpf.Variable `ebpf:"mode"`
-	NextPktId   *ebpf.Variable `ebpf:"next_pkt_id"`
-	StaleNs     *ebpf.Variable `ebpf:"stale_ns"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFlag  *ebpf.Variable `ebpf:"unused_flag"`
-	UnusedHist  *ebpf.Variable `ebpf:"unused_hist"`
-	UnusedHook  *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedPair  *ebpf.Variable `ebpf:"unused_pair"`
-	UnusedStat  *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
+	BenignDropEnd   *ebpf.Variable `ebpf:"benign_drop_end"`
+	BenignDropStart *ebpf.Variable `ebpf:"benign_drop_start"`
+	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
+	Mode            *ebpf.Variable `ebpf:"mode"`
+	NextPktId       *ebpf.Variable `ebpf:"next_pkt_id"`
+	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFlag      *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedHist      *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedHook      *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedPair      *ebpf.Variable `ebpf:"unused_pair"`
+	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // HoptracePrograms contains all programs after they have been loaded into the kernel.

@@ -51,6 +51,7 @@ const (
 	FilterNetns uint32 = 1
 	FilterDev   uint32 = 2
 	FilterAddr  uint32 = 4
+	FilterPort  uint32 = 8 // destination ports (a container's published ports, before DNAT)
 )
 
 // Options configure Load. The zero value traces every packet in every
@@ -74,6 +75,21 @@ type Options struct {
 	WakeupBytes int
 	// KernelBTF, if set, is used instead of loading /sys/kernel/btf/vmlinux.
 	KernelBTF *btf.Spec
+	// BenignDrop, in latency mode, is the code range whose kfree_skb is no
+	// drop (ping_rcv freeing an echo reply after raw sockets took their
+	// clone); such ends count as consumed. Zero: BenignDropRange's.
+	BenignDrop kernel.Range
+}
+
+// BenignDropRange is where ping_rcv's code lies (from /proc/kallsyms), the
+// zero Range when it cannot be read.
+func BenignDropRange() kernel.Range {
+	syms, err := kernel.LoadSymbols("/proc/kallsyms")
+	if err != nil {
+		return kernel.Range{}
+	}
+	r, _ := syms.Range("ping_rcv")
+	return r
 }
 
 // Tracer owns the loaded objects and links.
@@ -145,6 +161,18 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	if err := spec.Variables["wakeup_bytes"].Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	if opts.Mode == ModeLatency {
+		benign := opts.BenignDrop
+		if benign.End == 0 {
+			benign = BenignDropRange()
+		}
+		if err := spec.Variables["benign_drop_start"].Set(benign.Start); err != nil {
+			return nil, fmt.Errorf("set benign_drop_start: %w", err)
+		}
+		if err := spec.Variables["benign_drop_end"].Set(benign.End); err != nil {
+			return nil, fmt.Errorf("set benign_drop_end: %w", err)
+		}
 	}
 
 	// consume_skb gained its location argument in 6.3: keep the variant this kernel can run.
@@ -356,6 +384,14 @@ func (t *Tracer) SelectAddr(a netip.Addr, on bool) error {
 		k.Addr = a.As16()
 	}
 	return setKey(t.maps.FilterAddr, k, on, "address filter")
+}
+
+// SelectPort starts or stops tracking packets to a TCP or UDP port (proto
+// 6 or 17), wherever they are addressed: a container's published port
+// before DNAT rewrites it.
+func (t *Tracer) SelectPort(proto uint8, port uint16, on bool) error {
+	k := bpfobj.HoptracePortKey{Port: port, Proto: proto}
+	return setKey(t.maps.FilterPort, k, on, "port filter")
 }
 
 func setKey(m *ebpf.Map, key any, on bool, what string) error {

@@ -169,7 +169,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	emitted := 0
 	done := func() bool { return cfg.Count > 0 && emitted >= cfg.Count }
 	flush := func(force bool) error {
-		for _, p := range asm.Flush(monotonicNow(), force) {
+		for _, p := range asm.Flush(force) {
 			if done() {
 				break
 			}
@@ -177,7 +177,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				continue
 			}
 			pa := desc.Describe(p)
-			if len(pa.Hops) == 0 {
+			if len(pa.Hops) == 0 && !path.EarlyDrop(&pa) {
 				continue // only end events: the packet's hops were not selected
 			}
 			sum.Packets++
@@ -202,8 +202,14 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	// interval even while events keep coming, and reports lost events.
 	lastTick, lastLostCheck := time.Now(), time.Now()
 	var lostSeen uint64
-	tick := func(now time.Time) error {
+	// drained says every event up to now was read (the ring buffer was
+	// empty): paths then finish against the clock; otherwise against the
+	// newest event read, however far the reader lags.
+	tick := func(now time.Time, drained bool) error {
 		lastTick = now
+		if drained {
+			asm.Advance(monotonicNow())
+		}
 		if cfg.Events {
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("write output: %w", err)
@@ -249,7 +255,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 
 		now := time.Now()
 		if now.Sub(lastTick) >= poll {
-			if err := tick(now); err != nil {
+			if err := tick(now, false); err != nil {
 				return res, err
 			}
 		}
@@ -257,7 +263,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		err := rd.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if err := tick(time.Now()); err != nil {
+			if err := tick(time.Now(), true); err != nil {
 				return res, err
 			}
 			continue
@@ -307,6 +313,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		sum.Lost = st.Lost
 	}
 	sum.Late = asm.Late()
+	sum.Capped = asm.Capped()
 	if cfg.Events {
 		sum.Packets = 0
 	}
