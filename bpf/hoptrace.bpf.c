@@ -469,24 +469,19 @@ static __always_inline __u32 sock_netns(struct sk_buff *skb)
 
 /*
  * skb->dev shares a union with dev_scratch, which UDP uses while an skb waits
- * on a socket: at the end hooks the device is trusted only when the skb has
- * no socket, or when the device lives in the socket's namespace. Otherwise
- * the namespace comes from the socket and there is no device.
+ * on a socket: at the end hooks the device is trusted only when the value is
+ * a kernel address (dev_scratch packs a truesize, a length and two flags,
+ * never one). Otherwise the namespace comes from the socket, with no device.
+ * (A socket alone does not say where a packet was: an skb keeps its sending
+ * socket across a veth into another namespace.)
  */
 #define KERNEL_ADDR_MIN 0xffff000000000000ULL
 static __always_inline struct net_device *end_dev(struct sk_buff *skb)
 {
 	struct net_device *dev = skb->dev;
-	if (!dev || !skb->sk)
-		return dev;
-	if ((__u64)dev < KERNEL_ADDR_MIN)
+	if (dev && skb->sk && (__u64)dev < KERNEL_ADDR_MIN)
 		return NULL;
-	struct net *net = NULL;
-	__u32 inum = 0;
-	if (bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net) || !net ||
-	    bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum))
-		return NULL;
-	return inum == sock_netns(skb) ? dev : NULL;
+	return dev;
 }
 
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,

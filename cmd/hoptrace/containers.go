@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
@@ -121,7 +122,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 					continue
 				}
 				select {
-				case changes <- trace.NetnsChange{Inode: inode, Selected: ch.Added}:
+				case changes <- trace.NetnsChange{Inode: inode, Selected: ch.Added, Ports: publishedPorts(ch.Container)}:
 				case <-fctx.Done():
 					return
 				}
@@ -161,4 +162,18 @@ func hostInode() uint32 {
 		return 0
 	}
 	return uint32(st.Ino)
+}
+
+// publishedPorts are the container's host ports, as the trace selects them.
+func publishedPorts(c runtime.Container) []trace.Port {
+	var out []trace.Port
+	for _, p := range c.Published {
+		switch p.Proto {
+		case "tcp":
+			out = append(out, trace.Port{Proto: 6, Port: p.HostPort})
+		case "udp":
+			out = append(out, trace.Port{Proto: 17, Port: p.HostPort})
+		}
+	}
+	return out
 }

@@ -180,6 +180,7 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 				continue
 			}
 			sel.Set(ch.Inode, ch.Selected)
+			sel.SetPorts(ch.Inode, ch.Ports)
 			if err := sel.Sync(); err != nil {
 				return err
 			}

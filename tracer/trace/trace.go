@@ -45,6 +45,16 @@ type Device struct {
 type NetnsChange struct {
 	Inode    uint32
 	Selected bool
+	// Ports are the host ports published for the namespace's container:
+	// packets to them are selected from their first hop on the host,
+	// before DNAT gives them the container's address.
+	Ports []Port
+}
+
+// Port is a TCP or UDP destination port.
+type Port struct {
+	Proto uint8 // 6 (TCP) or 17 (UDP)
+	Port  uint16
 }
 
 // Config describes one trace.
@@ -229,6 +239,32 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return nil
 	}
 
+	// Apply the selection changes of the start (the containers running
+	// now) before saying the trace is ready: they arrive from a feed.
+	if cfg.Dynamic != nil {
+		wait := time.NewTimer(200 * time.Millisecond)
+	initial:
+		for {
+			select {
+			case ch, ok := <-cfg.Dynamic:
+				if !ok {
+					cfg.Dynamic = nil
+					break initial
+				}
+				sel.Set(ch.Inode, ch.Selected)
+				sel.SetPorts(ch.Inode, ch.Ports)
+				wait.Reset(20 * time.Millisecond)
+			case <-wait.C:
+				break initial
+			case <-ctx.Done():
+				break initial
+			}
+		}
+		wait.Stop()
+		if err := sel.Sync(); err != nil {
+			return res, err
+		}
+	}
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
@@ -243,6 +279,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				break
 			}
 			sel.Set(ch.Inode, ch.Selected)
+			sel.SetPorts(ch.Inode, ch.Ports)
 			if err := sel.Sync(); err != nil {
 				return res, err
 			}
@@ -360,7 +397,9 @@ func FilterKinds(devices []Device, netns []uint32, dynamic <-chan NetnsChange) u
 	switch {
 	case len(devices) > 0:
 		return loader.FilterDev
-	case len(netns) > 0 || dynamic != nil:
+	case dynamic != nil:
+		return loader.FilterNetns | loader.FilterAddr | loader.FilterPort
+	case len(netns) > 0:
 		return loader.FilterNetns | loader.FilterAddr
 	}
 	return 0
@@ -373,9 +412,11 @@ type Selection struct {
 	tr    *loader.Tracer
 	names Resolver
 	netns map[uint32]bool
+	ports map[uint32][]Port // published ports, by the namespace they lead to
 	// what the kernel maps hold
 	inKernelNetns map[uint32]bool
 	inKernelAddrs map[netip.Addr]bool
+	inKernelPorts map[Port]bool
 }
 
 // NewSelection starts with nothing selected.
@@ -383,9 +424,21 @@ func NewSelection(tr *loader.Tracer, names Resolver) *Selection {
 	return &Selection{
 		tr: tr, names: names,
 		netns:         map[uint32]bool{},
+		ports:         map[uint32][]Port{},
 		inKernelNetns: map[uint32]bool{},
 		inKernelAddrs: map[netip.Addr]bool{},
+		inKernelPorts: map[Port]bool{},
 	}
+}
+
+// SetPorts sets the published ports leading to a namespace (none: nil);
+// Sync applies them while the namespace is selected.
+func (s *Selection) SetPorts(inode uint32, ports []Port) {
+	if len(ports) == 0 {
+		delete(s.ports, inode)
+		return
+	}
+	s.ports[inode] = ports
 }
 
 // Set selects (or unselects) a namespace; Sync applies it.
@@ -424,6 +477,30 @@ func (s *Selection) Sync() error {
 				return err
 			}
 			delete(s.inKernelNetns, ns)
+		}
+	}
+	wantPorts := map[Port]bool{}
+	for ns, ports := range s.ports {
+		if s.netns[ns] {
+			for _, p := range ports {
+				wantPorts[p] = true
+			}
+		}
+	}
+	for p := range wantPorts {
+		if !s.inKernelPorts[p] {
+			if err := s.tr.SelectPort(p.Proto, p.Port, true); err != nil {
+				return err
+			}
+			s.inKernelPorts[p] = true
+		}
+	}
+	for p := range s.inKernelPorts {
+		if !wantPorts[p] {
+			if err := s.tr.SelectPort(p.Proto, p.Port, false); err != nil {
+				return err
+			}
+			delete(s.inKernelPorts, p)
 		}
 	}
 	for a := range wantAddrs {
