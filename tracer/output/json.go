@@ -104,6 +104,9 @@ func appendEndJSON(b []byte, e *path.EndEvent) []byte {
 	if e.Copy {
 		b = append(b, `,"copy":true`...)
 	}
+	if e.NAT != "" {
+		b = appendStrField(b, "nat", e.NAT)
+	}
 	return append(b, '}')
 }
 

@@ -26,7 +26,7 @@ func TestPathJSONMatchesEncodingJSON(t *testing.T) {
 		},
 		Ends: []path.EndEvent{
 			{Hook: "kfree_skb", Netns: "host", NetnsInode: 1, Ifname: "veth-b", TsNs: 3000, Reason: "NETFILTER_DROP", Location: "nft_do_chain", Skb: "0x2"},
-			{Hook: "consume_skb", Netns: "ns-b", Skb: "0x3", Copy: true},
+			{Hook: "consume_skb", Netns: "ns-b", Skb: "0x3", Copy: true, NAT: "SNAT 1.2.3.4 -> 5.6.7.8"},
 		},
 	}
 	for name, p := range map[string]path.Path{"full": full, "empty": {}, "no ends": {ID: 1, Hops: []path.Hop{{}}}} {

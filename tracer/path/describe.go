@@ -96,6 +96,8 @@ type EndEvent struct {
 	// held elsewhere (TCP's retransmission copy, a packet socket's or a raw
 	// socket's clone). Copies never decide the verdict.
 	Copy bool `json:"copy,omitempty"`
+	// NAT is a rewrite first seen at this end (a drop right after DNAT).
+	NAT string `json:"nat,omitempty"`
 }
 
 // Describer turns packets into paths.
@@ -169,6 +171,7 @@ func (d *Describer) Describe(p *Packet) Path {
 		if event.IsEnd(h) {
 			end := d.EndEvent(e)
 			end.Copy = len(hopSkbs) > 0 && !hopSkbs[e.Skb]
+			end.NAT = nat
 			if e.Netns == 0 && len(path.Hops) > 0 {
 				// Freed after the stack dropped its device and socket
 				// references: it ended where it was last seen.
@@ -434,6 +437,9 @@ func dropText(e *EndEvent) string {
 	s := fmt.Sprintf("dropped in %s: %s", at, e.Reason)
 	if e.Location != "" {
 		s += " at " + e.Location
+	}
+	if e.NAT != "" {
+		s += ", after " + e.NAT
 	}
 	return s
 }
