@@ -522,12 +522,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	m := latency.NewMetrics()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr, _, err := m.Serve(ctx, ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := serveMetrics(t, m, ":0")
 	if ap, err := netip.ParseAddrPort(addr.String()); err != nil || !ap.Addr().IsLoopback() {
 		t.Fatalf("metrics bound to %s, want loopback when no host is named", addr)
 	}
@@ -647,24 +642,14 @@ func TestPingsAreNoDrops(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	m := latency.NewMetrics()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr, _, err := m.Serve(ctx, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := serveMetrics(t, m, "127.0.0.1:0")
 	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode}, Interval: 200 * time.Millisecond, Metrics: m, Drops: dropNamesForTest(t)})
 	const n = 100
 	if got, err := a.Ping(b.Addr.Addr(), n, 2*time.Second); err != nil || got != n {
 		t.Fatalf("ping: %d replies, %v", got, err)
 	}
 	time.Sleep(600 * time.Millisecond)
-	resp, err := http.Get("http://" + addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, addr)
 	final := s.stop()
 	var replies uint64
 	for _, p := range final.Pairs {
@@ -687,4 +672,31 @@ func TestPingsAreNoDrops(t *testing.T) {
 	if strings.Contains(string(body), `reason="NO_SOCKET"`) {
 		t.Errorf("drops metric counts healthy pings:\n%s", firstLines(string(body), latency.MetricDrops, 5))
 	}
+}
+
+// serveMetrics serves m at addr until the test ends.
+func serveMetrics(t *testing.T, m *latency.Metrics, addr string) net.Addr {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a, _, err := m.Serve(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// scrape fetches the metrics page.
+func scrape(t *testing.T, addr net.Addr) []byte {
+	t.Helper()
+	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }

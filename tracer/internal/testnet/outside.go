@@ -115,31 +115,7 @@ func (o *Outside) setup() error {
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return fmt.Errorf("set %s up: %w", o.HostVeth, err)
 	}
-	nh, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", o.Name, err)
-	}
-	defer nh.Close()
-	for _, name := range []string{"lo", o.IfName} {
-		l, err := nh.LinkByName(name)
-		if err != nil {
-			return fmt.Errorf("%s in %s: %w", name, o.Name, err)
-		}
-		if name == o.IfName {
-			o.Ifindex = l.Attrs().Index
-			o.MAC = append(o.MAC[:0], l.Attrs().HardwareAddr...)
-			if err := nh.AddrAdd(l, &netlink.Addr{IPNet: prefixToIPNet(o.Addr)}); err != nil {
-				return fmt.Errorf("address %s in %s: %w", o.Addr, o.Name, err)
-			}
-		}
-		if err := nh.LinkSetUp(l); err != nil {
-			return fmt.Errorf("set %s up in %s: %w", name, o.Name, err)
-		}
-	}
-	if err := nh.RouteAdd(&netlink.Route{LinkIndex: o.Ifindex, Gw: o.HostAddr.Addr().AsSlice()}); err != nil {
-		return fmt.Errorf("default route via %s in %s: %w", o.HostAddr.Addr(), o.Name, err)
-	}
-	return nil
+	return configureEnd(nsh, &o.Host, o.HostAddr.Addr())
 }
 
 // Close removes the namespace and the veth pair.

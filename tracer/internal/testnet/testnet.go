@@ -247,21 +247,7 @@ func randByte() byte {
 // a subnet. Where no lock file can be created (read-only root), the subnet is
 // used without a lock.
 func lockSubnet(x byte) (*os.File, bool) {
-	for _, dir := range []string{"/run/hoptrace-testnet", filepath.Join(os.TempDir(), "hoptrace-testnet")} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			continue
-		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("10.231.%d.lock", x)), os.O_RDWR|os.O_CREATE, 0o644)
-		if err != nil {
-			continue
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close()
-			return nil, false
-		}
-		return f, true
-	}
-	return nil, true
+	return lockFile(fmt.Sprintf("10.231.%d.lock", x))
 }
 
 // allowForwarding inserts an iptables ACCEPT rule for traffic bridged within
@@ -347,6 +333,12 @@ func (t *Topology) setupHost(h *Host) error {
 		return fmt.Errorf("set %s up: %w", h.HostVeth, err)
 	}
 
+	return configureEnd(nsh, h, t.Gateway.Addr())
+}
+
+// configureEnd sets up the namespace side of a host: lo and its interface
+// up, its address, a default route via gw; it fills Ifindex and MAC.
+func configureEnd(nsh netns.NsHandle, h *Host, gw netip.Addr) error {
 	nh, err := netlink.NewHandleAt(nsh)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", h.Name, err)
@@ -371,9 +363,8 @@ func (t *Topology) setupHost(h *Host) error {
 	if err := nh.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", h.IfName, h.Name, err)
 	}
-	gw := t.Gateway.Addr().AsSlice()
-	if err := nh.RouteAdd(&netlink.Route{LinkIndex: h.Ifindex, Gw: gw}); err != nil {
-		return fmt.Errorf("default route via %s in %s: %w", t.Gateway.Addr(), h.Name, err)
+	if err := nh.RouteAdd(&netlink.Route{LinkIndex: h.Ifindex, Gw: gw.AsSlice()}); err != nil {
+		return fmt.Errorf("default route via %s in %s: %w", gw, h.Name, err)
 	}
 	return nil
 }
