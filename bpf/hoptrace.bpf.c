@@ -52,11 +52,17 @@ volatile const __u32 filter_flags = 0;
 volatile const __u64 stale_ns = 1000000000ULL;  /* a hop this much later is a new packet */
 volatile const __u64 wakeup_bytes = 1 << 20;     /* wake the reader past this much data */
 /*
- * Latency mode: a kfree_skb from this code range (ping_rcv) is no drop: the
- * echo reply went to a raw socket's clone. Set by the loader from kallsyms.
+ * Latency mode: a kfree_skb from ping_rcv is no drop: the echo reply went to
+ * a raw socket's clone. Before 6.3 icmp_rcv/icmpv6_rcv free it, with the
+ * NO_SOCKET reason ping_rcv returned. Set by the loader (kallsyms, BTF).
  */
 volatile const __u64 benign_drop_start = 0;
 volatile const __u64 benign_drop_end = 0;
+volatile const __u64 icmp_rcv_start = 0;
+volatile const __u64 icmp_rcv_end = 0;
+volatile const __u64 icmpv6_rcv_start = 0;
+volatile const __u64 icmpv6_rcv_end = 0;
+volatile const __u32 no_socket_reason = 0;
 
 struct pkt_track {
 	__u64 pkt_id;
@@ -401,6 +407,20 @@ static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pk
 
 /* ---- latency histograms ---- */
 
+/* A drop that is no failure (see benign_drop_start). */
+static __always_inline bool benign_drop(__u64 location, __u32 reason, const struct pkt_meta *m)
+{
+	if (location >= benign_drop_start && location < benign_drop_end)
+		return true;
+	if (!no_socket_reason || reason != no_socket_reason)
+		return false;
+	if (m->l4_proto == IPPROTO_ICMP_ && m->icmp_type == 0)
+		return location >= icmp_rcv_start && location < icmp_rcv_end;
+	if (m->l4_proto == IPPROTO_ICMPV6_ && m->icmp_type == 129)
+		return location >= icmpv6_rcv_start && location < icmpv6_rcv_end;
+	return false;
+}
+
 static __always_inline __u32 log2_u64(__u64 v)
 {
 	__u32 r = 0;
@@ -592,8 +612,8 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	if (mode == MODE_LATENCY) {
 		if (prev_ts && now >= prev_ts) {
 			struct hop_key to = cur;
-			if (hook == HOOK_KFREE_SKB && location >= benign_drop_start && location < benign_drop_end) {
-				/* ping_rcv: the reply was delivered to a raw socket's clone */
+			if (hook == HOOK_KFREE_SKB && benign_drop(location, reason, &meta)) {
+				/* the reply was delivered to a raw socket's clone */
 				to.hook = HOOK_CONSUME_SKB;
 			} else if (hook == HOOK_KFREE_SKB) {
 				to.drop_reason[0] = reason;

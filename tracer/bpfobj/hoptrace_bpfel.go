@@ -172,8 +172,13 @@ const (
 	HoptraceVarBenignDropEnd           = "benign_drop_end"
 	HoptraceVarBenignDropStart         = "benign_drop_start"
 	HoptraceVarFilterFlags             = "filter_flags"
+	HoptraceVarIcmpRcvEnd              = "icmp_rcv_end"
+	HoptraceVarIcmpRcvStart            = "icmp_rcv_start"
+	HoptraceVarIcmpv6RcvEnd            = "icmpv6_rcv_end"
+	HoptraceVarIcmpv6RcvStart          = "icmpv6_rcv_start"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNextPktId               = "next_pkt_id"
+	HoptraceVarNoSocketReason          = "no_socket_reason"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
 	HoptraceVarUnusedFlag              = "unused_flag"
@@ -261,8 +266,13 @@ type HoptraceVariableSpecs struct {
 	BenignDropEnd   *ebpf.VariableSpec `ebpf:"benign_drop_end"`
 	BenignDropStart *ebpf.VariableSpec `ebpf:"benign_drop_start"`
 	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
+	IcmpRcvEnd      *ebpf.VariableSpec `ebpf:"icmp_rcv_end"`
+	IcmpRcvStart    *ebpf.VariableSpec `ebpf:"icmp_rcv_start"`
+	Icmpv6RcvEnd    *ebpf.VariableSpec `ebpf:"icmpv6_rcv_end"`
+	Icmpv6RcvStart  *ebpf.VariableSpec `ebpf:"icmpv6_rcv_start"`
 	Mode            *ebpf.VariableSpec `ebpf:"mode"`
 	NextPktId       *ebpf.VariableSpec `ebpf:"next_pkt_id"`
+	NoSocketReason  *ebpf.VariableSpec `ebpf:"no_socket_reason"`
 	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFlag      *ebpf.VariableSpec `ebpf:"unused_flag"`
@@ -327,8 +337,13 @@ type HoptraceVariables struct {
 	BenignDropEnd   *ebpf.Variable `ebpf:"benign_drop_end"`
 	BenignDropStart *ebpf.Variable `ebpf:"benign_drop_start"`
 	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
+	IcmpRcvEnd      *ebpf.Variable `ebpf:"icmp_rcv_end"`
+	IcmpRcvStart    *ebpf.Variable `ebpf:"icmp_rcv_start"`
+	Icmpv6RcvEnd    *ebpf.Variable `ebpf:"icmpv6_rcv_end"`
+	Icmpv6RcvStart  *ebpf.Variable `ebpf:"icmpv6_rcv_start"`
 	Mode            *ebpf.Variable `ebpf:"mode"`
 	NextPktId       *ebpf.Variable `ebpf:"next_pkt_id"`
+	NoSocketReason  *ebpf.Variable `ebpf:"no_socket_reason"`
 	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFlag      *ebpf.Variable `ebpf:"unused_flag"`

@@ -75,21 +75,31 @@ type Options struct {
 	WakeupBytes int
 	// KernelBTF, if set, is used instead of loading /sys/kernel/btf/vmlinux.
 	KernelBTF *btf.Spec
-	// BenignDrop, in latency mode, is the code range whose kfree_skb is no
-	// drop (ping_rcv freeing an echo reply after raw sockets took their
-	// clone); such ends count as consumed. Zero: BenignDropRange's.
-	BenignDrop kernel.Range
+	// BenignDrops, in latency mode, say which kfree_skb calls are no drop
+	// (an echo reply freed after raw sockets took their clone); such ends
+	// count as consumed. Nil: read from /proc/kallsyms.
+	BenignDrops *BenignDrops
 }
 
-// BenignDropRange is where ping_rcv's code lies (from /proc/kallsyms), the
-// zero Range when it cannot be read.
-func BenignDropRange() kernel.Range {
+// BenignDrops are the code ranges of the functions that free an ICMP echo
+// reply nobody but a raw socket wanted: ping_rcv (any reason), and before
+// 6.3 icmp_rcv and icmpv6_rcv (with ping_rcv's NO_SOCKET).
+type BenignDrops struct {
+	PingRcv, IcmpRcv, Icmpv6Rcv kernel.Range
+}
+
+// LoadBenignDrops reads the ranges from /proc/kallsyms; zero ranges (never
+// matched) when it cannot be read.
+func LoadBenignDrops() BenignDrops {
+	var b BenignDrops
 	syms, err := kernel.LoadSymbols("/proc/kallsyms")
 	if err != nil {
-		return kernel.Range{}
+		return b
 	}
-	r, _ := syms.Range("ping_rcv")
-	return r
+	b.PingRcv, _ = syms.Range("ping_rcv")
+	b.IcmpRcv, _ = syms.Range("icmp_rcv")
+	b.Icmpv6Rcv, _ = syms.Range("icmpv6_rcv")
+	return b
 }
 
 // Tracer owns the loaded objects and links.
@@ -163,15 +173,8 @@ func Load(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	if opts.Mode == ModeLatency {
-		benign := opts.BenignDrop
-		if benign.End == 0 {
-			benign = BenignDropRange()
-		}
-		if err := spec.Variables["benign_drop_start"].Set(benign.Start); err != nil {
-			return nil, fmt.Errorf("set benign_drop_start: %w", err)
-		}
-		if err := spec.Variables["benign_drop_end"].Set(benign.End); err != nil {
-			return nil, fmt.Errorf("set benign_drop_end: %w", err)
+		if err := setBenignDrops(spec, opts.BenignDrops, kspec); err != nil {
+			return nil, err
 		}
 	}
 
@@ -227,6 +230,32 @@ func Load(opts Options) (*Tracer, error) {
 }
 
 // programName maps a hook to its program in the object.
+func setBenignDrops(spec *ebpf.CollectionSpec, b *BenignDrops, kspec *btf.Spec) error {
+	if b == nil {
+		l := LoadBenignDrops()
+		b = &l
+	}
+	var noSocket uint32
+	if reasons, err := kernel.LoadDropReasons(kspec); err == nil {
+		for v, name := range reasons {
+			if name == "NO_SOCKET" {
+				noSocket = v
+			}
+		}
+	}
+	for name, v := range map[string]any{
+		"benign_drop_start": b.PingRcv.Start, "benign_drop_end": b.PingRcv.End,
+		"icmp_rcv_start": b.IcmpRcv.Start, "icmp_rcv_end": b.IcmpRcv.End,
+		"icmpv6_rcv_start": b.Icmpv6Rcv.Start, "icmpv6_rcv_end": b.Icmpv6Rcv.End,
+		"no_socket_reason": noSocket,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
 func programName(h Hook, consumeLoc bool) (string, error) {
 	switch h {
 	case event.HookNetDevQueue:

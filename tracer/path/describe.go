@@ -98,6 +98,8 @@ type EndEvent struct {
 	Copy bool `json:"copy,omitempty"`
 	// NAT is a rewrite first seen at this end (a drop right after DNAT).
 	NAT string `json:"nat,omitempty"`
+
+	echoReply bool // the packet is an ICMP or ICMPv6 echo reply
 }
 
 // Describer turns packets into paths.
@@ -171,6 +173,7 @@ func (d *Describer) Describe(p *Packet) Path {
 		if event.IsEnd(h) {
 			end := d.EndEvent(e)
 			end.Copy = len(hopSkbs) > 0 && !hopSkbs[e.Skb]
+			end.echoReply = isEchoReply(&e.Meta)
 			end.NAT = nat
 			if e.Netns == 0 && len(path.Hops) > 0 {
 				// Freed after the stack dropped its device and socket
@@ -333,7 +336,7 @@ func benignDrop(end EndEvent) bool {
 	switch {
 	case end.Reason == "OTHERHOST":
 		return true
-	case end.Reason == "NO_SOCKET" && end.Location == "ping_rcv":
+	case rawSocketReply(end):
 		return true
 	case end.Reason == "QUEUE_PURGE":
 		return true
@@ -341,6 +344,20 @@ func benignDrop(end EndEvent) bool {
 		return true
 	}
 	return false
+}
+
+// rawSocketReply reports the NO_SOCKET drop of an echo reply that no ping
+// socket wanted after raw sockets took their clone: freed by ping_rcv, or
+// (before 6.3) by icmp_rcv / icmpv6_rcv with the reason ping_rcv returned.
+func rawSocketReply(end EndEvent) bool {
+	if end.Reason != "NO_SOCKET" {
+		return false
+	}
+	return end.Location == "ping_rcv" || end.echoReply && (end.Location == "icmp_rcv" || end.Location == "icmpv6_rcv")
+}
+
+func isEchoReply(m *event.Meta) bool {
+	return m.L4Proto == event.ProtoICMP && m.IcmpType == 0 || m.L4Proto == event.ProtoICMPv6 && m.IcmpType == 129
 }
 
 // where names a namespace the way hop rows do: the container, else the label.
@@ -403,7 +420,7 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 		} else {
 			o.end = "consumed in " + delivered.Netns
 		}
-	case benign != nil && benign.Location == "ping_rcv":
+	case benign != nil && rawSocketReply(*benign):
 		o = outcome{verdict: Delivered, end: "delivered to a raw socket in " + benign.Netns}
 	case benign != nil && benign.Reason == "QUEUE_PURGE":
 		o = outcome{verdict: Delivered, end: "delivered to a socket in " + benign.Netns + " (still queued when it closed)"}

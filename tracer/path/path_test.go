@@ -60,6 +60,7 @@ const (
 	locPurge   = 0x5000
 	locTpacket = 0x6000
 	locTxDone  = 0x7000
+	locIcmp    = 0x8000
 )
 
 func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
@@ -77,7 +78,7 @@ func describer() *Describer {
 	return &Describer{
 		Names: fakeNames{},
 		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send",
-			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit"},
+			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit", locIcmp: "icmp_rcv"},
 		Drops: fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST", 6: "QUEUE_PURGE", 7: "NEIGH_FAILED"},
 	}
 }
@@ -477,5 +478,25 @@ func TestAssemblerFinishesInEventTime(t *testing.T) {
 	}
 	if loop.Capped() != 300-256 {
 		t.Errorf("capped = %d, want %d", loop.Capped(), 300-256)
+	}
+}
+
+// Before 6.3 icmp_rcv frees the echo reply with the NO_SOCKET ping_rcv
+// returned: the same benign drop; an echo request dropped there is not.
+func TestPingReplyFreedByIcmpRcvIsNotADrop(t *testing.T) {
+	reply := func(typ uint8) Path {
+		drop := ev(1, 20_000, event.HookKfreeSkb, nsA, 2)
+		drop.Location, drop.DropReason = locIcmp, 2
+		evs := []event.Event{ev(1, 0, event.HookNetDevQueue, nsB, 2), ev(1, 10_000, event.HookNetifReceiveSkb, nsA, 2), drop}
+		for i := range evs {
+			evs[i].Meta.IcmpType = typ
+		}
+		return assemble(t, evs...)
+	}
+	if p := reply(0); p.Verdict != Delivered || p.End != "delivered to a raw socket in ns-a" {
+		t.Errorf("echo reply: verdict %q end %q", p.Verdict, p.End)
+	}
+	if p := reply(8); p.Verdict != Dropped {
+		t.Errorf("echo request freed by icmp_rcv with NO_SOCKET: verdict %q end %q, want dropped", p.Verdict, p.End)
 	}
 }
