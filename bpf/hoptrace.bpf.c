@@ -200,12 +200,11 @@ struct icmp_echo {
 };
 
 /* Offset of the layer-3 header from skb->head and its ethertype, or 0. */
-static __always_inline __u32 l3_offset(struct sk_buff *skb, struct net_device *dev, unsigned char *head,
+static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned char *head,
 				       __u16 *eth_proto)
 {
 	__u16 mac = skb->mac_header;
 	__be16 skb_proto = skb->protocol;
-	bool ether = !dev || dev->type == ARPHRD_ETHER;
 
 	/*
 	 * Prefer the Ethernet header: the network header offset is stale at
@@ -267,11 +266,12 @@ static __always_inline void parse_l4(unsigned char *l4, __u8 proto, struct pkt_m
 	}
 }
 
-static __always_inline void parse(struct sk_buff *skb, struct net_device *dev, struct pkt_meta *m)
+/* ether: the device is an Ethernet device (or unknown) */
+static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_meta *m)
 {
 	unsigned char *head = skb->head;
 	__u16 eth_proto = 0;
-	__u32 off = l3_offset(skb, dev, head, &eth_proto);
+	__u32 off = l3_offset(skb, ether, head, &eth_proto);
 
 	m->eth_proto = eth_proto;
 	if (!off)
@@ -530,9 +530,11 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	struct pkt_meta meta = {};
 	struct hop_key cur = {.hook = hook};
 	__u8 flags = 0;
+	bool ether = true;
 	if (dev) {
 		cur.netns = dev->nd_net.net->ns.inum;
 		cur.ifindex = dev->ifindex;
+		ether = dev->type == ARPHRD_ETHER;
 	} else {
 		cur.netns = sock_netns(skb);
 		if (cur.netns)
@@ -543,7 +545,13 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	    !selected(cur.netns, cur.ifindex, &meta))
 		return 0;
 
-	parse(skb, dev, &meta);
+	/* Done with the device: what follows depends on scalars only, which
+	 * keeps the verifier's paths with and without a device few. */
+	char ifname[16] = {};
+	if (dev)
+		bpf_probe_read_kernel_str(ifname, sizeof(ifname), dev->name);
+
+	parse(skb, ether, &meta);
 	__u64 fp = fingerprint(&meta);
 	__u64 nat_fp = nat_fingerprint(&meta);
 	__u64 pkt_id = 0;
@@ -641,10 +649,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			e->flags = flags;
 			e->pkt_type = BPF_CORE_READ_BITFIELD(skb, pkt_type);
 			__builtin_memset(e->pad, 0, sizeof(e->pad));
-			if (dev)
-				bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
-			else
-				__builtin_memset(e->ifname, 0, sizeof(e->ifname));
+			__builtin_memcpy(e->ifname, ifname, sizeof(e->ifname));
 			e->meta = meta;
 			/*
 			 * The reader polls every few milliseconds; a wake-up is only
