@@ -52,8 +52,8 @@ func startTrace(t *testing.T, cfg trace.Config) *session {
 	case <-ready:
 	case <-s.done:
 		t.Fatalf("trace ended before it was ready: %v", s.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("trace not ready after 20s")
+	case <-time.After(60 * time.Second):
+		t.Fatal("trace not ready after 60s (loading and verifying the programs under emulation takes the longest)")
 	}
 	t.Cleanup(func() { s.stop() })
 	return s
