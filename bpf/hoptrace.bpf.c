@@ -559,14 +559,19 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	struct hop_key prev = {};
 	__u64 prev_ts = 0;
 
-	if (t && (end || now - t->last_ts < stale_ns) && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp))) {
+	/* GRO merges segments into this skb between napi_gro_receive and
+	 * netif_receive_skb: its length and flags change, it is the same packet. */
+	bool gro_merged = t && hook == HOOK_NETIF_RECEIVE_SKB && t->last.hook == HOOK_GRO_RECEIVE;
+	if (t && (end || now - t->last_ts < stale_ns) && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp) || gro_merged)) {
 		pkt_id = t->pkt_id;
 		prev = t->last;
 		prev_ts = t->last_ts;
 		if (t->fp != fp) {
 			/* the same skb, only addresses or ports changed: NAT */
-			flags |= EVENT_F_NAT;
+			if (!gro_merged)
+				flags |= EVENT_F_NAT;
 			t->fp = fp;
+			t->nat_fp = nat_fp;
 		}
 		if (!end) {
 			t->last = cur;

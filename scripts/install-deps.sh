@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
 	clang-19 llvm-19 libbpf-dev bpftool   # make generate
 	docker.io busybox-static              # Docker tests and the demo image
-	iproute2 iptables nftables            # test topologies, drop rules
+	iproute2 iptables nftables ethtool    # test topologies, drop rules, GRO on veths
 	iperf3 tcpdump                        # benchmarks
 	graphviz                              # topology --format dot is rendered in tests
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels

@@ -187,3 +187,67 @@ func TestIPv6RetransmissionAfterDropIsASecondPacket(t *testing.T) {
 		t.Errorf("retransmission: id %d (first %d) %s (%s), want a new id, delivered", second.ID, first.ID, second.Verdict, second.End)
 	}
 }
+
+// GRO merges segments into the head skb between napi_gro_receive and
+// netif_receive_skb, changing its length and flags: with --detail the
+// merged packet stays one path from the sender's eth0.
+func TestGROMergedPacketIsOnePath(t *testing.T) {
+	privtest.RequireRoot(t)
+	if _, err := exec.LookPath("ethtool"); err != nil {
+		t.Fatalf("ethtool not found: %v (scripts/install-deps.sh installs it)", err)
+	}
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	for _, args := range [][]string{
+		{"ip", "netns", "exec", a.Name, "ethtool", "-K", "eth0", "tso", "off", "gso", "off"},
+		{"ethtool", "-K", a.HostVeth, "gro", "on"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	ln, err := b.ListenTCP(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	r := startCLI(t, "trace", "--netns", a.Name, "--detail", "--output", "json")
+	waitAttached(t, r)
+	c, err := a.DialTCP(netip.AddrPortFrom(b.Addr.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port)), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(make([]byte, 4<<20))
+	c.Close()
+	time.Sleep(800 * time.Millisecond)
+	paths := stopJSON(t, r)
+	merged := 0
+	for _, p := range paths {
+		if p.Proto != "TCP" || p.Src != a.Addr.Addr().String() || len(p.Hops) == 0 {
+			continue
+		}
+		if h := p.Hops[0]; h.Netns != a.Name || h.Ifname != "eth0" {
+			t.Errorf("path %d (%s) starts at %s %s %s: a merged packet split off", p.ID, p.Summary, h.Netns, h.Ifname, h.Hook)
+		}
+		gro := false
+		for _, h := range p.Hops {
+			if h.Ifname == a.HostVeth && h.Hook == "napi_gro_receive" {
+				gro = true
+			}
+			if gro && h.Ifname == a.HostVeth && h.Hook == "netif_receive_skb" {
+				merged++
+				break
+			}
+		}
+	}
+	if merged == 0 {
+		t.Fatalf("no path went through GRO on %s (napi_gro_receive then netif_receive_skb) among %d paths", a.HostVeth, len(paths))
+	}
+}
