@@ -8,12 +8,11 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
-	"github.com/hoptrace/hoptrace/tracer/trace"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 )
 
 func containerFlags() []cli.Flag {
@@ -77,7 +76,7 @@ func (cs *containerSupport) Annotator() resolve.Annotator {
 
 // Select adds the --container selection to a trace: the namespaces of the
 // selected containers now, and as they start and stop.
-func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error {
+func (cs *containerSupport) Select(ctx context.Context, cfg *selection.Selection) error {
 	if len(cs.refs) == 0 {
 		return nil
 	}
@@ -89,7 +88,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 		return err
 	}
 	cs.sel = sel
-	changes := make(chan trace.NetnsChange, 64)
+	changes := make(chan selection.NetnsChange, 64)
 	cfg.Dynamic = changes
 	fctx, cancel := context.WithCancel(ctx)
 	cs.cancel = cancel
@@ -122,7 +121,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 					continue
 				}
 				select {
-				case changes <- trace.NetnsChange{Inode: inode, Selected: ch.Added, Ports: publishedPorts(ch.Container)}:
+				case changes <- selection.NetnsChange{Inode: inode, Selected: ch.Added, Ports: publishedPorts(ch.Container)}:
 				case <-fctx.Done():
 					return
 				}
@@ -157,22 +156,19 @@ func (cs *containerSupport) Close() error {
 
 // hostInode is the initial network namespace's inode.
 func hostInode() uint32 {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
-		return 0
-	}
-	return uint32(st.Ino)
+	ino, _ := resolve.NetnsInode("/proc/1/ns/net")
+	return ino
 }
 
 // publishedPorts are the container's host ports, as the trace selects them.
-func publishedPorts(c runtime.Container) []trace.Port {
-	var out []trace.Port
+func publishedPorts(c runtime.Container) []selection.Port {
+	var out []selection.Port
 	for _, p := range c.Published {
 		switch p.Proto {
 		case "tcp":
-			out = append(out, trace.Port{Proto: 6, Port: p.HostPort})
+			out = append(out, selection.Port{Proto: 6, Port: p.HostPort})
 		case "udp":
-			out = append(out, trace.Port{Proto: 17, Port: p.HostPort})
+			out = append(out, selection.Port{Proto: 17, Port: p.HostPort})
 		}
 	}
 	return out

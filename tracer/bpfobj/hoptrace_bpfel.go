@@ -56,6 +56,23 @@ const (
 	HoptraceEventFlagEVENT_F_NAT     HoptraceEventFlag = 16
 )
 
+type HoptraceFilterFlag uint32
+
+const (
+	HoptraceFilterFlagFILTER_NETNS HoptraceFilterFlag = 1
+	HoptraceFilterFlagFILTER_DEV   HoptraceFilterFlag = 2
+	HoptraceFilterFlagFILTER_ADDR  HoptraceFilterFlag = 4
+	HoptraceFilterFlagFILTER_PORT  HoptraceFilterFlag = 8
+)
+
+type HoptraceFrameSnap struct {
+	_      structs.HostLayout
+	Len    uint32
+	Caplen uint16
+	L3     uint8
+	Pad    uint8
+}
+
 type HoptraceHist struct {
 	_       structs.HostLayout
 	Count   uint64
@@ -133,6 +150,13 @@ type HoptracePortKey struct {
 	Pad   uint8
 }
 
+type HoptraceRunMode uint32
+
+const (
+	HoptraceRunModeMODE_EVENTS  HoptraceRunMode = 0
+	HoptraceRunModeMODE_LATENCY HoptraceRunMode = 1
+)
+
 type HoptraceStatCounter uint32
 
 const (
@@ -171,6 +195,7 @@ const (
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
 	HoptraceVarBenignDropEnd           = "benign_drop_end"
 	HoptraceVarBenignDropStart         = "benign_drop_start"
+	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarIcmpRcvEnd              = "icmp_rcv_end"
 	HoptraceVarIcmpRcvStart            = "icmp_rcv_start"
@@ -179,12 +204,16 @@ const (
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNextPktId               = "next_pkt_id"
 	HoptraceVarNoSocketReason          = "no_socket_reason"
+	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
+	HoptraceVarUnusedFilter            = "unused_filter"
 	HoptraceVarUnusedFlag              = "unused_flag"
 	HoptraceVarUnusedHist              = "unused_hist"
 	HoptraceVarUnusedHook              = "unused_hook"
+	HoptraceVarUnusedMode              = "unused_mode"
 	HoptraceVarUnusedPair              = "unused_pair"
+	HoptraceVarUnusedSnap              = "unused_snap"
 	HoptraceVarUnusedStat              = "unused_stat"
 	HoptraceVarWakeupBytes             = "wakeup_bytes"
 )
@@ -265,6 +294,7 @@ type HoptraceMapSpecs struct {
 type HoptraceVariableSpecs struct {
 	BenignDropEnd   *ebpf.VariableSpec `ebpf:"benign_drop_end"`
 	BenignDropStart *ebpf.VariableSpec `ebpf:"benign_drop_start"`
+	ExprFilter      *ebpf.VariableSpec `ebpf:"expr_filter"`
 	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
 	IcmpRcvEnd      *ebpf.VariableSpec `ebpf:"icmp_rcv_end"`
 	IcmpRcvStart    *ebpf.VariableSpec `ebpf:"icmp_rcv_start"`
@@ -273,12 +303,16 @@ type HoptraceVariableSpecs struct {
 	Mode            *ebpf.VariableSpec `ebpf:"mode"`
 	NextPktId       *ebpf.VariableSpec `ebpf:"next_pkt_id"`
 	NoSocketReason  *ebpf.VariableSpec `ebpf:"no_socket_reason"`
+	SnapLen         *ebpf.VariableSpec `ebpf:"snap_len"`
 	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFilter    *ebpf.VariableSpec `ebpf:"unused_filter"`
 	UnusedFlag      *ebpf.VariableSpec `ebpf:"unused_flag"`
 	UnusedHist      *ebpf.VariableSpec `ebpf:"unused_hist"`
 	UnusedHook      *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedMode      *ebpf.VariableSpec `ebpf:"unused_mode"`
 	UnusedPair      *ebpf.VariableSpec `ebpf:"unused_pair"`
+	UnusedSnap      *ebpf.VariableSpec `ebpf:"unused_snap"`
 	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -336,6 +370,7 @@ func (m *HoptraceMaps) Close() error {
 type HoptraceVariables struct {
 	BenignDropEnd   *ebpf.Variable `ebpf:"benign_drop_end"`
 	BenignDropStart *ebpf.Variable `ebpf:"benign_drop_start"`
+	ExprFilter      *ebpf.Variable `ebpf:"expr_filter"`
 	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
 	IcmpRcvEnd      *ebpf.Variable `ebpf:"icmp_rcv_end"`
 	IcmpRcvStart    *ebpf.Variable `ebpf:"icmp_rcv_start"`
@@ -344,12 +379,16 @@ type HoptraceVariables struct {
 	Mode            *ebpf.Variable `ebpf:"mode"`
 	NextPktId       *ebpf.Variable `ebpf:"next_pkt_id"`
 	NoSocketReason  *ebpf.Variable `ebpf:"no_socket_reason"`
+	SnapLen         *ebpf.Variable `ebpf:"snap_len"`
 	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFilter    *ebpf.Variable `ebpf:"unused_filter"`
 	UnusedFlag      *ebpf.Variable `ebpf:"unused_flag"`
 	UnusedHist      *ebpf.Variable `ebpf:"unused_hist"`
 	UnusedHook      *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedMode      *ebpf.Variable `ebpf:"unused_mode"`
 	UnusedPair      *ebpf.Variable `ebpf:"unused_pair"`
+	UnusedSnap      *ebpf.Variable `ebpf:"unused_snap"`
 	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

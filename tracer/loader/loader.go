@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
@@ -22,14 +23,14 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
-// Mode selects what the programs do with an observation.
-type Mode uint32
+// Mode selects what the programs do with an observation (enum run_mode).
+type Mode = bpfobj.HoptraceRunMode
 
 const (
 	// ModeEvents sends every observation to the ring buffer.
-	ModeEvents Mode = 0
+	ModeEvents = bpfobj.HoptraceRunModeMODE_EVENTS
 	// ModeLatency adds hop-to-hop deltas to in-kernel histograms; no events.
-	ModeLatency Mode = 1
+	ModeLatency = bpfobj.HoptraceRunModeMODE_LATENCY
 )
 
 // Hook is one tracepoint hoptrace can observe (see bpf/hoptrace.h).
@@ -46,12 +47,15 @@ var (
 	EndHooks    = []Hook{event.HookKfreeSkb, event.HookConsumeSkb, event.HookCopyDatagram}
 )
 
-// Filter kinds, mirrored from enum filter_flag in the BPF program.
+// FilterKind is a set of in-kernel filters (enum filter_flag).
+type FilterKind = bpfobj.HoptraceFilterFlag
+
+// Filter kinds: a packet is tracked from where it matches one of the kinds set.
 const (
-	FilterNetns uint32 = 1
-	FilterDev   uint32 = 2
-	FilterAddr  uint32 = 4
-	FilterPort  uint32 = 8 // destination ports (a container's published ports, before DNAT)
+	FilterNetns = bpfobj.HoptraceFilterFlagFILTER_NETNS
+	FilterDev   = bpfobj.HoptraceFilterFlagFILTER_DEV
+	FilterAddr  = bpfobj.HoptraceFilterFlagFILTER_ADDR
+	FilterPort  = bpfobj.HoptraceFilterFlagFILTER_PORT // destination ports (a container's published ports, before DNAT)
 )
 
 // Options configure Load. The zero value traces every packet in every
@@ -61,7 +65,7 @@ type Options struct {
 	Hooks []Hook // nil: HopHooks + EndHooks
 	// FilterKinds says which filter maps are consulted (FilterNetns|...);
 	// 0 traces everything. The maps' contents can change while running.
-	FilterKinds uint32
+	FilterKinds FilterKind
 	// RingBytes is the ring buffer size (power of two, >= page size); 0: 8 MiB.
 	RingBytes int
 	// TrackEntries bounds the in-flight packet maps; 0: 65536.
@@ -75,6 +79,12 @@ type Options struct {
 	WakeupBytes int
 	// KernelBTF, if set, is used instead of loading /sys/kernel/btf/vmlinux.
 	KernelBTF *btf.Spec
+	// Filter, if set, is a filter expression's program (pktfilter.Program's
+	// Insns): a packet starts being tracked only where its frame matches.
+	Filter asm.Instructions
+	// SnapLen > 0 appends the first SnapLen bytes of the frame to every
+	// event (event.Snapshot); 0 captures nothing.
+	SnapLen int
 	// BenignDrops, in latency mode, say which kfree_skb calls are no drop
 	// (an echo reply freed after raw sockets took their clone); such ends
 	// count as consumed. Nil: read from /proc/kallsyms.
@@ -102,6 +112,9 @@ func LoadBenignDrops() BenignDrops {
 	return b
 }
 
+// MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
+const MaxSnapLen = 4096
+
 // Tracer owns the loaded objects and links.
 type Tracer struct {
 	maps       bpfobj.HoptraceMaps
@@ -114,8 +127,8 @@ type Tracer struct {
 
 // Load loads and attaches the programs. On error nothing stays loaded.
 func Load(opts Options) (*Tracer, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run hoptrace with sudo")
+	if err := kernel.RequirePrivileges("tracing"); err != nil {
+		return nil, err
 	}
 	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to memcg.
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -137,6 +150,10 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
+	var specs bpfobj.HoptraceSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, fmt.Errorf("embedded BPF object: %w", err)
+	}
 	ring := opts.RingBytes
 	if ring == 0 {
 		ring = 8 << 20
@@ -144,13 +161,13 @@ func Load(opts Options) (*Tracer, error) {
 	if ring < os.Getpagesize() || ring&(ring-1) != 0 {
 		return nil, fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", ring, os.Getpagesize())
 	}
-	spec.Maps["events"].MaxEntries = uint32(ring)
+	specs.Events.MaxEntries = uint32(ring)
 	if opts.TrackEntries > 0 {
-		spec.Maps["by_skb"].MaxEntries = uint32(opts.TrackEntries)
-		spec.Maps["by_head"].MaxEntries = uint32(opts.TrackEntries)
+		specs.BySkb.MaxEntries = uint32(opts.TrackEntries)
+		specs.ByHead.MaxEntries = uint32(opts.TrackEntries)
 	}
 	if opts.HistPairs > 0 {
-		spec.Maps["hists"].MaxEntries = uint32(opts.HistPairs)
+		specs.Hists.MaxEntries = uint32(opts.HistPairs)
 	}
 	stale := opts.StaleAfter
 	if stale == 0 {
@@ -160,21 +177,32 @@ func Load(opts Options) (*Tracer, error) {
 	if wakeup == 0 {
 		wakeup = ring / 8
 	}
-	if err := spec.Variables["mode"].Set(uint32(opts.Mode)); err != nil {
+	if err := specs.Mode.Set(uint32(opts.Mode)); err != nil {
 		return nil, fmt.Errorf("set mode: %w", err)
 	}
-	if err := spec.Variables["filter_flags"].Set(opts.FilterKinds); err != nil {
+	if err := specs.FilterFlags.Set(uint32(opts.FilterKinds)); err != nil {
 		return nil, fmt.Errorf("set filter: %w", err)
 	}
-	if err := spec.Variables["stale_ns"].Set(uint64(stale.Nanoseconds())); err != nil {
+	if err := specs.StaleNs.Set(uint64(stale.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("set stale_ns: %w", err)
 	}
-	if err := spec.Variables["wakeup_bytes"].Set(uint64(wakeup)); err != nil {
+	if err := specs.WakeupBytes.Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 	if opts.Mode == ModeLatency {
 		if err := setBenignDrops(spec, opts.BenignDrops, kspec); err != nil {
 			return nil, err
+		}
+	}
+	if opts.SnapLen < 0 || opts.SnapLen > MaxSnapLen {
+		return nil, fmt.Errorf("snapshot length %d: want 0 to %d bytes", opts.SnapLen, MaxSnapLen)
+	}
+	if err := specs.SnapLen.Set(uint32(opts.SnapLen)); err != nil {
+		return nil, fmt.Errorf("set snap_len: %w", err)
+	}
+	if opts.Filter != nil {
+		if err := specs.ExprFilter.Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set expr_filter: %w", err)
 		}
 	}
 
@@ -183,23 +211,29 @@ func Load(opts Options) (*Tracer, error) {
 	if n, err := kernel.TracepointArgs(kspec, "consume_skb"); err == nil && n >= 2 {
 		consumeLoc = true
 	}
-	if consumeLoc {
-		delete(spec.Programs, "on_consume_skb_noloc")
-	} else {
-		delete(spec.Programs, "on_consume_skb")
-	}
-	// Load only the programs of the hooks asked for.
-	wanted := map[string]bool{}
-	for _, h := range hooks {
-		name, err := programName(h, consumeLoc)
+	// Load only the programs of the hooks asked for (and the consume_skb
+	// variant this kernel can run).
+	progSpecs := make([]*ebpf.ProgramSpec, len(hooks))
+	wanted := map[*ebpf.ProgramSpec]bool{}
+	for i, h := range hooks {
+		ps, err := programSpec(&specs.HoptraceProgramSpecs, h, consumeLoc)
 		if err != nil {
 			return nil, err
 		}
-		wanted[name] = true
+		progSpecs[i] = ps
+		wanted[ps] = true
 	}
-	for name := range spec.Programs {
-		if !wanted[name] {
+	for name, ps := range spec.Programs {
+		if !wanted[ps] {
 			delete(spec.Programs, name)
+		}
+	}
+
+	if opts.Filter != nil {
+		for name, p := range spec.Programs {
+			if p.Instructions, err = injectFilter(p.Instructions, opts.Filter); err != nil {
+				return nil, fmt.Errorf("program %s: %w", name, err)
+			}
 		}
 	}
 
@@ -214,22 +248,20 @@ func Load(opts Options) (*Tracer, error) {
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
 	}
-	for _, h := range hooks {
-		name, _ := programName(h, consumeLoc)
-		prog := coll.Programs[name]
-		delete(coll.Programs, name)
+	for _, ps := range progSpecs {
+		prog := coll.Programs[ps.Name]
+		delete(coll.Programs, ps.Name)
 		t.progs = append(t.progs, prog)
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			t.Close()
-			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", name, tracepointName(h), err)
+			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", ps.Name, ps.AttachTo, err)
 		}
 		t.links = append(t.links, l)
 	}
 	return t, nil
 }
 
-// programName maps a hook to its program in the object.
 func setBenignDrops(spec *ebpf.CollectionSpec, b *BenignDrops, kspec *btf.Spec) error {
 	if b == nil {
 		l := LoadBenignDrops()
@@ -256,39 +288,70 @@ func setBenignDrops(spec *ebpf.CollectionSpec, b *BenignDrops, kspec *btf.Spec) 
 	return nil
 }
 
-func programName(h Hook, consumeLoc bool) (string, error) {
-	switch h {
-	case event.HookNetDevQueue:
-		return "on_net_dev_queue", nil
-	case event.HookNetDevStartXmit:
-		return "on_net_dev_start_xmit", nil
-	case event.HookNetDevXmit:
-		return "on_net_dev_xmit", nil
-	case event.HookNetifRx:
-		return "on_netif_rx", nil
-	case event.HookGROReceive:
-		return "on_napi_gro_receive_entry", nil
-	case event.HookNetifReceiveSkb:
-		return "on_netif_receive_skb", nil
-	case event.HookKfreeSkb:
-		return "on_kfree_skb", nil
-	case event.HookConsumeSkb:
-		if consumeLoc {
-			return "on_consume_skb", nil
-		}
-		return "on_consume_skb_noloc", nil
-	case event.HookCopyDatagram:
-		return "on_skb_copy_datagram_iovec", nil
+// filterStub is the function in the BPF object whose body is a filter
+// expression's program.
+const filterStub = "pcap_filter"
+
+// injectFilter replaces the body of the filter stub, a BPF-to-BPF function
+// linked into the program, with the filter's instructions. The function's
+// first instruction keeps its metadata (symbol, BTF function and line info),
+// so calls and the verifier's view of subprograms stay as compiled.
+func injectFilter(insns asm.Instructions, filter asm.Instructions) (asm.Instructions, error) {
+	if len(filter) == 0 {
+		return nil, errors.New("empty filter program")
 	}
-	return "", fmt.Errorf("unknown hook %d", h)
+	start := -1
+	for i, ins := range insns {
+		if ins.Symbol() == filterStub {
+			start = i
+			break
+		}
+	}
+	if start < 0 {
+		return insns, nil // a program that never starts tracking (end hooks) has no call to it
+	}
+	end := len(insns)
+	for i := start + 1; i < len(insns); i++ {
+		if btf.FuncMetadata(&insns[i]) != nil {
+			end = i
+			break
+		}
+	}
+	body := make(asm.Instructions, len(filter))
+	copy(body, filter)
+	body[0] = body[0].WithMetadata(insns[start].Metadata)
+	out := make(asm.Instructions, 0, len(insns)-(end-start)+len(body))
+	out = append(out, insns[:start]...)
+	out = append(out, body...)
+	return append(out, insns[end:]...), nil
 }
 
-func tracepointName(h Hook) string {
-	n, err := programName(h, true)
-	if err != nil {
-		return "?"
+// programSpec maps a hook to its program in the object.
+func programSpec(p *bpfobj.HoptraceProgramSpecs, h Hook, consumeLoc bool) (*ebpf.ProgramSpec, error) {
+	switch h {
+	case event.HookNetDevQueue:
+		return p.OnNetDevQueue, nil
+	case event.HookNetDevStartXmit:
+		return p.OnNetDevStartXmit, nil
+	case event.HookNetDevXmit:
+		return p.OnNetDevXmit, nil
+	case event.HookNetifRx:
+		return p.OnNetifRx, nil
+	case event.HookGROReceive:
+		return p.OnNapiGroReceiveEntry, nil
+	case event.HookNetifReceiveSkb:
+		return p.OnNetifReceiveSkb, nil
+	case event.HookKfreeSkb:
+		return p.OnKfreeSkb, nil
+	case event.HookConsumeSkb:
+		if consumeLoc {
+			return p.OnConsumeSkb, nil
+		}
+		return p.OnConsumeSkbNoloc, nil
+	case event.HookCopyDatagram:
+		return p.OnSkbCopyDatagramIovec, nil
 	}
-	return n[len("on_"):]
+	return nil, fmt.Errorf("unknown hook %d", h)
 }
 
 // loadError turns a load failure into one clear sentence, printing the
@@ -301,7 +364,7 @@ func loadError(err error) error {
 	}
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return fmt.Errorf("loading BPF programs was refused (needs root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN; check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
+		return fmt.Errorf("loading BPF programs was refused (check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
 	case errors.Is(err, unix.ENOMEM):
 		return fmt.Errorf("not enough memory for BPF maps (memory cgroup limit?): %w", err)
 	}

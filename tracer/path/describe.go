@@ -19,11 +19,7 @@ const (
 )
 
 // Names resolves what events report by number. *resolve.Resolver implements it.
-type Names interface {
-	Link(netns uint32, ifindex int) (resolve.Link, bool)
-	Namespace(inode uint32) (resolve.Namespace, bool)
-	HostInode() uint32
-}
+type Names = resolve.Names
 
 // Symbolizer names kernel code addresses (where a packet was freed).
 type Symbolizer interface {
@@ -57,26 +53,29 @@ type Path struct {
 	Hops []Hop  `json:"hops"`
 	// Ends are the end-of-life events seen (drops, consumes, socket copies).
 	Ends []EndEvent `json:"ends,omitempty"`
+	// Rule is the netfilter rule or chain policy that dropped the packet,
+	// when rule naming is on (see package nftrace).
+	Rule *Rule `json:"rule,omitempty"`
 }
 
 // Hop is one point on the path.
 type Hop struct {
-	Netns      string `json:"netns"`
-	NetnsInode uint32 `json:"netns_inode"`
-	Container  string `json:"container"`
-	Ifindex    int    `json:"ifindex"`
-	Ifname     string `json:"ifname"`
-	Kind       string `json:"kind"`
-	Direction  string `json:"direction"`
-	Bridge     string `json:"bridge"`
-	Hook       string `json:"hook"`
-	TsNs       uint64 `json:"ts_ns"`
-	DeltaNs    uint64 `json:"delta_ns"`
-	SinceNs    uint64 `json:"since_first_ns"`
-	Inferred   bool   `json:"inferred,omitempty"`
-	Clone      bool   `json:"clone,omitempty"`
-	Skb        string `json:"skb"`
-	Note       string `json:"note,omitempty"`
+	Netns      string           `json:"netns"`
+	NetnsInode uint32           `json:"netns_inode"`
+	Container  string           `json:"container"`
+	Ifindex    int              `json:"ifindex"`
+	Ifname     string           `json:"ifname"`
+	Kind       resolve.Kind     `json:"kind"`
+	Direction  event.Direction  `json:"direction"`
+	Bridge     string           `json:"bridge"`
+	Hook       event.Tracepoint `json:"hook"`
+	TsNs       uint64           `json:"ts_ns"`
+	DeltaNs    uint64           `json:"delta_ns"`
+	SinceNs    uint64           `json:"since_first_ns"`
+	Inferred   bool             `json:"inferred,omitempty"`
+	Clone      bool             `json:"clone,omitempty"`
+	Skb        string           `json:"skb"`
+	Note       string           `json:"note,omitempty"`
 	// NAT says what a rewrite changed where it was first seen, from the
 	// packet's own headers: "DNAT 10.213.9.1:18080 -> 172.17.0.2:80".
 	NAT string `json:"nat,omitempty"`
@@ -84,14 +83,14 @@ type Hop struct {
 
 // EndEvent is one end-of-life observation.
 type EndEvent struct {
-	Hook       string `json:"hook"`
-	Netns      string `json:"netns"`
-	NetnsInode uint32 `json:"netns_inode"`
-	Ifname     string `json:"ifname,omitempty"`
-	TsNs       uint64 `json:"ts_ns"`
-	Reason     string `json:"reason,omitempty"`
-	Location   string `json:"location,omitempty"`
-	Skb        string `json:"skb"`
+	Hook       event.Tracepoint `json:"hook"`
+	Netns      string           `json:"netns"`
+	NetnsInode uint32           `json:"netns_inode"`
+	Ifname     string           `json:"ifname,omitempty"`
+	TsNs       uint64           `json:"ts_ns"`
+	Reason     string           `json:"reason,omitempty"`
+	Location   string           `json:"location,omitempty"`
+	Skb        string           `json:"skb"`
 	// Copy marks the end of an skb that made no hop of the path: a copy
 	// held elsewhere (TCP's retransmission copy, a packet socket's or a raw
 	// socket's clone). Copies never decide the verdict.
@@ -120,6 +119,12 @@ var consumeNotEnd = map[string]bool{
 	"neigh_probe":        true,
 	"skb_segment":        true,
 }
+
+// The inferred hop of a namespace's stack routing a packet between devices.
+const (
+	KindRouted resolve.Kind     = "routed"
+	Routed     event.Tracepoint = "routed"
+)
 
 // copyConsumers consume or drop a copy of a packet, never the packet:
 // packet sockets (tcpdump) take clones on every device they watch.
@@ -192,13 +197,13 @@ func (d *Describer) Describe(p *Packet) Path {
 		hop.Clone = e.Skb != origSkb && e.Flags&event.FlagClone != 0
 		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.NetnsInode == hop.NetnsInode &&
 			(lastIngress.Ifindex != hop.Ifindex && (lastIngress.Bridge == "" || hop.Bridge != lastIngress.Bridge) ||
-				lastIngress.Ifindex == hop.Ifindex && lastIngress.Direction == string(event.Local)) {
+				lastIngress.Ifindex == hop.Ifindex && lastIngress.Direction == event.Local) {
 			// Received on one device, sent out of another that is not a
 			// port of the same bridge (or back out of the bridge it came
 			// up from, hairpin NAT): the namespace's stack routed it.
 			path.Hops = append(path.Hops, Hop{
 				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
-				Kind: "routed", Direction: string(event.Forward), Hook: "routed", TsNs: e.TsNs,
+				Kind: KindRouted, Direction: event.Forward, Hook: Routed, TsNs: e.TsNs,
 				Inferred: true, Skb: hop.Skb, Note: lastIngress.Ifname + " -> " + hop.Ifname,
 			})
 			lastIngress = nil
@@ -209,8 +214,8 @@ func (d *Describer) Describe(p *Packet) Path {
 			// tracepoint fires inside the bridge, the two ports prove it.
 			fwd := Hop{
 				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
-				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: "bridge", Direction: string(event.Forward),
-				Bridge: hop.Bridge, Hook: "bridge_forward", TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
+				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
+				Bridge: hop.Bridge, Hook: event.BridgeForward, TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
 				Note: lastIngress.Ifname + " -> " + hop.Ifname,
 			}
 			path.Hops = append(path.Hops, fwd)
@@ -236,55 +241,35 @@ func (d *Describer) Describe(p *Packet) Path {
 // Hop describes one hop event with names.
 func (d *Describer) Hop(e *event.Event) Hop {
 	h := event.Hook(e.Hook)
+	pl := resolve.PlaceOf(d.Names, e.Netns, int(e.Ifindex))
 	hop := Hop{
+		Netns:      pl.Netns,
 		NetnsInode: e.Netns,
+		Container:  pl.Container,
 		Ifindex:    int(e.Ifindex),
 		Ifname:     event.Ifname(e),
-		Kind:       "unknown",
-		Direction:  string(event.HookDirection(h)),
-		Hook:       event.HookName(h),
+		Kind:       resolve.KindUnknown,
+		Direction:  event.HookDirection(h),
+		Bridge:     pl.Bridge,
+		Hook:       event.TracepointOf(h),
 		TsNs:       e.TsNs,
 		Skb:        SkbString(e.Skb),
 	}
-	d.nameNetns(&hop.Netns, &hop.Container, e.Netns)
-	if l, ok := d.Names.Link(e.Netns, int(e.Ifindex)); ok {
-		hop.Ifname = l.Name
-		hop.Kind = l.Kind
-		if l.MasterName != "" {
-			if m, ok := d.Names.Link(e.Netns, l.MasterIndex); ok && m.IsBridge() {
-				hop.Bridge = m.Name
-				hop.Note = "port of " + m.Name
-			}
-		}
-		if l.IsBridge() {
-			hop.Bridge = l.Name
-			if h == event.HookNetifReceiveSkb {
-				hop.Direction = string(event.Local)
-				hop.Note = "up to the host stack"
-			}
-		}
+	if pl.Ifname != "" {
+		hop.Ifname, hop.Kind = pl.Ifname, pl.Kind
+	}
+	switch {
+	case pl.IsBridge && h == event.HookNetifReceiveSkb:
+		hop.Direction = event.Local
+		hop.Note = "up to the host stack"
+	case pl.Bridge != "" && !pl.IsBridge:
+		hop.Note = "port of " + pl.Bridge
 	}
 	return hop
 }
 
 func (d *Describer) nameNetns(label, container *string, inode uint32) {
-	if inode == 0 {
-		*label = "?"
-		return
-	}
-	ns, ok := d.Names.Namespace(inode)
-	switch {
-	case ok:
-		*label = ns.Label
-		*container = ns.Owner
-	case inode == d.Names.HostInode():
-		*label = "host"
-	default:
-		*label = fmt.Sprintf("netns:%d", inode)
-	}
-	if inode == d.Names.HostInode() {
-		*label = "host"
-	}
+	*label, *container = resolve.NetnsLabel(d.Names, inode)
 }
 
 func (d *Describer) bridgeIndex(hop Hop) int {
@@ -298,7 +283,7 @@ func (d *Describer) bridgeIndex(hop Hop) int {
 func (d *Describer) EndEvent(e *event.Event) EndEvent {
 	h := event.Hook(e.Hook)
 	end := EndEvent{
-		Hook:       event.HookName(h),
+		Hook:       event.TracepointOf(h),
 		NetnsInode: e.Netns,
 		Ifname:     event.Ifname(e),
 		TsNs:       e.TsNs,
@@ -379,18 +364,18 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 	var delivered, dropped, benign *EndEvent
 	for _, end := range ends {
 		switch end.Hook {
-		case "skb_copy_datagram":
-			if delivered == nil || delivered.Hook != "skb_copy_datagram" {
+		case event.TPCopyDatagram:
+			if delivered == nil || delivered.Hook != event.TPCopyDatagram {
 				delivered = end
 			}
-		case "consume_skb":
+		case event.TPConsumeSkb:
 			if consumeNotEnd[end.Location] || copyConsumers[end.Location] || end.TsNs < lastHop.TsNs {
 				continue // the packet went on after this
 			}
 			if delivered == nil {
 				delivered = end
 			}
-		case "kfree_skb":
+		case event.TPKfreeSkb:
 			if benignDrop(*end) {
 				if benign == nil {
 					benign = end
@@ -402,18 +387,18 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 			}
 		}
 	}
-	sentOut := lastHop.Direction == string(event.Egress) && lastHop.Kind != "veth" && lastHop.Kind != "bridge" && lastHop.Kind != "unknown"
+	sentOut := lastHop.Direction == event.Egress && lastHop.Kind != resolve.KindVeth && lastHop.Kind != resolve.KindBridge && lastHop.Kind != resolve.KindUnknown
 	hopWhere := where(lastHop.Netns, lastHop.Container)
 	var o outcome
 	switch {
 	case dropped != nil && (delivered == nil || delivered.TsNs < dropped.TsNs):
 		o = outcome{verdict: Dropped, reason: dropped.Reason, location: dropped.Location, end: dropText(dropped)}
-	case delivered != nil && sentOut && delivered.Hook == "consume_skb":
+	case delivered != nil && sentOut && delivered.Hook == event.TPConsumeSkb:
 		// freed on transmit completion: the device sent it
 		o = outcome{verdict: Forwarded, end: fmt.Sprintf("sent out of %s %s (%s)", hopWhere, lastHop.Ifname, lastHop.Kind)}
 	case delivered != nil:
 		o.verdict = Delivered
-		if delivered.Hook == "skb_copy_datagram" {
+		if delivered.Hook == event.TPCopyDatagram {
 			o.end = "delivered to a socket in " + delivered.Netns
 		} else if delivered.Location != "" {
 			o.end = fmt.Sprintf("consumed by %s in %s", delivered.Location, delivered.Netns)
@@ -424,9 +409,9 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 		o = outcome{verdict: Delivered, end: "delivered to a raw socket in " + benign.Netns}
 	case benign != nil && benign.Reason == "QUEUE_PURGE":
 		o = outcome{verdict: Delivered, end: "delivered to a socket in " + benign.Netns + " (still queued when it closed)"}
-	case lastHop.Direction == string(event.Local):
+	case lastHop.Direction == event.Local:
 		o = outcome{verdict: Delivered, end: "delivered to the host stack through " + lastHop.Ifname}
-	case lastHop.Direction == string(event.Ingress):
+	case lastHop.Direction == event.Ingress:
 		o = outcome{verdict: Delivered, end: fmt.Sprintf("received by the stack of %s %s", hopWhere, lastHop.Ifname)}
 		if benign != nil {
 			o.end += " (" + benign.Reason + " drop of a copy)"
@@ -525,7 +510,7 @@ func (o outcome) rank() int {
 func (d *Describer) earlyVerdict(p *Path) {
 	for i := range p.Ends {
 		e := &p.Ends[i]
-		if e.Hook == "kfree_skb" {
+		if e.Hook == event.TPKfreeSkb {
 			p.Verdict, p.DropReason, p.DropLocation = Dropped, e.Reason, e.Location
 			p.End = "dropped before its first hop: " + strings.TrimPrefix(dropText(e), "dropped ")
 			return

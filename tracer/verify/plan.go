@@ -11,8 +11,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/inspect"
-	"github.com/hoptrace/hoptrace/tracer/internal/nsscan"
+	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -173,16 +175,16 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 		}
 		r.Checks = append(r.Checks, routeCheck(c, se, p.dstIP, viaGw))
 	}
-	first := Hop{Netns: c.Name, NetnsInode: c.NetnsInode, Ifname: orDefault(r.Ifname, "eth0"), Kind: "veth", Direction: "egress", Note: "leaves " + c.Name}
+	first := Hop{Netns: c.Name, NetnsInode: c.NetnsInode, Ifname: orDefault(r.Ifname, "eth0"), Kind: resolve.KindVeth, Direction: event.Egress, Note: "leaves " + c.Name}
 	hostVeth := "?"
 	if se.HostVeth != nil {
 		hostVeth = se.HostVeth.Name
 	}
 	r.Expected = append(r.Expected,
 		first,
-		Hop{Netns: "host", NetnsInode: 0, Ifname: hostVeth, Kind: "veth", Direction: "ingress", Note: "port of " + p.ep.Bridge},
+		Hop{Netns: "host", NetnsInode: 0, Ifname: hostVeth, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "port of " + p.ep.Bridge},
 	)
-	routedFrom := Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: "bridge", Direction: "local", Note: "up to the host's routing"}
+	routedFrom := Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Local, Note: "up to the host's routing"}
 	switch {
 	case r.Target.Kind == TargetAddress:
 		out, kind, err := hostRoute(p.dstIP)
@@ -194,14 +196,14 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 		}
 		r.Target.Ifname = out
 		r.Expected = append(r.Expected, routedFrom,
-			Hop{Netns: "host", Kind: "routed", Direction: "forward", Note: p.ep.Bridge + " -> " + out},
-			Hop{Netns: "host", Ifname: out, Kind: kind, Direction: "egress", Note: "the host's route toward " + p.dstIP.String()},
+			Hop{Netns: "host", Kind: path.KindRouted, Direction: event.Forward, Note: p.ep.Bridge + " -> " + out},
+			Hop{Netns: "host", Ifname: out, Kind: resolve.Kind(kind), Direction: event.Egress, Note: "the host's route toward " + p.dstIP.String()},
 		)
 	case tc == nil:
 		if c := gatewayCheck(se, p.dstIP); c != nil {
 			r.Checks = append(r.Checks, *c)
 		}
-		r.Expected = append(r.Expected, Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: "bridge", Direction: "local", Note: "to the host stack: gateway " + r.Target.IP})
+		r.Expected = append(r.Expected, Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Local, Note: "to the host stack: gateway " + r.Target.IP})
 	default:
 		dst, err := inspect.FromContainer(v.Runtime.Name(), *tc)
 		if err != nil {
@@ -224,17 +226,17 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 			// Another network: up the source bridge, routed by the host,
 			// out of the target's bridge (Docker's isolation rules apply).
 			r.Expected = append(r.Expected, routedFrom,
-				Hop{Netns: "host", Kind: "routed", Direction: "forward", Note: p.ep.Bridge + " -> " + tep.Bridge},
-				Hop{Netns: "host", Ifname: tep.Bridge, Kind: "bridge", Direction: "egress", Note: "into network " + tep.Network},
-				Hop{Netns: "host", Ifname: tVeth, Kind: "veth", Direction: "egress", Note: "port of " + tep.Bridge},
-				Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: "veth", Direction: "ingress", Note: "arrives in " + tc.Name},
+				Hop{Netns: "host", Kind: path.KindRouted, Direction: event.Forward, Note: p.ep.Bridge + " -> " + tep.Bridge},
+				Hop{Netns: "host", Ifname: tep.Bridge, Kind: resolve.KindBridge, Direction: event.Egress, Note: "into network " + tep.Network},
+				Hop{Netns: "host", Ifname: tVeth, Kind: resolve.KindVeth, Direction: event.Egress, Note: "port of " + tep.Bridge},
+				Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "arrives in " + tc.Name},
 			)
 			break
 		}
 		r.Expected = append(r.Expected,
-			Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: "bridge", Direction: "forward", Note: hostVeth + " -> " + tVeth},
-			Hop{Netns: "host", Ifname: tVeth, Kind: "veth", Direction: "egress", Note: "port of " + p.ep.Bridge},
-			Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: "veth", Direction: "ingress", Note: "arrives in " + tc.Name},
+			Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Forward, Note: hostVeth + " -> " + tVeth},
+			Hop{Netns: "host", Ifname: tVeth, Kind: resolve.KindVeth, Direction: event.Egress, Note: "port of " + p.ep.Bridge},
+			Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "arrives in " + tc.Name},
 		)
 	}
 	markConsequences(r.Checks)
@@ -502,7 +504,7 @@ func orNone(s []string) string {
 func routeCheck(c runtime.Container, e inspect.Endpoint, dst, gw netip.Addr) Check {
 	hop := c.Name + " route"
 	fact := "route to " + dst.String()
-	h, err := nsscan.Handle(c.NetnsPath)
+	h, err := resolve.NetnsHandle(c.NetnsPath)
 	if err != nil {
 		return Check{Hop: hop, Fact: fact, Detail: err.Error()}
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/hoptrace/hoptrace/internal/privtest"
 )
 
 // Outside is "the outside" of a Docker host, built by the test: a network
@@ -28,7 +30,7 @@ type Outside struct {
 // NewOutside builds an Outside and registers its removal with t.Cleanup.
 func NewOutside(t testing.TB) *Outside {
 	t.Helper()
-	RequireRoot(t)
+	privtest.RequireRoot(t)
 	o, err := newOutside()
 	if o != nil {
 		t.Cleanup(func() {
@@ -86,7 +88,7 @@ func (o *Outside) setup() error {
 	if err := createNamedNetns(o.Path); err != nil {
 		return err
 	}
-	ino, err := Inode(o.Path)
+	ino, err := inode(o.Path)
 	if err != nil {
 		return err
 	}
