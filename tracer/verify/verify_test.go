@@ -562,7 +562,7 @@ func TestIsolationBetweenNetworks(t *testing.T) {
 		t.Errorf("expected path\n got %v\nwant %v", got, want)
 	}
 	if r.Verdict != verify.Fail || r.Failure == nil || r.Failure.Stage != verify.StagePath || r.Failure.Hop != "host routing" ||
-		r.Failure.DropReason != "NETFILTER_DROP" || !strings.Contains(r.Failure.Reason, "isolation") {
+		r.Failure.DropReason != "NETFILTER_DROP" || !strings.Contains(strings.ToLower(r.Failure.Reason), "isolation") {
 		t.Fatalf("want FAIL at host routing with NETFILTER_DROP (isolation):\n%s", text(r))
 	}
 	t.Logf("\n%s", text(r))
