@@ -101,6 +101,14 @@ struct {
 	__type(value, struct pkt_track);
 } by_head SEC(".maps");
 
+/* Where a new entry of by_skb/by_head is built (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pkt_track);
+} track_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -623,17 +631,10 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	if (untracked && expr_filter && !expr_matches(skb, dev))
 		return 0;
 
-	/* Done with the device: what follows depends on scalars only, which
-	 * keeps the verifier's paths with and without a device few. */
-	char ifname[16] = {};
-	if (dev)
-		bpf_probe_read_kernel_str(ifname, sizeof(ifname), dev->name);
-
 	parse(skb, ether, &meta);
 	__u64 fp = fingerprint(&meta);
 	__u64 nat_fp = nat_fingerprint(&meta);
 	__u64 pkt_id = 0;
-	struct pkt_track fresh = {};
 	struct hop_key prev = {};
 	__u64 prev_ts = 0;
 
@@ -684,17 +685,22 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			flags |= EVENT_F_NEW;
 			stat_inc(STAT_PACKETS);
 		}
-		fresh.pkt_id = pkt_id;
-		fresh.fp = fp;
-		fresh.head = head;
-		fresh.last = cur;
-		fresh.last_ts = now;
-		fresh.nat_fp = nat_fp;
-		fresh.skb = skb_addr;
+		/* built in a per-CPU slot: the stack is shared with the filter expression's program */
+		__u32 zero = 0;
+		struct pkt_track *fresh = bpf_map_lookup_elem(&track_scratch, &zero);
+		if (!fresh)
+			return 0;
+		fresh->pkt_id = pkt_id;
+		fresh->fp = fp;
+		fresh->head = head;
+		fresh->last = cur;
+		fresh->last_ts = now;
+		fresh->nat_fp = nat_fp;
+		fresh->skb = skb_addr;
 		if (!end) {
-			bpf_map_update_elem(&by_skb, &skb_addr, &fresh, BPF_ANY);
+			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
 			if (flags & EVENT_F_NEW)
-				bpf_map_update_elem(&by_head, &head, &fresh, BPF_ANY);
+				bpf_map_update_elem(&by_head, &head, fresh, BPF_ANY);
 		}
 	}
 
@@ -734,7 +740,10 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			e->flags = flags;
 			e->pkt_type = BPF_CORE_READ_BITFIELD(skb, pkt_type);
 			__builtin_memset(e->pad, 0, sizeof(e->pad));
-			__builtin_memcpy(e->ifname, ifname, sizeof(e->ifname));
+			if (dev)
+				bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
+			else
+				__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 			e->meta = meta;
 			if (snap_len) {
 				struct frame_snap *s = (void *)(e + 1);

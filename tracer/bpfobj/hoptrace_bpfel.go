@@ -183,6 +183,7 @@ const (
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
 	HoptraceMapStats                   = "stats"
+	HoptraceMapTrackScratch            = "track_scratch"
 	HoptraceProgOnConsumeSkb           = "on_consume_skb"
 	HoptraceProgOnConsumeSkbNoloc      = "on_consume_skb_noloc"
 	HoptraceProgOnKfreeSkb             = "on_kfree_skb"
@@ -276,16 +277,17 @@ type HoptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceMapSpecs struct {
-	ByHead      *ebpf.MapSpec `ebpf:"by_head"`
-	BySkb       *ebpf.MapSpec `ebpf:"by_skb"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	FilterAddr  *ebpf.MapSpec `ebpf:"filter_addr"`
-	FilterDev   *ebpf.MapSpec `ebpf:"filter_dev"`
-	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
-	FilterPort  *ebpf.MapSpec `ebpf:"filter_port"`
-	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
-	Hists       *ebpf.MapSpec `ebpf:"hists"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	ByHead       *ebpf.MapSpec `ebpf:"by_head"`
+	BySkb        *ebpf.MapSpec `ebpf:"by_skb"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FilterAddr   *ebpf.MapSpec `ebpf:"filter_addr"`
+	FilterDev    *ebpf.MapSpec `ebpf:"filter_dev"`
+	FilterNetns  *ebpf.MapSpec `ebpf:"filter_netns"`
+	FilterPort   *ebpf.MapSpec `ebpf:"filter_port"`
+	HistZero     *ebpf.MapSpec `ebpf:"hist_zero"`
+	Hists        *ebpf.MapSpec `ebpf:"hists"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	TrackScratch *ebpf.MapSpec `ebpf:"track_scratch"`
 }
 
 // HoptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -337,16 +339,17 @@ func (o *HoptraceObjects) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceMaps struct {
-	ByHead      *ebpf.Map `ebpf:"by_head"`
-	BySkb       *ebpf.Map `ebpf:"by_skb"`
-	Events      *ebpf.Map `ebpf:"events"`
-	FilterAddr  *ebpf.Map `ebpf:"filter_addr"`
-	FilterDev   *ebpf.Map `ebpf:"filter_dev"`
-	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
-	FilterPort  *ebpf.Map `ebpf:"filter_port"`
-	HistZero    *ebpf.Map `ebpf:"hist_zero"`
-	Hists       *ebpf.Map `ebpf:"hists"`
-	Stats       *ebpf.Map `ebpf:"stats"`
+	ByHead       *ebpf.Map `ebpf:"by_head"`
+	BySkb        *ebpf.Map `ebpf:"by_skb"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FilterAddr   *ebpf.Map `ebpf:"filter_addr"`
+	FilterDev    *ebpf.Map `ebpf:"filter_dev"`
+	FilterNetns  *ebpf.Map `ebpf:"filter_netns"`
+	FilterPort   *ebpf.Map `ebpf:"filter_port"`
+	HistZero     *ebpf.Map `ebpf:"hist_zero"`
+	Hists        *ebpf.Map `ebpf:"hists"`
+	Stats        *ebpf.Map `ebpf:"stats"`
+	TrackScratch *ebpf.Map `ebpf:"track_scratch"`
 }
 
 func (m *HoptraceMaps) Close() error {
@@ -361,6 +364,7 @@ func (m *HoptraceMaps) Close() error {
 		m.HistZero,
 		m.Hists,
 		m.Stats,
+		m.TrackScratch,
 	)
 }
 
