@@ -48,6 +48,7 @@ enum filter_flag {
 	FILTER_NETNS = 1, /* a packet seen in one of filter_netns */
 	FILTER_DEV = 2,   /* a packet seen on one of filter_dev */
 	FILTER_ADDR = 4,  /* a packet from or to one of filter_addr */
+	FILTER_PORT = 8,  /* a packet to one of filter_port (published ports, before DNAT) */
 };
 
 /* Set by the loader before the programs are loaded. */
@@ -55,6 +56,18 @@ volatile const __u32 mode = MODE_EVENTS;
 volatile const __u32 filter_flags = 0;
 volatile const __u64 stale_ns = 1000000000ULL;  /* a hop this much later is a new packet */
 volatile const __u64 wakeup_bytes = 1 << 20;     /* wake the reader past this much data */
+/*
+ * Latency mode: a kfree_skb from ping_rcv is no drop: the echo reply went to
+ * a raw socket's clone. Before 6.3 icmp_rcv/icmpv6_rcv free it, with the
+ * NO_SOCKET reason ping_rcv returned. Set by the loader (kallsyms, BTF).
+ */
+volatile const __u64 benign_drop_start = 0;
+volatile const __u64 benign_drop_end = 0;
+volatile const __u64 icmp_rcv_start = 0;
+volatile const __u64 icmp_rcv_end = 0;
+volatile const __u64 icmpv6_rcv_start = 0;
+volatile const __u64 icmpv6_rcv_end = 0;
+volatile const __u32 no_socket_reason = 0;
 volatile const __u32 expr_filter = 0; /* a filter expression's program replaces pcap_filter's body */
 volatile const __u32 snap_len = 0;    /* a packet capture: bytes of each frame after each event */
 
@@ -64,6 +77,8 @@ struct pkt_track {
 	__u64 head;
 	__u64 last_ts;
 	struct hop_key last;
+	__u64 nat_fp; /* fingerprint of the headers NAT leaves alone */
+	__u64 skb;    /* by_head: the skb that created the entry (its owner) */
 };
 
 struct addr_key {
@@ -90,6 +105,14 @@ struct {
 	__type(value, struct pkt_track);
 } by_head SEC(".maps");
 
+/* Where a new entry of by_skb/by_head is built (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pkt_track);
+} track_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -110,6 +133,19 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u8);
 } filter_addr SEC(".maps");
+
+struct port_key {
+	__u16 port; /* host byte order */
+	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct port_key);
+	__type(value, __u8);
+} filter_port SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -182,12 +218,11 @@ struct icmp_echo {
 };
 
 /* Offset of the layer-3 header from skb->head and its ethertype, or 0. */
-static __always_inline __u32 l3_offset(struct sk_buff *skb, struct net_device *dev, unsigned char *head,
+static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned char *head,
 				       __u16 *eth_proto)
 {
 	__u16 mac = skb->mac_header;
 	__be16 skb_proto = skb->protocol;
-	bool ether = !dev || dev->type == ARPHRD_ETHER;
 
 	/*
 	 * Prefer the Ethernet header: the network header offset is stale at
@@ -249,11 +284,12 @@ static __always_inline void parse_l4(unsigned char *l4, __u8 proto, struct pkt_m
 	}
 }
 
-static __always_inline void parse(struct sk_buff *skb, struct net_device *dev, struct pkt_meta *m)
+/* ether: the device is an Ethernet device (or unknown) */
+static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_meta *m)
 {
 	unsigned char *head = skb->head;
 	__u16 eth_proto = 0;
-	__u32 off = l3_offset(skb, dev, head, &eth_proto);
+	__u32 off = l3_offset(skb, ether, head, &eth_proto);
 
 	m->eth_proto = eth_proto;
 	if (!off)
@@ -322,6 +358,30 @@ static __always_inline __u64 fingerprint(const struct pkt_meta *m)
 	return h ? h : 1;
 }
 
+/*
+ * The headers NAT does not rewrite: a packet whose addresses or ports changed
+ * between two hooks of the same skb keeps this one (ICMP's echo id is left
+ * out, NAT may rewrite it like a port).
+ */
+static __always_inline __u64 nat_fingerprint(const struct pkt_meta *m)
+{
+	if (m->eth_proto != ETH_P_IP && m->eth_proto != ETH_P_IPV6)
+		return 0;
+	__u64 h = 0xcbf29ce484222325ULL;
+	__u64 w[4] = {
+		(__u64)m->eth_proto << 48 | (__u64)m->ip_len << 32 | m->ip_id << 16 | m->l4_proto << 8 | m->tcp_flags,
+		(__u64)m->tcp_seq << 32 | m->tcp_ack,
+		(__u64)m->icmp_seq << 16 | m->icmp_type << 8 | m->icmp_code,
+		0,
+	};
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		h ^= w[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h ? h : 1;
+}
+
 /* ---- filtering ---- */
 
 static __always_inline bool addr_selected(__u32 family, const __u8 *addr)
@@ -353,6 +413,11 @@ static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pk
 		else if (m->eth_proto == ETH_P_IPV6)
 			family = 6;
 		if (family && (addr_selected(family, m->saddr) || addr_selected(family, m->daddr)))
+			return true;
+	}
+	if ((filter_flags & FILTER_PORT) && (m->l4_proto == IPPROTO_TCP_ || m->l4_proto == IPPROTO_UDP_)) {
+		struct port_key k = {.port = m->dport, .proto = m->l4_proto};
+		if (bpf_map_lookup_elem(&filter_port, &k))
 			return true;
 	}
 	return false;
@@ -428,6 +493,20 @@ static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, 
 }
 
 /* ---- latency histograms ---- */
+
+/* A drop that is no failure (see benign_drop_start). */
+static __always_inline bool benign_drop(__u64 location, __u32 reason, const struct pkt_meta *m)
+{
+	if (location >= benign_drop_start && location < benign_drop_end)
+		return true;
+	if (!no_socket_reason || reason != no_socket_reason)
+		return false;
+	if (m->l4_proto == IPPROTO_ICMP_ && m->icmp_type == 0)
+		return location >= icmp_rcv_start && location < icmp_rcv_end;
+	if (m->l4_proto == IPPROTO_ICMPV6_ && m->icmp_type == 129)
+		return location >= icmpv6_rcv_start && location < icmpv6_rcv_end;
+	return false;
+}
 
 static __always_inline __u32 log2_u64(__u64 v)
 {
@@ -513,11 +592,30 @@ static __always_inline __u32 skb_len(struct sk_buff *skb, __u8 hook)
 	return len;
 }
 
+/*
+ * skb->dev shares a union with dev_scratch, which UDP uses while an skb waits
+ * on a socket: at the end hooks the device is trusted only when the value is
+ * a kernel address (dev_scratch packs a truesize, a length and two flags,
+ * never one). Otherwise the namespace comes from the socket, with no device.
+ * (A socket alone does not say where a packet was: an skb keeps its sending
+ * socket across a veth into another namespace.)
+ */
+#define KERNEL_ADDR_MIN 0xffff000000000000ULL
+static __always_inline struct net_device *end_dev(struct sk_buff *skb)
+{
+	struct net_device *dev = skb->dev;
+	if (dev && skb->sk && (__u64)dev < KERNEL_ADDR_MIN)
+		return NULL;
+	return dev;
+}
+
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
+	/* a drop may start a path of its own: dropped before its first selected hop */
+	bool may_start = !end || hook == HOOK_KFREE_SKB;
 
 	/* Cheapest rejection first: most skbs freed on a host are not ours. */
 	struct pkt_track *t = bpf_map_lookup_elem(&by_skb, &skb_addr);
@@ -530,7 +628,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			return 0;
 		h = bpf_map_lookup_elem(&by_head, &head);
 		if (!h) {
-			if (end)
+			if (!may_start)
 				return 0;
 			untracked = true;
 		}
@@ -540,35 +638,58 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	struct pkt_meta meta = {};
 	struct hop_key cur = {.hook = hook};
 	__u8 flags = 0;
+	bool ether = true;
 	if (dev) {
 		cur.netns = dev->nd_net.net->ns.inum;
 		cur.ifindex = dev->ifindex;
+		ether = dev->type == ARPHRD_ETHER;
 	} else {
 		cur.netns = sock_netns(skb);
 		if (cur.netns)
 			flags |= EVENT_F_SOCK_NS;
 	}
 	/* namespace/device filters need no header parsing to say no */
-	if (untracked && filter_flags && !(filter_flags & FILTER_ADDR) && !selected(cur.netns, cur.ifindex, &meta))
+	if (untracked && filter_flags && !(filter_flags & (FILTER_ADDR | FILTER_PORT)) &&
+	    !selected(cur.netns, cur.ifindex, &meta))
 		return 0;
 	/* so does a filter expression: an untracked packet it rejects costs one run */
 	if (untracked && expr_filter && !expr_matches(skb, dev))
 		return 0;
 
-	parse(skb, dev, &meta);
+	parse(skb, ether, &meta);
 	__u64 fp = fingerprint(&meta);
+	__u64 nat_fp = nat_fingerprint(&meta);
 	__u64 pkt_id = 0;
-	struct pkt_track fresh = {};
 	struct hop_key prev = {};
 	__u64 prev_ts = 0;
 
-	if (t && t->fp == fp && (end || now - t->last_ts < stale_ns)) {
+	/* GRO merges segments into this skb between napi_gro_receive and
+	 * netif_receive_skb: its length and flags change, it is the same packet. */
+	bool gro_merged = t && hook == HOOK_NETIF_RECEIVE_SKB && t->last.hook == HOOK_GRO_RECEIVE;
+	if (t && (end || now - t->last_ts < stale_ns) && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp) || gro_merged)) {
 		pkt_id = t->pkt_id;
 		prev = t->last;
 		prev_ts = t->last_ts;
+		if (t->fp != fp) {
+			/* the same skb, only addresses or ports changed: NAT */
+			if (!gro_merged)
+				flags |= EVENT_F_NAT;
+			t->fp = fp;
+			t->nat_fp = nat_fp;
+		}
 		if (!end) {
 			t->last = cur;
 			t->last_ts = now;
+		}
+		/* Keep the clone table current: a clone made from here on
+		 * continues from this hop, with these headers. */
+		struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
+		if (o && o->pkt_id == pkt_id) {
+			o->fp = fp;
+			if (!end) {
+				o->last = cur;
+				o->last_ts = now;
+			}
 		}
 	} else {
 		if (t)
@@ -582,22 +703,29 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			prev_ts = h->last_ts;
 			flags |= EVENT_F_CLONE;
 		} else {
-			if (end || !selected(cur.netns, cur.ifindex, &meta) ||
+			if (!may_start || !selected(cur.netns, cur.ifindex, &meta) ||
 			    (!untracked && expr_filter && !expr_matches(skb, dev)))
 				return 0;
 			pkt_id = __sync_fetch_and_add(&next_pkt_id, 1) + 1;
 			flags |= EVENT_F_NEW;
 			stat_inc(STAT_PACKETS);
 		}
-		fresh.pkt_id = pkt_id;
-		fresh.fp = fp;
-		fresh.head = head;
-		fresh.last = cur;
-		fresh.last_ts = now;
+		/* built in a per-CPU slot: the stack is shared with the filter expression's program */
+		__u32 zero = 0;
+		struct pkt_track *fresh = bpf_map_lookup_elem(&track_scratch, &zero);
+		if (!fresh)
+			return 0;
+		fresh->pkt_id = pkt_id;
+		fresh->fp = fp;
+		fresh->head = head;
+		fresh->last = cur;
+		fresh->last_ts = now;
+		fresh->nat_fp = nat_fp;
+		fresh->skb = skb_addr;
 		if (!end) {
-			bpf_map_update_elem(&by_skb, &skb_addr, &fresh, BPF_ANY);
+			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
 			if (flags & EVENT_F_NEW)
-				bpf_map_update_elem(&by_head, &head, &fresh, BPF_ANY);
+				bpf_map_update_elem(&by_head, &head, fresh, BPF_ANY);
 		}
 	}
 
@@ -607,7 +735,10 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	if (mode == MODE_LATENCY) {
 		if (prev_ts && now >= prev_ts) {
 			struct hop_key to = cur;
-			if (hook == HOOK_KFREE_SKB) {
+			if (hook == HOOK_KFREE_SKB && benign_drop(location, reason, &meta)) {
+				/* the reply was delivered to a raw socket's clone */
+				to.hook = HOOK_CONSUME_SKB;
+			} else if (hook == HOOK_KFREE_SKB) {
 				to.drop_reason[0] = reason;
 				to.drop_reason[1] = reason >> 8;
 				to.drop_reason[2] = reason >> 16;
@@ -660,10 +791,16 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 		}
 	}
 
-	/* The skb is gone: forget its address; its head too unless a clone still holds it. */
+	/*
+	 * The skb is gone: forget its address, and its head when it owned the
+	 * clone entry. Clones made before keep their own entries; a later skb
+	 * on the same data (a TCP retransmission of a dropped segment) is a new
+	 * packet.
+	 */
 	if (hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB) {
 		bpf_map_delete_elem(&by_skb, &skb_addr);
-		if (!(flags & EVENT_F_CLONED))
+		struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
+		if (o && o->skb == skb_addr)
 			bpf_map_delete_elem(&by_head, &head);
 	}
 	return 0;
@@ -708,26 +845,26 @@ int BPF_PROG(on_netif_receive_skb, struct sk_buff *skb)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, reason);
+	return observe(ctx, skb, end_dev(skb), HOOK_KFREE_SKB, (__u64)location, reason);
 }
 
 /* consume_skb gained its location argument in 6.3; the loader picks one of these. */
 SEC("tp_btf/consume_skb")
 int BPF_PROG(on_consume_skb, struct sk_buff *skb, void *location)
 {
-	return observe(ctx, skb, skb->dev, HOOK_CONSUME_SKB, (__u64)location, 0);
+	return observe(ctx, skb, end_dev(skb), HOOK_CONSUME_SKB, (__u64)location, 0);
 }
 
 SEC("tp_btf/consume_skb")
 int BPF_PROG(on_consume_skb_noloc, struct sk_buff *skb)
 {
-	return observe(ctx, skb, skb->dev, HOOK_CONSUME_SKB, 0, 0);
+	return observe(ctx, skb, end_dev(skb), HOOK_CONSUME_SKB, 0, 0);
 }
 
 SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 {
-	return observe(ctx, skb, skb->dev, HOOK_COPY_DATAGRAM, 0, 0);
+	return observe(ctx, skb, end_dev(skb), HOOK_COPY_DATAGRAM, 0, 0);
 }
 
 /* ---- the tcx engine ---- */
@@ -783,6 +920,18 @@ struct ethhdr_ {
  * itself (direct packet access, no probe reads). True when unsure: observe()
  * decides; this only rejects what observe() would reject.
  */
+/* Whether a TCP or UDP packet goes to a selected (published) port; true when unsure. */
+static __always_inline bool tcx_port_maybe(void *l4, __u8 proto, void *end)
+{
+	if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+		return false;
+	__be16 *ports = l4;
+	if ((void *)(ports + 2) > end)
+		return true;
+	struct port_key k = {.port = bpf_ntohs(ports[1]), .proto = proto};
+	return bpf_map_lookup_elem(&filter_port, &k) != NULL;
+}
+
 static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struct filter_bloom *b)
 {
 	void *data = (void *)(long)ctx->data;
@@ -807,13 +956,23 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struc
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return true;
-		return tcx_addr_maybe(b, 4, (__u8 *)&ip->saddr) || tcx_addr_maybe(b, 4, (__u8 *)&ip->daddr);
+		if (tcx_addr_maybe(b, 4, (__u8 *)&ip->saddr) || tcx_addr_maybe(b, 4, (__u8 *)&ip->daddr))
+			return true;
+		if (!(filter_flags & FILTER_PORT) || (ip->frag_off & bpf_htons(0x1fff)))
+			return false;
+		return tcx_port_maybe((void *)ip + (ip->ihl & 0xf) * 4, ip->protocol, end);
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > end)
 			return true;
-		return tcx_addr_maybe(b, 6, (__u8 *)&ip6->saddr) || tcx_addr_maybe(b, 6, (__u8 *)&ip6->daddr);
+		if (tcx_addr_maybe(b, 6, (__u8 *)&ip6->saddr) || tcx_addr_maybe(b, 6, (__u8 *)&ip6->daddr))
+			return true;
+		if (!(filter_flags & FILTER_PORT))
+			return false;
+		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_)
+			return true; /* extension headers: observe() walks them */
+		return tcx_port_maybe(ip6 + 1, ip6->nexthdr, end);
 	}
 	if (proto == bpf_htons(ETH_P_ARP)) {
 		struct arp_ipv4 *arp = l3;
@@ -855,7 +1014,7 @@ static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *sk
 		if (bpf_map_lookup_elem(&filter_dev, &k))
 			return true;
 	}
-	if (filter_flags & FILTER_ADDR) {
+	if (filter_flags & (FILTER_ADDR | FILTER_PORT)) {
 		if (dev->type != ARPHRD_ETHER)
 			return true;
 		return tcx_addr_selected(ctx, b);

@@ -28,6 +28,7 @@ enum event_flag {
 	EVENT_F_CLONE = 2,  /* identity found through the shared data head (a clone) */
 	EVENT_F_CLONED = 4, /* skb->cloned was set */
 	EVENT_F_SOCK_NS = 8, /* no device: the netns came from the socket */
+	EVENT_F_NAT = 16,    /* same skb, headers rewritten by NAT (addresses/ports only) */
 };
 
 /* Parsed packet headers, enough to name a packet and to fingerprint it. */

@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 	"github.com/hoptrace/hoptrace/tracer/selection"
 )
@@ -120,7 +121,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *selection.Selection
 					continue
 				}
 				select {
-				case changes <- selection.NetnsChange{Inode: inode, Selected: ch.Added}:
+				case changes <- selection.NetnsChange{Inode: inode, Selected: ch.Added, Ports: publishedPorts(ch.Container)}:
 				case <-fctx.Done():
 					return
 				}
@@ -157,4 +158,18 @@ func (cs *containerSupport) Close() error {
 func hostInode() uint32 {
 	ino, _ := resolve.NetnsInode("/proc/1/ns/net")
 	return ino
+}
+
+// publishedPorts are the container's host ports, as the trace selects them.
+func publishedPorts(c runtime.Container) []selection.Port {
+	var out []selection.Port
+	for _, p := range c.Published {
+		switch p.Proto {
+		case "tcp":
+			out = append(out, selection.Port{Proto: 6, Port: p.HostPort})
+		case "udp":
+			out = append(out, selection.Port{Proto: 17, Port: p.HostPort})
+		}
+	}
+	return out
 }

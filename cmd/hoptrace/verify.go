@@ -36,7 +36,7 @@ that off and leaves the ruleset untouched.
 
 --all verifies every running container against its gateway, one line each.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "to", Value: "gateway", Usage: "`gateway`, an IPv4 address, or a container on the same bridge"},
+			&cli.StringFlag{Name: "to", Value: "gateway", Usage: "`gateway`, a container (on the same bridge or another Docker network), or an IPv4 address (also one the host routes out of another device)"},
 			&cli.StringFlag{Name: "proto", Aliases: []string{"p"}, Value: "icmp", Usage: "probe protocol: icmp, udp or tcp"},
 			&cli.IntFlag{Name: "port", Usage: "destination `port` of udp/tcp probes (default 33434 udp, 80 tcp)"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Value: 3, Usage: "number of probes"},

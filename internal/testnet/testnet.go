@@ -321,21 +321,7 @@ func lockSubnet(subnet netip.Prefix) (*os.File, bool) {
 	if subnet.Bits() == 24 {
 		name = fmt.Sprintf("10.231.%d.lock", subnet.Addr().As4()[2]) // the name older runs locked
 	}
-	for _, dir := range []string{"/run/hoptrace-testnet", filepath.Join(os.TempDir(), "hoptrace-testnet")} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			continue
-		}
-		f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o644)
-		if err != nil {
-			continue
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close()
-			return nil, false
-		}
-		return f, true
-	}
-	return nil, true
+	return lockFile(name)
 }
 
 // allowForwarding inserts an iptables ACCEPT rule for traffic bridged within
@@ -420,6 +406,12 @@ func (t *Topology) setupHost(h *Host) error {
 		return fmt.Errorf("set %s up: %w", h.HostVeth, err)
 	}
 
+	return configureEnd(nsh, h, t.Gateway.Addr())
+}
+
+// configureEnd sets up the namespace side of a host: lo and its interface
+// up, its address, a default route via gw; it fills Ifindex and MAC.
+func configureEnd(nsh netns.NsHandle, h *Host, gw netip.Addr) error {
 	nh, err := netlink.NewHandleAt(nsh)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", h.Name, err)
@@ -444,9 +436,8 @@ func (t *Topology) setupHost(h *Host) error {
 	if err := nh.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("set %s up in %s: %w", h.IfName, h.Name, err)
 	}
-	gw := t.Gateway.Addr().AsSlice()
-	if err := nh.RouteAdd(&netlink.Route{LinkIndex: h.Ifindex, Gw: gw}); err != nil {
-		return fmt.Errorf("default route via %s in %s: %w", t.Gateway.Addr(), h.Name, err)
+	if err := nh.RouteAdd(&netlink.Route{LinkIndex: h.Ifindex, Gw: gw.AsSlice()}); err != nil {
+		return fmt.Errorf("default route via %s in %s: %w", gw, h.Name, err)
 	}
 	return nil
 }

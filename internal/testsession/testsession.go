@@ -46,8 +46,8 @@ func Start(t testing.TB, run func(ctx context.Context, names *resolve.Resolver, 
 	case <-ready:
 	case <-s.done:
 		t.Fatalf("session ended before it was ready: %v", s.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("session not ready after 20s")
+	case <-time.After(60 * time.Second):
+		t.Fatal("session not ready after 60s (loading and verifying the programs under emulation on a busy machine takes the longest)")
 	}
 	return s
 }

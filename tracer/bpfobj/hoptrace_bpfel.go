@@ -53,6 +53,7 @@ const (
 	HoptraceEventFlagEVENT_F_CLONE   HoptraceEventFlag = 2
 	HoptraceEventFlagEVENT_F_CLONED  HoptraceEventFlag = 4
 	HoptraceEventFlagEVENT_F_SOCK_NS HoptraceEventFlag = 8
+	HoptraceEventFlagEVENT_F_NAT     HoptraceEventFlag = 16
 )
 
 type HoptraceFilterBloom struct {
@@ -67,6 +68,7 @@ const (
 	HoptraceFilterFlagFILTER_NETNS HoptraceFilterFlag = 1
 	HoptraceFilterFlagFILTER_DEV   HoptraceFilterFlag = 2
 	HoptraceFilterFlagFILTER_ADDR  HoptraceFilterFlag = 4
+	HoptraceFilterFlagFILTER_PORT  HoptraceFilterFlag = 8
 )
 
 type HoptraceFrameSnap struct {
@@ -143,6 +145,15 @@ type HoptracePktTrack struct {
 	LastTs uint64
 	Last   HoptraceHopKey
 	_      [4]byte
+	NatFp  uint64
+	Skb    uint64
+}
+
+type HoptracePortKey struct {
+	_     structs.HostLayout
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type HoptraceRunMode uint32
@@ -175,9 +186,11 @@ const (
 	HoptraceMapFilterBloom             = "filter_bloom"
 	HoptraceMapFilterDev               = "filter_dev"
 	HoptraceMapFilterNetns             = "filter_netns"
+	HoptraceMapFilterPort              = "filter_port"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
 	HoptraceMapStats                   = "stats"
+	HoptraceMapTrackScratch            = "track_scratch"
 	HoptraceProgOnConsumeSkb           = "on_consume_skb"
 	HoptraceProgOnConsumeSkbNoloc      = "on_consume_skb_noloc"
 	HoptraceProgOnKfreeSkb             = "on_kfree_skb"
@@ -190,10 +203,17 @@ const (
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
 	HoptraceProgOnTcxEgress            = "on_tcx_egress"
 	HoptraceProgOnTcxIngress           = "on_tcx_ingress"
+	HoptraceVarBenignDropEnd           = "benign_drop_end"
+	HoptraceVarBenignDropStart         = "benign_drop_start"
 	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
+	HoptraceVarIcmpRcvEnd              = "icmp_rcv_end"
+	HoptraceVarIcmpRcvStart            = "icmp_rcv_start"
+	HoptraceVarIcmpv6RcvEnd            = "icmpv6_rcv_end"
+	HoptraceVarIcmpv6RcvStart          = "icmpv6_rcv_start"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNextPktId               = "next_pkt_id"
+	HoptraceVarNoSocketReason          = "no_socket_reason"
 	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
@@ -268,38 +288,47 @@ type HoptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceMapSpecs struct {
-	ByHead      *ebpf.MapSpec `ebpf:"by_head"`
-	BySkb       *ebpf.MapSpec `ebpf:"by_skb"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	FilterAddr  *ebpf.MapSpec `ebpf:"filter_addr"`
-	FilterBloom *ebpf.MapSpec `ebpf:"filter_bloom"`
-	FilterDev   *ebpf.MapSpec `ebpf:"filter_dev"`
-	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
-	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
-	Hists       *ebpf.MapSpec `ebpf:"hists"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	ByHead       *ebpf.MapSpec `ebpf:"by_head"`
+	BySkb        *ebpf.MapSpec `ebpf:"by_skb"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FilterAddr   *ebpf.MapSpec `ebpf:"filter_addr"`
+	FilterBloom  *ebpf.MapSpec `ebpf:"filter_bloom"`
+	FilterDev    *ebpf.MapSpec `ebpf:"filter_dev"`
+	FilterNetns  *ebpf.MapSpec `ebpf:"filter_netns"`
+	FilterPort   *ebpf.MapSpec `ebpf:"filter_port"`
+	HistZero     *ebpf.MapSpec `ebpf:"hist_zero"`
+	Hists        *ebpf.MapSpec `ebpf:"hists"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	TrackScratch *ebpf.MapSpec `ebpf:"track_scratch"`
 }
 
 // HoptraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceVariableSpecs struct {
-	ExprFilter   *ebpf.VariableSpec `ebpf:"expr_filter"`
-	FilterFlags  *ebpf.VariableSpec `ebpf:"filter_flags"`
-	Mode         *ebpf.VariableSpec `ebpf:"mode"`
-	NextPktId    *ebpf.VariableSpec `ebpf:"next_pkt_id"`
-	SnapLen      *ebpf.VariableSpec `ebpf:"snap_len"`
-	StaleNs      *ebpf.VariableSpec `ebpf:"stale_ns"`
-	UnusedEvent  *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFilter *ebpf.VariableSpec `ebpf:"unused_filter"`
-	UnusedFlag   *ebpf.VariableSpec `ebpf:"unused_flag"`
-	UnusedHist   *ebpf.VariableSpec `ebpf:"unused_hist"`
-	UnusedHook   *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedMode   *ebpf.VariableSpec `ebpf:"unused_mode"`
-	UnusedPair   *ebpf.VariableSpec `ebpf:"unused_pair"`
-	UnusedSnap   *ebpf.VariableSpec `ebpf:"unused_snap"`
-	UnusedStat   *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	BenignDropEnd   *ebpf.VariableSpec `ebpf:"benign_drop_end"`
+	BenignDropStart *ebpf.VariableSpec `ebpf:"benign_drop_start"`
+	ExprFilter      *ebpf.VariableSpec `ebpf:"expr_filter"`
+	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
+	IcmpRcvEnd      *ebpf.VariableSpec `ebpf:"icmp_rcv_end"`
+	IcmpRcvStart    *ebpf.VariableSpec `ebpf:"icmp_rcv_start"`
+	Icmpv6RcvEnd    *ebpf.VariableSpec `ebpf:"icmpv6_rcv_end"`
+	Icmpv6RcvStart  *ebpf.VariableSpec `ebpf:"icmpv6_rcv_start"`
+	Mode            *ebpf.VariableSpec `ebpf:"mode"`
+	NextPktId       *ebpf.VariableSpec `ebpf:"next_pkt_id"`
+	NoSocketReason  *ebpf.VariableSpec `ebpf:"no_socket_reason"`
+	SnapLen         *ebpf.VariableSpec `ebpf:"snap_len"`
+	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFilter    *ebpf.VariableSpec `ebpf:"unused_filter"`
+	UnusedFlag      *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedHist      *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedHook      *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedMode      *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedPair      *ebpf.VariableSpec `ebpf:"unused_pair"`
+	UnusedSnap      *ebpf.VariableSpec `ebpf:"unused_snap"`
+	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // HoptraceObjects contains all objects after they have been loaded into the kernel.
@@ -322,16 +351,18 @@ func (o *HoptraceObjects) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceMaps struct {
-	ByHead      *ebpf.Map `ebpf:"by_head"`
-	BySkb       *ebpf.Map `ebpf:"by_skb"`
-	Events      *ebpf.Map `ebpf:"events"`
-	FilterAddr  *ebpf.Map `ebpf:"filter_addr"`
-	FilterBloom *ebpf.Map `ebpf:"filter_bloom"`
-	FilterDev   *ebpf.Map `ebpf:"filter_dev"`
-	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
-	HistZero    *ebpf.Map `ebpf:"hist_zero"`
-	Hists       *ebpf.Map `ebpf:"hists"`
-	Stats       *ebpf.Map `ebpf:"stats"`
+	ByHead       *ebpf.Map `ebpf:"by_head"`
+	BySkb        *ebpf.Map `ebpf:"by_skb"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FilterAddr   *ebpf.Map `ebpf:"filter_addr"`
+	FilterBloom  *ebpf.Map `ebpf:"filter_bloom"`
+	FilterDev    *ebpf.Map `ebpf:"filter_dev"`
+	FilterNetns  *ebpf.Map `ebpf:"filter_netns"`
+	FilterPort   *ebpf.Map `ebpf:"filter_port"`
+	HistZero     *ebpf.Map `ebpf:"hist_zero"`
+	Hists        *ebpf.Map `ebpf:"hists"`
+	Stats        *ebpf.Map `ebpf:"stats"`
+	TrackScratch *ebpf.Map `ebpf:"track_scratch"`
 }
 
 func (m *HoptraceMaps) Close() error {
@@ -343,9 +374,11 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterBloom,
 		m.FilterDev,
 		m.FilterNetns,
+		m.FilterPort,
 		m.HistZero,
 		m.Hists,
 		m.Stats,
+		m.TrackScratch,
 	)
 }
 
@@ -353,22 +386,29 @@ func (m *HoptraceMaps) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceVariables struct {
-	ExprFilter   *ebpf.Variable `ebpf:"expr_filter"`
-	FilterFlags  *ebpf.Variable `ebpf:"filter_flags"`
-	Mode         *ebpf.Variable `ebpf:"mode"`
-	NextPktId    *ebpf.Variable `ebpf:"next_pkt_id"`
-	SnapLen      *ebpf.Variable `ebpf:"snap_len"`
-	StaleNs      *ebpf.Variable `ebpf:"stale_ns"`
-	UnusedEvent  *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFilter *ebpf.Variable `ebpf:"unused_filter"`
-	UnusedFlag   *ebpf.Variable `ebpf:"unused_flag"`
-	UnusedHist   *ebpf.Variable `ebpf:"unused_hist"`
-	UnusedHook   *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedMode   *ebpf.Variable `ebpf:"unused_mode"`
-	UnusedPair   *ebpf.Variable `ebpf:"unused_pair"`
-	UnusedSnap   *ebpf.Variable `ebpf:"unused_snap"`
-	UnusedStat   *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
+	BenignDropEnd   *ebpf.Variable `ebpf:"benign_drop_end"`
+	BenignDropStart *ebpf.Variable `ebpf:"benign_drop_start"`
+	ExprFilter      *ebpf.Variable `ebpf:"expr_filter"`
+	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
+	IcmpRcvEnd      *ebpf.Variable `ebpf:"icmp_rcv_end"`
+	IcmpRcvStart    *ebpf.Variable `ebpf:"icmp_rcv_start"`
+	Icmpv6RcvEnd    *ebpf.Variable `ebpf:"icmpv6_rcv_end"`
+	Icmpv6RcvStart  *ebpf.Variable `ebpf:"icmpv6_rcv_start"`
+	Mode            *ebpf.Variable `ebpf:"mode"`
+	NextPktId       *ebpf.Variable `ebpf:"next_pkt_id"`
+	NoSocketReason  *ebpf.Variable `ebpf:"no_socket_reason"`
+	SnapLen         *ebpf.Variable `ebpf:"snap_len"`
+	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFilter    *ebpf.Variable `ebpf:"unused_filter"`
+	UnusedFlag      *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedHist      *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedHook      *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedMode      *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedPair      *ebpf.Variable `ebpf:"unused_pair"`
+	UnusedSnap      *ebpf.Variable `ebpf:"unused_snap"`
+	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // HoptracePrograms contains all programs after they have been loaded into the kernel.

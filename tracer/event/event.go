@@ -45,6 +45,7 @@ const (
 	FlagClone  = uint8(bpfobj.HoptraceEventFlagEVENT_F_CLONE)
 	FlagCloned = uint8(bpfobj.HoptraceEventFlagEVENT_F_CLONED)
 	FlagSockNS = uint8(bpfobj.HoptraceEventFlagEVENT_F_SOCK_NS)
+	FlagNat    = uint8(bpfobj.HoptraceEventFlagEVENT_F_NAT)
 )
 
 // Hooks.

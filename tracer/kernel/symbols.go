@@ -65,6 +65,23 @@ func ParseSymbols(r io.Reader) (*Symbols, error) {
 	return s, nil
 }
 
+// Range is a function's code: [Start, End).
+type Range struct{ Start, End uint64 }
+
+// Range returns where the named function's code lies: from its address to
+// the next symbol's.
+func (s *Symbols) Range(name string) (Range, bool) {
+	if s == nil {
+		return Range{}, false
+	}
+	for i, n := range s.names {
+		if n == name && i+1 < len(s.addrs) {
+			return Range{Start: s.addrs[i], End: s.addrs[i+1]}, true
+		}
+	}
+	return Range{}, false
+}
+
 // Name returns the function containing addr, or "" when unknown.
 func (s *Symbols) Name(addr uint64) string {
 	if s == nil || addr == 0 || len(s.addrs) == 0 {

@@ -500,12 +500,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	m := latency.NewMetrics()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr, _, err := m.Serve(ctx, ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := serveMetrics(t, m, ":0")
 	if ap, err := netip.ParseAddrPort(addr.String()); err != nil || !ap.Addr().IsLoopback() {
 		t.Fatalf("metrics bound to %s, want loopback when no host is named", addr)
 	}
@@ -614,4 +609,72 @@ func dropNamesForTest(t *testing.T) latency.DropNamer {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// Healthy pings (raw sockets, like busybox ping) are no drops: ping_rcv's
+// NO_SOCKET for the echo reply a raw socket took counts as consumed, in
+// the report and in the drops metric, and the raw socket's clone adds no
+// pair of its own (egress → consume, the first hop to the clone's free).
+func TestPingsAreNoDrops(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	m := latency.NewMetrics()
+	addr := serveMetrics(t, m, "127.0.0.1:0")
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}, Interval: 200 * time.Millisecond, Metrics: m, Drops: dropNamesForTest(t)})
+	const n = 100
+	if got, err := a.Ping(b.Addr.Addr(), n, 2*time.Second); err != nil || got != n {
+		t.Fatalf("ping: %d replies, %v", got, err)
+	}
+	time.Sleep(600 * time.Millisecond)
+	body := scrape(t, addr)
+	final := s.stop()
+	var replies uint64
+	for _, p := range final.Pairs {
+		// (the fresh namespaces' IPv6 multicast frees, NOT_SPECIFIED, are
+		// not the pings)
+		if p.To.Step == latency.StepDrop && p.DropReason == "NO_SOCKET" {
+			t.Errorf("drop pair on healthy pings: %s (%d)", p.Label, p.Count)
+		}
+		if (p.To.Step == latency.StepConsume || p.To.Step == latency.StepSocket) && p.From.Step == latency.StepEgress {
+			t.Errorf("pair from an egress straight to an end (a clone's first hop to its free): %s (%d)", p.Label, p.Count)
+		}
+		if p.To.Step == latency.StepConsume && p.Key.To.Netns == a.Inode && p.From.NetnsInode == a.Inode && p.From.Step == latency.StepIngress {
+			replies += p.Count
+		}
+	}
+	if replies < n {
+		logReport(t, &final)
+		t.Errorf("%d echo replies end consumed in %s, want %d", replies, a.Name, n)
+	}
+	if strings.Contains(string(body), `reason="NO_SOCKET"`) {
+		t.Errorf("drops metric counts healthy pings:\n%s", firstLines(string(body), latency.MetricDrops, 5))
+	}
+}
+
+// serveMetrics serves m at addr until the test ends.
+func serveMetrics(t *testing.T, m *latency.Metrics, addr string) net.Addr {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a, _, err := m.Serve(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// scrape fetches the metrics page.
+func scrape(t *testing.T, addr net.Addr) []byte {
+	t.Helper()
+	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }

@@ -179,7 +179,9 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 					}
 				}
 			}
-			dropCounts[dropKey{at.Container, at.Netns, at.Interface, reason}] += h.Count
+			if !BenignDropReason(reason) {
+				dropCounts[dropKey{at.Container, at.Netns, at.Interface, reason}] += h.Count
+			}
 		}
 	}
 	m.mu.Lock()
@@ -232,3 +234,10 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, <-chan erro
 	}()
 	return ln.Addr(), errc, nil
 }
+
+// BenignDropReason reports drop reasons that are no failure and are kept
+// out of the drops counter: QUEUE_PURGE frees what a closing socket still
+// held (delivered, or TCP's copy kept for retransmission). The other benign
+// free, ping_rcv's NO_SOCKET for an echo reply a raw socket took, is
+// counted as consumed by the kernel programs already.
+func BenignDropReason(reason string) bool { return reason == "QUEUE_PURGE" }

@@ -56,6 +56,7 @@ const (
 	FilterNetns = bpfobj.HoptraceFilterFlagFILTER_NETNS
 	FilterDev   = bpfobj.HoptraceFilterFlagFILTER_DEV
 	FilterAddr  = bpfobj.HoptraceFilterFlagFILTER_ADDR
+	FilterPort  = bpfobj.HoptraceFilterFlagFILTER_PORT // destination ports (a container's published ports, before DNAT)
 )
 
 // Options configure Load. The zero value traces every packet in every
@@ -91,6 +92,31 @@ type Options struct {
 	// SnapLen > 0 appends the first SnapLen bytes of the frame to every
 	// event (event.Snapshot); 0 captures nothing.
 	SnapLen int
+	// BenignDrops, in latency mode, say which kfree_skb calls are no drop
+	// (an echo reply freed after raw sockets took their clone); such ends
+	// count as consumed. Nil: read from /proc/kallsyms.
+	BenignDrops *BenignDrops
+}
+
+// BenignDrops are the code ranges of the functions that free an ICMP echo
+// reply nobody but a raw socket wanted: ping_rcv (any reason), and before
+// 6.3 icmp_rcv and icmpv6_rcv (with ping_rcv's NO_SOCKET).
+type BenignDrops struct {
+	PingRcv, IcmpRcv, Icmpv6Rcv kernel.Range
+}
+
+// LoadBenignDrops reads the ranges from /proc/kallsyms; zero ranges (never
+// matched) when it cannot be read.
+func LoadBenignDrops() BenignDrops {
+	var b BenignDrops
+	syms, err := kernel.LoadSymbols("/proc/kallsyms")
+	if err != nil {
+		return b
+	}
+	b.PingRcv, _ = syms.Range("ping_rcv")
+	b.IcmpRcv, _ = syms.Range("icmp_rcv")
+	b.Icmpv6Rcv, _ = syms.Range("icmpv6_rcv")
+	return b
 }
 
 // MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
@@ -172,6 +198,11 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	if err := specs.WakeupBytes.Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	if opts.Mode == ModeLatency {
+		if err := setBenignDrops(spec, opts.BenignDrops, kspec); err != nil {
+			return nil, err
+		}
 	}
 	if opts.SnapLen < 0 || opts.SnapLen > MaxSnapLen {
 		return nil, fmt.Errorf("snapshot length %d: want 0 to %d bytes", opts.SnapLen, MaxSnapLen)
@@ -265,6 +296,32 @@ func Load(opts Options) (*Tracer, error) {
 		t.links = append(t.links, l)
 	}
 	return t, nil
+}
+
+func setBenignDrops(spec *ebpf.CollectionSpec, b *BenignDrops, kspec *btf.Spec) error {
+	if b == nil {
+		l := LoadBenignDrops()
+		b = &l
+	}
+	var noSocket uint32
+	if reasons, err := kernel.LoadDropReasons(kspec); err == nil {
+		for v, name := range reasons {
+			if name == "NO_SOCKET" {
+				noSocket = v
+			}
+		}
+	}
+	for name, v := range map[string]any{
+		"benign_drop_start": b.PingRcv.Start, "benign_drop_end": b.PingRcv.End,
+		"icmp_rcv_start": b.IcmpRcv.Start, "icmp_rcv_end": b.IcmpRcv.End,
+		"icmpv6_rcv_start": b.Icmpv6Rcv.Start, "icmpv6_rcv_end": b.Icmpv6Rcv.End,
+		"no_socket_reason": noSocket,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // filterStub is the function in the BPF object whose body is a filter
@@ -474,6 +531,14 @@ func (t *Tracer) SelectAddr(a netip.Addr, on bool) error {
 		return err
 	}
 	return t.bloom.set(t.maps.FilterBloom, bloomAddr, addrFold(k.Family, k.Addr), on)
+}
+
+// SelectPort starts or stops tracking packets to a TCP or UDP port (proto
+// 6 or 17), wherever they are addressed: a container's published port
+// before DNAT rewrites it.
+func (t *Tracer) SelectPort(proto uint8, port uint16, on bool) error {
+	k := bpfobj.HoptracePortKey{Port: port, Proto: proto}
+	return setKey(t.maps.FilterPort, k, on, "port filter")
 }
 
 func setKey(m *ebpf.Map, key any, on bool, what string) error {

@@ -82,6 +82,9 @@ func appendHopJSON(b []byte, h *path.Hop) []byte {
 	if h.Note != "" {
 		b = appendStrField(b, "note", h.Note)
 	}
+	if h.NAT != "" {
+		b = appendStrField(b, "nat", h.NAT)
+	}
 	return append(b, '}')
 }
 
@@ -101,6 +104,12 @@ func appendEndJSON(b []byte, e *path.EndEvent) []byte {
 		b = appendStrField(b, "location", e.Location)
 	}
 	b = appendStrField(b, "skb", e.Skb)
+	if e.Copy {
+		b = append(b, `,"copy":true`...)
+	}
+	if e.NAT != "" {
+		b = appendStrField(b, "nat", e.NAT)
+	}
 	return append(b, '}')
 }
 

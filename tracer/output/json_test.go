@@ -22,11 +22,11 @@ func TestPathJSONMatchesEncodingJSON(t *testing.T) {
 				Direction: "egress", Hook: "net_dev_queue", TsNs: 1000, Skb: "0xffff888100001234"},
 			{Netns: "host", NetnsInode: 4026531833, Ifindex: -1, Ifname: "br0", Kind: "bridge", Direction: "forward",
 				Bridge: "br0", Hook: "bridge_forward", TsNs: 2000, DeltaNs: 1000, SinceNs: 1000, Inferred: true, Clone: true,
-				Skb: "0x1", Note: "veth-a -> veth-b"},
+				Skb: "0x1", Note: "veth-a -> veth-b", NAT: "DNAT 10.213.9.1:18080 -> 172.17.0.2:80"},
 		},
 		Ends: []path.EndEvent{
 			{Hook: "kfree_skb", Netns: "host", NetnsInode: 1, Ifname: "veth-b", TsNs: 3000, Reason: "NETFILTER_DROP", Location: "nft_do_chain", Skb: "0x2"},
-			{Hook: "consume_skb", Netns: "ns-b", Skb: "0x3"},
+			{Hook: "consume_skb", Netns: "ns-b", Skb: "0x3", Copy: true, NAT: "SNAT 1.2.3.4 -> 5.6.7.8"},
 		},
 	}
 	withRule := full

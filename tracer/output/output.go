@@ -86,6 +86,9 @@ func FormatPath(p *path.Path) string {
 		if h.Clone {
 			note = strings.TrimSpace(note + " [clone]")
 		}
+		if h.NAT != "" {
+			note = strings.TrimSpace("* " + h.NAT + "  " + note)
+		}
 		rows = append(rows, []string{"+" + micros(h.SinceNs) + "us", delta, where, h.Ifname, string(h.Kind), string(h.Direction), note})
 	}
 	writeTable(&b, "  ", rows)
@@ -188,12 +191,20 @@ type Summary struct {
 	Events   uint64            `json:"events"`
 	Lost     uint64            `json:"lost_events"`
 	Late     uint64            `json:"late_events"`
+	Capped   uint64            `json:"capped_events"`
 	Dropped  uint64            `json:"dropped"`
 	Verdicts map[string]uint64 `json:"verdicts"`
 }
 
 // String renders the summary line for people.
 func (s Summary) String() string {
-	return fmt.Sprintf("%d packets, %d hops, %d events, %d lost events (ring buffer full), %d dropped packets",
+	line := fmt.Sprintf("%d packets, %d hops, %d events, %d lost events (ring buffer full), %d dropped packets",
 		s.Packets, s.Hops, s.Events, s.Lost, s.Dropped)
+	if s.Late > 0 {
+		line += fmt.Sprintf(", %d late events (their path was already printed)", s.Late)
+	}
+	if s.Capped > 0 {
+		line += fmt.Sprintf(", %d events past a path's limit of 256 left out", s.Capped)
+	}
+	return line
 }

@@ -26,6 +26,10 @@ func (p *Packet) First() uint64 { return p.first }
 // is over: shortly (Linger) after an end event, or after Idle without any
 // event. Events are taken in any order: the ring buffer is ordered per CPU
 // only, and a packet's events span CPUs.
+//
+// Time is event time: Linger and Idle run against a watermark, the newest
+// event time read (or the clock, once the reader has caught up, see
+// Advance), so a reader that lags behind the kernel does not cut paths.
 type Assembler struct {
 	Linger uint64 // ns to wait after an end event for clones' events
 	Idle   uint64 // ns of silence after which a path without an end is over
@@ -36,7 +40,9 @@ type Assembler struct {
 	done      map[uint64]uint64 // id -> time finished
 	lastPrune uint64
 	late      uint64
+	capped    uint64
 	maxEvent  int
+	watermark uint64
 }
 
 // NewAssembler returns an Assembler with the given timings in nanoseconds.
@@ -64,7 +70,11 @@ func (a *Assembler) Add(e *event.Event) {
 		p = &Packet{ID: e.PktId, first: e.TsNs, last: e.TsNs, Events: make([]event.Event, 0, 8)}
 		a.pending[e.PktId] = p
 	}
+	if e.TsNs > a.watermark {
+		a.watermark = e.TsNs
+	}
 	if len(p.Events) >= a.maxEvent {
+		a.capped++
 		return // a looping packet: keep the first events only
 	}
 	p.Events = append(p.Events, *e)
@@ -82,13 +92,29 @@ func (a *Assembler) Add(e *event.Event) {
 // Late counts events that arrived for packets already finished.
 func (a *Assembler) Late() uint64 { return a.late }
 
+// Capped counts events left out of packets that had too many (a loop).
+func (a *Assembler) Capped() uint64 { return a.capped }
+
+// Advance moves the watermark to now (monotonic ns) when that is later:
+// call it when every event up to now has been read (the ring buffer was
+// empty), so that quiet paths finish without waiting for newer events.
+func (a *Assembler) Advance(now uint64) {
+	if now > a.watermark {
+		a.watermark = now
+	}
+}
+
+// Watermark is the event time paths are finished against.
+func (a *Assembler) Watermark() uint64 { return a.watermark }
+
 // Pending is the number of packets still open.
 func (a *Assembler) Pending() int { return len(a.pending) }
 
-// Flush returns the packets whose paths are over at monotonic time now
-// (all of them when force is set), oldest first, each with its events sorted.
-func (a *Assembler) Flush(now uint64, force bool) []*Packet {
+// Flush returns the packets whose paths are over at the watermark (all of
+// them when force is set), oldest first, each with its events sorted.
+func (a *Assembler) Flush(force bool) []*Packet {
 	var out []*Packet
+	now := a.watermark
 	for id, p := range a.pending {
 		quiet := now - p.last
 		if now < p.last {

@@ -184,7 +184,7 @@ func BenchmarkAssemble(b *testing.B) {
 		ev.TsNs += tsOff
 		asm.Add(&ev)
 		if st.flushDue(ev.TsNs) {
-			paths += len(asm.Flush(ev.TsNs, false))
+			paths += len(asm.Flush(false))
 		}
 	}
 	reportEvents(b, b.N)
@@ -211,7 +211,7 @@ func BenchmarkDecodeStitch(b *testing.B) {
 		ev.TsNs += tsOff
 		asm.Add(&ev)
 		if st.flushDue(ev.TsNs) {
-			asm.Flush(ev.TsNs, false)
+			asm.Flush(false)
 		}
 	}
 	reportEvents(b, b.N)
@@ -237,7 +237,7 @@ func BenchmarkDecodeStitchDescribe(b *testing.B) {
 		ev.TsNs += tsOff
 		asm.Add(&ev)
 		if st.flushDue(ev.TsNs) {
-			for _, p := range asm.Flush(ev.TsNs, false) {
+			for _, p := range asm.Flush(false) {
 				hops += len(d.Describe(p).Hops)
 			}
 		}

@@ -76,6 +76,9 @@ type Hop struct {
 	Clone      bool             `json:"clone,omitempty"`
 	Skb        string           `json:"skb"`
 	Note       string           `json:"note,omitempty"`
+	// NAT says what a rewrite changed where it was first seen, from the
+	// packet's own headers: "DNAT 10.213.9.1:18080 -> 172.17.0.2:80".
+	NAT string `json:"nat,omitempty"`
 }
 
 // EndEvent is one end-of-life observation.
@@ -88,6 +91,14 @@ type EndEvent struct {
 	Reason     string           `json:"reason,omitempty"`
 	Location   string           `json:"location,omitempty"`
 	Skb        string           `json:"skb"`
+	// Copy marks the end of an skb that made no hop of the path: a copy
+	// held elsewhere (TCP's retransmission copy, a packet socket's or a raw
+	// socket's clone). Copies never decide the verdict.
+	Copy bool `json:"copy,omitempty"`
+	// NAT is a rewrite first seen at this end (a drop right after DNAT).
+	NAT string `json:"nat,omitempty"`
+
+	echoReply bool // the packet is an ICMP or ICMPv6 echo reply
 }
 
 // Describer turns packets into paths.
@@ -107,6 +118,20 @@ var consumeNotEnd = map[string]bool{
 	"__neigh_event_send": true,
 	"neigh_probe":        true,
 	"skb_segment":        true,
+}
+
+// The inferred hop of a namespace's stack routing a packet between devices.
+const (
+	KindRouted resolve.Kind     = "routed"
+	Routed     event.Tracepoint = "routed"
+)
+
+// copyConsumers consume or drop a copy of a packet, never the packet:
+// packet sockets (tcpdump) take clones on every device they watch.
+var copyConsumers = map[string]bool{
+	"packet_rcv":     true,
+	"tpacket_rcv":    true,
+	"packet_recvmsg": true,
 }
 
 // Describe builds the path of a finished packet.
@@ -135,11 +160,26 @@ func (d *Describer) Describe(p *Packet) Path {
 	var lastIngress *Hop // most recent ingress at a bridge port: forwarding is inferred from it
 	var prevTs uint64
 	origSkb := first.Skb
+	hopSkbs := map[uint64]bool{}
+	for i := range p.Events {
+		if !event.IsEnd(event.Hook(p.Events[i].Hook)) {
+			hopSkbs[p.Events[i].Skb] = true
+		}
+	}
+	lastMeta := map[uint64]*event.Meta{} // per skb: the headers last seen
 	for i := range p.Events {
 		e := &p.Events[i]
 		h := event.Hook(e.Hook)
+		nat := ""
+		if prev := lastMeta[e.Skb]; prev != nil {
+			nat = NATChange(prev, &e.Meta)
+		}
+		lastMeta[e.Skb] = &e.Meta
 		if event.IsEnd(h) {
 			end := d.EndEvent(e)
+			end.Copy = len(hopSkbs) > 0 && !hopSkbs[e.Skb]
+			end.echoReply = isEchoReply(&e.Meta)
+			end.NAT = nat
 			if e.Netns == 0 && len(path.Hops) > 0 {
 				// Freed after the stack dropped its device and socket
 				// references: it ended where it was last seen.
@@ -153,7 +193,21 @@ func (d *Describer) Describe(p *Packet) Path {
 			continue
 		}
 		hop := d.Hop(e)
+		hop.NAT = nat
 		hop.Clone = e.Skb != origSkb && e.Flags&event.FlagClone != 0
+		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.NetnsInode == hop.NetnsInode &&
+			(lastIngress.Ifindex != hop.Ifindex && (lastIngress.Bridge == "" || hop.Bridge != lastIngress.Bridge) ||
+				lastIngress.Ifindex == hop.Ifindex && lastIngress.Direction == event.Local) {
+			// Received on one device, sent out of another that is not a
+			// port of the same bridge (or back out of the bridge it came
+			// up from, hairpin NAT): the namespace's stack routed it.
+			path.Hops = append(path.Hops, Hop{
+				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
+				Kind: KindRouted, Direction: event.Forward, Hook: Routed, TsNs: e.TsNs,
+				Inferred: true, Skb: hop.Skb, Note: lastIngress.Ifname + " -> " + hop.Ifname,
+			})
+			lastIngress = nil
+		}
 		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.Bridge != "" &&
 			lastIngress.NetnsInode == hop.NetnsInode && hop.Bridge == lastIngress.Bridge && lastIngress.Ifindex != hop.Ifindex {
 			// The bridge forwarded the packet from one port to another: no
@@ -259,34 +313,63 @@ func (d *Describer) EndEvent(e *event.Event) EndEvent {
 }
 
 // benignDrop reports kfree_skb events that are not a failure of the path:
-// a flood clone reaching a host it was not for, or the ICMP echo reply that
-// ping_rcv frees after raw sockets took their clone of it.
+// a flood clone reaching a host it was not for, the ICMP echo reply that
+// ping_rcv frees after raw sockets took their clone of it, a packet still
+// queued on a socket when it closed (it had been delivered), and packet
+// sockets' copies.
 func benignDrop(end EndEvent) bool {
 	switch {
 	case end.Reason == "OTHERHOST":
 		return true
-	case end.Reason == "NO_SOCKET" && end.Location == "ping_rcv":
+	case rawSocketReply(end):
+		return true
+	case end.Reason == "QUEUE_PURGE":
+		return true
+	case copyConsumers[end.Location]:
 		return true
 	}
 	return false
 }
 
-func (d *Describer) verdict(p *Path) {
-	lastHopTs := uint64(0)
-	if n := len(p.Hops); n > 0 {
-		lastHopTs = p.Hops[n-1].TsNs
+// rawSocketReply reports the NO_SOCKET drop of an echo reply that no ping
+// socket wanted after raw sockets took their clone: freed by ping_rcv, or
+// (before 6.3) by icmp_rcv / icmpv6_rcv with the reason ping_rcv returned.
+func rawSocketReply(end EndEvent) bool {
+	if end.Reason != "NO_SOCKET" {
+		return false
 	}
-	var delivered, dropped *EndEvent
-	var benign *EndEvent
-	for i := range p.Ends {
-		end := &p.Ends[i]
+	return end.Location == "ping_rcv" || end.echoReply && (end.Location == "icmp_rcv" || end.Location == "icmpv6_rcv")
+}
+
+func isEchoReply(m *event.Meta) bool {
+	return m.L4Proto == event.ProtoICMP && m.IcmpType == 0 || m.L4Proto == event.ProtoICMPv6 && m.IcmpType == 129
+}
+
+// where names a namespace the way hop rows do: the container, else the label.
+func where(netns, container string) string {
+	if container != "" {
+		return container
+	}
+	return netns
+}
+
+// outcome is how one branch of a path (one skb and its hops) ended.
+type outcome struct {
+	verdict, reason, location, end string
+	benign                         bool // dropped, but only by a benign drop
+}
+
+// branchOutcome decides how the skb of lastHop ended, from its own ends.
+func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
+	var delivered, dropped, benign *EndEvent
+	for _, end := range ends {
 		switch end.Hook {
 		case event.TPCopyDatagram:
 			if delivered == nil || delivered.Hook != event.TPCopyDatagram {
 				delivered = end
 			}
 		case event.TPConsumeSkb:
-			if consumeNotEnd[end.Location] || end.TsNs < lastHopTs {
+			if consumeNotEnd[end.Location] || copyConsumers[end.Location] || end.TsNs < lastHop.TsNs {
 				continue // the packet went on after this
 			}
 			if delivered == nil {
@@ -304,60 +387,177 @@ func (d *Describer) verdict(p *Path) {
 			}
 		}
 	}
-	lastHop := Hop{}
-	if n := len(p.Hops); n > 0 {
-		lastHop = p.Hops[n-1]
-	}
+	sentOut := lastHop.Direction == event.Egress && lastHop.Kind != resolve.KindVeth && lastHop.Kind != resolve.KindBridge && lastHop.Kind != resolve.KindUnknown
+	hopWhere := where(lastHop.Netns, lastHop.Container)
+	var o outcome
 	switch {
 	case dropped != nil && (delivered == nil || delivered.TsNs < dropped.TsNs):
-		p.Verdict = Dropped
-		p.DropReason = dropped.Reason
-		p.DropLocation = dropped.Location
-		where := dropped.Netns
-		if dropped.Ifname != "" {
-			where += " " + dropped.Ifname
-		}
-		p.End = fmt.Sprintf("dropped in %s: %s", where, dropped.Reason)
-		if dropped.Location != "" {
-			p.End += " at " + dropped.Location
-		}
+		o = outcome{verdict: Dropped, reason: dropped.Reason, location: dropped.Location, end: dropText(dropped)}
+	case delivered != nil && sentOut && delivered.Hook == event.TPConsumeSkb:
+		// freed on transmit completion: the device sent it
+		o = outcome{verdict: Forwarded, end: fmt.Sprintf("sent out of %s %s (%s)", hopWhere, lastHop.Ifname, lastHop.Kind)}
 	case delivered != nil:
-		p.Verdict = Delivered
+		o.verdict = Delivered
 		if delivered.Hook == event.TPCopyDatagram {
-			p.End = "delivered to a socket in " + delivered.Netns
+			o.end = "delivered to a socket in " + delivered.Netns
 		} else if delivered.Location != "" {
-			p.End = fmt.Sprintf("consumed by %s in %s", delivered.Location, delivered.Netns)
+			o.end = fmt.Sprintf("consumed by %s in %s", delivered.Location, delivered.Netns)
 		} else {
-			p.End = "consumed in " + delivered.Netns
+			o.end = "consumed in " + delivered.Netns
 		}
-	case benign != nil && benign.Location == "ping_rcv":
-		p.Verdict = Delivered
-		p.End = "delivered to a raw socket in " + benign.Netns
+	case benign != nil && rawSocketReply(*benign):
+		o = outcome{verdict: Delivered, end: "delivered to a raw socket in " + benign.Netns}
+	case benign != nil && benign.Reason == "QUEUE_PURGE":
+		o = outcome{verdict: Delivered, end: "delivered to a socket in " + benign.Netns + " (still queued when it closed)"}
 	case lastHop.Direction == event.Local:
-		p.Verdict = Delivered
-		p.End = "delivered to the host stack through " + lastHop.Ifname
+		o = outcome{verdict: Delivered, end: "delivered to the host stack through " + lastHop.Ifname}
 	case lastHop.Direction == event.Ingress:
-		p.Verdict = Delivered
-		p.End = fmt.Sprintf("received by the stack of %s %s", lastHop.Netns, lastHop.Ifname)
+		o = outcome{verdict: Delivered, end: fmt.Sprintf("received by the stack of %s %s", hopWhere, lastHop.Ifname)}
 		if benign != nil {
-			p.End += " (" + benign.Reason + " drop of a copy)"
+			o.end += " (" + benign.Reason + " drop of a copy)"
 		}
-	case lastHop.Direction == event.Egress && lastHop.Kind != resolve.KindVeth && lastHop.Kind != resolve.KindBridge && lastHop.Kind != resolve.KindUnknown:
-		p.Verdict = Forwarded
-		p.End = fmt.Sprintf("sent out of %s %s (%s)", lastHop.Netns, lastHop.Ifname, lastHop.Kind)
+	case sentOut:
+		o = outcome{verdict: Forwarded, end: fmt.Sprintf("sent out of %s %s (%s)", hopWhere, lastHop.Ifname, lastHop.Kind)}
 	case benign != nil:
-		p.Verdict = Dropped
-		p.DropReason = benign.Reason
-		p.DropLocation = benign.Location
-		p.End = fmt.Sprintf("dropped in %s: %s", benign.Netns, benign.Reason)
+		o = outcome{verdict: Dropped, reason: benign.Reason, location: benign.Location, end: dropText(benign), benign: true}
 	default:
-		p.Verdict = Unfinished
+		o.verdict = Unfinished
 		if lastHop.Ifname != "" {
-			p.End = fmt.Sprintf("lost from sight after %s %s %s: no further event and no drop", lastHop.Netns, lastHop.Ifname, lastHop.Direction)
+			o.end = fmt.Sprintf("lost from sight after %s %s %s: no further event and no drop", hopWhere, lastHop.Ifname, lastHop.Direction)
 		} else {
-			p.End = "lost from sight"
+			o.end = "lost from sight"
 		}
 	}
+	return o
+}
+
+func dropText(e *EndEvent) string {
+	at := e.Netns
+	if e.Ifname != "" {
+		at += " " + e.Ifname
+	}
+	s := fmt.Sprintf("dropped in %s: %s", at, e.Reason)
+	if e.Location != "" {
+		s += " at " + e.Location
+	}
+	if e.NAT != "" {
+		s += ", after " + e.NAT
+	}
+	return s
+}
+
+// verdict decides how the path ended. Every skb that made hops (the packet
+// and its flood clones) is a branch with its own end; the path is delivered
+// when a branch was, else dropped when a branch was, else forwarded, else
+// lost from sight. Ends of copies that made no hop never decide it.
+func (d *Describer) verdict(p *Path) {
+	if len(p.Hops) == 0 {
+		d.earlyVerdict(p)
+		return
+	}
+	var order []string
+	last := map[string]Hop{}
+	for _, h := range p.Hops {
+		if _, ok := last[h.Skb]; !ok {
+			order = append(order, h.Skb)
+		}
+		last[h.Skb] = h
+	}
+	ends := map[string][]*EndEvent{}
+	for i := range p.Ends {
+		if e := &p.Ends[i]; !e.Copy {
+			ends[e.Skb] = append(ends[e.Skb], e)
+		}
+	}
+	var best outcome
+	bestRank, lostCopy := -1, ""
+	for _, skb := range order {
+		o := branchOutcome(last[skb], ends[skb])
+		r := o.rank()
+		if o.verdict == Dropped && !o.benign && lostCopy == "" {
+			lostCopy = o.end
+		}
+		if bestRank < 0 || r < bestRank || (r == bestRank && o.verdict == Unfinished) {
+			best, bestRank = o, r // lost from sight: after the branch seen last
+		}
+	}
+	p.Verdict, p.DropReason, p.DropLocation, p.End = best.verdict, best.reason, best.location, best.end
+	if best.verdict == Delivered && lostCopy != "" {
+		p.End += "; a flooded copy was " + lostCopy
+	}
+}
+
+// rank orders outcomes for a path of several branches: delivered, dropped,
+// forwarded, dropped by a benign drop only (a flood copy for another
+// host), lost from sight.
+func (o outcome) rank() int {
+	switch {
+	case o.verdict == Delivered:
+		return 0
+	case o.verdict == Dropped && !o.benign:
+		return 1
+	case o.verdict == Forwarded:
+		return 2
+	case o.verdict == Dropped:
+		return 3
+	}
+	return 4
+}
+
+// earlyVerdict ends a path that has no hop: a drop before the packet's first
+// selected hop (a packet queued for a neighbour that never answered, a drop
+// in the OUTPUT chain, a FORWARD drop right after DNAT).
+func (d *Describer) earlyVerdict(p *Path) {
+	for i := range p.Ends {
+		e := &p.Ends[i]
+		if e.Hook == event.TPKfreeSkb {
+			p.Verdict, p.DropReason, p.DropLocation = Dropped, e.Reason, e.Location
+			p.End = "dropped before its first hop: " + strings.TrimPrefix(dropText(e), "dropped ")
+			return
+		}
+	}
+	p.Verdict, p.End = Unfinished, "lost from sight"
+}
+
+// EarlyDrop reports whether a path is a drop before its packet's first
+// selected hop, worth showing: benign frees (flood copies, raw-socket
+// replies, purged socket queues) are not.
+func EarlyDrop(p *Path) bool {
+	return len(p.Hops) == 0 && len(p.Ends) > 0 && p.Verdict == Dropped && !benignDrop(p.Ends[0])
+}
+
+// NATChange says what a rewrite between two sightings of the same skb
+// changed: "DNAT 10.213.9.1:18080 -> 172.17.0.2:80", "SNAT 172.17.0.2 ->
+// 10.213.9.1", both for hairpin NAT; "" when addresses and ports are equal.
+func NATChange(before, after *event.Meta) string {
+	if before.EthProto != after.EthProto || (before.EthProto != event.EthIPv4 && before.EthProto != event.EthIPv6) {
+		return ""
+	}
+	bs, bd := endpoint(before, event.Src(before), true), endpoint(before, event.Dst(before), false)
+	as, ad := endpoint(after, event.Src(after), true), endpoint(after, event.Dst(after), false)
+	var parts []string
+	if bd != ad {
+		parts = append(parts, "DNAT "+bd+" -> "+ad)
+	}
+	if bs != as {
+		parts = append(parts, "SNAT "+bs+" -> "+as)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func endpoint(m *event.Meta, a interface{ String() string }, src bool) string {
+	sport, dport := event.Ports(m)
+	port := dport
+	if src {
+		port = sport
+	}
+	switch {
+	case port != 0 && m.EthProto == event.EthIPv6:
+		return "[" + a.String() + "]:" + strconv.Itoa(int(port))
+	case port != 0:
+		return a.String() + ":" + strconv.Itoa(int(port))
+	}
+	return a.String()
 }
 
 // HopLabel names a hop compactly: "web:eth0", "host:veth1a2b".

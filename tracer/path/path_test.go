@@ -41,6 +41,10 @@ const (
 	locNft     = 0x2000
 	locPingRcv = 0x3000
 	locNeigh   = 0x4000
+	locPurge   = 0x5000
+	locTpacket = 0x6000
+	locTxDone  = 0x7000
+	locIcmp    = 0x8000
 )
 
 func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
@@ -56,9 +60,10 @@ func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
 
 func describer() *Describer {
 	return &Describer{
-		Names:   testNames,
-		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send"},
-		Drops:   fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST"},
+		Names: testNames,
+		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send",
+			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit", locIcmp: "icmp_rcv"},
+		Drops: fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST", 6: "QUEUE_PURGE", 7: "NEIGH_FAILED"},
 	}
 }
 
@@ -69,7 +74,7 @@ func assemble(t *testing.T, evs ...event.Event) Path {
 	for i := range evs {
 		a.Add(&evs[i])
 	}
-	ps := a.Flush(1<<62, true)
+	ps := a.Flush(true)
 	if len(ps) != 1 {
 		t.Fatalf("got %d packets, want 1", len(ps))
 	}
@@ -215,10 +220,10 @@ func TestAssemblerLingerIdleAndLateEvents(t *testing.T) {
 	a.Add(&e1)
 	a.Add(&e2)
 	a.Add(&end)
-	if got := a.Flush(1_000, false); len(got) != 0 {
+	if got := a.advanceFlush(1_000); len(got) != 0 {
 		t.Fatalf("flushed %d packets before the linger passed", len(got))
 	}
-	got := a.Flush(1_600, false)
+	got := a.advanceFlush(1_600)
 	if len(got) != 1 || got[0].ID != 1 {
 		t.Fatalf("after linger: got %v, want packet 1", ids(got))
 	}
@@ -227,10 +232,10 @@ func TestAssemblerLingerIdleAndLateEvents(t *testing.T) {
 	if a.Late() != 1 || a.Pending() != 1 {
 		t.Fatalf("late=%d pending=%d, want 1 and 1", a.Late(), a.Pending())
 	}
-	if got := a.Flush(50_000, false); len(got) != 0 {
+	if got := a.advanceFlush(50_000); len(got) != 0 {
 		t.Fatalf("packet 2 flushed before idle")
 	}
-	if got := a.Flush(100_000, false); len(got) != 1 || got[0].ID != 2 {
+	if got := a.advanceFlush(100_000); len(got) != 1 || got[0].ID != 2 {
 		t.Fatalf("after idle: got %v, want packet 2", ids(got))
 	}
 }
@@ -253,5 +258,229 @@ func TestEndWithoutNamespaceEndsWhereLastSeen(t *testing.T) {
 	)
 	if p.Verdict != Delivered || p.End != "consumed by icmp_rcv in web" {
 		t.Errorf("verdict %q end %q, want consumed by icmp_rcv in web", p.Verdict, p.End)
+	}
+}
+
+// advanceFlush is what a reader does once it has caught up with the ring
+// buffer at time now: advance the watermark, then flush.
+func (a *Assembler) advanceFlush(now uint64) []*Packet {
+	a.Advance(now)
+	return a.Flush(false)
+}
+
+func tcp(e event.Event, sport, dport uint16) event.Event {
+	e.Meta.L4Proto = event.ProtoTCP
+	e.Meta.IcmpType = 0
+	e.Meta.Sport, e.Meta.Dport = sport, dport
+	return e
+}
+
+func withSkb(e event.Event, skb uint64, flags uint8) event.Event {
+	e.Skb, e.Flags = skb, flags
+	return e
+}
+
+// A healthy TCP segment: delivered to the socket; TCP's own copy of it,
+// purged when the sender closes (an skb that made no hop), is no drop.
+func TestQueuePurgeOfACopyIsNoDrop(t *testing.T) {
+	cp := tcp(ev(1, 40_000, event.HookCopyDatagram, nsB, 0), 40000, 80)
+	purge := withSkb(tcp(ev(1, 90_000, event.HookKfreeSkb, nsA, 0), 40000, 80), 0xffff0002, event.FlagClone)
+	purge.Location, purge.DropReason = locPurge, 6
+	p := assemble(t,
+		tcp(ev(1, 0, event.HookNetDevQueue, nsA, 2), 40000, 80),
+		tcp(ev(1, 9_000, event.HookNetifReceiveSkb, hostNS, 10), 40000, 80),
+		tcp(ev(1, 20_000, event.HookNetDevQueue, hostNS, 11), 40000, 80),
+		tcp(ev(1, 30_000, event.HookNetifReceiveSkb, nsB, 2), 40000, 80),
+		cp, purge,
+	)
+	if p.Verdict != Delivered || p.End != "delivered to a socket in web" {
+		t.Errorf("verdict %q end %q, want delivered to a socket in web", p.Verdict, p.End)
+	}
+	if n := len(p.Ends); n != 2 || !p.Ends[1].Copy || p.Ends[0].Copy {
+		t.Errorf("ends %+v: want the purge marked as a copy", p.Ends)
+	}
+	// The packet itself purged from the receiver's queue: delivered, unread.
+	self := tcp(ev(1, 40_000, event.HookKfreeSkb, nsB, 0), 40000, 80)
+	self.Location, self.DropReason = locPurge, 6
+	p = assemble(t,
+		tcp(ev(1, 0, event.HookNetDevQueue, nsA, 2), 40000, 80),
+		tcp(ev(1, 30_000, event.HookNetifReceiveSkb, nsB, 2), 40000, 80),
+		self,
+	)
+	if p.Verdict != Delivered || !strings.Contains(p.End, "still queued") {
+		t.Errorf("purged from the receive queue: verdict %q end %q, want delivered", p.Verdict, p.End)
+	}
+}
+
+// tcpdump's copies (AF_PACKET clones, read from a ring or a socket) change
+// no verdict: not a forwarded packet's, not a dropped one's.
+func TestPacketSocketCopiesChangeNoVerdict(t *testing.T) {
+	tp := withSkb(ev(1, 10_500, event.HookConsumeSkb, hostNS, 3), 0xffff0009, event.FlagClone)
+	tp.Location = locTpacket
+	read := withSkb(ev(1, 12_000, event.HookCopyDatagram, hostNS, 0), 0xffff000a, event.FlagClone)
+	p := assemble(t,
+		ev(1, 0, event.HookNetDevQueue, nsA, 2),
+		ev(1, 9_000, event.HookNetifReceiveSkb, hostNS, 10),
+		ev(1, 10_000, event.HookNetDevQueue, hostNS, 3),
+		tp, read,
+	)
+	if p.Verdict != Forwarded {
+		t.Errorf("forwarded packet with tcpdump copies: verdict %q end %q", p.Verdict, p.End)
+	}
+	drop := ev(1, 40_000, event.HookKfreeSkb, hostNS, 11)
+	drop.Location, drop.DropReason = locNft, 5
+	p = assemble(t,
+		ev(1, 0, event.HookNetDevQueue, nsA, 2),
+		ev(1, 9_000, event.HookNetifReceiveSkb, hostNS, 10),
+		withSkb(ev(1, 9_500, event.HookCopyDatagram, hostNS, 0), 0xffff000a, event.FlagClone),
+		drop,
+	)
+	if p.Verdict != Dropped || p.DropReason != "NETFILTER_DROP" {
+		t.Errorf("dropped packet with a tcpdump copy: verdict %q end %q", p.Verdict, p.End)
+	}
+}
+
+// A device that frees the packet when it has sent it (a NIC's TX
+// completion, a dummy device) forwarded it.
+func TestTxCompletionIsForwarded(t *testing.T) {
+	done := ev(1, 15_000, event.HookConsumeSkb, hostNS, 3)
+	done.Location = locTxDone
+	p := assemble(t,
+		ev(1, 0, event.HookNetDevQueue, nsA, 2),
+		ev(1, 9_000, event.HookNetifReceiveSkb, hostNS, 10),
+		ev(1, 12_000, event.HookNetDevQueue, hostNS, 3),
+		done,
+	)
+	if p.Verdict != Forwarded || p.End != "sent out of host eth1 (device)" {
+		t.Errorf("verdict %q end %q, want forwarded out of eth1", p.Verdict, p.End)
+	}
+}
+
+// Verdict text names a namespace as the hop rows do: the container.
+func TestVerdictNamesTheContainerLikeTheHops(t *testing.T) {
+	p := assemble(t,
+		ev(1, 0, event.HookNetDevQueue, nsA, 2),
+		ev(1, 30_000, event.HookNetifReceiveSkb, nsB, 2),
+	)
+	if p.End != "received by the stack of web eth0" {
+		t.Errorf("end %q, want the container's name as in the hop row", p.End)
+	}
+}
+
+// A drop with no hop before it starts a path of its own; a benign one does not.
+func TestDropBeforeTheFirstHop(t *testing.T) {
+	k := withSkb(ev(1, 3_000_000_000, event.HookKfreeSkb, nsB, 2), 0xffff0001, event.FlagNew)
+	k.Location, k.DropReason = locNeigh, 7
+	p := assemble(t, k)
+	if p.Verdict != Dropped || p.DropReason != "NEIGH_FAILED" || !EarlyDrop(&p) {
+		t.Fatalf("verdict %q reason %q early %v", p.Verdict, p.DropReason, EarlyDrop(&p))
+	}
+	if want := "dropped before its first hop: in web eth0: NEIGH_FAILED at __neigh_event_send"; p.End != want {
+		t.Errorf("end %q, want %q", p.End, want)
+	}
+	o := withSkb(ev(2, 1000, event.HookKfreeSkb, nsB, 2), 0xffff0001, event.FlagNew)
+	o.DropReason = 3
+	if p := assemble(t, o); EarlyDrop(&p) {
+		t.Errorf("an OTHERHOST free is shown as an early drop: %q", p.End)
+	}
+}
+
+// A published port: the client's SYN arrives on a host device, is DNATed,
+// routed to the container's veth, and keeps its id; the hop where the
+// rewrite is first seen says what changed.
+func TestDNATRowAndRoutedHop(t *testing.T) {
+	in := tcp(ev(1, 0, event.HookNetifReceiveSkb, hostNS, 3), 40000, 18080)
+	copy(in.Meta.Saddr[:], []byte{10, 213, 9, 2})
+	copy(in.Meta.Daddr[:], []byte{10, 213, 9, 1})
+	out := tcp(ev(1, 20_000, event.HookNetDevQueue, hostNS, 11), 40000, 80)
+	copy(out.Meta.Saddr[:], []byte{10, 213, 9, 2})
+	copy(out.Meta.Daddr[:], []byte{172, 17, 0, 2})
+	out.Flags = event.FlagNat
+	rcv := out
+	rcv.TsNs, rcv.Hook, rcv.Netns, rcv.Ifindex, rcv.Flags = 30_000, uint8(event.HookNetifReceiveSkb), nsB, 2, 0
+	p := assemble(t, in, out, rcv)
+	checkHops(t, p, []hopWant{
+		{"host", "eth1", "device", "ingress", ""},
+		{"host", "", "routed", "forward", ""},
+		{"host", "veth-b", "veth", "egress", "br0"},
+		{"ns-b", "eth0", "veth", "ingress", ""},
+	})
+	if got, want := p.Hops[2].NAT, "DNAT 10.213.9.1:18080 -> 172.17.0.2:80"; got != want {
+		t.Errorf("nat %q, want %q", got, want)
+	}
+	if p.Hops[1].Note != "eth1 -> veth-b" || p.Hops[0].NAT != "" || p.Hops[3].NAT != "" {
+		t.Errorf("routed note %q; nat on other hops %q %q", p.Hops[1].Note, p.Hops[0].NAT, p.Hops[3].NAT)
+	}
+	if p.Dport != 18080 || p.Dst != "10.213.9.1" {
+		t.Errorf("path names the packet as first seen: dst %s:%d", p.Dst, p.Dport)
+	}
+}
+
+func TestNATChangeNames(t *testing.T) {
+	a := tcp(ev(1, 0, event.HookNetDevQueue, nsA, 2), 40000, 80)
+	copy(a.Meta.Saddr[:], []byte{172, 17, 0, 2})
+	copy(a.Meta.Daddr[:], []byte{10, 213, 9, 2})
+	b := a
+	copy(b.Meta.Saddr[:], []byte{10, 213, 9, 1})
+	b.Meta.Sport = 1024
+	if got, want := NATChange(&a.Meta, &b.Meta), "SNAT 172.17.0.2:40000 -> 10.213.9.1:1024"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	c := b
+	copy(c.Meta.Daddr[:], []byte{172, 17, 0, 3})
+	if got, want := NATChange(&a.Meta, &c.Meta), "DNAT 10.213.9.2:80 -> 172.17.0.3:80; SNAT 172.17.0.2:40000 -> 10.213.9.1:1024"; got != want {
+		t.Errorf("hairpin: got %q, want %q", got, want)
+	}
+	if got := NATChange(&a.Meta, &a.Meta); got != "" {
+		t.Errorf("no rewrite: got %q", got)
+	}
+}
+
+// Paths finish in event time: a reader that lags (no newer event read, the
+// ring buffer not known to be drained) does not cut a quiet path short.
+func TestAssemblerFinishesInEventTime(t *testing.T) {
+	a := NewAssembler(1_000, 100_000)
+	e1 := ev(1, 0, event.HookNetDevQueue, nsA, 2)
+	a.Add(&e1)
+	if got := a.Flush(false); len(got) != 0 {
+		t.Fatalf("flushed before any newer event or clock advance")
+	}
+	e2 := ev(2, 150_000, event.HookNetDevQueue, nsA, 2)
+	a.Add(&e2)
+	if got := a.Flush(false); len(got) != 1 || got[0].ID != 1 {
+		t.Fatalf("after a newer event past idle: got %v, want packet 1", ids(got))
+	}
+	late := ev(1, 160_000, event.HookNetifReceiveSkb, hostNS, 10)
+	a.Add(&late)
+	if a.Late() != 1 {
+		t.Errorf("late = %d, want 1", a.Late())
+	}
+	loop := NewAssembler(1_000, 100_000)
+	for i := 0; i < 300; i++ {
+		e := ev(3, uint64(i), event.HookNetDevQueue, nsA, 2)
+		loop.Add(&e)
+	}
+	if loop.Capped() != 300-256 {
+		t.Errorf("capped = %d, want %d", loop.Capped(), 300-256)
+	}
+}
+
+// Before 6.3 icmp_rcv frees the echo reply with the NO_SOCKET ping_rcv
+// returned: the same benign drop; an echo request dropped there is not.
+func TestPingReplyFreedByIcmpRcvIsNotADrop(t *testing.T) {
+	reply := func(typ uint8) Path {
+		drop := ev(1, 20_000, event.HookKfreeSkb, nsA, 2)
+		drop.Location, drop.DropReason = locIcmp, 2
+		evs := []event.Event{ev(1, 0, event.HookNetDevQueue, nsB, 2), ev(1, 10_000, event.HookNetifReceiveSkb, nsA, 2), drop}
+		for i := range evs {
+			evs[i].Meta.IcmpType = typ
+		}
+		return assemble(t, evs...)
+	}
+	if p := reply(0); p.Verdict != Delivered || p.End != "delivered to a raw socket in ns-a" {
+		t.Errorf("echo reply: verdict %q end %q", p.Verdict, p.End)
+	}
+	if p := reply(8); p.Verdict != Dropped {
+		t.Errorf("echo request freed by icmp_rcv with NO_SOCKET: verdict %q end %q, want dropped", p.Verdict, p.End)
 	}
 }

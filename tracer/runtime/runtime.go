@@ -58,6 +58,16 @@ type Container struct {
 	// user-defined network name.
 	NetworkMode string
 	Endpoints   []Endpoint
+	// Published are the ports published on the host (docker run -p).
+	Published []PublishedPort
+}
+
+// PublishedPort is one host port forwarded (DNAT) to a container's port.
+type PublishedPort struct {
+	Proto         string `json:"proto"`   // "tcp" or "udp"
+	HostIP        string `json:"host_ip"` // "" or "0.0.0.0": every host address
+	HostPort      uint16 `json:"host_port"`
+	ContainerPort uint16 `json:"container_port"`
 }
 
 // Endpoint is one attachment of a container to a network.

@@ -9,6 +9,7 @@ import (
 	"context"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -25,6 +26,16 @@ type Device struct {
 type NetnsChange struct {
 	Inode    uint32
 	Selected bool
+	// Ports are the host ports published for the namespace's container:
+	// packets to them are selected from their first hop on the host,
+	// before DNAT gives them the container's address.
+	Ports []Port
+}
+
+// Port is a TCP or UDP destination port.
+type Port struct {
+	Proto uint8 // 6 (TCP) or 17 (UDP)
+	Port  uint16
 }
 
 // Selection is what a session looks at. The zero value selects every
@@ -46,7 +57,9 @@ func (s Selection) FilterKinds() loader.FilterKind {
 	switch {
 	case len(s.Devices) > 0:
 		return loader.FilterDev
-	case len(s.Netns) > 0 || s.Dynamic != nil:
+	case s.Dynamic != nil:
+		return loader.FilterNetns | loader.FilterAddr | loader.FilterPort
+	case len(s.Netns) > 0:
 		return loader.FilterNetns | loader.FilterAddr
 	}
 	return 0
@@ -68,6 +81,7 @@ type Filters interface {
 	SelectNetns(inode uint32, on bool) error
 	SelectDevice(netns uint32, ifindex int, on bool) error
 	SelectAddr(a netip.Addr, on bool) error
+	SelectPort(proto uint8, port uint16, on bool) error
 }
 
 // Options are what a session adds to following a selection.
@@ -102,9 +116,11 @@ type Follower struct {
 	att     *attachments
 	onAddrs func([]netip.Addr) error
 	netns   map[uint32]bool
+	ports   map[uint32][]Port // published ports, by the namespace they lead to
 	// what the kernel maps hold
 	inKernelNetns map[uint32]bool
 	inKernelAddrs map[netip.Addr]bool
+	inKernelPorts map[Port]bool
 
 	failed chan error
 	cancel context.CancelFunc
@@ -118,8 +134,10 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 	fl := &Follower{
 		f: f, names: names, onAddrs: opts.OnAddrs,
 		netns:         map[uint32]bool{},
+		ports:         map[uint32][]Port{},
 		inKernelNetns: map[uint32]bool{},
 		inKernelAddrs: map[netip.Addr]bool{},
+		inKernelPorts: map[Port]bool{},
 		failed:        make(chan error, 1),
 	}
 	if opts.Devices != nil {
@@ -134,15 +152,41 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 		}
 	}
 	for _, ns := range sel.Netns {
-		fl.set(ns, true)
+		fl.set(ns, true, nil)
 	}
+	dynamic := fl.initial(ctx, sel.Dynamic)
 	if err := fl.sync(); err != nil {
 		return nil, err
 	}
 	ctx, fl.cancel = context.WithCancel(ctx)
 	fl.wg.Add(1)
-	go fl.run(ctx, sel.Dynamic)
+	go fl.run(ctx, dynamic)
 	return fl, nil
+}
+
+// initial takes the dynamic feed's first changes (the containers running
+// now), so that the filters cover them when Follow returns: they come
+// from a feed, shortly after the start. It returns the feed, nil once closed.
+func (fl *Follower) initial(ctx context.Context, dynamic <-chan NetnsChange) <-chan NetnsChange {
+	if dynamic == nil {
+		return nil
+	}
+	wait := time.NewTimer(200 * time.Millisecond)
+	defer wait.Stop()
+	for {
+		select {
+		case ch, ok := <-dynamic:
+			if !ok {
+				return nil
+			}
+			fl.set(ch.Inode, ch.Selected, ch.Ports)
+			wait.Reset(20 * time.Millisecond)
+		case <-wait.C:
+			return dynamic
+		case <-ctx.Done():
+			return dynamic
+		}
+	}
 }
 
 func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange) {
@@ -156,7 +200,7 @@ func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange) {
 				dynamic = nil
 				continue
 			}
-			fl.set(ch.Inode, ch.Selected)
+			fl.set(ch.Inode, ch.Selected, ch.Ports)
 		case <-fl.names.Changes():
 		}
 		if fl.att != nil {
@@ -179,12 +223,18 @@ func (fl *Follower) Close() {
 	fl.wg.Wait()
 }
 
-// set selects (or unselects) a namespace; sync applies it.
-func (fl *Follower) set(inode uint32, on bool) {
+// set selects (or unselects) a namespace and the published ports leading
+// to it; sync applies it.
+func (fl *Follower) set(inode uint32, on bool, ports []Port) {
 	if on {
 		fl.netns[inode] = true
 	} else {
 		delete(fl.netns, inode)
+	}
+	if on && len(ports) > 0 {
+		fl.ports[inode] = ports
+	} else {
+		delete(fl.ports, inode)
 	}
 }
 
@@ -214,6 +264,30 @@ func (fl *Follower) sync() error {
 				return err
 			}
 			delete(fl.inKernelNetns, ns)
+		}
+	}
+	wantPorts := map[Port]bool{}
+	for ns, ports := range fl.ports {
+		if fl.netns[ns] {
+			for _, p := range ports {
+				wantPorts[p] = true
+			}
+		}
+	}
+	for p := range wantPorts {
+		if !fl.inKernelPorts[p] {
+			if err := fl.f.SelectPort(p.Proto, p.Port, true); err != nil {
+				return err
+			}
+			fl.inKernelPorts[p] = true
+		}
+	}
+	for p := range fl.inKernelPorts {
+		if !wantPorts[p] {
+			if err := fl.f.SelectPort(p.Proto, p.Port, false); err != nil {
+				return err
+			}
+			delete(fl.inKernelPorts, p)
 		}
 	}
 	for a := range wantAddrs {

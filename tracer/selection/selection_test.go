@@ -17,10 +17,11 @@ type fakeFilters struct {
 	netns map[uint32]bool
 	devs  map[Device]bool
 	addrs map[netip.Addr]bool
+	ports map[Port]bool
 }
 
 func newFakeFilters() *fakeFilters {
-	return &fakeFilters{netns: map[uint32]bool{}, devs: map[Device]bool{}, addrs: map[netip.Addr]bool{}}
+	return &fakeFilters{netns: map[uint32]bool{}, devs: map[Device]bool{}, addrs: map[netip.Addr]bool{}, ports: map[Port]bool{}}
 }
 
 func set[K comparable](mu *sync.Mutex, m map[K]bool, k K, on bool) error {
@@ -39,6 +40,9 @@ func (f *fakeFilters) SelectDevice(netns uint32, ifindex int, on bool) error {
 	return set(&f.mu, f.devs, Device{netns, ifindex}, on)
 }
 func (f *fakeFilters) SelectAddr(a netip.Addr, on bool) error { return set(&f.mu, f.addrs, a, on) }
+func (f *fakeFilters) SelectPort(proto uint8, port uint16, on bool) error {
+	return set(&f.mu, f.ports, Port{proto, port}, on)
+}
 
 func (f *fakeFilters) state() (netns []uint32, addrs []string) {
 	f.mu.Lock()
@@ -115,7 +119,7 @@ func TestFilterKinds(t *testing.T) {
 	}{
 		{Selection{}, 0},
 		{Selection{Netns: []uint32{5}}, loader.FilterNetns | loader.FilterAddr},
-		{Selection{Dynamic: dyn}, loader.FilterNetns | loader.FilterAddr},
+		{Selection{Dynamic: dyn}, loader.FilterNetns | loader.FilterAddr | loader.FilterPort}, // containers: their published ports too
 		{Selection{Netns: []uint32{5}, Devices: []Device{{5, 2}}}, loader.FilterDev},
 	} {
 		if got := tc.sel.FilterKinds(); got != tc.want {
@@ -174,5 +178,41 @@ func TestFollowDevices(t *testing.T) {
 	fl.Close()
 	if !f.devs[Device{10, 2}] || !f.devs[Device{1, 7}] || len(f.netns) != 0 {
 		t.Errorf("devices %v, netns %v; want both devices and no namespace", f.devs, f.netns)
+	}
+}
+
+// A container's published ports are selected while its namespace is, from
+// the feed's first changes on (they are in the filters when Follow returns).
+func TestPublishedPortsFollowTheNamespace(t *testing.T) {
+	f := newFakeFilters()
+	names := &fakeResolver{Static: resolve.NewStatic(1, nil), changes: make(chan struct{})}
+	dyn := make(chan NetnsChange, 4)
+	web := Port{6, 18080}
+	dyn <- NetnsChange{Inode: 7, Selected: true, Ports: []Port{web}}
+	fl, err := Follow(context.Background(), f, names, Selection{Dynamic: dyn}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	f.mu.Lock()
+	got := f.ports[web] && f.netns[7]
+	f.mu.Unlock()
+	if !got {
+		t.Fatalf("after Follow: ports %v netns %v, want %v and 7", f.ports, f.netns, web)
+	}
+	dyn <- NetnsChange{Inode: 7, Selected: false}
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		n := len(f.ports)
+		f.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("published port still selected after its container stopped")
+		}
+	}
+	if k := (Selection{Dynamic: dyn}).FilterKinds(); k&loader.FilterPort == 0 {
+		t.Errorf("filter kinds %v lack the port filter", k)
 	}
 }

@@ -177,12 +177,12 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	emitted := 0
 	done := func() bool { return cfg.Count > 0 && emitted >= cfg.Count }
 	flush := func(force bool) error {
-		for _, p := range asm.Flush(monotonicNow(), force) {
+		for _, p := range asm.Flush(force) {
 			if done() {
 				break
 			}
 			pa := desc.Describe(p)
-			if len(pa.Hops) == 0 {
+			if len(pa.Hops) == 0 && !path.EarlyDrop(&pa) {
 				if cfg.Capture != nil {
 					cfg.Capture.Discard(p.ID)
 				}
@@ -223,8 +223,14 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	// interval even while events keep coming, and reports lost events.
 	lastTick, lastLostCheck := time.Now(), time.Now()
 	var lostSeen, rulesLost uint64
-	tick := func(now time.Time) error {
+	// drained says every event up to now was read (the ring buffer was
+	// empty): paths then finish against the clock; otherwise against the
+	// newest event read, however far the reader lags.
+	tick := func(now time.Time, drained bool) error {
 		lastTick = now
+		if drained {
+			asm.Advance(monotonicNow())
+		}
 		if cfg.Events {
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("write output: %w", err)
@@ -266,7 +272,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 
 		now := time.Now()
 		if now.Sub(lastTick) >= poll {
-			if err := tick(now); err != nil {
+			if err := tick(now, false); err != nil {
 				return res, err
 			}
 		}
@@ -274,7 +280,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		err := rd.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if err := tick(time.Now()); err != nil {
+			if err := tick(time.Now(), true); err != nil {
 				return res, err
 			}
 			continue
@@ -327,6 +333,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		sum.Lost = st.Lost
 	}
 	sum.Late = asm.Late()
+	sum.Capped = asm.Capped()
 	if cfg.Events {
 		sum.Packets = 0
 	}

@@ -135,6 +135,8 @@ func dropContext(next Hop, p *path.Path) string {
 			s += " toward " + via
 		}
 		return s + " (netfilter FORWARD hook: iptables FORWARD/DOCKER-USER or an nftables forward chain)"
+	case netfilter && next.Kind == path.KindRouted:
+		return " in the host's forward path (netfilter FORWARD hook: Docker's isolation chains DOCKER-ISOLATION-STAGE-1/2, DOCKER-USER, or an nftables forward chain)"
 	case netfilter && next.Kind == resolve.KindBridge && next.Direction == event.Local:
 		return " on local delivery to the host (netfilter PREROUTING/INPUT hook)"
 	case netfilter && next.Direction == event.Ingress:

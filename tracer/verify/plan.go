@@ -8,8 +8,12 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/inspect"
+	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
@@ -25,6 +29,10 @@ type plan struct {
 	// inodes of the namespaces on the path
 	srcNetns, dstNetns uint32
 }
+
+// errBeyond: an address on none of the source's networks and held by no
+// container; the host routes it out of one of its devices.
+var errBeyond = errors.New("beyond the host's bridges")
 
 func (p *plan) netns() []uint32 {
 	out := []uint32{p.srcNetns}
@@ -92,6 +100,11 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 				break
 			}
 			t, ep, err := v.containerByIP(ctx, c, bridged, ip)
+			if errors.Is(err, errBeyond) {
+				p.ep = bridged[0]
+				r.Target = Target{Kind: TargetAddress, IP: ip.String()}
+				break
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -117,12 +130,17 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 			}
 			ep, err := sharedEndpoint(c, bridged, t)
 			if err != nil {
-				return nil, err
+				other, ok := bridgedEndpoint(t)
+				if t.NetworkMode == "host" || !ok {
+					return nil, err
+				}
+				ep = other // on another network: the host routes between the bridges
 			}
 			tc = &t
 			tep = ep
 		}
 		if tc != nil {
+			p.ep = bridged[0]
 			for _, ep := range bridged {
 				if ep.NetworkID == tep.NetworkID {
 					p.ep = ep
@@ -151,7 +169,11 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 	r.Checks = append(r.Checks, endpointChecks(c.Name, se, true)...)
 	if se.Container != nil {
 		r.Ifname = se.Container.Name
-		r.Checks = append(r.Checks, routeCheck(c, se, p.dstIP))
+		var viaGw netip.Addr
+		if r.Target.Kind == TargetAddress || tep.NetworkID != "" && tep.NetworkID != p.ep.NetworkID {
+			viaGw, _ = parseAddr(p.ep.Gateway)
+		}
+		r.Checks = append(r.Checks, routeCheck(c, se, p.dstIP, viaGw))
 	}
 	first := Hop{Netns: c.Name, NetnsInode: c.NetnsInode, Ifname: orDefault(r.Ifname, "eth0"), Kind: resolve.KindVeth, Direction: event.Egress, Note: "leaves " + c.Name}
 	hostVeth := "?"
@@ -162,12 +184,27 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 		first,
 		Hop{Netns: "host", NetnsInode: 0, Ifname: hostVeth, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "port of " + p.ep.Bridge},
 	)
-	if tc == nil {
+	routedFrom := Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Local, Note: "up to the host's routing"}
+	switch {
+	case r.Target.Kind == TargetAddress:
+		out, kind, err := hostRoute(p.dstIP)
+		if err != nil {
+			return nil, targetErr("target %s: %v", p.dstIP, err)
+		}
+		if out == p.ep.Bridge {
+			return nil, targetErr("target %s is routed back into %s, %s's own bridge, and no container has it", p.dstIP, p.ep.Bridge, c.Name)
+		}
+		r.Target.Ifname = out
+		r.Expected = append(r.Expected, routedFrom,
+			Hop{Netns: "host", Kind: path.KindRouted, Direction: event.Forward, Note: p.ep.Bridge + " -> " + out},
+			Hop{Netns: "host", Ifname: out, Kind: resolve.Kind(kind), Direction: event.Egress, Note: "the host's route toward " + p.dstIP.String()},
+		)
+	case tc == nil:
 		if c := gatewayCheck(se, p.dstIP); c != nil {
 			r.Checks = append(r.Checks, *c)
 		}
 		r.Expected = append(r.Expected, Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Local, Note: "to the host stack: gateway " + r.Target.IP})
-	} else {
+	default:
 		dst, err := inspect.FromContainer(v.Runtime.Name(), *tc)
 		if err != nil {
 			return nil, err
@@ -185,6 +222,17 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 			tIf = de.Container.Name
 		}
 		r.Target.Ifname, r.Target.HostVeth = tIf, tVeth
+		if tep.NetworkID != p.ep.NetworkID {
+			// Another network: up the source bridge, routed by the host,
+			// out of the target's bridge (Docker's isolation rules apply).
+			r.Expected = append(r.Expected, routedFrom,
+				Hop{Netns: "host", Kind: path.KindRouted, Direction: event.Forward, Note: p.ep.Bridge + " -> " + tep.Bridge},
+				Hop{Netns: "host", Ifname: tep.Bridge, Kind: resolve.KindBridge, Direction: event.Egress, Note: "into network " + tep.Network},
+				Hop{Netns: "host", Ifname: tVeth, Kind: resolve.KindVeth, Direction: event.Egress, Note: "port of " + tep.Bridge},
+				Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "arrives in " + tc.Name},
+			)
+			break
+		}
 		r.Expected = append(r.Expected,
 			Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Forward, Note: hostVeth + " -> " + tVeth},
 			Hop{Netns: "host", Ifname: tVeth, Kind: resolve.KindVeth, Direction: event.Egress, Note: "port of " + p.ep.Bridge},
@@ -285,6 +333,9 @@ func (v *Verifier) containerByIP(ctx context.Context, c runtime.Container, bridg
 				return t, tep, nil
 			}
 			if _, err := sharedEndpoint(c, bridged, t); err != nil {
+				if t.NetworkMode != "host" && hasBridgePath(tep) {
+					return t, tep, nil // on another network: routed by the host
+				}
 				return runtime.Container{}, runtime.Endpoint{}, wrapTarget(fmt.Sprintf("target %s belongs to container %s", ip, t.Name), err)
 			}
 		}
@@ -293,8 +344,33 @@ func (v *Verifier) containerByIP(ctx context.Context, c runtime.Container, bridg
 		return runtime.Container{}, runtime.Endpoint{}, targetErr("target %s: no running container has this address on network %s (bridge %s): nothing known to verify against",
 			ip, inSubnet.Network, inSubnet.Bridge)
 	}
-	return runtime.Container{}, runtime.Endpoint{}, targetErr("target %s is not on %s's bridge networks (%s): it would be routed through the gateway and beyond the bridge; verify checks one bridge: use --to gateway or a container on the same bridge",
-		ip, c.Name, describeNetworks(bridged))
+	return runtime.Container{}, runtime.Endpoint{}, errBeyond
+}
+
+// bridgedEndpoint is a container's first endpoint on a bridge network.
+func bridgedEndpoint(t runtime.Container) (runtime.Endpoint, bool) {
+	for _, ep := range t.Endpoints {
+		if hasBridgePath(ep) {
+			return ep, true
+		}
+	}
+	return runtime.Endpoint{}, false
+}
+
+// hostRoute names the device the host's routing sends dst out of, and its kind.
+func hostRoute(dst netip.Addr) (name, kind string, err error) {
+	routes, err := netlink.RouteGet(dst.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return "", "", fmt.Errorf("the host has no route to it: %v", err)
+	}
+	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return "", "", fmt.Errorf("route device %d: %w", routes[0].LinkIndex, err)
+	}
+	if routes[0].Type == unix.RTN_LOCAL || l.Attrs().Name == "lo" {
+		return "", "", fmt.Errorf("it is an address of the host itself: use --to gateway")
+	}
+	return l.Attrs().Name, l.Type(), nil
 }
 
 func findEndpoint(r *inspect.Report, ep runtime.Endpoint) (inspect.Endpoint, bool) {
@@ -422,7 +498,10 @@ func orNone(s []string) string {
 
 // routeCheck asks the container's routing table how it reaches dst: it
 // must leave through the endpoint's interface, directly (same subnet).
-func routeCheck(c runtime.Container, e inspect.Endpoint, dst netip.Addr) Check {
+// routeCheck checks the container's route to dst: out of its endpoint's
+// interface, directly, or via gw when gw is valid (a target beyond the
+// bridge, reached through the host's routing).
+func routeCheck(c runtime.Container, e inspect.Endpoint, dst, gw netip.Addr) Check {
 	hop := c.Name + " route"
 	fact := "route to " + dst.String()
 	h, err := resolve.NetnsHandle(c.NetnsPath)
@@ -441,6 +520,12 @@ func routeCheck(c runtime.Container, e inspect.Endpoint, dst netip.Addr) Check {
 	}
 	if rt.LinkIndex != e.Container.Index {
 		return Check{Hop: hop, Fact: fact, Detail: fmt.Sprintf("%s routes %s out of %s, not %s", c.Name, dst, out, e.Container.Name)}
+	}
+	if gw.IsValid() {
+		if rt.Gw == nil || !rt.Gw.Equal(net.IP(gw.AsSlice())) {
+			return Check{Hop: hop, Fact: fact, Detail: fmt.Sprintf("%s routes %s via %v, not via its gateway %s", c.Name, dst, rt.Gw, gw)}
+		}
+		return Check{Hop: hop, Fact: fact, OK: true, Detail: fmt.Sprintf("%s leaves through %s via the gateway %s, to the host's routing", dst, out, gw)}
 	}
 	if rt.Gw != nil {
 		return Check{Hop: hop, Fact: fact, Detail: fmt.Sprintf("%s routes %s via %s: it is not on %s's subnet", c.Name, dst, rt.Gw, e.Container.Name)}

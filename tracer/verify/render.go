@@ -104,6 +104,9 @@ func (r *Report) WriteText(w io.Writer) error {
 			if h.Inferred {
 				note = strings.TrimSpace(note + " (inferred)")
 			}
+			if h.NAT != "" {
+				note = strings.TrimSpace("* " + h.NAT + "  " + note)
+			}
 			fmt.Fprintf(tw, "    %s %s\t+%sus\t%s\t%s\t%s\t%s\t%s\t%s\n", mark(h.OK), exp, micros(h.SinceNs), delta, where, h.Ifname, h.Kind, h.Direction, note)
 		}
 		tw.Flush()

@@ -43,6 +43,7 @@ const (
 const (
 	TargetGateway   = "gateway"
 	TargetContainer = "container"
+	TargetAddress   = "address" // routed by the host out of another device
 )
 
 // ErrTarget is wrapped by errors about the --to target: unknown, not
@@ -56,7 +57,9 @@ var ErrNoPath = errors.New("no bridge path to verify")
 // Options select what to verify and how.
 type Options struct {
 	// To is "gateway" (or empty), an IPv4 address, or a container (name,
-	// ID or ID prefix) on the same bridge.
+	// ID or ID prefix): on the same bridge, or on another Docker network
+	// (the host routes between the bridges); an address no container has
+	// is reached through the host's routing out of another device.
 	To string
 	// Proto is "icmp" (default), "udp" or "tcp".
 	Proto string
@@ -196,6 +199,8 @@ func (h Hop) Label() string {
 		s += " (forward)"
 	case h.Kind == resolve.KindBridge && h.Direction == event.Local:
 		s += " (local delivery)"
+	case h.Kind == "routed":
+		s = h.Netns + " routing"
 	}
 	return s
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hoptrace/hoptrace/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
@@ -400,16 +401,13 @@ func TestNetfilterDropInForwardPath(t *testing.T) {
 
 func TestTargetErrors(t *testing.T) {
 	f := setup(t)
-	otherNet, _ := testdocker.Network(t, "hoptrace-verify-other")
-	c := testdocker.Run(t, "hoptrace-verify-c", "--network", otherNet)
 	stopped := testdocker.Create(t, "hoptrace-verify-stopped", "--network", f.network)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		to, want string
 	}{
-		{c.Name, "is not on the same bridge as " + f.a.Name},
 		{"hoptrace-verify-nosuch", "no such container"},
-		{"10.255.255.7", "is not on " + f.a.Name + "'s bridge networks"},
+		{"127.0.0.1", "an address of the host itself"},
 		{stopped.Name, "is not running"},
 		{f.a.Name, "the container itself"},
 		{f.aIP, "own address"},
@@ -508,9 +506,9 @@ func TestBinaryExitCodes(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &r) != nil || r.Verdict != verify.Pass || r.Delivery == nil || r.Delivery.Reason != "NO_SOCKET" {
 		t.Errorf("udp no listener: exit %d, report %+v\n%s%s", code, r.Delivery, out, errOut)
 	}
-	out, errOut, code = hoptrace(t, "verify", f.a.Name, "--to", c.Name)
-	if code != 1 || out != "" || !strings.Contains(errOut, "is not on the same bridge") {
-		t.Errorf("other network: exit %d\n%s%s", code, out, errOut)
+	out, errOut, code = hoptrace(t, "verify", f.a.Name, "--to", c.Name, "--count", "1")
+	if code != 1 || !strings.Contains(out, "\nFAIL at host routing: NETFILTER_DROP") {
+		t.Errorf("other network (Docker's isolation drops it): exit %d\n%s%s", code, out, errOut)
 	}
 	for _, args := range [][]string{
 		{"verify"},
@@ -542,4 +540,72 @@ func TestBinaryExitCodes(t *testing.T) {
 	if out, errOut, code := hoptrace(t, "verify", f.a.Name, "--count", "1"); code != 0 {
 		t.Errorf("repaired: exit %d\n%s%s", code, out, errOut)
 	}
+}
+
+// A container on another user-defined network: the expected path crosses
+// the host's routing into the other bridge, and Docker's isolation rules
+// drop the probe there: a FAIL naming the routing hop and the reason.
+func TestIsolationBetweenNetworks(t *testing.T) {
+	f := setup(t)
+	otherBridge := testdocker.UniqueName("hvo")
+	otherNet, _ := testdocker.Network(t, "hoptrace-verify-other", "-o", "com.docker.network.bridge.name="+otherBridge)
+	c := testdocker.Run(t, "hoptrace-verify-c", "--network", otherNet)
+	cVeth := hostVeth(t, c.Name)
+	r := f.verify(f.a.Name, verify.Options{To: c.Name, Count: 1})
+	want := []string{f.a.Name + " eth0", "host " + f.aVeth, "host " + f.bridge + " (local delivery)", "host routing",
+		"host " + otherBridge, "host " + cVeth, c.Name + " eth0"}
+	var got []string
+	for _, h := range r.Expected {
+		got = append(got, h.Label())
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("expected path\n got %v\nwant %v", got, want)
+	}
+	if r.Verdict != verify.Fail || r.Failure == nil || r.Failure.Stage != verify.StagePath || r.Failure.Hop != "host routing" ||
+		r.Failure.DropReason != "NETFILTER_DROP" || !strings.Contains(strings.ToLower(r.Failure.Reason), "isolation") {
+		t.Fatalf("want FAIL at host routing with NETFILTER_DROP (isolation):\n%s", text(r))
+	}
+	t.Logf("\n%s", text(r))
+}
+
+// An address routed out of another host device (a namespace of the test's
+// behind a host veth): PASS, with Docker's MASQUERADE shown on the hop
+// where the probe leaves the host.
+func TestRoutedOutOfTheHostWithMasquerade(t *testing.T) {
+	f := setup(t)
+	out := testnet.NewOutside(t)
+	r := f.verify(f.a.Name, verify.Options{To: out.Addr.Addr().String(), Count: 2})
+	want := []hop{
+		{f.a.Name, "eth0", "veth", "egress"},
+		{"host", f.aVeth, "veth", "ingress"},
+		{"host", f.bridge, "bridge", "local"},
+		{"host", "", "routed", "forward"},
+		{"host", out.HostVeth, "veth", "egress"},
+		{out.Name, "eth0", "veth", "ingress"},
+	}
+	if r.Verdict != verify.Pass || len(r.Probes) != 2 || len(r.Expected) != 5 {
+		t.Fatalf("want PASS over 5 expected hops with 2 probes:\n%s", text(r))
+	}
+	snat := "SNAT " + f.aIP + " -> " + out.HostAddr.Addr().String()
+	for _, pr := range r.Probes {
+		if got := hopsOf(pr); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("probe %d observed\n got %v\nwant %v", pr.Seq, got, want)
+		}
+		nat := ""
+		for _, h := range pr.Hops {
+			if h.NAT != "" {
+				nat = h.Ifname + ": " + h.NAT
+			}
+		}
+		if nat != out.HostVeth+": "+snat {
+			t.Errorf("probe %d: nat %q, want %s: %s", pr.Seq, nat, out.HostVeth, snat)
+		}
+		if !strings.Contains(pr.Response, "echo reply") {
+			t.Errorf("probe %d response %q", pr.Seq, pr.Response)
+		}
+	}
+	if !strings.Contains(text(r), "* "+snat) {
+		t.Errorf("text output does not mark the SNAT row:\n%s", text(r))
+	}
+	t.Logf("\n%s", text(r))
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+	"github.com/docker/go-connections/nat"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
@@ -276,6 +277,9 @@ func (r *Runtime) inspect(ctx context.Context, id string) (runtime.Container, er
 	if c.Running && mode != "host" {
 		c.NetnsPath, c.NetnsInode = netnsOf(sandboxKey, c.PID)
 	}
+	if ci.NetworkSettings != nil {
+		c.Published = publishedPorts(ci.NetworkSettings.Ports)
+	}
 	names := make([]string, 0, len(nets))
 	for n := range nets {
 		names = append(names, n)
@@ -370,4 +374,32 @@ func BridgeDevice(name, id, driver string, options map[string]string) string {
 		id = id[:12]
 	}
 	return "br-" + id
+}
+
+// publishedPorts lists the host ports published for a container, ordered.
+func publishedPorts(pm nat.PortMap) []runtime.PublishedPort {
+	var out []runtime.PublishedPort
+	for p, binds := range pm {
+		cport, err := strconv.ParseUint(p.Port(), 10, 16)
+		if err != nil {
+			continue
+		}
+		for _, b := range binds {
+			hport, err := strconv.ParseUint(b.HostPort, 10, 16)
+			if err != nil || hport == 0 {
+				continue
+			}
+			out = append(out, runtime.PublishedPort{Proto: p.Proto(), HostIP: b.HostIP, HostPort: uint16(hport), ContainerPort: uint16(cport)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].HostPort != out[j].HostPort {
+			return out[i].HostPort < out[j].HostPort
+		}
+		if out[i].Proto != out[j].Proto {
+			return out[i].Proto < out[j].Proto
+		}
+		return out[i].HostIP < out[j].HostIP
+	})
+	return out
 }

@@ -332,3 +332,25 @@ func TestSelectorFollowsNotYetStarted(t *testing.T) {
 		t.Fatalf("change = %+v, want removed inode %d", ch, inode)
 	}
 }
+
+// Published ports come from the engine with their host and container ports.
+func TestPublishedPorts(t *testing.T) {
+	rt := testdocker.Runtime(t)
+	c := testdocker.Run(t, "ht-ports", "-p", "127.0.0.1::8080")
+	got, err := rt.Lookup(context.Background(), c.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tcp *runtime.PublishedPort
+	for i, p := range got.Published {
+		if p.Proto == "tcp" && p.ContainerPort == 8080 {
+			tcp = &got.Published[i]
+		}
+	}
+	if tcp == nil || tcp.HostPort == 0 || tcp.HostIP != "127.0.0.1" {
+		t.Errorf("tcp 8080 published on 127.0.0.1: got %+v", got.Published)
+	}
+	if want := testdocker.Docker(t, "port", c.Name, "8080/tcp"); tcp != nil && want != fmt.Sprintf("127.0.0.1:%d", tcp.HostPort) {
+		t.Errorf("host port %d, docker port says %s", tcp.HostPort, want)
+	}
+}
