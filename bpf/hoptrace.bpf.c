@@ -623,8 +623,9 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	struct pkt_track *h = NULL;
 	bool untracked = false; /* a scalar: the verifier refuses ORing the two pointers */
 	if (!t) {
-		/* an untracked end: only a clone can still be ours (via its head) */
-		if (end && !BPF_CORE_READ_BITFIELD(skb, cloned))
+		/* an untracked consume or copy: only a clone can still be ours
+		 * (via its head); a drop may still start a path */
+		if (!may_start && !BPF_CORE_READ_BITFIELD(skb, cloned))
 			return 0;
 		h = bpf_map_lookup_elem(&by_head, &head);
 		if (!h) {

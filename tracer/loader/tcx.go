@@ -214,21 +214,40 @@ func (t *Tracer) attachDevice(ifindex int) (*devLinks, error) {
 		if a.prog == nil {
 			continue
 		}
-		has, anchor, err := placement(ifindex, a.attach, a.prog)
-		if err != nil {
-			d.close()
-			return nil, err
-		} else if has {
-			continue
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Program: a.prog, Attach: a.attach, Interface: ifindex, Anchor: anchor})
+		l, err := attachPlaced(ifindex, a.attach, a.prog)
 		if err != nil {
 			d.close()
 			return nil, err
 		}
-		d.links = append(d.links, l)
+		if l != nil {
+			d.links = append(d.links, l)
+		}
 	}
 	return d, nil
+}
+
+// attachPlaced attaches prog at a tcx hook of a device where placement
+// says (nil when it is there already). Other hoptrace processes attach and
+// detach on the same devices: a program list that grew between the query's
+// two calls (ENOSPC) or an anchor that went away before the attach (ENOENT)
+// is a race, tried again.
+func attachPlaced(ifindex int, at ebpf.AttachType, prog *ebpf.Program) (link.Link, error) {
+	for try := 0; ; try++ {
+		has, anchor, err := placement(ifindex, at, prog)
+		if err == nil && has {
+			return nil, nil
+		}
+		var l link.Link
+		if err == nil {
+			l, err = link.AttachTCX(link.TCXOptions{Program: prog, Attach: at, Interface: ifindex, Anchor: anchor})
+		}
+		if err == nil {
+			return l, nil
+		}
+		if try >= 9 || !(errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOENT)) {
+			return nil, err
+		}
+	}
 }
 
 // placement reports whether prog is attached at this tcx hook of a device

@@ -93,6 +93,18 @@ func TestResolveTopology(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	r := newResolver(t, Options{})
+	// A new port takes a moment to forward and its peer to have carrier:
+	// the resolver must report both once the kernel does.
+	waitFor(t, r, 10*time.Second, "ports forwarding and carrier on eth0", func() bool {
+		for _, h := range topo.Hosts {
+			hv, ok := r.Link(topo.HostInode(), h.HostVethIndex)
+			e, ok2 := r.LinkByName(h.Inode, "eth0")
+			if !ok || !ok2 || hv.PortState != "forwarding" || !e.Running {
+				return false
+			}
+		}
+		return true
+	})
 
 	if r.HostInode() != topo.HostInode() {
 		t.Fatalf("HostInode = %d, want %d", r.HostInode(), topo.HostInode())
