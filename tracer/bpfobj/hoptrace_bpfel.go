@@ -147,10 +147,12 @@ const (
 	HoptraceMapFilterNetns             = "filter_netns"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
+	HoptraceMapPktSeq                  = "pkt_seq"
 	HoptraceMapStats                   = "stats"
 	HoptraceProgOnConsumeSkb           = "on_consume_skb"
 	HoptraceProgOnConsumeSkbNoloc      = "on_consume_skb_noloc"
 	HoptraceProgOnKfreeSkb             = "on_kfree_skb"
+	HoptraceProgOnKfreeSkbNoreason     = "on_kfree_skb_noreason"
 	HoptraceProgOnNapiGroReceiveEntry  = "on_napi_gro_receive_entry"
 	HoptraceProgOnNetDevQueue          = "on_net_dev_queue"
 	HoptraceProgOnNetDevStartXmit      = "on_net_dev_start_xmit"
@@ -160,7 +162,7 @@ const (
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarMode                    = "mode"
-	HoptraceVarNextPktId               = "next_pkt_id"
+	HoptraceVarNrCpus                  = "nr_cpus"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
 	HoptraceVarUnusedFlag              = "unused_flag"
@@ -216,6 +218,7 @@ type HoptraceProgramSpecs struct {
 	OnConsumeSkb           *ebpf.ProgramSpec `ebpf:"on_consume_skb"`
 	OnConsumeSkbNoloc      *ebpf.ProgramSpec `ebpf:"on_consume_skb_noloc"`
 	OnKfreeSkb             *ebpf.ProgramSpec `ebpf:"on_kfree_skb"`
+	OnKfreeSkbNoreason     *ebpf.ProgramSpec `ebpf:"on_kfree_skb_noreason"`
 	OnNapiGroReceiveEntry  *ebpf.ProgramSpec `ebpf:"on_napi_gro_receive_entry"`
 	OnNetDevQueue          *ebpf.ProgramSpec `ebpf:"on_net_dev_queue"`
 	OnNetDevStartXmit      *ebpf.ProgramSpec `ebpf:"on_net_dev_start_xmit"`
@@ -237,6 +240,7 @@ type HoptraceMapSpecs struct {
 	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
 	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
 	Hists       *ebpf.MapSpec `ebpf:"hists"`
+	PktSeq      *ebpf.MapSpec `ebpf:"pkt_seq"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -246,7 +250,7 @@ type HoptraceMapSpecs struct {
 type HoptraceVariableSpecs struct {
 	FilterFlags *ebpf.VariableSpec `ebpf:"filter_flags"`
 	Mode        *ebpf.VariableSpec `ebpf:"mode"`
-	NextPktId   *ebpf.VariableSpec `ebpf:"next_pkt_id"`
+	NrCpus      *ebpf.VariableSpec `ebpf:"nr_cpus"`
 	StaleNs     *ebpf.VariableSpec `ebpf:"stale_ns"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFlag  *ebpf.VariableSpec `ebpf:"unused_flag"`
@@ -285,6 +289,7 @@ type HoptraceMaps struct {
 	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
 	HistZero    *ebpf.Map `ebpf:"hist_zero"`
 	Hists       *ebpf.Map `ebpf:"hists"`
+	PktSeq      *ebpf.Map `ebpf:"pkt_seq"`
 	Stats       *ebpf.Map `ebpf:"stats"`
 }
 
@@ -298,6 +303,7 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterNetns,
 		m.HistZero,
 		m.Hists,
+		m.PktSeq,
 		m.Stats,
 	)
 }
@@ -308,7 +314,7 @@ func (m *HoptraceMaps) Close() error {
 type HoptraceVariables struct {
 	FilterFlags *ebpf.Variable `ebpf:"filter_flags"`
 	Mode        *ebpf.Variable `ebpf:"mode"`
-	NextPktId   *ebpf.Variable `ebpf:"next_pkt_id"`
+	NrCpus      *ebpf.Variable `ebpf:"nr_cpus"`
 	StaleNs     *ebpf.Variable `ebpf:"stale_ns"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFlag  *ebpf.Variable `ebpf:"unused_flag"`
@@ -326,6 +332,7 @@ type HoptracePrograms struct {
 	OnConsumeSkb           *ebpf.Program `ebpf:"on_consume_skb"`
 	OnConsumeSkbNoloc      *ebpf.Program `ebpf:"on_consume_skb_noloc"`
 	OnKfreeSkb             *ebpf.Program `ebpf:"on_kfree_skb"`
+	OnKfreeSkbNoreason     *ebpf.Program `ebpf:"on_kfree_skb_noreason"`
 	OnNapiGroReceiveEntry  *ebpf.Program `ebpf:"on_napi_gro_receive_entry"`
 	OnNetDevQueue          *ebpf.Program `ebpf:"on_net_dev_queue"`
 	OnNetDevStartXmit      *ebpf.Program `ebpf:"on_net_dev_start_xmit"`
@@ -340,6 +347,7 @@ func (p *HoptracePrograms) Close() error {
 		p.OnConsumeSkb,
 		p.OnConsumeSkbNoloc,
 		p.OnKfreeSkb,
+		p.OnKfreeSkbNoreason,
 		p.OnNapiGroReceiveEntry,
 		p.OnNetDevQueue,
 		p.OnNetDevStartXmit,

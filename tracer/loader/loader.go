@@ -19,7 +19,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 // Mode selects what the programs do with an observation.
@@ -82,7 +81,7 @@ type Tracer struct {
 	progs      []*ebpf.Program
 	links      []link.Link
 	hooks      []Hook
-	consumeLoc bool
+	chosenProg []Program
 	ringBytes  int
 }
 
@@ -147,32 +146,30 @@ func Load(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
 
-	// consume_skb gained its location argument in 6.3: keep the variant this kernel can run.
-	consumeLoc := false
-	if n, err := kernel.TracepointArgs(kspec, "consume_skb"); err == nil && n >= 2 {
-		consumeLoc = true
+	// Each hook's program variant that this kernel's tracepoint can feed
+	// (kfree_skb's reason came in 5.17, consume_skb's location in 6.3).
+	progs, err := ChoosePrograms(kspec, hooks)
+	if err != nil {
+		return nil, err
 	}
-	if consumeLoc {
-		delete(spec.Programs, "on_consume_skb_noloc")
-	} else {
-		delete(spec.Programs, "on_consume_skb")
-	}
-	// Load only the programs of the hooks asked for.
 	wanted := map[string]bool{}
-	for _, h := range hooks {
-		name, err := programName(h, consumeLoc)
-		if err != nil {
-			return nil, err
-		}
-		wanted[name] = true
+	for _, p := range progs {
+		wanted[p.Name] = true
 	}
 	for name := range spec.Programs {
 		if !wanted[name] {
 			delete(spec.Programs, name)
 		}
 	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	if err := spec.Variables["nr_cpus"].Set(uint32(ncpu)); err != nil {
+		return nil, fmt.Errorf("set nr_cpus: %w", err)
+	}
 
-	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring}
+	t := &Tracer{hooks: hooks, chosenProg: progs, ringBytes: ring}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kspec},
 	})
@@ -183,55 +180,18 @@ func Load(opts Options) (*Tracer, error) {
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
 	}
-	for _, h := range hooks {
-		name, _ := programName(h, consumeLoc)
-		prog := coll.Programs[name]
-		delete(coll.Programs, name)
+	for _, p := range progs {
+		prog := coll.Programs[p.Name]
+		delete(coll.Programs, p.Name)
 		t.progs = append(t.progs, prog)
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			t.Close()
-			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", name, tracepointName(h), err)
+			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", p.Name, p.Tracepoint, err)
 		}
 		t.links = append(t.links, l)
 	}
 	return t, nil
-}
-
-// programName maps a hook to its program in the object.
-func programName(h Hook, consumeLoc bool) (string, error) {
-	switch h {
-	case event.HookNetDevQueue:
-		return "on_net_dev_queue", nil
-	case event.HookNetDevStartXmit:
-		return "on_net_dev_start_xmit", nil
-	case event.HookNetDevXmit:
-		return "on_net_dev_xmit", nil
-	case event.HookNetifRx:
-		return "on_netif_rx", nil
-	case event.HookGROReceive:
-		return "on_napi_gro_receive_entry", nil
-	case event.HookNetifReceiveSkb:
-		return "on_netif_receive_skb", nil
-	case event.HookKfreeSkb:
-		return "on_kfree_skb", nil
-	case event.HookConsumeSkb:
-		if consumeLoc {
-			return "on_consume_skb", nil
-		}
-		return "on_consume_skb_noloc", nil
-	case event.HookCopyDatagram:
-		return "on_skb_copy_datagram_iovec", nil
-	}
-	return "", fmt.Errorf("unknown hook %d", h)
-}
-
-func tracepointName(h Hook) string {
-	n, err := programName(h, true)
-	if err != nil {
-		return "?"
-	}
-	return n[len("on_"):]
 }
 
 // loadError turns a load failure into one clear sentence, printing the
@@ -251,8 +211,27 @@ func loadError(err error) error {
 	return fmt.Errorf("load BPF programs: %w", err)
 }
 
-// ConsumeHasLocation reports which consume_skb program variant was loaded.
-func (t *Tracer) ConsumeHasLocation() bool { return t.consumeLoc }
+// ConsumeHasLocation reports whether the consume_skb program loaded
+// receives the caller's address (6.3+).
+func (t *Tracer) ConsumeHasLocation() bool {
+	return t.program(event.HookConsumeSkb) == "on_consume_skb"
+}
+
+// DropHasReason reports whether the kfree_skb program loaded receives the
+// drop reason (5.17+); without it drops carry only the dropping function.
+func (t *Tracer) DropHasReason() bool { return t.program(event.HookKfreeSkb) == "on_kfree_skb" }
+
+// Programs returns the program loaded for each hook, in Hooks order.
+func (t *Tracer) Programs() []Program { return append([]Program(nil), t.chosenProg...) }
+
+func (t *Tracer) program(h Hook) string {
+	for _, p := range t.chosenProg {
+		if p.Hook == h {
+			return p.Name
+		}
+	}
+	return ""
+}
 
 // Hooks returns the hooks attached.
 func (t *Tracer) Hooks() []Hook { return t.hooks }
