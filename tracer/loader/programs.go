@@ -37,12 +37,12 @@ var hookPrograms = map[Hook]struct {
 	// kfree_skb(skb, location, reason) since 5.17, (skb, location) before.
 	event.HookKfreeSkb: {"kfree_skb", []variant{
 		{"on_kfree_skb", 3, ""},
-		{"on_kfree_skb_noreason", 2, "drop reason (kfree_skb passes none before Linux 5.17)"},
+		{"on_kfree_skb_noreason", 2, "no drop reason (kfree_skb passes none before Linux 5.17; the dropping function is named)"},
 	}},
 	// consume_skb(skb, location) since 6.3, (skb) before.
 	event.HookConsumeSkb: {"consume_skb", []variant{
 		{"on_consume_skb", 2, ""},
-		{"on_consume_skb_noloc", 1, "caller (consume_skb passes no location before Linux 6.3)"},
+		{"on_consume_skb_noloc", 1, "no caller (consume_skb passes no location before Linux 6.3)"},
 	}},
 	event.HookCopyDatagram: {"skb_copy_datagram_iovec", []variant{{"on_skb_copy_datagram_iovec", 2, ""}}},
 }

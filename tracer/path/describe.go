@@ -30,10 +30,14 @@ type Symbolizer interface {
 	Name(addr uint64) string
 }
 
-// DropNamer names drop reasons.
+// DropNamer names drop reasons; "" when the kernel has none (before 5.17).
 type DropNamer interface {
 	Name(reason uint32) string
 }
+
+// NoDropReason is what a path's end says for a drop on a kernel without
+// drop reasons: kfree_skb passes only the dropping function before 5.17.
+const NoDropReason = "no reason on this kernel"
 
 // Path is one packet's journey. Its JSON form is hoptrace's stable output
 // contract (see the README); add fields, never rename or remove them.
@@ -338,7 +342,11 @@ func (d *Describer) verdict(p *Path) {
 		if dropped.Ifname != "" {
 			where += " " + dropped.Ifname
 		}
-		p.End = fmt.Sprintf("dropped in %s: %s", where, dropped.Reason)
+		reason := dropped.Reason
+		if reason == "" {
+			reason = NoDropReason
+		}
+		p.End = fmt.Sprintf("dropped in %s: %s", where, reason)
 		if dropped.Location != "" {
 			p.End += " at " + dropped.Location
 		}
