@@ -111,7 +111,10 @@ var hookOrder = []string{
 }
 
 // Run probes the kernel and this process. It leaves nothing loaded.
-func Run() *Report {
+func Run() *Report { return run(loader.Check) }
+
+// run is Run with the load check given (tests make it fail).
+func run(check func(loader.Mode) ([]loader.Program, error)) *Report {
 	r := &Report{}
 	rel, v, err := kernel.Release()
 	r.Release, r.Version = rel, v.String()
@@ -133,6 +136,7 @@ func Run() *Report {
 	add(GroupKernel, true, kernel.ProbeBTF())
 	add(GroupKernel, true, kernel.ProbeRingBuf())
 	drops := add(GroupKernel, false, kernel.ProbeDropReasons())
+	add(GroupKernel, false, kernel.ProbeKfreeSkbReason())
 	loc := kernel.ProbeConsumeSkbLocation()
 	add(GroupKernel, false, loc)
 
@@ -160,7 +164,7 @@ func Run() *Report {
 		{"programs_events", loader.ModeEvents, "trace and verify"},
 		{"programs_latency", loader.ModeLatency, "latency"},
 	} {
-		progs, err := loader.Check(m.mode)
+		progs, err := check(m.mode)
 		p := kernel.Probe{Name: m.name, Available: err == nil}
 		if err != nil {
 			p.Detail = "hoptrace's programs for " + m.what + " do not load: " + strings.SplitN(err.Error(), "\n", 2)[0]
@@ -288,6 +292,7 @@ var checkTitles = map[string]string{
 	"ringbuf":              "ring buffer",
 	"drop_reasons":         "drop reasons",
 	"consume_skb_location": "consume_skb location",
+	"kfree_skb_reason":     "kfree_skb reason",
 	"programs_events":      "trace programs",
 	"programs_latency":     "latency programs",
 	"kprobe":               "kprobes",

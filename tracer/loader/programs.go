@@ -56,7 +56,7 @@ var AllHooks = []Hook{
 
 // Program is the program chosen for one hook on this kernel.
 type Program struct {
-	Hook       Hook   `json:"-"`
+	Hook       Hook   `json:"hook"`
 	Tracepoint string `json:"tracepoint"`
 	Name       string `json:"program"`
 	// Args is the number of arguments the tracepoint passes on this kernel
