@@ -383,6 +383,10 @@ func ProbeKfreeSkbReason() Probe {
 // them; the probe says why.
 func ProbeAtomicFetch() Probe {
 	const name = "atomic_fetch"
+	fetchAdd := asm.FetchAdd.Mem(asm.R1, asm.R2, asm.DWord, 0)
+	// The operation travels in the immediate; set it here too, since the
+	// encoder takes the immediate from Constant.
+	fetchAdd.Constant = int64(asm.FetchAdd >> 8)
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: ProbeProgPrefix + "afetch",
 		Type: ebpf.SocketFilter,
@@ -392,7 +396,7 @@ func ProbeAtomicFetch() Probe {
 			asm.Mov.Reg(asm.R1, asm.R10),
 			asm.Add.Imm(asm.R1, -8),
 			asm.Mov.Imm(asm.R2, 1),
-			asm.FetchAdd.Mem(asm.R1, asm.R2, asm.DWord, 0),
+			fetchAdd,
 			asm.Mov.Imm(asm.R0, 0),
 			asm.Return(),
 		},
