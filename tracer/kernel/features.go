@@ -344,37 +344,36 @@ func ProbeDropReasons() Probe {
 // ProbeConsumeSkbLocation reports whether the consume_skb tracepoint
 // passes the caller's address (location), added in 6.3.
 func ProbeConsumeSkbLocation() Probe {
-	const name = "consume_skb_location"
-	spec, err := KernelBTF()
-	if err != nil {
-		return missing(name, "no kernel BTF to read the consume_skb tracepoint from", err)
-	}
-	n, err := TracepointArgs(spec, "consume_skb")
-	if err != nil {
-		return missing(name, oneLine(err), err)
-	}
-	if n >= 2 {
-		return ok(name, fmt.Sprintf("consume_skb passes %d arguments (skb, location)", n))
-	}
-	return missing(name, fmt.Sprintf("consume_skb passes %d argument (skb only; location came in Linux 6.3)", n), nil)
+	return probeTracepointArgs("consume_skb_location", "consume_skb", 2,
+		"(skb, location)", "(skb only; location came in Linux 6.3)")
 }
 
 // ProbeKfreeSkbReason reports whether the kfree_skb tracepoint passes the
 // drop reason, added in 5.17 (before, only skb and location).
 func ProbeKfreeSkbReason() Probe {
-	const name = "kfree_skb_reason"
+	return probeTracepointArgs("kfree_skb_reason", "kfree_skb", 3,
+		"(skb, location, reason)", "(skb, location; the reason came in Linux 5.17): drops are named by the dropping function only")
+}
+
+// probeTracepointArgs reports whether tracepoint passes at least want
+// arguments, from its prototype in kernel BTF; with and without say which.
+func probeTracepointArgs(name, tracepoint string, want int, with, without string) Probe {
 	spec, err := KernelBTF()
 	if err != nil {
-		return missing(name, "no kernel BTF to read the kfree_skb tracepoint from", err)
+		return missing(name, "no kernel BTF to read the "+tracepoint+" tracepoint from", err)
 	}
-	n, err := TracepointArgs(spec, "kfree_skb")
+	n, err := TracepointArgs(spec, tracepoint)
 	if err != nil {
 		return missing(name, oneLine(err), err)
 	}
-	if n >= 3 {
-		return ok(name, fmt.Sprintf("kfree_skb passes %d arguments (skb, location, reason)", n))
+	args := "arguments"
+	if n == 1 {
+		args = "argument"
 	}
-	return missing(name, fmt.Sprintf("kfree_skb passes %d arguments (skb, location; the reason came in Linux 5.17): drops are named by the dropping function only", n), nil)
+	if n >= want {
+		return ok(name, fmt.Sprintf("%s passes %d %s %s", tracepoint, n, args, with))
+	}
+	return missing(name, fmt.Sprintf("%s passes %d %s %s", tracepoint, n, args, without), nil)
 }
 
 // ProbeAtomicFetch loads a socket filter doing an atomic fetch-and-add on

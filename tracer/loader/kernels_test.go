@@ -36,6 +36,41 @@ func kernelVersion(t *testing.T) (string, kernel.Version) {
 	return rel, v
 }
 
+// loadEvents loads the default hooks in events mode with a reader on the
+// ring buffer; both are closed when the test ends.
+func loadEvents(t *testing.T) (*loader.Tracer, *ringbuf.Reader) {
+	t.Helper()
+	tr, err := loader.Load(loader.Options{})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	return tr, rd
+}
+
+// nextEvent reads one event, or reports false when none came within wait.
+func nextEvent(t *testing.T, rd *ringbuf.Reader, wait time.Duration) (event.Event, bool) {
+	t.Helper()
+	var e event.Event
+	rd.SetDeadline(time.Now().Add(wait))
+	rec, err := rd.Read()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return e, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := event.Decode(rec.RawSample, &e); err != nil {
+		t.Fatal(err)
+	}
+	return e, true
+}
+
 // variantsFor is the program each hook must get on kernel v.
 func variantsFor(v kernel.Version) map[event.Hook]string {
 	want := map[event.Hook]string{
@@ -105,16 +140,7 @@ func TestVariantsForThisKernel(t *testing.T) {
 func TestDropLocationAndReason(t *testing.T) {
 	privtest.RequireRoot(t)
 	rel, v := kernelVersion(t)
-	tr, err := loader.Load(loader.Options{})
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer tr.Close()
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	_, rd := loadEvents(t)
 
 	// A port nobody listens on: bound, then released.
 	l, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -135,19 +161,8 @@ func TestDropLocationAndReason(t *testing.T) {
 	for drop == nil && time.Now().Before(deadline) {
 		c.Write([]byte("hoptrace drop"))
 		for end := time.Now().Add(300 * time.Millisecond); drop == nil && time.Now().Before(end); {
-			rd.SetDeadline(time.Now().Add(50 * time.Millisecond))
-			rec, err := rd.Read()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var e event.Event
-			if err := event.Decode(rec.RawSample, &e); err != nil {
-				t.Fatal(err)
-			}
-			if event.Hook(e.Hook) == event.HookKfreeSkb && e.Meta.L4Proto == event.ProtoUDP &&
+			e, ok := nextEvent(t, rd, 50*time.Millisecond)
+			if ok && event.Hook(e.Hook) == event.HookKfreeSkb && e.Meta.L4Proto == event.ProtoUDP &&
 				e.Meta.Sport == sport && e.Meta.Dport == uint16(dst.Port) {
 				drop = &e
 			}
@@ -191,16 +206,7 @@ func TestPacketIDsUniqueAcrossCPUs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := loader.Load(loader.Options{})
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer tr.Close()
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	_, rd := loadEvents(t)
 
 	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -243,17 +249,9 @@ func TestPacketIDsUniqueAcrossCPUs(t *testing.T) {
 	cpus := map[uint16]bool{}
 	ours := 0
 	for {
-		rd.SetDeadline(time.Now().Add(500 * time.Millisecond))
-		rec, err := rd.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		e, ok := nextEvent(t, rd, 500*time.Millisecond)
+		if !ok {
 			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var e event.Event
-		if err := event.Decode(rec.RawSample, &e); err != nil {
-			t.Fatal(err)
 		}
 		if e.Flags&event.FlagNew == 0 {
 			continue // a later sighting of a packet already counted
