@@ -70,8 +70,8 @@ func startLatency(t *testing.T, cfg latency.Config) *session {
 	case <-ready:
 	case <-s.done:
 		t.Fatalf("latency session ended before it was ready: %v", s.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("latency session not ready after 20s")
+	case <-time.After(privtest.ReadyTimeout()):
+		t.Fatalf("latency session not ready after %v", privtest.ReadyTimeout())
 	}
 	t.Cleanup(func() { s.cancel(); <-s.done; names.Close() })
 	return s

@@ -52,8 +52,8 @@ func startTrace(t *testing.T, cfg trace.Config) *session {
 	case <-ready:
 	case <-s.done:
 		t.Fatalf("trace ended before it was ready: %v", s.err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("trace not ready after 20s")
+	case <-time.After(privtest.ReadyTimeout()):
+		t.Fatalf("trace not ready after %v", privtest.ReadyTimeout())
 	}
 	t.Cleanup(func() { s.stop() })
 	return s

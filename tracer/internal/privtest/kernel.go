@@ -1,7 +1,9 @@
 package privtest
 
 import (
+	"os"
 	"testing"
+	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
@@ -21,4 +23,15 @@ func DropReason(t testing.TB, reason string) string {
 		return ""
 	}
 	return reason
+}
+
+// ReadyTimeout bounds the wait for a trace or latency session to load and
+// attach its programs: 20 s on a host, 90 s inside a kernel-matrix VM, where
+// the verifier runs under software emulation (tens of seconds for the
+// latency programs on 5.10 when the machine is busy).
+func ReadyTimeout() time.Duration {
+	if os.Getenv("HOPTRACE_VM") != "" {
+		return 90 * time.Second
+	}
+	return 20 * time.Second
 }
