@@ -229,6 +229,9 @@ func TestDoctorOnThisKernel(t *testing.T) {
 // when every tracepoint probe passes.
 func TestVerdictFollowsTheLoad(t *testing.T) {
 	privtest.RequireRoot(t)
+	if os.Getenv("HOPTRACE_VM") != "" {
+		t.Skip("SKIP: the verdict logic is the same on every kernel (the host row runs it); the real load is TestDoctorOnThisKernel's")
+	}
 	refused := errors.New("the kernel's verifier rejected a hoptrace program: BPF_STX uses reserved fields")
 	r := run(func(loader.Mode) ([]loader.Program, error) { return nil, refused })
 	var text bytes.Buffer

@@ -93,20 +93,24 @@ func variantsFor(v kernel.Version) map[event.Hook]string {
 	return want
 }
 
-// The variants loaded are the ones for this kernel's version, and the
-// kernel holds exactly those programs.
-func TestVariantsForThisKernel(t *testing.T) {
+// One load serves the per-kernel checks (each load verifies the programs
+// again: tens of seconds under emulation in the kernel-matrix VMs).
+func TestOnThisKernel(t *testing.T) {
 	privtest.RequireRoot(t)
 	rel, v := kernelVersion(t)
-	tr, err := loader.Load(loader.Options{Hooks: loader.AllHooks})
-	if err != nil {
-		t.Fatalf("load on %s: %v", rel, err)
-	}
-	defer tr.Close()
+	tr, rd := loadEvents(t)
+	t.Run("variants", func(t *testing.T) { checkVariants(t, tr, rel, v) })
+	t.Run("drop", func(t *testing.T) { checkDrop(t, rd, rel, v) })
+	t.Run("packet_ids", func(t *testing.T) { checkPacketIDs(t, rd) })
+}
+
+// The variants loaded are the ones for this kernel's version, and the
+// kernel holds exactly those programs.
+func checkVariants(t *testing.T, tr *loader.Tracer, rel string, v kernel.Version) {
 	want := variantsFor(v)
 	progs := tr.Programs()
-	if len(progs) != len(loader.AllHooks) {
-		t.Fatalf("%d programs, want %d", len(progs), len(loader.AllHooks))
+	if n := len(loader.HopHooks) + len(loader.EndHooks); len(progs) != n {
+		t.Fatalf("%d programs, want %d", len(progs), n)
 	}
 	loaded := map[string]bool{}
 	for _, id := range privtest.ProgramsOf(t, os.Getpid()) {
@@ -137,10 +141,7 @@ func TestVariantsForThisKernel(t *testing.T) {
 // A datagram to a closed UDP port is dropped by the UDP receive path: the
 // drop names that function (kfree_skb's location, through kallsyms) on every
 // kernel, and carries NO_SOCKET from 5.17, no reason before.
-func TestDropLocationAndReason(t *testing.T) {
-	privtest.RequireRoot(t)
-	rel, v := kernelVersion(t)
-	_, rd := loadEvents(t)
+func checkDrop(t *testing.T, rd *ringbuf.Reader, rel string, v kernel.Version) {
 
 	// A port nobody listens on: bound, then released.
 	l, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -199,14 +200,11 @@ func TestDropLocationAndReason(t *testing.T) {
 
 // Packet ids are seq*nr_cpus + cpu + 1: never 0, never repeated, whichever
 // CPU made them.
-func TestPacketIDsUniqueAcrossCPUs(t *testing.T) {
-	privtest.RequireRoot(t)
-	kernelVersion(t)
+func checkPacketIDs(t *testing.T, rd *ringbuf.Reader) {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rd := loadEvents(t)
 
 	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
