@@ -51,14 +51,15 @@ type Plan struct {
 	// "on_consume_skb_noloc".
 	ConsumeSkbProgram string `json:"consume_skb_program"`
 	ConsumeSkb        string `json:"consume_skb"`
+	FunctionHooks     string `json:"function_hooks"`
+	DropReasons       string `json:"drop_reasons"`
+	Containers        string `json:"containers"`
+
 	// KfreeSkbProgram is the kfree_skb variant: "on_kfree_skb" (with the
 	// drop reason, 5.17+) or "on_kfree_skb_noreason".
 	KfreeSkbProgram string `json:"kfree_skb_program"`
 	// Lacks lists what events miss on this kernel, from the variants chosen.
-	Lacks         []string `json:"lacks,omitempty"`
-	FunctionHooks string   `json:"function_hooks"`
-	DropReasons   string   `json:"drop_reasons"`
-	Containers    string   `json:"containers"`
+	Lacks []string `json:"lacks,omitempty"`
 }
 
 // Report is the doctor's result.
@@ -166,10 +167,13 @@ func run(check func(loader.Mode) ([]loader.Program, error)) *Report {
 	} {
 		progs, err := check(m.mode)
 		p := kernel.Probe{Name: m.name, Available: err == nil}
-		if err != nil {
+		switch {
+		case err != nil && !privOK:
+			p.Detail = "not loaded without privileges: " + strings.SplitN(err.Error(), "\n", 2)[0]
+			p.Denied = true
+		case err != nil:
 			p.Detail = "hoptrace's programs for " + m.what + " do not load: " + strings.SplitN(err.Error(), "\n", 2)[0]
-			p.Denied = !privOK
-		} else {
+		default:
 			names := make([]string, len(progs))
 			for i, pr := range progs {
 				names[i] = pr.Name
