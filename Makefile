@@ -4,13 +4,17 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin/hoptrace
 GOFLAGS_TEST ?= -count=1
+# hoptrace --version: the nearest tag (or the commit) and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.buildVersion=$(VERSION) -X main.buildCommit=$(COMMIT)
 
 .PHONY: all build generate check-generated setup test test-kernels demo bench bench-scale clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/hoptrace
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hoptrace
 
 # Regenerates bpf/vmlinux.h-based objects and Go bindings (needs clang-19, libbpf-dev).
 generate:

@@ -5,4 +5,4 @@
 // and the bindings are committed so that `go install` needs no clang.
 package hoptrace
 
-//go:generate go tool bpf2go -cc clang-19 -target bpfel -go-package bpfobj -output-dir tracer/bpfobj -type event -type pkt_meta -type hook -type event_flag -type stat_counter -type hop_key -type hop_pair -type hist -type dev_key Hoptrace bpf/hoptrace.bpf.c -- -I./bpf -O2 -g -Wall -Werror -ffile-prefix-map=$PWD=.
+//go:generate go tool bpf2go -cc clang-19 -target bpfel -go-package bpfobj -output-dir tracer/bpfobj -type event -type pkt_meta -type hook -type event_flag -type stat_counter -type hop_key -type hop_pair -type hist -type dev_key -type run_mode -type filter_flag -type frame_snap Hoptrace bpf/hoptrace.bpf.c -- -I./bpf -O2 -g -Wall -Werror -ffile-prefix-map=$PWD=.

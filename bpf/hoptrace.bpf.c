@@ -28,13 +28,14 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
 #define ARPHRD_ETHER 1
+#define ARPHRD_LOOPBACK 772
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define IPPROTO_ICMPV6_ 58
 #define MAC_HEADER_UNSET ((__u16)~0U)
 
-enum mode {
+enum run_mode {
 	MODE_EVENTS = 0,  /* every observation goes to the ring buffer */
 	MODE_LATENCY = 1, /* hop-to-hop deltas go to in-kernel histograms */
 };
@@ -50,6 +51,8 @@ volatile const __u32 mode = MODE_EVENTS;
 volatile const __u32 filter_flags = 0;
 volatile const __u64 stale_ns = 1000000000ULL;  /* a hop this much later is a new packet */
 volatile const __u64 wakeup_bytes = 1 << 20;     /* wake the reader past this much data */
+volatile const __u32 expr_filter = 0; /* a filter expression's program replaces pcap_filter's body */
+volatile const __u32 snap_len = 0;    /* a packet capture: bytes of each frame after each event */
 
 struct pkt_track {
 	__u64 pkt_id;
@@ -148,6 +151,9 @@ const enum event_flag *unused_flag __attribute__((unused));
 const enum stat_counter *unused_stat __attribute__((unused));
 const struct hop_pair *unused_pair __attribute__((unused));
 const struct hist *unused_hist __attribute__((unused));
+const struct frame_snap *unused_snap __attribute__((unused));
+const enum run_mode *unused_mode __attribute__((unused));
+const enum filter_flag *unused_filter __attribute__((unused));
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -360,6 +366,75 @@ static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pk
 	return false;
 }
 
+/*
+ * The frame as the device holds it, from its Ethernet header: the address of
+ * its first byte (0 if the device has no Ethernet header or none is set), the
+ * bytes readable there (the linear part) and its length on the wire.
+ */
+static __always_inline __u64 frame_at(struct sk_buff *skb, struct net_device *dev, __u32 *linear, __u32 *wire)
+{
+	__u16 mac = skb->mac_header;
+	if (mac == MAC_HEADER_UNSET || !dev || (dev->type != ARPHRD_ETHER && dev->type != ARPHRD_LOOPBACK))
+		return 0;
+	unsigned char *head = skb->head;
+	__u32 data = skb->data - head;
+	__u32 tail = skb->tail;
+	if (data < mac || tail < mac)
+		return 0;
+	*wire = skb->len + (data - mac);
+	*linear = tail - mac < *wire ? tail - mac : *wire;
+	return (__u64)head + mac;
+}
+
+/*
+ * The filter expression (tcpdump's language, compiled by libpcap to classic
+ * BPF and translated by tracer/pktfilter) replaces this body at load time.
+ * Arguments: the frame's address, the bytes readable there, its wire length.
+ * Nonzero: the frame matches. The placeholder only keeps every argument live.
+ */
+static __noinline __u32 pcap_filter(__u64 frame, __u64 linear, __u64 wire)
+{
+	return frame != linear && linear != wire;
+}
+
+/* Whether the frame matches the filter expression (called only with one). */
+static __always_inline bool expr_matches(struct sk_buff *skb, struct net_device *dev)
+{
+	__u32 linear = 0, wire = 0;
+	__u64 frame = frame_at(skb, dev, &linear, &wire);
+	return frame && pcap_filter(frame, linear, wire);
+}
+
+/* Copies the frame's first snap_len bytes after an event (packet capture). */
+static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, struct net_device *dev)
+{
+	__u32 linear = 0, wire = 0;
+	__u64 frame = frame_at(skb, dev, &linear, &wire);
+	s->l3 = 0;
+	s->pad = 0;
+	if (!frame) {
+		/* no link-layer header: from the network header on */
+		unsigned char *head = skb->head;
+		__u32 data = skb->data - head;
+		__u32 tail = skb->tail;
+		__u16 nh = skb->network_header;
+		if (nh != 0 && nh != MAC_HEADER_UNSET && tail >= nh && data <= nh + skb->len) {
+			wire = skb->len + data - nh;
+			linear = tail - nh < wire ? tail - nh : wire;
+			frame = (__u64)head + nh;
+			s->l3 = 1;
+		}
+	}
+	__u64 n = frame ? linear : 0;
+	__u64 max = snap_len;
+	/* n = min(n, max) in the register the helper gets, so the verifier sees the bound */
+	asm volatile("if %[n] <= %[max] goto +1\n\t%[n] = %[max]" : [n] "+r"(n) : [max] "r"(max));
+	s->len = wire;
+	s->caplen = n;
+	if (n)
+		bpf_probe_read_kernel((void *)(s + 1), n, (void *)frame);
+}
+
 /* ---- latency histograms ---- */
 
 static __always_inline __u32 log2_u64(__u64 v)
@@ -481,6 +556,9 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	/* namespace/device filters need no header parsing to say no */
 	if (untracked && filter_flags && !(filter_flags & FILTER_ADDR) && !selected(cur.netns, cur.ifindex, &meta))
 		return 0;
+	/* so does a filter expression: an untracked packet it rejects costs one run */
+	if (untracked && expr_filter && !expr_matches(skb, dev))
+		return 0;
 
 	parse(skb, dev, &meta);
 	__u64 fp = fingerprint(&meta);
@@ -509,7 +587,8 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			prev_ts = h->last_ts;
 			flags |= EVENT_F_CLONE;
 		} else {
-			if (end || !selected(cur.netns, cur.ifindex, &meta))
+			if (end || !selected(cur.netns, cur.ifindex, &meta) ||
+			    (!untracked && expr_filter && !expr_matches(skb, dev)))
 				return 0;
 			pkt_id = new_pkt_id();
 			if (!pkt_id)
@@ -543,7 +622,8 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			hist_add(&prev, &to, now - prev_ts);
 		}
 	} else {
-		struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		__u64 size = sizeof(struct event) + (snap_len ? sizeof(struct frame_snap) + snap_len : 0);
+		struct event *e = bpf_ringbuf_reserve(&events, size, 0);
 		if (!e) {
 			stat_inc(STAT_LOST);
 		} else {
@@ -566,6 +646,13 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			else
 				__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 			e->meta = meta;
+			if (snap_len) {
+				struct frame_snap *s = (void *)(e + 1);
+				if (end)
+					s->caplen = s->len = s->l3 = s->pad = 0;
+				else
+					snapshot(s, skb, dev);
+			}
 			/*
 			 * The reader polls every few milliseconds; a wake-up is only
 			 * for a burst that could fill the ring before then. Wake once,
@@ -573,7 +660,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			 * every record while the reader lags costs microseconds each.
 			 */
 			__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-			__u64 rec = (sizeof(*e) + 8 + 7) & ~7ULL; /* record and its header */
+			__u64 rec = (size + 8 + 7) & ~7ULL; /* record and its header */
 			__u64 wake = avail >= wakeup_bytes && avail < wakeup_bytes + rec ? BPF_RB_FORCE_WAKEUP
 											  : BPF_RB_NO_WAKEUP;
 			bpf_ringbuf_submit(e, wake);

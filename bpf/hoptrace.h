@@ -70,6 +70,18 @@ struct event {
 	struct pkt_meta meta;
 };
 
+/*
+ * With a packet capture (snap_len > 0), every event record is followed by
+ * this header and snap_len bytes: the frame's first bytes as the kernel held
+ * them at that hook (the headers; never more than snap_len).
+ */
+struct frame_snap {
+	__u32 len;    /* the frame's length from its first byte (wire length) */
+	__u16 caplen; /* bytes captured, at most snap_len */
+	__u8 l3;      /* 1: starts at the network header (no link-layer header) */
+	__u8 pad;
+};
+
 /* Key of a device: ifindex values repeat across namespaces. */
 struct dev_key {
 	__u32 netns;

@@ -6,10 +6,13 @@ set -euo pipefail
 
 packages=(
 	clang-19 llvm-19 libbpf-dev bpftool   # make generate
+	libc6-dev                             # TestBucketMatchesC builds hist_bucket() with clang-19
 	docker.io busybox-static              # Docker tests and the demo image
 	iproute2 iptables nftables            # test topologies, drop rules
-	iperf3 tcpdump                        # benchmarks
-	graphviz                              # topology --format dot is rendered in tests
+	iperf3 tcpdump                        # benchmarks; tcpdump compiles filter expressions
+	tshark                                # pcapng (-w) tests read the capture with it
+	graphviz                              # topology -o dot is rendered in tests
+	zsh                                   # the zsh completion script is syntax-checked
 	qemu-system-x86 xz-utils zstd binutils # make test-kernels
 )
 missing=()
@@ -25,5 +28,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# tshark's wireshark-common asks whether to install dumpcap setuid: no.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -127,7 +127,7 @@ func bench(args []string) error {
 		if err != nil {
 			return fmt.Errorf("benchmark network: %w", err)
 		}
-		nt.DisableIPv6()
+		disableIPv6(nt)
 		fmt.Fprintf(log, "network: bridge %s, %s %s, %s %s\n", nt.Bridge, nt.Hosts[0].Name, nt.Hosts[0].Addr, nt.Hosts[1].Name, nt.Hosts[1].Addr)
 		copts := CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, BPFStats: *bpfStats, Log: log}
 		if *perf {

@@ -48,13 +48,13 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 	last := nt.Hosts[n-1]
 	gw := nt.Gateway.Addr()
 	firstPort, laterPort := uint16(9), uint16(10)
-	probe1, err := last.UDPSender(netip.AddrPortFrom(gw, firstPort))
+	probe1, err := udpSender(last, netip.AddrPortFrom(gw, firstPort))
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
 	defer probe1.Close()
-	probe2, err := last.UDPSender(netip.AddrPortFrom(gw, laterPort))
+	probe2, err := udpSender(last, netip.AddrPortFrom(gw, laterPort))
 	if err != nil {
 		r.Error = err.Error()
 		return r

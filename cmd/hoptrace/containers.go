@@ -8,11 +8,10 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
-	"github.com/hoptrace/hoptrace/tracer/trace"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 )
 
 func containerFlags() []cli.Flag {
@@ -76,7 +75,7 @@ func (cs *containerSupport) Annotator() resolve.Annotator {
 
 // Select adds the --container selection to a trace: the namespaces of the
 // selected containers now, and as they start and stop.
-func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error {
+func (cs *containerSupport) Select(ctx context.Context, cfg *selection.Selection) error {
 	if len(cs.refs) == 0 {
 		return nil
 	}
@@ -88,7 +87,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 		return err
 	}
 	cs.sel = sel
-	changes := make(chan trace.NetnsChange, 64)
+	changes := make(chan selection.NetnsChange, 64)
 	cfg.Dynamic = changes
 	fctx, cancel := context.WithCancel(ctx)
 	cs.cancel = cancel
@@ -121,7 +120,7 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *trace.Config) error
 					continue
 				}
 				select {
-				case changes <- trace.NetnsChange{Inode: inode, Selected: ch.Added}:
+				case changes <- selection.NetnsChange{Inode: inode, Selected: ch.Added}:
 				case <-fctx.Done():
 					return
 				}
@@ -156,9 +155,6 @@ func (cs *containerSupport) Close() error {
 
 // hostInode is the initial network namespace's inode.
 func hostInode() uint32 {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/1/ns/net", &st); err != nil {
-		return 0
-	}
-	return uint32(st.Ino)
+	ino, _ := resolve.NetnsInode("/proc/1/ns/net")
+	return ino
 }

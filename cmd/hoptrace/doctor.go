@@ -17,18 +17,17 @@ func doctorCommand() *cli.Command {
 			"attaches and unloads the very programs trace and latency use on this kernel.\n" +
 			"Exits 0 when hoptrace can run, 1 when something it needs is missing.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"},
+			outputFlag("text", "json"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usagef("doctor takes no arguments (got %q)", c.Args().First())
 			}
-			format := c.String("output")
-			if format != "text" && format != "json" {
-				return usagef("--output must be text or json, not %q", format)
+			format, err := outputFormat(c, "text", "json")
+			if err != nil {
+				return err
 			}
 			r := doctor.Run()
-			var err error
 			if format == "json" {
 				err = r.WriteJSON(os.Stdout)
 			} else {

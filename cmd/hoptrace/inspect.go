@@ -19,9 +19,10 @@ that the kernel can confirm is marked ✓; a mismatch (veth down, not on the
 bridge, wrong bridge, missing peer, address not configured) is marked ✗ and
 listed as a warning. Warnings do not change the exit status.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"},
+			outputFlag("text", "json"),
 		},
-		Action: runInspect,
+		BashComplete: completeContainers,
+		Action:       runInspect,
 	}
 }
 
@@ -29,9 +30,9 @@ func runInspect(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usagef("inspect takes one CONTAINER (name, ID or ID prefix)")
 	}
-	format := c.String("output")
-	if format != "text" && format != "json" {
-		return usagef("--output must be text or json, not %q", format)
+	format, err := outputFormat(c, "text", "json")
+	if err != nil {
+		return err
 	}
 	rt, err := docker.New(c.Context)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/urfave/cli/v2"
 
 	"github.com/hoptrace/hoptrace/tracer/kernel"
@@ -18,14 +17,15 @@ func latencyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "latency",
 		Usage:     "show hop-to-hop latency percentiles per hop pair, live, from in-kernel histograms",
-		ArgsUsage: " ",
+		ArgsUsage: "[EXPRESSION...]",
 		Description: `Measures, in the kernel, the time each packet spends between consecutive
 hops (a device's egress queue, its driver, the peer's backlog, the stack
 receive, the socket read) and prints every interval a table of hop pairs with
 count, p50, p90, p99, max and the pair's share of its path's total. Pairs are
 grouped into paths (first hop to last). Percentiles are exact to within 3.2%.
 Selection works as for trace: --netns, --container, --interface; none traces
-every namespace. --metrics-addr serves Prometheus metrics (loopback unless
+every namespace; a tcpdump filter EXPRESSION (and --proto, --host, --port)
+measures only the packets it matches. --metrics-addr serves Prometheus metrics (loopback unless
 another host is named).`,
 		Flags: append([]cli.Flag{
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "report every `D`"},
@@ -33,15 +33,12 @@ another host is named).`,
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per interval, the last one with \"final\": true)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at `HOST:PORT` (/metrics); an empty host means 127.0.0.1"},
 			&cli.BoolFlag{Name: "detail", Usage: "text output: add the mean, the tracepoints of each pair and every pair on no path"},
-		}, selectionFlags("measure")...),
+		}, append(selectionFlags("measure"), filterFlags()...)...),
 		Action: runLatency,
 	}
 }
 
 func runLatency(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("latency takes no arguments (got %q); use --netns, --container or --interface", c.Args().First())
-	}
 	w, err := latency.NewWriter(os.Stdout, c.String("output"))
 	if err != nil {
 		return usageError{err}
@@ -60,6 +57,10 @@ func runLatency(c *cli.Context) error {
 			return usagef("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9464", metricsAddr)
 		}
 	}
+	filter, err := packetFilter(c)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 
@@ -71,16 +72,17 @@ func runLatency(c *cli.Context) error {
 	names, sel := sc.names, sc.sel
 
 	cfg := latency.Config{
-		Netns:    sel.Netns,
-		Devices:  sel.Devices,
-		Dynamic:  sel.Dynamic,
-		Interval: interval,
-		Duration: c.Duration("duration"),
-		Report:   w.Write,
-		Drops:    latencyDropNames(),
+		Selection: sel,
+		Filter:    filter,
+		Interval:  interval,
+		Duration:  c.Duration("duration"),
+		Report:    w.Write,
+	}
+	if d := kernel.KernelDropReasons(); d != nil {
+		cfg.Drops = d
 	}
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s; Ctrl-C to stop\n", describeSelection(names, sel))
+		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s%s; Ctrl-C to stop\n", describeSelection(names, sel), describeFilter(filter))
 	}
 	var serveErr <-chan error
 	if metricsAddr != "" {
@@ -106,17 +108,4 @@ func runLatency(c *cli.Context) error {
 		<-runErr
 		return fmt.Errorf("metrics endpoint: %w", err)
 	}
-}
-
-// latencyDropNames reads this kernel's drop reason names, if it can.
-func latencyDropNames() latency.DropNamer {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return nil
-	}
-	d, err := kernel.LoadDropReasons(spec)
-	if err != nil {
-		return nil
-	}
-	return d
 }

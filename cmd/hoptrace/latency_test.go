@@ -2,16 +2,15 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 )
 
@@ -30,45 +29,6 @@ func TestLatencyUsageErrors(t *testing.T) {
 	}
 }
 
-// pairNetns builds a bridge and two named namespaces on it with iproute2
-// (10.233.X.0/24), removed when the test ends.
-func pairNetns(t *testing.T) (a, b, bAddr string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: privileged test needs root (network namespaces, BPF); run with sudo")
-	}
-	var rb [3]byte
-	rand.Read(rb[:])
-	sfx := hex.EncodeToString(rb[:])
-	x := int(rb[0])%200 + 20
-	br, a, b := "hlbr"+sfx, "hla"+sfx, "hlb"+sfx
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	t.Cleanup(func() {
-		exec.Command("ip", "netns", "del", a).Run()
-		exec.Command("ip", "netns", "del", b).Run()
-		exec.Command("ip", "link", "del", br).Run()
-		exec.Command("iptables", "-w", "-D", "FORWARD", "-i", br, "-o", br, "-j", "ACCEPT").Run()
-	})
-	sh("ip", "link", "add", br, "type", "bridge")
-	sh("ip", "link", "set", br, "up")
-	sh("iptables", "-w", "-I", "FORWARD", "-i", br, "-o", br, "-j", "ACCEPT")
-	for i, ns := range []string{a, b} {
-		veth := fmt.Sprintf("hlv%s%d", sfx, i)
-		sh("ip", "netns", "add", ns)
-		sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		sh("ip", "link", "set", veth, "master", br, "up")
-		sh("ip", "-n", ns, "addr", "add", fmt.Sprintf("10.233.%d.%d/24", x, i+2), "dev", "eth0")
-		sh("ip", "-n", ns, "link", "set", "eth0", "up")
-		sh("ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	return a, b, fmt.Sprintf("10.233.%d.3", x)
-}
-
 // TestLatencyCommandJSON runs the command on a throwaway pair of namespaces
 // and reads its JSON: one object per interval, the last one final, with the
 // traffic's pairs in it.
@@ -76,11 +36,9 @@ func TestLatencyCommandJSON(t *testing.T) {
 	if os.Getenv("HOPTRACE_VM") != "" {
 		t.Skip("SKIP: interval timing under software emulation (kernel-matrix VM) is not meaningful")
 	}
-	a, b, bAddr := pairNetns(t)
-	iperf, err := exec.LookPath("iperf3")
-	if err != nil {
-		t.Skip("SKIPPED: iperf3 not installed")
-	}
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b, bAddr := topo.Hosts[0].Name, topo.Hosts[1].Name, topo.Hosts[1].Addr.Addr().String()
+	iperf := privtest.Tool(t, "iperf3", "iperf3")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", b, iperf, "-s", "-1", "-B", bAddr)

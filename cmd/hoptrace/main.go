@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 )
 
@@ -31,8 +34,9 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:                 "hoptrace",
 		Usage:                "trace packets from containers across veth pairs and bridges, hop by hop",
+		Version:              version(),
 		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			traceCommand(),
 			latencyCommand(),
@@ -40,8 +44,10 @@ func newApp() *cli.App {
 			inspectCommand(),
 			topologyCommand(),
 			verifyCommand(),
+			completionCommand(),
 		},
 		OnUsageError: onUsageError,
+		Writer:       os.Stdout,
 	}
 	for _, c := range app.Commands {
 		if c.OnUsageError == nil {
@@ -56,22 +62,44 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 	return usageError{err}
 }
 
-// filterFlags select packets in the output, tcpdump-style.
+// filterFlags are shorthands for parts of a filter expression.
 func filterFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "proto", Usage: "only packets of this protocol: " + pktfilter.Protocols},
-		&cli.StringFlag{Name: "host", Usage: "only packets from or to this address or CIDR prefix"},
-		&cli.IntFlag{Name: "port", Usage: "only TCP/UDP packets from or to this port"},
+		&cli.StringFlag{Name: "proto", Usage: "only packets of this protocol (" + pktfilter.Protocols + "); short for the expression word"},
+		&cli.StringFlag{Name: "host", Usage: "only packets from or to this address or CIDR prefix; short for 'host ADDR' or 'net CIDR'"},
+		&cli.IntFlag{Name: "port", Usage: "only TCP/UDP packets from or to this port; short for 'port N'"},
 	}
 }
 
-// packetFilter builds the filter from --proto, --host and --port.
-func packetFilter(c *cli.Context) (pktfilter.Filter, error) {
-	f, err := pktfilter.New(c.String("proto"), c.String("host"), c.Int("port"))
+// packetFilter compiles the filter expression: the words after the flags
+// (joined by spaces, as tcpdump does) and the --proto, --host and --port
+// shorthands, all of which must match. No expression: nil, no filter.
+// A bad expression is a usage error with libpcap's message.
+func packetFilter(c *cli.Context) (*pktfilter.Program, error) {
+	short, err := pktfilter.Shorthand(c.String("proto"), c.String("host"), c.Int("port"))
 	if err != nil {
-		return f, usageError{err}
+		return nil, usageError{err}
 	}
-	return f, nil
+	expr := pktfilter.Join(strings.Join(c.Args().Slice(), " "), short)
+	prog, err := pktfilter.Compile(c.Context, expr)
+	var bad *pktfilter.BadExpressionError
+	if errors.As(err, &bad) {
+		for _, w := range c.Args().Slice() {
+			if strings.HasPrefix(w, "-") {
+				return nil, usagef("%w (flags go before the expression)", err)
+			}
+		}
+		return nil, usageError{err}
+	}
+	return prog, err
+}
+
+// describeFilter says which packets an expression keeps, for the ready line.
+func describeFilter(p *pktfilter.Program) string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf(", packets matching '%s'", p.Expr)
 }
 
 func run(args []string) int {
@@ -79,7 +107,10 @@ func run(args []string) int {
 	defer stop()
 	app := newApp()
 	app.ExitErrHandler = func(*cli.Context, error) {} // exit codes are decided below
-	err := app.RunContext(ctx, args)
+	if completeFlagValue(ctx, app.Writer, args) {
+		return exitOK
+	}
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	if err == nil {
 		return exitOK
 	}
@@ -103,12 +134,25 @@ func (u usageError) Unwrap() error { return u.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
-// requireRoot fails early, in one sentence, where BPF or namespaces are needed.
-func requireRoot(command string) error {
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("%s needs root: it loads BPF programs and enters network namespaces (try: sudo hoptrace %s ...)", command, command)
+// outputFlag is --output/-o, the one spelling of every command's output
+// format; formats[0] is the default.
+func outputFlag(formats ...string) *cli.StringFlag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: formats[0], Usage: strings.Join(formats, ", ")}
+}
+
+// outputFormat reads --output and checks it is one of formats.
+func outputFormat(c *cli.Context, formats ...string) (string, error) {
+	f := c.String("output")
+	if !slices.Contains(formats, f) {
+		return "", usagef("--output must be one of %s, not %q", strings.Join(formats, ", "), f)
 	}
-	return nil
+	return f, nil
+}
+
+// requireRoot fails early, in one sentence, where BPF or namespaces are
+// needed: the rule doctor and the loader apply too.
+func requireRoot(command string) error {
+	return kernel.RequirePrivileges(command)
 }
 
 // oneLine keeps the first line of an error; multi-line details (verifier

@@ -8,7 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
-	"github.com/hoptrace/hoptrace/tracer/trace"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 )
 
 // selectionFlags choose what trace and latency look at; verb says what
@@ -25,7 +25,7 @@ func selectionFlags(verb string) []cli.Flag {
 type scope struct {
 	containers *containerSupport
 	names      *resolve.Resolver
-	sel        trace.Config // Netns, Devices and Dynamic
+	sel        selection.Selection
 }
 
 // openScope checks privileges, connects to Docker (optional), starts the
@@ -44,7 +44,7 @@ func openScope(ctx context.Context, c *cli.Context, command string) (*scope, err
 		s.Close()
 		return nil, fmt.Errorf("resolve names: %w", err)
 	}
-	if s.sel, err = selection(ctx, c, s.names, containers); err != nil {
+	if s.sel, err = selectionFlagsOf(ctx, c, s.names, containers); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -59,10 +59,10 @@ func (s *scope) Close() {
 	s.containers.Close()
 }
 
-// selection resolves --netns, --interface and --container into the
-// namespaces, devices and live container feed of a trace.Config.
-func selection(ctx context.Context, c *cli.Context, names *resolve.Resolver, containers *containerSupport) (trace.Config, error) {
-	var sel trace.Config
+// selectionFlagsOf resolves --netns, --interface and --container into the
+// namespaces, devices and live container feed of a selection.
+func selectionFlagsOf(ctx context.Context, c *cli.Context, names *resolve.Resolver, containers *containerSupport) (selection.Selection, error) {
+	var sel selection.Selection
 	var scopes []resolve.Namespace
 	for _, spec := range c.StringSlice("netns") {
 		ns, err := names.OpenNetns(spec)
@@ -82,7 +82,7 @@ func selection(ctx context.Context, c *cli.Context, names *resolve.Resolver, con
 			found := false
 			for _, ns := range scopes {
 				if l, ok := names.LinkByName(ns.Inode, ifname); ok {
-					sel.Devices = append(sel.Devices, trace.Device{Netns: ns.Inode, Ifindex: l.Index})
+					sel.Devices = append(sel.Devices, selection.Device{Netns: ns.Inode, Ifindex: l.Index})
 					found = true
 				}
 			}
@@ -110,7 +110,7 @@ func scopeNames(names *resolve.Resolver, scopes []resolve.Namespace) string {
 }
 
 // describeSelection says in words what a trace looks at.
-func describeSelection(names *resolve.Resolver, cfg trace.Config) string {
+func describeSelection(names *resolve.Resolver, cfg selection.Selection) string {
 	var parts []string
 	for _, ns := range cfg.Netns {
 		parts = append(parts, "netns "+names.Label(ns))

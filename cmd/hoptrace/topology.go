@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"slices"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -21,9 +19,11 @@ func topologyCommand() *cli.Command {
 peer namespace. With Docker reachable, namespaces are named after their
 containers and bridges after their networks; without it, after their
 ip netns name, Docker sandbox id, or inode.
---format dot renders with Graphviz: hoptrace topology --format dot | dot -Tsvg > net.svg`,
+-o dot renders with Graphviz: hoptrace topology -o dot | dot -Tsvg > net.svg`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "tree", Usage: strings.Join(topology.Formats, ", ")},
+			outputFlag(topology.Formats...),
+			// --format/-f: the option's name before --output; kept for one release.
+			&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Hidden: true},
 		},
 		Action: runTopology,
 	}
@@ -33,9 +33,18 @@ func runTopology(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("topology takes no arguments (got %q)", c.Args().First())
 	}
-	format := c.String("format")
-	if !slices.Contains(topology.Formats, format) {
-		return usagef("--format must be one of %s, not %q", strings.Join(topology.Formats, ", "), format)
+	if c.IsSet("format") {
+		if c.IsSet("output") {
+			return usagef("--format is the old name of --output; give one of them")
+		}
+		fmt.Fprintln(os.Stderr, "hoptrace: note: --format is now --output (-o); --format will be removed")
+		if err := c.Set("output", c.String("format")); err != nil {
+			return usageError{err}
+		}
+	}
+	format, err := outputFormat(c, topology.Formats...)
+	if err != nil {
+		return err
 	}
 	var opts topology.Options
 	rt, err := docker.New(c.Context)

@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
-	"io"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -32,6 +29,11 @@ kernel's drop reason, or a packet that vanished). What the target did with
 the probes (answered, NO_SOCKET, refused) is reported separately and does
 not fail the path. Exit status: 0 PASS, 1 FAIL or error, 2 usage error.
 
+A netfilter drop names its rule (family, table, chain, handle, nft and
+iptables text): while verify runs, a temporary nftables table owned by
+hoptrace marks the probe packets for nf_tables tracing. --no-rules turns
+that off and leaves the ruleset untouched.
+
 --all verifies every running container against its gateway, one line each.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Value: "gateway", Usage: "`gateway`, an IPv4 address, or a container on the same bridge"},
@@ -40,101 +42,19 @@ not fail the path. Exit status: 0 PASS, 1 FAIL or error, 2 usage error.
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Value: 3, Usage: "number of probes"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "how long to wait for probes and their paths"},
 			&cli.BoolFlag{Name: "all", Usage: "verify every running container against its gateway"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json"},
+			&cli.BoolFlag{Name: "no-rules", Usage: "do not name the netfilter rule that drops a probe (no temporary nftables table)"},
+			outputFlag("text", "json"),
 		},
-		Action: runVerify,
+		BashComplete: completeContainers,
+		Action:       runVerify,
 	}
 }
 
-// verifyFlags reads the flags given before and after CONTAINER: the
-// argument parser stops at the first argument, so "verify web --to db"
-// parses the flags after it here.
-type verifyFlags struct {
-	c    *cli.Context
-	tail *flag.FlagSet
-	set  map[string]bool
-	vals map[string]string
-	args []string
-}
-
-func parseVerifyFlags(c *cli.Context) (*verifyFlags, error) {
-	v := &verifyFlags{c: c, set: map[string]bool{}, vals: map[string]string{}, args: c.Args().Slice()}
-	if len(v.args) <= 1 {
-		return v, nil
-	}
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	for _, f := range c.Command.Flags {
-		if err := f.Apply(fs); err != nil {
-			return nil, err
-		}
-	}
-	if err := fs.Parse(v.args[1:]); err != nil {
-		return nil, usageError{err}
-	}
-	v.tail = fs
-	fs.Visit(func(f *flag.Flag) {
-		v.set[f.Name], v.vals[f.Name] = true, f.Value.String()
-		for _, cf := range c.Command.Flags {
-			for _, n := range cf.Names() {
-				if n == f.Name {
-					for _, m := range cf.Names() {
-						v.set[m], v.vals[m] = true, f.Value.String()
-					}
-				}
-			}
-		}
-	})
-	v.args = append(v.args[:1], fs.Args()...)
-	return v, nil
-}
-
-func (v *verifyFlags) IsSet(name string) bool { return v.set[name] || v.c.IsSet(name) }
-
-func (v *verifyFlags) value(name string) (string, bool) {
-	val, ok := v.vals[name]
-	return val, ok
-}
-
-func (v *verifyFlags) String(name string) string {
-	if s, ok := v.value(name); ok {
-		return s
-	}
-	return v.c.String(name)
-}
-
-func (v *verifyFlags) Int(name string) int {
-	if s, ok := v.value(name); ok {
-		n, _ := strconv.Atoi(s)
-		return n
-	}
-	return v.c.Int(name)
-}
-
-func (v *verifyFlags) Duration(name string) time.Duration {
-	if s, ok := v.value(name); ok {
-		d, _ := time.ParseDuration(s)
-		return d
-	}
-	return v.c.Duration(name)
-}
-
-func (v *verifyFlags) Bool(name string) bool {
-	if s, ok := v.value(name); ok {
-		return s == "true"
-	}
-	return v.c.Bool(name)
-}
-
-func runVerify(cc *cli.Context) error {
-	c, err := parseVerifyFlags(cc)
+func runVerify(c *cli.Context) error {
+	nargs := c.NArg()
+	format, err := outputFormat(c, "text", "json")
 	if err != nil {
 		return err
-	}
-	nargs := len(c.args)
-	format := c.String("output")
-	if format != "text" && format != "json" {
-		return usagef("--output must be text or json, not %q", format)
 	}
 	all := c.Bool("all")
 	switch {
@@ -157,6 +77,7 @@ func runVerify(cc *cli.Context) error {
 		Port:    c.Int("port"),
 		Count:   c.Int("count"),
 		Timeout: c.Duration("timeout"),
+		NoRules: c.Bool("no-rules"),
 	}
 	if err := opts.Validate(); err != nil {
 		return usageError{err}
@@ -165,7 +86,7 @@ func runVerify(cc *cli.Context) error {
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(cc.Context)
+	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	rt, err := docker.New(ctx)
 	if err != nil {
@@ -187,7 +108,7 @@ func runVerify(cc *cli.Context) error {
 		return fmt.Errorf("resolve names: %w", err)
 	}
 	defer names.Close()
-	v := &verify.Verifier{Runtime: rt, Names: names}
+	v := &verify.Verifier{Runtime: rt, Names: names, Warn: warn}
 
 	if all {
 		reports, err := v.All(ctx, opts)
@@ -211,7 +132,7 @@ func runVerify(cc *cli.Context) error {
 		return nil
 	}
 
-	r, err := v.Verify(ctx, c.args[0], opts)
+	r, err := v.Verify(ctx, c.Args().First(), opts)
 	if err != nil {
 		return err
 	}

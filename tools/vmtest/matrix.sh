@@ -11,7 +11,7 @@
 #
 # Environment:
 #   KERNEL_PKGS   packages to test. Default: those whose tests import
-#                 tracer/internal/privtest, tracer/internal/testnet,
+#                 internal/privtest, internal/testnet,
 #                 github.com/cilium/ebpf or vishvananda/netlink|netns, except
 #                 Docker-only ones (testdocker without privtest/testnet).
 #                 Inside the VM HOPTRACE_VM=1 is set: Docker tests skip.
@@ -35,9 +35,9 @@ if [ -z "${KERNEL_PKGS:-}" ]; then
 	# BPF or netlink/netns; Docker-only packages (testdocker without
 	# privtest/testnet) are left to `make test` on a host with dockerd.
 	KERNEL_PKGS=$($GO list -e -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}} ' ./... | awk '
-		{ kern = / github\.com\/hoptrace\/hoptrace\/tracer\/internal\/(privtest|testnet) / || / github\.com\/cilium\/ebpf[ \/]/ || / github\.com\/vishvananda\/net(link|ns)[ \/]/
-		  helper = / github\.com\/hoptrace\/hoptrace\/tracer\/internal\/(privtest|testnet) /
-		  docker = / github\.com\/hoptrace\/hoptrace\/tracer\/internal\/testdocker /
+		{ kern = / github\.com\/hoptrace\/hoptrace\/internal\/(privtest|testnet) / || / github\.com\/cilium\/ebpf[ \/]/ || / github\.com\/vishvananda\/net(link|ns)[ \/]/
+		  helper = / github\.com\/hoptrace\/hoptrace\/internal\/(privtest|testnet) /
+		  docker = / github\.com\/hoptrace\/hoptrace\/internal\/testdocker /
 		  if (kern && (helper || !docker)) print $1 }' | tr '\n' ' ')
 fi
 [ -n "$KERNEL_PKGS" ] || { echo "matrix: no packages to test" >&2; exit 1; }

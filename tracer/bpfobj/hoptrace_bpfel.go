@@ -55,6 +55,22 @@ const (
 	HoptraceEventFlagEVENT_F_SOCK_NS HoptraceEventFlag = 8
 )
 
+type HoptraceFilterFlag uint32
+
+const (
+	HoptraceFilterFlagFILTER_NETNS HoptraceFilterFlag = 1
+	HoptraceFilterFlagFILTER_DEV   HoptraceFilterFlag = 2
+	HoptraceFilterFlagFILTER_ADDR  HoptraceFilterFlag = 4
+)
+
+type HoptraceFrameSnap struct {
+	_      structs.HostLayout
+	Len    uint32
+	Caplen uint16
+	L3     uint8
+	Pad    uint8
+}
+
 type HoptraceHist struct {
 	_       structs.HostLayout
 	Count   uint64
@@ -123,6 +139,13 @@ type HoptracePktTrack struct {
 	_      [4]byte
 }
 
+type HoptraceRunMode uint32
+
+const (
+	HoptraceRunModeMODE_EVENTS  HoptraceRunMode = 0
+	HoptraceRunModeMODE_LATENCY HoptraceRunMode = 1
+)
+
 type HoptraceStatCounter uint32
 
 const (
@@ -160,15 +183,20 @@ const (
 	HoptraceProgOnNetifReceiveSkb      = "on_netif_receive_skb"
 	HoptraceProgOnNetifRx              = "on_netif_rx"
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
+	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNrCpus                  = "nr_cpus"
+	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
+	HoptraceVarUnusedFilter            = "unused_filter"
 	HoptraceVarUnusedFlag              = "unused_flag"
 	HoptraceVarUnusedHist              = "unused_hist"
 	HoptraceVarUnusedHook              = "unused_hook"
+	HoptraceVarUnusedMode              = "unused_mode"
 	HoptraceVarUnusedPair              = "unused_pair"
+	HoptraceVarUnusedSnap              = "unused_snap"
 	HoptraceVarUnusedStat              = "unused_stat"
 	HoptraceVarWakeupBytes             = "wakeup_bytes"
 )
@@ -248,17 +276,22 @@ type HoptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceVariableSpecs struct {
-	FilterFlags *ebpf.VariableSpec `ebpf:"filter_flags"`
-	Mode        *ebpf.VariableSpec `ebpf:"mode"`
-	NrCpus      *ebpf.VariableSpec `ebpf:"nr_cpus"`
-	StaleNs     *ebpf.VariableSpec `ebpf:"stale_ns"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFlag  *ebpf.VariableSpec `ebpf:"unused_flag"`
-	UnusedHist  *ebpf.VariableSpec `ebpf:"unused_hist"`
-	UnusedHook  *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedPair  *ebpf.VariableSpec `ebpf:"unused_pair"`
-	UnusedStat  *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	ExprFilter   *ebpf.VariableSpec `ebpf:"expr_filter"`
+	FilterFlags  *ebpf.VariableSpec `ebpf:"filter_flags"`
+	Mode         *ebpf.VariableSpec `ebpf:"mode"`
+	NrCpus       *ebpf.VariableSpec `ebpf:"nr_cpus"`
+	SnapLen      *ebpf.VariableSpec `ebpf:"snap_len"`
+	StaleNs      *ebpf.VariableSpec `ebpf:"stale_ns"`
+	UnusedEvent  *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFilter *ebpf.VariableSpec `ebpf:"unused_filter"`
+	UnusedFlag   *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedHist   *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedHook   *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedMode   *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedPair   *ebpf.VariableSpec `ebpf:"unused_pair"`
+	UnusedSnap   *ebpf.VariableSpec `ebpf:"unused_snap"`
+	UnusedStat   *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // HoptraceObjects contains all objects after they have been loaded into the kernel.
@@ -312,17 +345,22 @@ func (m *HoptraceMaps) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceVariables struct {
-	FilterFlags *ebpf.Variable `ebpf:"filter_flags"`
-	Mode        *ebpf.Variable `ebpf:"mode"`
-	NrCpus      *ebpf.Variable `ebpf:"nr_cpus"`
-	StaleNs     *ebpf.Variable `ebpf:"stale_ns"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFlag  *ebpf.Variable `ebpf:"unused_flag"`
-	UnusedHist  *ebpf.Variable `ebpf:"unused_hist"`
-	UnusedHook  *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedPair  *ebpf.Variable `ebpf:"unused_pair"`
-	UnusedStat  *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
+	ExprFilter   *ebpf.Variable `ebpf:"expr_filter"`
+	FilterFlags  *ebpf.Variable `ebpf:"filter_flags"`
+	Mode         *ebpf.Variable `ebpf:"mode"`
+	NrCpus       *ebpf.Variable `ebpf:"nr_cpus"`
+	SnapLen      *ebpf.Variable `ebpf:"snap_len"`
+	StaleNs      *ebpf.Variable `ebpf:"stale_ns"`
+	UnusedEvent  *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFilter *ebpf.Variable `ebpf:"unused_filter"`
+	UnusedFlag   *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedHist   *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedHook   *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedMode   *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedPair   *ebpf.Variable `ebpf:"unused_pair"`
+	UnusedSnap   *ebpf.Variable `ebpf:"unused_snap"`
+	UnusedStat   *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // HoptracePrograms contains all programs after they have been loaded into the kernel.

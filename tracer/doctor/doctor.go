@@ -15,6 +15,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/loader"
+	"github.com/hoptrace/hoptrace/tracer/nftrace"
 )
 
 // Groups of checks, in report order.
@@ -26,6 +27,7 @@ const (
 	GroupTC          = "traffic_control"
 	GroupFilesystems = "filesystems"
 	GroupAccess      = "access"
+	GroupRules       = "rule_naming"
 )
 
 // Check is one line of the report.
@@ -54,6 +56,9 @@ type Plan struct {
 	FunctionHooks     string `json:"function_hooks"`
 	DropReasons       string `json:"drop_reasons"`
 	Containers        string `json:"containers"`
+	// RuleNaming says whether trace --rules and verify name the netfilter
+	// rule that dropped a packet.
+	RuleNaming string `json:"rule_naming"`
 
 	// KfreeSkbProgram is the kfree_skb variant: "on_kfree_skb" (with the
 	// drop reason, 5.17+) or "on_kfree_skb_noreason".
@@ -196,6 +201,7 @@ func run(check func(loader.Mode) ([]loader.Program, error)) *Report {
 	add(GroupFilesystems, false, kernel.ProbeTracefs())
 	add(GroupAccess, true, priv.Probe())
 	docker := add(GroupAccess, false, kernel.ProbeDockerSocket())
+	r.Plan.RuleNaming = r.ruleNaming(privOK)
 
 	// What hoptrace will use: the variants the load check loaded, or,
 	// when it could not run, the ones the loader would choose.
@@ -256,6 +262,46 @@ func run(check func(loader.Mode) ([]loader.Program, error)) *Report {
 	return r
 }
 
+// ruleNaming adds the rule-naming checks (nf_tables, owned tables, the
+// iptables backend, the nft command) and says what hoptrace will do.
+func (r *Report) ruleNaming(priv bool) string {
+	add := func(name string, ok, unknown bool, detail string) {
+		r.Checks = append(r.Checks, Check{Name: name, Group: GroupRules, Available: ok, Unknown: unknown, Detail: detail})
+	}
+	if !priv {
+		for _, n := range []string{"nf_tables", "nft_table_owner"} {
+			add(n, false, true, "not checked (needs root)")
+		}
+		return "not checked (needs root)"
+	}
+	st := nftrace.Check()
+	add("nf_tables", st.NFTables, false, st.NFTablesDetail)
+	add("nft_table_owner", st.Owner, false, st.OwnerDetail)
+	switch {
+	case st.Backend == "nf_tables" && len(st.LegacyTables) == 0:
+		add("iptables_backend", true, false, "iptables-nft: iptables rules are nf_tables rules and can be named")
+	case st.Backend == "legacy" || len(st.LegacyTables) > 0:
+		detail := "iptables-legacy"
+		if len(st.LegacyTables) > 0 {
+			detail += " tables loaded (" + strings.Join(st.LegacyTables, ", ") + ")"
+		}
+		add("iptables_backend", false, false, detail+": drops in them keep only their drop reason")
+	case st.Backend == "":
+		add("iptables_backend", false, false, "iptables is not installed")
+	default:
+		add("iptables_backend", false, false, st.Backend)
+	}
+	if st.NftBinary {
+		add("nft_command", true, false, "rule texts as `nft -a list chain` prints them")
+	} else {
+		add("nft_command", false, false, "nft is not installed: rules are named by table, chain and handle, without their text")
+	}
+	if ok, why := st.Available(); !ok {
+		return "off: " + why + "; drops keep their kernel reason"
+	}
+	return "a temporary owned nftables table marks the selected packets for nf_tables tracing (trace --rules; verify by default)"
+}
+
 func availableWord(c Check) string {
 	switch {
 	case c.Available:
@@ -289,6 +335,7 @@ var groupTitles = []struct{ group, title string }{
 	{GroupTC, "Traffic control attachment (hoptrace does not use it)"},
 	{GroupFilesystems, "Filesystems (not required)"},
 	{GroupAccess, "Access"},
+	{GroupRules, "Naming the netfilter rule of a drop (trace --rules, verify; not required)"},
 }
 
 var checkTitles = map[string]string{
@@ -307,6 +354,10 @@ var checkTitles = map[string]string{
 	"tracefs":              "tracefs",
 	"privileges":           "privileges",
 	"docker":               "Docker socket",
+	"nf_tables":            "nf_tables",
+	"nft_table_owner":      "owned tables (5.12+)",
+	"iptables_backend":     "iptables backend",
+	"nft_command":          "nft command",
 }
 
 // WriteText writes the report in plain words.
@@ -341,6 +392,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "  - function hooks: %s\n", r.Plan.FunctionHooks)
 	fmt.Fprintf(&b, "  - drop reasons: %s\n", r.Plan.DropReasons)
 	fmt.Fprintf(&b, "  - containers: %s\n", r.Plan.Containers)
+	fmt.Fprintf(&b, "  - rule naming: %s\n", r.Plan.RuleNaming)
 	if len(r.Plan.Lacks) > 0 {
 		fmt.Fprintf(&b, "\nWhat this kernel does not give:\n")
 		for _, l := range r.Plan.Lacks {

@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testdocker"
 	"github.com/hoptrace/hoptrace/tracer/path"
 )
 
@@ -51,15 +50,7 @@ func box(t *testing.T, c testdocker.Container, network string) dockerBox {
 // stopJSON interrupts a JSON trace and returns its paths.
 func stopJSON(t *testing.T, r *running) []path.Path {
 	t.Helper()
-	r.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("hoptrace did not exit within 10s of SIGINT")
-	}
-	if err := r.cmd.Wait(); err != nil {
-		t.Fatalf("hoptrace: %v: %s", err, r.stderrText())
-	}
+	stopCLI(t, r)
 	var paths []path.Path
 	for _, l := range r.lines {
 		var p path.Path

@@ -54,7 +54,12 @@ type result struct {
 // runCLI runs the built binary to completion.
 func runCLI(t *testing.T, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(hoptraceBin, args...)
+	return runCmd(t, exec.Command(hoptraceBin, args...))
+}
+
+// runCmd runs a prepared command of the binary to completion.
+func runCmd(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -62,7 +67,7 @@ func runCLI(t *testing.T, args ...string) result {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		t.Fatalf("run hoptrace %v: %v", args, err)
+		t.Fatalf("run %v: %v", cmd.Args, err)
 	}
 	return result{code, out.String(), errb.String()}
 }

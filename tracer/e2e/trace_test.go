@@ -14,8 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 )
 
 func TestTraceUsageErrors(t *testing.T) {
@@ -25,7 +25,14 @@ func TestTraceUsageErrors(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"trace", "--output", "xml"}, exitUsage, `unknown output format "xml"`},
-		{[]string{"trace", "stray"}, exitUsage, "trace takes no arguments"},
+		{[]string{"trace", "icmp", "and"}, exitUsage, `filter expression "icmp and": can't parse filter expression: syntax error`},
+		{[]string{"trace", "--proto", "udp", "port", "99999"}, exitUsage, "port 99999"},
+		{[]string{"trace", "ip6 protochain 6"}, exitUsage, "protochain is not supported"},
+		{[]string{"latency", "tcp", "or"}, exitUsage, `filter expression "tcp or": can't parse filter expression`},
+		{[]string{"trace", "--snaplen", "8", "-w", "x.pcapng"}, exitUsage, "--snaplen must be from 16 to 4096"},
+		{[]string{"trace", "--events", "-w", "x.pcapng"}, exitUsage, "cannot be combined with --events"},
+		{[]string{"trace", "--snaplen", "64"}, exitUsage, "give -w FILE too"},
+		{[]string{"trace", "icmp", "-c", "3"}, exitUsage, "(flags go before the expression)"},
 		{[]string{"trace", "--count", "-1"}, exitUsage, "--count must not be negative"},
 		{[]string{"trace", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"trace", "--duration", "soon"}, exitUsage, "invalid value"},
@@ -126,18 +133,7 @@ func startCLI(t *testing.T, args ...string) *running {
 // attached and its filters set) and remembers the programs it holds.
 func waitAttached(t *testing.T, r *running) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(r.stderrText(), "hoptrace: tracing ") {
-		select {
-		case <-r.done:
-			t.Fatalf("hoptrace exited before tracing: %s", r.stderrText())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hoptrace not tracing after 30s: %s", r.stderrText())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStderr(t, r, "hoptrace: tracing ")
 	r.progs = privtest.ProgramsOf(t, r.cmd.Process.Pid)
 	if len(r.progs) == 0 {
 		t.Fatal("hoptrace says it is tracing but holds no programs")

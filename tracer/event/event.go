@@ -60,25 +60,46 @@ const (
 	HookCopyDatagram    = bpfobj.HoptraceHookHOOK_COPY_DATAGRAM
 )
 
-var hookNames = [...]string{
-	HookNetDevQueue:     "net_dev_queue",
-	HookNetDevStartXmit: "net_dev_start_xmit",
-	HookNetDevXmit:      "net_dev_xmit",
-	HookNetifRx:         "netif_rx",
-	HookGROReceive:      "napi_gro_receive",
-	HookNetifReceiveSkb: "netif_receive_skb",
-	HookKfreeSkb:        "kfree_skb",
-	HookConsumeSkb:      "consume_skb",
-	HookCopyDatagram:    "skb_copy_datagram",
+// Tracepoint is a hook as output names it: the kernel tracepoint's name,
+// or BridgeForward for the hop a bridge's forwarding is inferred at.
+type Tracepoint string
+
+// Tracepoints of the hooks, and the inferred bridge hop.
+const (
+	TPNetDevQueue     Tracepoint = "net_dev_queue"
+	TPNetDevStartXmit Tracepoint = "net_dev_start_xmit"
+	TPNetDevXmit      Tracepoint = "net_dev_xmit"
+	TPNetifRx         Tracepoint = "netif_rx"
+	TPGROReceive      Tracepoint = "napi_gro_receive"
+	TPNetifReceiveSkb Tracepoint = "netif_receive_skb"
+	TPKfreeSkb        Tracepoint = "kfree_skb"
+	TPConsumeSkb      Tracepoint = "consume_skb"
+	TPCopyDatagram    Tracepoint = "skb_copy_datagram"
+	BridgeForward     Tracepoint = "bridge_forward"
+)
+
+var hookNames = [...]Tracepoint{
+	HookNetDevQueue:     TPNetDevQueue,
+	HookNetDevStartXmit: TPNetDevStartXmit,
+	HookNetDevXmit:      TPNetDevXmit,
+	HookNetifRx:         TPNetifRx,
+	HookGROReceive:      TPGROReceive,
+	HookNetifReceiveSkb: TPNetifReceiveSkb,
+	HookKfreeSkb:        TPKfreeSkb,
+	HookConsumeSkb:      TPConsumeSkb,
+	HookCopyDatagram:    TPCopyDatagram,
 }
 
-// HookName is the tracepoint's name.
-func HookName(h Hook) string {
+// TracepointOf is the hook's tracepoint.
+func TracepointOf(h Hook) Tracepoint {
 	if int(h) < len(hookNames) && hookNames[h] != "" {
 		return hookNames[h]
 	}
-	return fmt.Sprintf("hook%d", h)
+	return Tracepoint(fmt.Sprintf("hook%d", h))
 }
+
+// HookName is the tracepoint's name.
+func HookName(h Hook) string { return string(TracepointOf(h)) }
 
 // Direction of travel at a hook.
 type Direction string
@@ -267,4 +288,26 @@ func TCPFlags(f uint8) string {
 		return "none"
 	}
 	return string(b)
+}
+
+// Snap describes the frame bytes that follow an event in a record when the
+// tracer captures packets (struct frame_snap in bpf/hoptrace.h).
+type Snap = bpfobj.HoptraceFrameSnap
+
+// SnapSize is the size of the snapshot header.
+const SnapSize = int(unsafe.Sizeof(Snap{}))
+
+// Snapshot returns the frame snapshot after the event in a record: its
+// header and the captured bytes (a slice of raw). ok is false when the
+// record has none.
+func Snapshot(raw []byte) (s Snap, data []byte, ok bool) {
+	if len(raw) < Size+SnapSize {
+		return s, nil, false
+	}
+	s = *(*Snap)(unsafe.Pointer(&raw[Size]))
+	data = raw[Size+SnapSize:]
+	if int(s.Caplen) > len(data) {
+		return s, nil, false
+	}
+	return s, data[:s.Caplen], true
 }

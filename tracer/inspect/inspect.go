@@ -16,7 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/nsscan"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -32,6 +32,8 @@ type Report struct {
 	SandboxKey  string   `json:"sandbox_key,omitempty"`
 	NetnsInode  uint32   `json:"netns_inode,omitempty"`
 	NetnsNames  []string `json:"netns_names,omitempty"` // ip netns names
+	// Netns is the namespace's label, as trace and latency print it.
+	Netns string `json:"netns,omitempty"`
 	// NSID is the id the host namespace assigned to the container's
 	// namespace ("link-netnsid" in ip link); -1 when none.
 	NSID int `json:"nsid"`
@@ -117,21 +119,22 @@ func FromContainer(rtName string, c runtime.Container) (*Report, error) {
 	if c.NetnsPath == "" {
 		return nil, fmt.Errorf("container %s: its network namespace is unknown (no SandboxKey and no PID)", c.Name)
 	}
-	hh, _, err := nsscan.HostHandle()
+	hh, _, err := resolve.HostHandle()
 	if err != nil {
 		return nil, err
 	}
 	defer hh.Close()
-	r.NetnsNames = nsscan.NetnsNames(c.NetnsInode)
-	r.NSID = nsscan.NSID(hh, c.NetnsPath)
+	r.NetnsNames = resolve.NetnsNames(c.NetnsInode)
+	r.Netns = resolve.LabelOf(c.NetnsInode, c.NetnsPath)
+	r.NSID = resolve.NSID(hh, c.NetnsPath)
 
-	ch, err := nsscan.Handle(c.NetnsPath)
+	ch, err := resolve.NetnsHandle(c.NetnsPath)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", c.Name, err)
 	}
 	defer ch.Close()
 
-	clinks, err := nsscan.LinkList(ch)
+	clinks, err := resolve.LinkList(ch)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: list interfaces: %w", c.Name, err)
 	}
@@ -181,7 +184,7 @@ func iface(h *netlink.Handle, l netlink.Link) Iface {
 		Up:        a.Flags&net.FlagUp != 0,
 		OperState: a.OperState.String(),
 		MTU:       a.MTU,
-		Addrs:     nsscan.Addrs(h, l),
+		Addrs:     resolve.Addrs(h, l),
 	}
 	if a.HardwareAddr != nil {
 		f.MAC = a.HardwareAddr.String()
@@ -229,7 +232,7 @@ func checkEndpoint(ch, hh *netlink.Handle, clinks []netlink.Link, ep runtime.End
 	}
 	if cl == nil {
 		for _, l := range clinks {
-			as := nsscan.Addrs(ch, l)
+			as := resolve.Addrs(ch, l)
 			if (ep.IPv4 != "" && hasIP(as, hostIP(ep.IPv4))) || (ep.IPv6 != "" && hasIP(as, hostIP(ep.IPv6))) {
 				cl, how = l, "address"
 				break
@@ -311,7 +314,7 @@ func checkEndpoint(ch, hh *netlink.Handle, clinks []netlink.Link, ep runtime.End
 	}
 
 	// 3. Enslaved to the right bridge.
-	e.PortState = nsscan.PortState(hv.Name)
+	e.PortState = resolve.PortState(hv.Name)
 	switch {
 	case hv.MasterIndex == 0 && ep.Bridge != "":
 		add(bad("bridge port", fmt.Sprintf("%s is not enslaved to any bridge (expected %s)", hv.Name, ep.Bridge)))

@@ -10,28 +10,16 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/hoptrace/hoptrace/internal/testdocker"
 	"github.com/hoptrace/hoptrace/tracer/inspect"
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
-	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )
-
-func newRuntime(t *testing.T) *docker.Runtime {
-	t.Helper()
-	testdocker.RequireDocker(t)
-	rt, err := docker.New(context.Background())
-	if err != nil {
-		t.Fatalf("docker.New: %v", err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	return rt
-}
 
 // kernelView is what the kernel says, read without the code under test:
 // sysfs inside the container (docker exec) and on the host.
@@ -132,11 +120,11 @@ func checkAgainstDocker(t *testing.T, r *inspect.Report, c testdocker.Container,
 
 func mustInode(t *testing.T, p string) uint32 {
 	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(p, &st); err != nil {
+	ino, err := resolve.NetnsInode(p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return uint32(st.Ino)
+	return ino
 }
 
 func allOK(t *testing.T, r *inspect.Report) {
@@ -166,7 +154,7 @@ func text(t *testing.T, r *inspect.Report) string {
 }
 
 func TestInspectDefaultBridge(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	c := testdocker.Run(t, "ht-insp")
 	r, err := inspect.Inspect(context.Background(), rt, c.Name)
 	if err != nil {
@@ -207,7 +195,7 @@ func TestInspectDefaultBridge(t *testing.T) {
 }
 
 func TestInspectUserDefinedBridgeAndVethDown(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	netName, netID := testdocker.Network(t, "ht-insp-net")
 	c := testdocker.Run(t, "ht-insp-udn", "--network", netName)
 	ctx := context.Background()
@@ -301,7 +289,7 @@ func TestInspectUserDefinedBridgeAndVethDown(t *testing.T) {
 }
 
 func TestInspectModesAndErrors(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	host := testdocker.Run(t, "ht-insp-host", "--network", "host")
 	none := testdocker.Run(t, "ht-insp-none", "--network", "none")

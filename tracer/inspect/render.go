@@ -38,7 +38,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	row("state", "%s", state)
 	row("network", "mode %s", r.NetworkMode)
 	if r.SandboxKey != "" {
-		row("netns", "%s", r.SandboxKey)
+		row("netns", "%s (%s)", r.Netns, r.SandboxKey)
 		ns := fmt.Sprintf("inode %d", r.NetnsInode)
 		if r.NSID >= 0 {
 			ns += fmt.Sprintf(", nsid %d", r.NSID)

@@ -38,6 +38,20 @@ func TracepointArgs(spec *btf.Spec, name string) (int, error) {
 // versions, so they are never hard-coded).
 type DropReasons map[uint32]string
 
+// KernelDropReasons reads this kernel's drop reason names; nil when its
+// BTF cannot be read or has none (numbers are shown then).
+func KernelDropReasons() DropReasons {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil
+	}
+	d, err := LoadDropReasons(spec)
+	if err != nil {
+		return nil
+	}
+	return d
+}
+
 // LoadDropReasons reads enum skb_drop_reason from kernel BTF.
 func LoadDropReasons(spec *btf.Spec) (DropReasons, error) {
 	var e *btf.Enum

@@ -499,10 +499,44 @@ func ProbePrivileges() Privileges {
 	return p
 }
 
-// CanTrace reports whether the capabilities allow loading and attaching
-// tracing programs: CAP_BPF and CAP_PERFMON (5.8+), or CAP_SYS_ADMIN.
+// RequiredCaps are what hoptrace needs when not root: CAP_BPF and
+// CAP_PERFMON to load and attach tracing programs, CAP_NET_ADMIN for
+// netlink in every namespace (and verify's probes), CAP_SYS_ADMIN to enter
+// network namespaces (setns).
+var RequiredCaps = []string{"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"}
+
+// privilegeRule is the one rule, in words, that doctor, the commands and
+// the loader state.
+const privilegeRule = "root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN"
+
+// CanTrace is the privilege rule doctor, the commands and the loader share:
+// root, or every capability of RequiredCaps.
 func (p Privileges) CanTrace() bool {
-	return (p.Caps["CAP_BPF"] && p.Caps["CAP_PERFMON"]) || p.Caps["CAP_SYS_ADMIN"]
+	return p.Root || len(p.Lacking()) == 0
+}
+
+// Lacking lists the capabilities of RequiredCaps the process does not have.
+func (p Privileges) Lacking() []string {
+	var lack []string
+	for _, c := range RequiredCaps {
+		if !p.Caps[c] {
+			lack = append(lack, c)
+		}
+	}
+	return lack
+}
+
+// RequirePrivileges returns nil when this process may trace, else an error
+// saying what what needs and what is lacking.
+func RequirePrivileges(what string) error {
+	p := ProbePrivileges()
+	if p.CanTrace() {
+		return nil
+	}
+	if p.Err != nil {
+		return fmt.Errorf("%s needs %s: %w", what, privilegeRule, p.Err)
+	}
+	return fmt.Errorf("%s needs %s (lacks %s): it loads BPF programs and enters network namespaces; run it as root", what, privilegeRule, strings.Join(p.Lacking(), ", "))
 }
 
 // Probe summarises the privileges as a Probe named "privileges".
@@ -531,7 +565,7 @@ func (p Privileges) Probe() Probe {
 		detail += "; lacks " + strings.Join(lack, " ")
 	}
 	if !p.CanTrace() {
-		return missing(name, detail+" (tracing needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)", unix.EPERM)
+		return missing(name, detail+" (hoptrace needs "+privilegeRule+")", unix.EPERM)
 	}
 	return ok(name, detail)
 }

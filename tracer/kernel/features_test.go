@@ -284,8 +284,31 @@ func TestFilesystemsAndPrivileges(t *testing.T) {
 	}
 	expectProbe(t, priv.Probe(), true, "root has every capability")
 	noCaps := Privileges{Caps: map[string]bool{"CAP_NET_ADMIN": true}}
-	if p := noCaps.Probe(); p.Available || !strings.Contains(p.Detail, "lacks") || !strings.Contains(p.Detail, "CAP_BPF (tracing needs") {
+	if p := noCaps.Probe(); p.Available || !strings.Contains(p.Detail, "lacks") || !strings.Contains(p.Detail, "CAP_BPF (hoptrace needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN)") {
 		t.Errorf("unprivileged summary: %+v", p)
+	}
+}
+
+// One rule: root, or all four capabilities; CAP_BPF and CAP_PERFMON alone
+// (enough to load programs) are not enough to enter namespaces.
+func TestPrivilegeRule(t *testing.T) {
+	all := map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true, "CAP_NET_ADMIN": true, "CAP_SYS_ADMIN": true}
+	for _, tc := range []struct {
+		p    Privileges
+		want bool
+		lack string
+	}{
+		{Privileges{Root: true, Caps: map[string]bool{}}, true, "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN"},
+		{Privileges{Caps: all}, true, ""},
+		{Privileges{Caps: map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true}}, false, "CAP_NET_ADMIN CAP_SYS_ADMIN"},
+		{Privileges{Caps: map[string]bool{"CAP_SYS_ADMIN": true}}, false, "CAP_BPF CAP_PERFMON CAP_NET_ADMIN"},
+	} {
+		if got := tc.p.CanTrace(); got != tc.want {
+			t.Errorf("%+v: CanTrace = %v, want %v", tc.p, got, tc.want)
+		}
+		if got := strings.Join(tc.p.Lacking(), " "); got != tc.lack {
+			t.Errorf("%+v: Lacking = %q, want %q", tc.p, got, tc.lack)
+		}
 	}
 }
 

@@ -22,24 +22,23 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/testsession"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
 // session is a running latency measurement.
 type session struct {
+	*testsession.Session
 	t       *testing.T
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error
-	names   *resolve.Resolver
 	mu      sync.Mutex
 	reports []latency.Report
 }
@@ -47,43 +46,25 @@ type session struct {
 func startLatency(t *testing.T, cfg latency.Config) *session {
 	t.Helper()
 	privtest.RequireRoot(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	names, err := resolve.New(ctx, resolve.Options{})
-	if err != nil {
-		cancel()
-		t.Fatalf("resolver: %v", err)
-	}
-	s := &session{t: t, cancel: cancel, done: make(chan struct{}), names: names}
-	ready := make(chan struct{})
-	cfg.Ready = func() { close(ready) }
+	s := &session{t: t}
 	cfg.Report = func(r *latency.Report) error {
 		s.mu.Lock()
 		s.reports = append(s.reports, *r)
 		s.mu.Unlock()
 		return nil
 	}
-	go func() {
-		defer close(s.done)
-		s.err = latency.Run(ctx, cfg, names)
-	}()
-	select {
-	case <-ready:
-	case <-s.done:
-		t.Fatalf("latency session ended before it was ready: %v", s.err)
-	case <-time.After(privtest.ReadyTimeout()):
-		t.Fatalf("latency session not ready after %v", privtest.ReadyTimeout())
-	}
-	t.Cleanup(func() { s.cancel(); <-s.done; names.Close() })
+	s.Session = testsession.Start(t, func(ctx context.Context, names *resolve.Resolver, ready func()) error {
+		cfg.Ready = ready
+		return latency.Run(ctx, cfg, names)
+	})
 	return s
 }
 
 // stop ends the session and returns its final report.
 func (s *session) stop() latency.Report {
 	s.t.Helper()
-	s.cancel()
-	<-s.done
-	if s.err != nil {
-		s.t.Fatalf("latency: %v", s.err)
+	if err := s.Stop(); err != nil {
+		s.t.Fatalf("latency: %v", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -195,7 +176,7 @@ func TestInjectedQueueDelay(t *testing.T) {
 		burst   = 1600
 	)
 	measure := func() latency.Report {
-		s := startLatency(t, latency.Config{Netns: []uint32{a.Inode, b.Inode}, Interval: 200 * time.Millisecond})
+		s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond})
 		sendBurst(t, a, dst, n, payload, got, 5*time.Second)
 		time.Sleep(300 * time.Millisecond)
 		return s.stop()
@@ -310,7 +291,7 @@ func TestAgreesWithTrace(t *testing.T) {
 	// Both tracers see every packet. At each tracepoint the programs run in
 	// the order they were attached, so each delta also holds some of the
 	// other tracer's work (see the tolerance below).
-	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode, b.Inode}, Interval: 500 * time.Millisecond})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 500 * time.Millisecond})
 
 	// the trace
 	ctx, cancel := context.WithCancel(context.Background())
@@ -325,7 +306,7 @@ func TestAgreesWithTrace(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		_, err := trace.Run(ctx, trace.Config{
-			Netns: []uint32{a.Inode, b.Inode}, Detail: true, Format: output.JSON, Out: &out,
+			Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Detail: true, Format: output.JSON, Out: &out,
 			Ready: func() { close(ready) }, TrackEntries: 65536,
 		}, names)
 		done <- err
@@ -368,8 +349,8 @@ func TestAgreesWithTrace(t *testing.T) {
 			}
 			if prev != nil && !h.Clone && !prev.Clone && h.TsNs >= prev.TsNs {
 				k := latency.Pair{
-					From: hop(prev.NetnsInode, prev.Ifindex, hookByName[prev.Hook]),
-					To:   hop(h.NetnsInode, h.Ifindex, hookByName[h.Hook]),
+					From: hop(prev.NetnsInode, prev.Ifindex, hookByName[string(prev.Hook)]),
+					To:   hop(h.NetnsInode, h.Ifindex, hookByName[string(h.Hook)]),
 				}
 				hist := fromTrace[k]
 				if hist == nil {
@@ -449,16 +430,13 @@ func TestAgreesWithTrace(t *testing.T) {
 // packets that never reached a next hop are counted as expired.
 func TestFloodDoesNotFillTracking(t *testing.T) {
 	privtest.RequireRoot(t)
-	iperf, err := exec.LookPath("iperf3")
-	if err != nil {
-		t.Skip("SKIPPED: iperf3 not installed")
-	}
+	iperf := privtest.Tool(t, "iperf3", "iperf3")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	connected(t, a, b)
 	const entries = 512 // small: the flood fills it
 	s := startLatency(t, latency.Config{
-		Netns: []uint32{a.Inode, b.Inode}, Interval: 250 * time.Millisecond,
+		Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 250 * time.Millisecond,
 		TrackEntries: entries, ExpireAfter: 500 * time.Millisecond,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -531,7 +509,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if ap, err := netip.ParseAddrPort(addr.String()); err != nil || !ap.Addr().IsLoopback() {
 		t.Fatalf("metrics bound to %s, want loopback when no host is named", addr)
 	}
-	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode, b.Inode}, Interval: 200 * time.Millisecond, Metrics: m})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond, Metrics: m})
 	if n, err := a.Ping(b.Addr.Addr(), 5, time.Second); err != nil || n != 5 {
 		t.Fatalf("ping: %d replies, %v", n, err)
 	}
@@ -604,7 +582,7 @@ func TestDropsCountedByReason(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	drops := dropNamesForTest(t)
-	s := startLatency(t, latency.Config{Netns: []uint32{a.Inode}, Interval: 200 * time.Millisecond, Drops: drops})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}, Interval: 200 * time.Millisecond, Drops: drops})
 	const n = 20
 	for i := 0; i < n; i++ {
 		if err := a.SendUDP(netip.AddrPortFrom(b.Addr.Addr(), 7999), []byte("nobody")); err != nil {

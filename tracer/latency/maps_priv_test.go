@@ -8,9 +8,9 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 )
 

@@ -144,8 +144,8 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 	bySeries := map[string]int{}
 	for k, h := range totals {
 		from, to := hop(k.From), hop(k.To)
-		labels := []string{from.Container, from.Netns, from.Interface, from.Direction, from.Step,
-			to.Container, to.Netns, to.Interface, to.Direction, to.Step}
+		labels := []string{from.Container, from.Netns, from.Interface, string(from.Direction), from.Step,
+			to.Container, to.Netns, to.Interface, string(to.Direction), to.Step}
 		series := strings.Join(labels, "\x00")
 		if i, ok := bySeries[series]; ok {
 			mp := &pairs[i]

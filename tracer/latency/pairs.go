@@ -15,11 +15,7 @@ type HopKey = bpfobj.HoptraceHopKey
 type Pair = bpfobj.HoptraceHopPair
 
 // Names is what naming hops needs; *resolve.Resolver implements it.
-type Names interface {
-	Link(netns uint32, ifindex int) (resolve.Link, bool)
-	Namespace(inode uint32) (resolve.Namespace, bool)
-	HostInode() uint32
-}
+type Names = resolve.Names
 
 // Steps: what a hook means on the path, in the words reports use.
 const (
@@ -81,11 +77,11 @@ type Hop struct {
 	Interface  string `json:"interface,omitempty"`
 	Ifindex    int    `json:"ifindex"`
 	// Bridge is the bridge the interface is a port of (or is).
-	Bridge    string `json:"bridge,omitempty"`
-	Hook      string `json:"hook"`      // tracepoint
-	Step      string `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, consume, socket
-	Direction string `json:"direction"` // egress, ingress, local, end
-	Label     string `json:"label"`     // "web:eth0 egress"
+	Bridge    string           `json:"bridge,omitempty"`
+	Hook      event.Tracepoint `json:"hook"`      // tracepoint
+	Step      string           `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, consume, socket
+	Direction event.Direction  `json:"direction"` // egress, ingress, local, end
+	Label     string           `json:"label"`     // "web:eth0 egress"
 }
 
 // Who is the hop's owner as reports print it: the container, else the
@@ -103,47 +99,21 @@ func DescribeHop(names Names, k HopKey) Hop {
 	h := Hop{
 		NetnsInode: k.Netns,
 		Ifindex:    int(k.Ifindex),
-		Hook:       event.HookName(hk),
+		Hook:       event.TracepointOf(hk),
 		Step:       Step(hk),
-		Direction:  string(event.HookDirection(hk)),
+		Direction:  event.HookDirection(hk),
 	}
+	pl := resolve.PlaceOf(names, k.Netns, int(k.Ifindex))
+	h.Netns, h.Container, h.Bridge = pl.Netns, pl.Container, pl.Bridge
 	switch {
-	case k.Netns == 0:
-		h.Netns = "?"
-	case names != nil && k.Netns == names.HostInode():
-		h.Netns = "host"
-		if ns, ok := names.Namespace(k.Netns); ok {
-			h.Container = ns.Owner
-		}
-	default:
-		h.Netns = fmt.Sprintf("netns:%d", k.Netns)
-		if names != nil {
-			if ns, ok := names.Namespace(k.Netns); ok {
-				if ns.Label != "" {
-					h.Netns = ns.Label
-				}
-				h.Container = ns.Owner
-			}
-		}
-	}
-	if k.Ifindex != 0 {
+	case pl.Ifname != "":
+		h.Interface = pl.Ifname
+	case k.Ifindex != 0:
 		h.Interface = fmt.Sprintf("if%d", k.Ifindex)
-		if names != nil {
-			if l, ok := names.Link(k.Netns, int(k.Ifindex)); ok {
-				h.Interface = l.Name
-				if l.IsBridge() {
-					h.Bridge = l.Name
-					if hk == event.HookNetifReceiveSkb {
-						h.Step = StepLocal
-						h.Direction = string(event.Local)
-					}
-				} else if l.MasterIndex != 0 {
-					if m, ok := names.Link(k.Netns, l.MasterIndex); ok && m.IsBridge() {
-						h.Bridge = m.Name
-					}
-				}
-			}
-		}
+	}
+	if pl.IsBridge && hk == event.HookNetifReceiveSkb {
+		h.Step = StepLocal
+		h.Direction = event.Local
 	}
 	h.Label = h.Who()
 	if h.Interface != "" {

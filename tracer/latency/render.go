@@ -69,7 +69,7 @@ func (w *Writer) text(r *Report) error {
 	row := func(p *PairStat, share bool) {
 		label := "  " + p.Label
 		if w.Detail {
-			label += "  [" + p.From.Hook + " → " + p.To.Hook + "]"
+			label += "  [" + string(p.From.Hook) + " → " + string(p.To.Hook) + "]"
 		}
 		sh := "-"
 		if share {

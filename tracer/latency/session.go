@@ -5,7 +5,8 @@ import (
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/loader"
-	"github.com/hoptrace/hoptrace/tracer/trace"
+	"github.com/hoptrace/hoptrace/tracer/pktfilter"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 )
 
 // DefaultHooks are the hooks latency mode observes unless told otherwise:
@@ -20,10 +21,12 @@ func DefaultHooks() []loader.Hook {
 
 // Config describes one latency session.
 type Config struct {
-	// Netns, Devices and Dynamic select packets as in trace.Config.
-	Netns   []uint32
-	Devices []trace.Device
-	Dynamic <-chan trace.NetnsChange
+	// Selection says which packets are measured, as for a trace.
+	Selection selection.Selection
+	// Filter, if set, is a filter expression run in the kernel: only
+	// packets whose frame matches where they would start being tracked
+	// are measured.
+	Filter *pktfilter.Program
 
 	Interval time.Duration // report every; 0: 1s
 	Duration time.Duration // stop after; 0: until cancelled
@@ -52,7 +55,7 @@ type Config struct {
 
 // Run loads the tracer in latency mode and reports until ctx is cancelled
 // or Duration passes; the final report covers the whole session.
-func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
+func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	interval := cfg.Interval
 	if interval <= 0 {
 		interval = time.Second
@@ -66,11 +69,11 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 	if hooks == nil {
 		hooks = DefaultHooks()
 	}
-	kinds := trace.FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
 	tr, err := loader.Load(loader.Options{
 		Mode:         loader.ModeLatency,
 		Hooks:        hooks,
-		FilterKinds:  kinds,
+		FilterKinds:  cfg.Selection.FilterKinds(),
+		Filter:       cfg.Filter.Instructions(),
 		TrackEntries: cfg.TrackEntries,
 		HistPairs:    cfg.HistPairs,
 		RingBytes:    4096 * 4, // no events in latency mode: keep the ring small
@@ -80,18 +83,11 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 	}
 	defer tr.Close()
 
-	sel := trace.NewSelection(tr, names)
-	for _, d := range cfg.Devices {
-		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
-			return err
-		}
-	}
-	for _, ns := range cfg.Netns {
-		sel.Set(ns, true)
-	}
-	if err := sel.Sync(); err != nil {
+	follow, err := selection.Follow(ctx, tr, names, cfg.Selection)
+	if err != nil {
 		return err
 	}
+	defer follow.Close()
 
 	rd := NewReader(tr.Hists())
 	switch {
@@ -174,19 +170,8 @@ func Run(ctx context.Context, cfg Config, names trace.Resolver) error {
 		select {
 		case <-ctx.Done():
 			return tick(true)
-		case ch, ok := <-cfg.Dynamic:
-			if !ok {
-				cfg.Dynamic = nil
-				continue
-			}
-			sel.Set(ch.Inode, ch.Selected)
-			if err := sel.Sync(); err != nil {
-				return err
-			}
-		case <-names.Changes():
-			if err := sel.Sync(); err != nil {
-				return err
-			}
+		case err := <-follow.Failed():
+			return err
 		case <-ticker.C:
 			if err := tick(false); err != nil {
 				return err
@@ -207,7 +192,7 @@ func kernelDelta(cur, prev loader.Stats, evicted uint64) Kernel {
 
 // refreshUnknown asks the resolver to rescan when a hop's namespace is
 // unknown to it.
-func refreshUnknown(names trace.Resolver, hists map[Pair]*Hist) {
+func refreshUnknown(names selection.Resolver, hists map[Pair]*Hist) {
 	for k := range hists {
 		for _, ns := range []uint32{k.From.Netns, k.To.Netns} {
 			if ns == 0 || ns == names.HostInode() {

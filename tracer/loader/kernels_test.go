@@ -19,9 +19,9 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 )

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
@@ -19,16 +20,17 @@ import (
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
-// Mode selects what the programs do with an observation.
-type Mode uint32
+// Mode selects what the programs do with an observation (enum run_mode).
+type Mode = bpfobj.HoptraceRunMode
 
 const (
 	// ModeEvents sends every observation to the ring buffer.
-	ModeEvents Mode = 0
+	ModeEvents = bpfobj.HoptraceRunModeMODE_EVENTS
 	// ModeLatency adds hop-to-hop deltas to in-kernel histograms; no events.
-	ModeLatency Mode = 1
+	ModeLatency = bpfobj.HoptraceRunModeMODE_LATENCY
 )
 
 // Hook is one tracepoint hoptrace can observe (see bpf/hoptrace.h).
@@ -45,11 +47,14 @@ var (
 	EndHooks    = []Hook{event.HookKfreeSkb, event.HookConsumeSkb, event.HookCopyDatagram}
 )
 
-// Filter kinds, mirrored from enum filter_flag in the BPF program.
+// FilterKind is a set of in-kernel filters (enum filter_flag).
+type FilterKind = bpfobj.HoptraceFilterFlag
+
+// Filter kinds: a packet is tracked from where it matches one of the kinds set.
 const (
-	FilterNetns uint32 = 1
-	FilterDev   uint32 = 2
-	FilterAddr  uint32 = 4
+	FilterNetns = bpfobj.HoptraceFilterFlagFILTER_NETNS
+	FilterDev   = bpfobj.HoptraceFilterFlagFILTER_DEV
+	FilterAddr  = bpfobj.HoptraceFilterFlagFILTER_ADDR
 )
 
 // Options configure Load. The zero value traces every packet in every
@@ -59,7 +64,7 @@ type Options struct {
 	Hooks []Hook // nil: HopHooks + EndHooks
 	// FilterKinds says which filter maps are consulted (FilterNetns|...);
 	// 0 traces everything. The maps' contents can change while running.
-	FilterKinds uint32
+	FilterKinds FilterKind
 	// RingBytes is the ring buffer size (power of two, >= page size); 0: 8 MiB.
 	RingBytes int
 	// TrackEntries bounds the in-flight packet maps; 0: 65536.
@@ -73,7 +78,16 @@ type Options struct {
 	WakeupBytes int
 	// KernelBTF, if set, is used instead of loading /sys/kernel/btf/vmlinux.
 	KernelBTF *btf.Spec
+	// Filter, if set, is a filter expression's program (pktfilter.Program's
+	// Insns): a packet starts being tracked only where its frame matches.
+	Filter asm.Instructions
+	// SnapLen > 0 appends the first SnapLen bytes of the frame to every
+	// event (event.Snapshot); 0 captures nothing.
+	SnapLen int
 }
+
+// MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
+const MaxSnapLen = 4096
 
 // Tracer owns the loaded objects and links.
 type Tracer struct {
@@ -87,8 +101,8 @@ type Tracer struct {
 
 // Load loads and attaches the programs. On error nothing stays loaded.
 func Load(opts Options) (*Tracer, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run hoptrace with sudo")
+	if err := kernel.RequirePrivileges("tracing"); err != nil {
+		return nil, err
 	}
 	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to memcg.
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -110,6 +124,10 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
+	var specs bpfobj.HoptraceSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, fmt.Errorf("embedded BPF object: %w", err)
+	}
 	ring := opts.RingBytes
 	if ring == 0 {
 		ring = 8 << 20
@@ -117,13 +135,13 @@ func Load(opts Options) (*Tracer, error) {
 	if ring < os.Getpagesize() || ring&(ring-1) != 0 {
 		return nil, fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", ring, os.Getpagesize())
 	}
-	spec.Maps["events"].MaxEntries = uint32(ring)
+	specs.Events.MaxEntries = uint32(ring)
 	if opts.TrackEntries > 0 {
-		spec.Maps["by_skb"].MaxEntries = uint32(opts.TrackEntries)
-		spec.Maps["by_head"].MaxEntries = uint32(opts.TrackEntries)
+		specs.BySkb.MaxEntries = uint32(opts.TrackEntries)
+		specs.ByHead.MaxEntries = uint32(opts.TrackEntries)
 	}
 	if opts.HistPairs > 0 {
-		spec.Maps["hists"].MaxEntries = uint32(opts.HistPairs)
+		specs.Hists.MaxEntries = uint32(opts.HistPairs)
 	}
 	stale := opts.StaleAfter
 	if stale == 0 {
@@ -133,17 +151,28 @@ func Load(opts Options) (*Tracer, error) {
 	if wakeup == 0 {
 		wakeup = ring / 8
 	}
-	if err := spec.Variables["mode"].Set(uint32(opts.Mode)); err != nil {
+	if err := specs.Mode.Set(uint32(opts.Mode)); err != nil {
 		return nil, fmt.Errorf("set mode: %w", err)
 	}
-	if err := spec.Variables["filter_flags"].Set(opts.FilterKinds); err != nil {
+	if err := specs.FilterFlags.Set(uint32(opts.FilterKinds)); err != nil {
 		return nil, fmt.Errorf("set filter: %w", err)
 	}
-	if err := spec.Variables["stale_ns"].Set(uint64(stale.Nanoseconds())); err != nil {
+	if err := specs.StaleNs.Set(uint64(stale.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("set stale_ns: %w", err)
 	}
-	if err := spec.Variables["wakeup_bytes"].Set(uint64(wakeup)); err != nil {
+	if err := specs.WakeupBytes.Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	if opts.SnapLen < 0 || opts.SnapLen > MaxSnapLen {
+		return nil, fmt.Errorf("snapshot length %d: want 0 to %d bytes", opts.SnapLen, MaxSnapLen)
+	}
+	if err := specs.SnapLen.Set(uint32(opts.SnapLen)); err != nil {
+		return nil, fmt.Errorf("set snap_len: %w", err)
+	}
+	if opts.Filter != nil {
+		if err := specs.ExprFilter.Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set expr_filter: %w", err)
+		}
 	}
 
 	// Each hook's program variant that this kernel's tracepoint can feed
@@ -152,12 +181,18 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	wanted := map[string]bool{}
-	for _, p := range progs {
-		wanted[p.Name] = true
+	progSpecs := make([]*ebpf.ProgramSpec, len(progs))
+	wanted := map[*ebpf.ProgramSpec]bool{}
+	for i, p := range progs {
+		ps, ok := spec.Programs[p.Name]
+		if !ok {
+			return nil, fmt.Errorf("program %s not in the BPF object", p.Name)
+		}
+		progSpecs[i] = ps
+		wanted[ps] = true
 	}
-	for name := range spec.Programs {
-		if !wanted[name] {
+	for name, ps := range spec.Programs {
+		if !wanted[ps] {
 			delete(spec.Programs, name)
 		}
 	}
@@ -165,8 +200,16 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
-	if err := spec.Variables["nr_cpus"].Set(uint32(ncpu)); err != nil {
+	if err := specs.NrCpus.Set(uint32(ncpu)); err != nil {
 		return nil, fmt.Errorf("set nr_cpus: %w", err)
+	}
+
+	if opts.Filter != nil {
+		for name, p := range spec.Programs {
+			if p.Instructions, err = injectFilter(p.Instructions, opts.Filter); err != nil {
+				return nil, fmt.Errorf("program %s: %w", name, err)
+			}
+		}
 	}
 
 	t := &Tracer{hooks: hooks, chosenProg: progs, ringBytes: ring}
@@ -180,18 +223,56 @@ func Load(opts Options) (*Tracer, error) {
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
 	}
-	for _, p := range progs {
-		prog := coll.Programs[p.Name]
-		delete(coll.Programs, p.Name)
+	for _, ps := range progSpecs {
+		prog := coll.Programs[ps.Name]
+		delete(coll.Programs, ps.Name)
 		t.progs = append(t.progs, prog)
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			t.Close()
-			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", p.Name, p.Tracepoint, err)
+			return nil, fmt.Errorf("attach %s to tracepoint %s: %w", ps.Name, ps.AttachTo, err)
 		}
 		t.links = append(t.links, l)
 	}
 	return t, nil
+}
+
+// filterStub is the function in the BPF object whose body is a filter
+// expression's program.
+const filterStub = "pcap_filter"
+
+// injectFilter replaces the body of the filter stub, a BPF-to-BPF function
+// linked into the program, with the filter's instructions. The function's
+// first instruction keeps its metadata (symbol, BTF function and line info),
+// so calls and the verifier's view of subprograms stay as compiled.
+func injectFilter(insns asm.Instructions, filter asm.Instructions) (asm.Instructions, error) {
+	if len(filter) == 0 {
+		return nil, errors.New("empty filter program")
+	}
+	start := -1
+	for i, ins := range insns {
+		if ins.Symbol() == filterStub {
+			start = i
+			break
+		}
+	}
+	if start < 0 {
+		return insns, nil // a program that never starts tracking (end hooks) has no call to it
+	}
+	end := len(insns)
+	for i := start + 1; i < len(insns); i++ {
+		if btf.FuncMetadata(&insns[i]) != nil {
+			end = i
+			break
+		}
+	}
+	body := make(asm.Instructions, len(filter))
+	copy(body, filter)
+	body[0] = body[0].WithMetadata(insns[start].Metadata)
+	out := make(asm.Instructions, 0, len(insns)-(end-start)+len(body))
+	out = append(out, insns[:start]...)
+	out = append(out, body...)
+	return append(out, insns[end:]...), nil
 }
 
 // loadError turns a load failure into one clear sentence, printing the
@@ -204,7 +285,7 @@ func loadError(err error) error {
 	}
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return fmt.Errorf("loading BPF programs was refused (needs root, or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN; check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
+		return fmt.Errorf("loading BPF programs was refused (check kernel.unprivileged_bpf_disabled and lockdown): %w", err)
 	case errors.Is(err, unix.ENOMEM):
 		return fmt.Errorf("not enough memory for BPF maps (memory cgroup limit?): %w", err)
 	}

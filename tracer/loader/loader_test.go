@@ -1,7 +1,9 @@
 package loader_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"testing"
@@ -9,9 +11,10 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/loader"
+	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 )
 
 // A UDP datagram over loopback is seen leaving lo and arriving on lo under one
@@ -99,5 +102,83 @@ func TestLoopbackUDPOneIdentity(t *testing.T) {
 	closed = true
 	if left := privtest.WaitGone(progs, 5*time.Second); len(left) != 0 {
 		t.Fatalf("programs %v still loaded 5s after Close", left)
+	}
+}
+
+// A filter expression's program, injected into the stub, decides which
+// packets are tracked; with a snapshot length every event carries the
+// frame's first bytes (on lo: a blank Ethernet header, then IPv4).
+func TestFilterAndSnapshot(t *testing.T) {
+	privtest.RequireRoot(t)
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	other, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	dport := srv.LocalAddr().(*net.UDPAddr).Port
+	prog, err := pktfilter.Compile(context.Background(), fmt.Sprintf("udp dst port %d", dport))
+	if err != nil {
+		if errors.Is(err, pktfilter.ErrNoCompiler) && os.Getenv("CI") != "true" {
+			t.Skip("SKIPPED: tcpdump is not installed")
+		}
+		t.Fatal(err)
+	}
+	tr, err := loader.Load(loader.Options{Filter: prog.Insns, SnapLen: 64})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer tr.Close()
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	for _, dst := range []*net.UDPConn{other, srv, other} {
+		c, err := net.DialUDP("udp4", nil, dst.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("hoptrace"))
+		c.Close()
+	}
+	matched, unmatched := 0, 0
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		rec, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var e event.Event
+		if err := event.Decode(rec.RawSample, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Meta.L4Proto != event.ProtoUDP || !net.IP(e.Meta.Daddr[:4]).IsLoopback() {
+			continue
+		}
+		if int(e.Meta.Dport) != dport {
+			unmatched++
+			continue
+		}
+		matched++
+		snap, data, ok := event.Snapshot(rec.RawSample)
+		if event.IsEnd(event.Hook(e.Hook)) {
+			continue
+		}
+		// 14 (Ethernet) + 20 (IPv4) + 8 (UDP) + 8 bytes of payload
+		if !ok || snap.Len != 50 || snap.Caplen != 50 || snap.L3 != 0 || len(data) != 50 || data[12] != 0x08 || data[13] != 0x00 || string(data[42:]) != "hoptrace" {
+			t.Errorf("%s: snapshot %+v %x", event.HookName(event.Hook(e.Hook)), snap, data)
+		}
+	}
+	if matched < 2 || unmatched != 0 {
+		t.Errorf("%d events of the datagram to port %d (want its hops), %d of the others (want 0)", matched, dport, unmatched)
 	}
 }

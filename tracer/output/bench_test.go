@@ -5,15 +5,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
 // benchPath is a five-hop UDP path from ns-a to ns-b across br0, as Describe
 // builds it.
 func benchPath() *path.Path {
 	hop := func(netns, ifname, kind, dir, bridge, hook string, ts uint64) path.Hop {
-		return path.Hop{Netns: netns, NetnsInode: 4026532200, Ifindex: 2, Ifname: ifname, Kind: kind, Direction: dir,
-			Bridge: bridge, Hook: hook, TsNs: ts, DeltaNs: 2500, SinceNs: ts - 1_000_000_000, Skb: "0xffff888100000100"}
+		return path.Hop{Netns: netns, NetnsInode: 4026532200, Ifindex: 2, Ifname: ifname, Kind: resolve.Kind(kind), Direction: event.Direction(dir),
+			Bridge: bridge, Hook: event.Tracepoint(hook), TsNs: ts, DeltaNs: 2500, SinceNs: ts - 1_000_000_000, Skb: "0xffff888100000100"}
 	}
 	return &path.Path{
 		ID: 123456, Time: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC), Proto: "UDP",

@@ -52,6 +52,9 @@ func appendPathJSON(b []byte, p *path.Path) []byte {
 		}
 		b = append(b, ']')
 	}
+	if p.Rule != nil {
+		b = appendRuleJSON(b, p.Rule)
+	}
 	return append(b, '}')
 }
 
@@ -62,10 +65,10 @@ func appendHopJSON(b []byte, h *path.Hop) []byte {
 	b = appendStrField(b, "container", h.Container)
 	b = appendIntField(b, "ifindex", int64(h.Ifindex))
 	b = appendStrField(b, "ifname", h.Ifname)
-	b = appendStrField(b, "kind", h.Kind)
-	b = appendStrField(b, "direction", h.Direction)
+	b = appendStrField(b, "kind", string(h.Kind))
+	b = appendStrField(b, "direction", string(h.Direction))
 	b = appendStrField(b, "bridge", h.Bridge)
-	b = appendStrField(b, "hook", h.Hook)
+	b = appendStrField(b, "hook", string(h.Hook))
 	b = appendUintField(b, "ts_ns", h.TsNs)
 	b = appendUintField(b, "delta_ns", h.DeltaNs)
 	b = appendUintField(b, "since_first_ns", h.SinceNs)
@@ -84,7 +87,7 @@ func appendHopJSON(b []byte, h *path.Hop) []byte {
 
 func appendEndJSON(b []byte, e *path.EndEvent) []byte {
 	b = append(b, `{"hook":`...)
-	b = appendString(b, e.Hook)
+	b = appendString(b, string(e.Hook))
 	b = appendStrField(b, "netns", e.Netns)
 	b = appendUintField(b, "netns_inode", uint64(e.NetnsInode))
 	if e.Ifname != "" {
@@ -98,6 +101,27 @@ func appendEndJSON(b []byte, e *path.EndEvent) []byte {
 		b = appendStrField(b, "location", e.Location)
 	}
 	b = appendStrField(b, "skb", e.Skb)
+	return append(b, '}')
+}
+
+func appendRuleJSON(b []byte, r *path.Rule) []byte {
+	b = append(b, `,"rule":{"family":`...)
+	b = appendString(b, r.Family)
+	b = appendStrField(b, "table", r.Table)
+	b = appendStrField(b, "chain", r.Chain)
+	if r.Handle != 0 {
+		b = appendUintField(b, "handle", r.Handle)
+	}
+	if r.Text != "" {
+		b = appendStrField(b, "text", r.Text)
+	}
+	if r.Iptables != "" {
+		b = appendStrField(b, "iptables", r.Iptables)
+	}
+	b = appendStrField(b, "verdict", r.Verdict)
+	if r.Policy {
+		b = append(b, `,"policy":true`...)
+	}
 	return append(b, '}')
 }
 

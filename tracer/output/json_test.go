@@ -29,7 +29,12 @@ func TestPathJSONMatchesEncodingJSON(t *testing.T) {
 			{Hook: "consume_skb", Netns: "ns-b", Skb: "0x3"},
 		},
 	}
-	for name, p := range map[string]path.Path{"full": full, "empty": {}, "no ends": {ID: 1, Hops: []path.Hop{{}}}} {
+	withRule := full
+	withRule.Rule = &path.Rule{Family: "ip", Table: "filter", Chain: "DOCKER-USER", Handle: 12,
+		Text: `ip saddr 172.17.0.2 meta l4proto icmp drop`, Iptables: `-A DOCKER-USER -s 172.17.0.2/32 -p icmp -j DROP`, Verdict: "drop"}
+	policy := full
+	policy.Rule = &path.Rule{Family: "ip", Table: "filter", Chain: "FORWARD", Verdict: "drop", Policy: true}
+	for name, p := range map[string]path.Path{"full": full, "empty": {}, "no ends": {ID: 1, Hops: []path.Hop{{}}}, "rule": withRule, "policy": policy} {
 		want, err := json.Marshal(&p)
 		if err != nil {
 			t.Fatal(err)

@@ -86,7 +86,7 @@ func FormatPath(p *path.Path) string {
 		if h.Clone {
 			note = strings.TrimSpace(note + " [clone]")
 		}
-		rows = append(rows, []string{"+" + micros(h.SinceNs) + "us", delta, where, h.Ifname, h.Kind, h.Direction, note})
+		rows = append(rows, []string{"+" + micros(h.SinceNs) + "us", delta, where, h.Ifname, string(h.Kind), string(h.Direction), note})
 	}
 	writeTable(&b, "  ", rows)
 	verdict := p.Verdict

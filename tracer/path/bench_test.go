@@ -3,6 +3,7 @@ package path
 import (
 	"bytes"
 	"encoding/binary"
+	"net/netip"
 	"sort"
 	"sync"
 	"testing"
@@ -40,9 +41,9 @@ type benchNames struct {
 func newBenchNames() *benchNames {
 	n := &benchNames{links: map[[2]uint32]*resolve.Link{}, nss: map[uint32]resolve.Namespace{}}
 	for _, l := range []resolve.Link{
-		{Netns: nsA, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 10, PeerNetns: hostNS, Addrs: []string{"10.77.0.2/24"}},
-		{Netns: nsB, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 11, PeerNetns: hostNS, Addrs: []string{"10.77.0.3/24"}},
-		{Netns: hostNS, Index: 5, Name: "br0", Kind: "bridge", Addrs: []string{"10.77.0.1/24"}},
+		{Netns: nsA, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 10, PeerNetns: hostNS, Addrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.2/24")}},
+		{Netns: nsB, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 11, PeerNetns: hostNS, Addrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.3/24")}},
+		{Netns: hostNS, Index: 5, Name: "br0", Kind: "bridge", Addrs: []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}},
 		{Netns: hostNS, Index: 10, Name: "veth-a", Kind: "veth", MasterIndex: 5, MasterName: "br0", PortState: "forwarding"},
 		{Netns: hostNS, Index: 11, Name: "veth-b", Kind: "veth", MasterIndex: 5, MasterName: "br0", PortState: "forwarding"},
 	} {

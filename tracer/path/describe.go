@@ -19,11 +19,7 @@ const (
 )
 
 // Names resolves what events report by number. *resolve.Resolver implements it.
-type Names interface {
-	Link(netns uint32, ifindex int) (resolve.Link, bool)
-	Namespace(inode uint32) (resolve.Namespace, bool)
-	HostInode() uint32
-}
+type Names = resolve.Names
 
 // Symbolizer names kernel code addresses (where a packet was freed).
 type Symbolizer interface {
@@ -61,38 +57,41 @@ type Path struct {
 	Hops []Hop  `json:"hops"`
 	// Ends are the end-of-life events seen (drops, consumes, socket copies).
 	Ends []EndEvent `json:"ends,omitempty"`
+	// Rule is the netfilter rule or chain policy that dropped the packet,
+	// when rule naming is on (see package nftrace).
+	Rule *Rule `json:"rule,omitempty"`
 }
 
 // Hop is one point on the path.
 type Hop struct {
-	Netns      string `json:"netns"`
-	NetnsInode uint32 `json:"netns_inode"`
-	Container  string `json:"container"`
-	Ifindex    int    `json:"ifindex"`
-	Ifname     string `json:"ifname"`
-	Kind       string `json:"kind"`
-	Direction  string `json:"direction"`
-	Bridge     string `json:"bridge"`
-	Hook       string `json:"hook"`
-	TsNs       uint64 `json:"ts_ns"`
-	DeltaNs    uint64 `json:"delta_ns"`
-	SinceNs    uint64 `json:"since_first_ns"`
-	Inferred   bool   `json:"inferred,omitempty"`
-	Clone      bool   `json:"clone,omitempty"`
-	Skb        string `json:"skb"`
-	Note       string `json:"note,omitempty"`
+	Netns      string           `json:"netns"`
+	NetnsInode uint32           `json:"netns_inode"`
+	Container  string           `json:"container"`
+	Ifindex    int              `json:"ifindex"`
+	Ifname     string           `json:"ifname"`
+	Kind       resolve.Kind     `json:"kind"`
+	Direction  event.Direction  `json:"direction"`
+	Bridge     string           `json:"bridge"`
+	Hook       event.Tracepoint `json:"hook"`
+	TsNs       uint64           `json:"ts_ns"`
+	DeltaNs    uint64           `json:"delta_ns"`
+	SinceNs    uint64           `json:"since_first_ns"`
+	Inferred   bool             `json:"inferred,omitempty"`
+	Clone      bool             `json:"clone,omitempty"`
+	Skb        string           `json:"skb"`
+	Note       string           `json:"note,omitempty"`
 }
 
 // EndEvent is one end-of-life observation.
 type EndEvent struct {
-	Hook       string `json:"hook"`
-	Netns      string `json:"netns"`
-	NetnsInode uint32 `json:"netns_inode"`
-	Ifname     string `json:"ifname,omitempty"`
-	TsNs       uint64 `json:"ts_ns"`
-	Reason     string `json:"reason,omitempty"`
-	Location   string `json:"location,omitempty"`
-	Skb        string `json:"skb"`
+	Hook       event.Tracepoint `json:"hook"`
+	Netns      string           `json:"netns"`
+	NetnsInode uint32           `json:"netns_inode"`
+	Ifname     string           `json:"ifname,omitempty"`
+	TsNs       uint64           `json:"ts_ns"`
+	Reason     string           `json:"reason,omitempty"`
+	Location   string           `json:"location,omitempty"`
+	Skb        string           `json:"skb"`
 }
 
 // Describer turns packets into paths.
@@ -165,8 +164,8 @@ func (d *Describer) Describe(p *Packet) Path {
 			// tracepoint fires inside the bridge, the two ports prove it.
 			fwd := Hop{
 				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
-				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: "bridge", Direction: string(event.Forward),
-				Bridge: hop.Bridge, Hook: "bridge_forward", TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
+				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
+				Bridge: hop.Bridge, Hook: event.BridgeForward, TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
 				Note: lastIngress.Ifname + " -> " + hop.Ifname,
 			}
 			path.Hops = append(path.Hops, fwd)
@@ -192,55 +191,35 @@ func (d *Describer) Describe(p *Packet) Path {
 // Hop describes one hop event with names.
 func (d *Describer) Hop(e *event.Event) Hop {
 	h := event.Hook(e.Hook)
+	pl := resolve.PlaceOf(d.Names, e.Netns, int(e.Ifindex))
 	hop := Hop{
+		Netns:      pl.Netns,
 		NetnsInode: e.Netns,
+		Container:  pl.Container,
 		Ifindex:    int(e.Ifindex),
 		Ifname:     event.Ifname(e),
-		Kind:       "unknown",
-		Direction:  string(event.HookDirection(h)),
-		Hook:       event.HookName(h),
+		Kind:       resolve.KindUnknown,
+		Direction:  event.HookDirection(h),
+		Bridge:     pl.Bridge,
+		Hook:       event.TracepointOf(h),
 		TsNs:       e.TsNs,
 		Skb:        SkbString(e.Skb),
 	}
-	d.nameNetns(&hop.Netns, &hop.Container, e.Netns)
-	if l, ok := d.Names.Link(e.Netns, int(e.Ifindex)); ok {
-		hop.Ifname = l.Name
-		hop.Kind = l.Kind
-		if l.MasterName != "" {
-			if m, ok := d.Names.Link(e.Netns, l.MasterIndex); ok && m.IsBridge() {
-				hop.Bridge = m.Name
-				hop.Note = "port of " + m.Name
-			}
-		}
-		if l.IsBridge() {
-			hop.Bridge = l.Name
-			if h == event.HookNetifReceiveSkb {
-				hop.Direction = string(event.Local)
-				hop.Note = "up to the host stack"
-			}
-		}
+	if pl.Ifname != "" {
+		hop.Ifname, hop.Kind = pl.Ifname, pl.Kind
+	}
+	switch {
+	case pl.IsBridge && h == event.HookNetifReceiveSkb:
+		hop.Direction = event.Local
+		hop.Note = "up to the host stack"
+	case pl.Bridge != "" && !pl.IsBridge:
+		hop.Note = "port of " + pl.Bridge
 	}
 	return hop
 }
 
 func (d *Describer) nameNetns(label, container *string, inode uint32) {
-	if inode == 0 {
-		*label = "?"
-		return
-	}
-	ns, ok := d.Names.Namespace(inode)
-	switch {
-	case ok:
-		*label = ns.Label
-		*container = ns.Owner
-	case inode == d.Names.HostInode():
-		*label = "host"
-	default:
-		*label = fmt.Sprintf("netns:%d", inode)
-	}
-	if inode == d.Names.HostInode() {
-		*label = "host"
-	}
+	*label, *container = resolve.NetnsLabel(d.Names, inode)
 }
 
 func (d *Describer) bridgeIndex(hop Hop) int {
@@ -254,7 +233,7 @@ func (d *Describer) bridgeIndex(hop Hop) int {
 func (d *Describer) EndEvent(e *event.Event) EndEvent {
 	h := event.Hook(e.Hook)
 	end := EndEvent{
-		Hook:       event.HookName(h),
+		Hook:       event.TracepointOf(h),
 		NetnsInode: e.Netns,
 		Ifname:     event.Ifname(e),
 		TsNs:       e.TsNs,
@@ -306,18 +285,18 @@ func (d *Describer) verdict(p *Path) {
 	for i := range p.Ends {
 		end := &p.Ends[i]
 		switch end.Hook {
-		case "skb_copy_datagram":
-			if delivered == nil || delivered.Hook != "skb_copy_datagram" {
+		case event.TPCopyDatagram:
+			if delivered == nil || delivered.Hook != event.TPCopyDatagram {
 				delivered = end
 			}
-		case "consume_skb":
+		case event.TPConsumeSkb:
 			if consumeNotEnd[end.Location] || end.TsNs < lastHopTs {
 				continue // the packet went on after this
 			}
 			if delivered == nil {
 				delivered = end
 			}
-		case "kfree_skb":
+		case event.TPKfreeSkb:
 			if benignDrop(*end) {
 				if benign == nil {
 					benign = end
@@ -352,7 +331,7 @@ func (d *Describer) verdict(p *Path) {
 		}
 	case delivered != nil:
 		p.Verdict = Delivered
-		if delivered.Hook == "skb_copy_datagram" {
+		if delivered.Hook == event.TPCopyDatagram {
 			p.End = "delivered to a socket in " + delivered.Netns
 		} else if delivered.Location != "" {
 			p.End = fmt.Sprintf("consumed by %s in %s", delivered.Location, delivered.Netns)
@@ -362,16 +341,16 @@ func (d *Describer) verdict(p *Path) {
 	case benign != nil && benign.Location == "ping_rcv":
 		p.Verdict = Delivered
 		p.End = "delivered to a raw socket in " + benign.Netns
-	case lastHop.Direction == string(event.Local):
+	case lastHop.Direction == event.Local:
 		p.Verdict = Delivered
 		p.End = "delivered to the host stack through " + lastHop.Ifname
-	case lastHop.Direction == string(event.Ingress):
+	case lastHop.Direction == event.Ingress:
 		p.Verdict = Delivered
 		p.End = fmt.Sprintf("received by the stack of %s %s", lastHop.Netns, lastHop.Ifname)
 		if benign != nil {
 			p.End += " (" + benign.Reason + " drop of a copy)"
 		}
-	case lastHop.Direction == string(event.Egress) && lastHop.Kind != "veth" && lastHop.Kind != "bridge" && lastHop.Kind != "unknown":
+	case lastHop.Direction == event.Egress && lastHop.Kind != resolve.KindVeth && lastHop.Kind != resolve.KindBridge && lastHop.Kind != resolve.KindUnknown:
 		p.Verdict = Forwarded
 		p.End = fmt.Sprintf("sent out of %s %s (%s)", lastHop.Netns, lastHop.Ifname, lastHop.Kind)
 	case benign != nil:

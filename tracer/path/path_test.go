@@ -14,35 +14,19 @@ const (
 	nsB    = 200
 )
 
-// fakeNames is the topology of ns-a and ns-b on bridge br0.
-type fakeNames struct{}
-
-func (fakeNames) Link(netns uint32, ifindex int) (resolve.Link, bool) {
-	links := map[[2]uint32]resolve.Link{
-		{nsA, 2}:     {Netns: nsA, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 10, PeerNetns: hostNS},
-		{nsB, 2}:     {Netns: nsB, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 11, PeerNetns: hostNS},
-		{hostNS, 5}:  {Netns: hostNS, Index: 5, Name: "br0", Kind: "bridge"},
-		{hostNS, 10}: {Netns: hostNS, Index: 10, Name: "veth-a", Kind: "veth", MasterIndex: 5, MasterName: "br0"},
-		{hostNS, 11}: {Netns: hostNS, Index: 11, Name: "veth-b", Kind: "veth", MasterIndex: 5, MasterName: "br0"},
-		{hostNS, 3}:  {Netns: hostNS, Index: 3, Name: "eth1", Kind: "device"},
-	}
-	l, ok := links[[2]uint32{netns, uint32(ifindex)}]
-	return l, ok
-}
-
-func (fakeNames) Namespace(inode uint32) (resolve.Namespace, bool) {
-	switch inode {
-	case nsA:
-		return resolve.Namespace{Inode: nsA, Label: "ns-a"}, true
-	case nsB:
-		return resolve.Namespace{Inode: nsB, Label: "ns-b", Owner: "web"}, true
-	case hostNS:
-		return resolve.Namespace{Inode: hostNS, Label: "host"}, true
-	}
-	return resolve.Namespace{}, false
-}
-
-func (fakeNames) HostInode() uint32 { return hostNS }
+// testNames is the topology of ns-a and ns-b on bridge br0.
+var testNames = resolve.NewStatic(hostNS, []resolve.Namespace{
+	{Inode: nsA, Label: "ns-a"},
+	{Inode: nsB, Label: "ns-b", Owner: "web"},
+	{Inode: hostNS, Label: "host"},
+},
+	resolve.Link{Netns: nsA, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 10, PeerNetns: hostNS},
+	resolve.Link{Netns: nsB, Index: 2, Name: "eth0", Kind: "veth", PeerIndex: 11, PeerNetns: hostNS},
+	resolve.Link{Netns: hostNS, Index: 5, Name: "br0", Kind: "bridge"},
+	resolve.Link{Netns: hostNS, Index: 10, Name: "veth-a", Kind: "veth", MasterIndex: 5, MasterName: "br0"},
+	resolve.Link{Netns: hostNS, Index: 11, Name: "veth-b", Kind: "veth", MasterIndex: 5, MasterName: "br0"},
+	resolve.Link{Netns: hostNS, Index: 3, Name: "eth1", Kind: "device"},
+)
 
 type fakeSyms map[uint64]string
 
@@ -72,7 +56,7 @@ func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
 
 func describer() *Describer {
 	return &Describer{
-		Names:   fakeNames{},
+		Names:   testNames,
 		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send"},
 		Drops:   fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST"},
 	}
@@ -98,7 +82,7 @@ func checkHops(t *testing.T, p Path, want []hopWant) {
 	t.Helper()
 	var got []hopWant
 	for _, h := range p.Hops {
-		got = append(got, hopWant{h.Netns, h.Ifname, h.Kind, h.Direction, h.Bridge})
+		got = append(got, hopWant{h.Netns, h.Ifname, string(h.Kind), string(h.Direction), h.Bridge})
 	}
 	if len(got) != len(want) {
 		t.Fatalf("hops:\n got %v\nwant %v", got, want)

@@ -1,120 +1,218 @@
-// Package pktfilter selects packets by protocol, address and port, the
-// everyday subset of a tcpdump expression, applied to parsed headers.
+// Package pktfilter compiles tcpdump's filter language (pcap-filter(7)) into
+// a program the kernel runs on each frame where hoptrace would start
+// tracking a packet.
+//
+// The expression is compiled by libpcap itself, so its meaning is exactly
+// tcpdump's: hoptrace runs `tcpdump -ddd -y EN10MB EXPR`, which prints
+// libpcap's classic BPF program for Ethernet frames without opening any
+// device, and translates that program to eBPF (see Translate). tcpdump is
+// needed at run time only when an expression is given; building hoptrace
+// needs neither cgo nor libpcap.
+//
+// --proto, --host and --port are shorthands for parts of an expression
+// (Shorthand) and compile the same way.
 package pktfilter
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
+	"strconv"
 	"strings"
 
-	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/net/bpf"
 )
-
-// Filter matches packets. The zero value matches every packet.
-type Filter struct {
-	proto string       // "", "icmp", "icmp6", "tcp", "udp", "arp", "ip", "ip6"
-	host  netip.Addr   // source or destination, if valid
-	net   netip.Prefix // source or destination within, if valid
-	port  uint16       // source or destination port, if nonzero
-}
 
 // Protocols lists the names --proto accepts.
 const Protocols = "icmp, icmp6, tcp, udp, arp, ip, ip6"
 
-// New validates the parts of a filter: proto (see Protocols), host (an
-// address or a CIDR prefix) and port (1-65535; implies tcp or udp).
-func New(proto, host string, port int) (Filter, error) {
-	var f Filter
-	switch p := strings.ToLower(strings.TrimSpace(proto)); p {
-	case "", "icmp", "icmp6", "tcp", "udp", "arp", "ip", "ip6":
-		f.proto = p
+// Shorthand turns --proto, --host and --port into the expression they stand
+// for ("icmp and host 10.0.0.1 and port 53"); empty parts are left out.
+func Shorthand(proto, host string, port int) (string, error) {
+	var parts []string
+	p := strings.ToLower(strings.TrimSpace(proto))
+	switch p {
+	case "":
+	case "icmp", "icmp6", "tcp", "udp", "arp", "ip", "ip6":
+		parts = append(parts, p)
 	case "icmpv6":
-		f.proto = "icmp6"
+		p = "icmp6"
+		parts = append(parts, p)
 	case "ipv4":
-		f.proto = "ip"
+		p = "ip"
+		parts = append(parts, p)
 	case "ipv6":
-		f.proto = "ip6"
+		p = "ip6"
+		parts = append(parts, p)
 	default:
-		return f, fmt.Errorf("unknown protocol %q (want one of %s)", proto, Protocols)
+		return "", fmt.Errorf("unknown protocol %q (want one of %s)", proto, Protocols)
 	}
 	if host = strings.TrimSpace(host); host != "" {
 		if strings.Contains(host, "/") {
 			p, err := netip.ParsePrefix(host)
 			if err != nil {
-				return f, fmt.Errorf("bad --host %q: not an address or prefix", host)
+				return "", fmt.Errorf("bad --host %q: not an address or prefix", host)
 			}
-			f.net = p.Masked()
+			parts = append(parts, "net "+p.Masked().String())
 		} else {
 			a, err := netip.ParseAddr(host)
 			if err != nil {
-				return f, fmt.Errorf("bad --host %q: not an address or prefix", host)
+				return "", fmt.Errorf("bad --host %q: not an address or prefix", host)
 			}
-			f.host = a.Unmap()
+			parts = append(parts, "host "+a.Unmap().String())
 		}
 	}
 	if port < 0 || port > 65535 {
-		return f, fmt.Errorf("bad --port %d: want 1-65535", port)
+		return "", fmt.Errorf("bad --port %d: want 1-65535", port)
 	}
 	if port > 0 {
-		if f.proto != "" && f.proto != "tcp" && f.proto != "udp" {
-			return f, fmt.Errorf("--port needs tcp or udp, not %s", f.proto)
+		if p != "" && p != "tcp" && p != "udp" && p != "ip" && p != "ip6" {
+			return "", fmt.Errorf("--port needs tcp or udp, not %s", p)
 		}
-		f.port = uint16(port)
+		parts = append(parts, "port "+strconv.Itoa(port))
 	}
-	return f, nil
+	return strings.Join(parts, " and "), nil
 }
 
-// Empty reports whether the filter matches everything.
-func (f Filter) Empty() bool { return f == Filter{} }
-
-// Match reports whether a packet with these headers passes.
-func (f Filter) Match(m *event.Meta) bool {
-	if !f.matchProto(m) {
-		return false
-	}
-	if f.host.IsValid() || f.net.IsValid() {
-		src, dst := event.Src(m), event.Dst(m)
-		ok := func(a netip.Addr) bool {
-			if !a.IsValid() {
-				return false
-			}
-			if f.host.IsValid() {
-				return a == f.host
-			}
-			return f.net.Contains(a)
-		}
-		if !ok(src) && !ok(dst) {
-			return false
+// Join combines expressions with "and", each in parentheses when there is
+// more than one; empty ones are left out.
+func Join(exprs ...string) string {
+	var parts []string
+	for _, e := range exprs {
+		if e = strings.TrimSpace(e); e != "" {
+			parts = append(parts, e)
 		}
 	}
-	if f.port != 0 {
-		sp, dp := event.Ports(m)
-		if sp != f.port && dp != f.port {
-			return false
-		}
+	if len(parts) == 1 {
+		return parts[0]
 	}
-	return true
+	for i, p := range parts {
+		parts[i] = "(" + p + ")"
+	}
+	return strings.Join(parts, " and ")
 }
 
-func (f Filter) matchProto(m *event.Meta) bool {
-	ip := m.EthProto == event.EthIPv4 || m.EthProto == event.EthIPv6
-	switch f.proto {
-	case "":
-		return true
-	case "arp":
-		return m.EthProto == event.EthARP
-	case "ip":
-		return m.EthProto == event.EthIPv4
-	case "ip6":
-		return m.EthProto == event.EthIPv6
-	case "icmp":
-		return m.EthProto == event.EthIPv4 && m.L4Proto == event.ProtoICMP
-	case "icmp6":
-		return m.EthProto == event.EthIPv6 && m.L4Proto == event.ProtoICMPv6
-	case "tcp":
-		return ip && m.L4Proto == event.ProtoTCP
-	case "udp":
-		return ip && m.L4Proto == event.ProtoUDP
+// Program is a compiled filter expression.
+type Program struct {
+	Expr    string               // the expression, as given
+	Classic []bpf.RawInstruction // libpcap's program
+	Insns   asm.Instructions     // its translation, the body of the BPF stub
+}
+
+// Instructions is the program for loader.Options.Filter; nil for no program.
+func (p *Program) Instructions() asm.Instructions {
+	if p == nil {
+		return nil
 	}
-	return false
+	return p.Insns
+}
+
+// ErrNoCompiler means tcpdump, whose libpcap compiles expressions, is not installed.
+var ErrNoCompiler = errors.New("filter expressions are compiled by libpcap through tcpdump, which is not installed (apt-get install tcpdump)")
+
+// BadExpressionError is an expression libpcap refused, or one hoptrace
+// cannot run in the kernel.
+type BadExpressionError struct {
+	Expr string
+	Msg  string
+}
+
+func (e *BadExpressionError) Error() string {
+	return fmt.Sprintf("filter expression %q: %s", e.Expr, e.Msg)
+}
+
+// Compile compiles an expression for Ethernet frames. An empty expression
+// gives a nil Program: no filter.
+func Compile(ctx context.Context, expr string) (*Program, error) {
+	expr = strings.TrimSpace(expr)
+	if expr == "" {
+		return nil, nil
+	}
+	classic, err := Classic(ctx, expr)
+	if err != nil {
+		return nil, err
+	}
+	insns, err := Translate(classic)
+	if err != nil {
+		return nil, &BadExpressionError{Expr: expr, Msg: err.Error()}
+	}
+	return &Program{Expr: expr, Classic: classic, Insns: insns}, nil
+}
+
+// tcpdumpPath finds tcpdump on PATH or where Debian puts it (sudo resets PATH).
+func tcpdumpPath() (string, error) {
+	if p, err := exec.LookPath("tcpdump"); err == nil {
+		return p, nil
+	}
+	for _, p := range []string{"/usr/bin/tcpdump", "/usr/sbin/tcpdump", "/usr/local/bin/tcpdump", "/usr/local/sbin/tcpdump"} {
+		if p, err := exec.LookPath(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", ErrNoCompiler
+}
+
+// Classic returns libpcap's classic BPF program for an expression on
+// Ethernet frames (DLT_EN10MB), as tcpdump -ddd prints it.
+func Classic(ctx context.Context, expr string) ([]bpf.RawInstruction, error) {
+	bin, err := tcpdumpPath()
+	if err != nil {
+		return nil, err
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "-ddd", "-y", "EN10MB", "--", expr)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, &BadExpressionError{Expr: expr, Msg: compilerMessage(stderr.String())}
+		}
+		return nil, fmt.Errorf("run %s: %w", bin, err)
+	}
+	prog, err := parseDDD(stdout.String())
+	if err != nil {
+		return nil, fmt.Errorf("read %s -ddd output: %w", bin, err)
+	}
+	return prog, nil
+}
+
+// compilerMessage keeps libpcap's words from tcpdump's error output.
+func compilerMessage(stderr string) string {
+	for _, line := range strings.Split(stderr, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "Usage:") {
+			continue
+		}
+		return strings.TrimPrefix(line, "tcpdump: ")
+	}
+	return "refused by libpcap"
+}
+
+// parseDDD reads tcpdump -ddd's output: a count, then "code jt jf k" lines.
+func parseDDD(out string) ([]bpf.RawInstruction, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	n, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || n <= 0 || n != len(lines)-1 {
+		return nil, fmt.Errorf("bad instruction count %q for %d lines", lines[0], len(lines)-1)
+	}
+	prog := make([]bpf.RawInstruction, 0, n)
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) != 4 {
+			return nil, fmt.Errorf("bad instruction %q", l)
+		}
+		var v [4]uint64
+		for i, s := range f {
+			bits := []int{16, 8, 8, 32}[i]
+			if v[i], err = strconv.ParseUint(s, 10, bits); err != nil {
+				return nil, fmt.Errorf("bad instruction %q: %w", l, err)
+			}
+		}
+		prog = append(prog, bpf.RawInstruction{Op: uint16(v[0]), Jt: uint8(v[1]), Jf: uint8(v[2]), K: uint32(v[3])})
+	}
+	return prog, nil
 }

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 )
 
 // Name lookups are on the trace's hot path: Describe asks for the link of

@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"net"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -185,7 +186,7 @@ func TestBuildLinks(t *testing.T) {
 		t.Errorf("lo: %+v", lo)
 	}
 	br := links[3]
-	if !br.IsBridge() || !br.Up || br.Running || !slices.Equal(br.Addrs, []string{"10.0.0.1/24", "fe80::1/64"}) {
+	if !br.IsBridge() || !br.Up || br.Running || !slices.Equal(addrStrings(br.Addrs), []string{"10.0.0.1/24", "fe80::1/64"}) {
 		t.Errorf("br0: %+v", br)
 	}
 	vh := links[5]
@@ -258,10 +259,10 @@ func TestDirWatcherAncestor(t *testing.T) {
 
 func TestSameLinks(t *testing.T) {
 	base := Link{Netns: 1, Index: 2, Name: "eth0", Kind: "veth", Up: true, MAC: "02:00:00:00:00:01", MTU: 1500,
-		MasterIndex: 3, MasterName: "br0", PortState: "forwarding", PeerIndex: 4, PeerNetns: 5, Addrs: []string{"10.0.0.2/24"}}
+		MasterIndex: 3, MasterName: "br0", PortState: "forwarding", PeerIndex: 4, PeerNetns: 5, Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/24")}}
 	a := map[int]*Link{2: &base}
 	same := base
-	same.Addrs = []string{"10.0.0.2/24"}
+	same.Addrs = []netip.Prefix{netip.MustParsePrefix("10.0.0.2/24")}
 	if !sameLinks(a, map[int]*Link{2: &same}) {
 		t.Error("equal views reported different")
 	}
@@ -271,7 +272,7 @@ func TestSameLinks(t *testing.T) {
 		"master": func(l *Link) { l.MasterName = "br1" },
 		"port":   func(l *Link) { l.PortState = "blocking" },
 		"peer":   func(l *Link) { l.PeerNetns = 6 },
-		"addrs":  func(l *Link) { l.Addrs = append([]string{}, "10.0.0.3/24") },
+		"addrs":  func(l *Link) { l.Addrs = []netip.Prefix{netip.MustParsePrefix("10.0.0.3/24")} },
 		"mtu":    func(l *Link) { l.MTU = 9000 },
 	} {
 		c := base
@@ -313,4 +314,13 @@ func TestNotePending(t *testing.T) {
 	if _, ok := r.pendingSeen["/d/new"]; ok {
 		t.Error("mounted file still tracked")
 	}
+}
+
+// addrStrings spells addresses as CIDR strings, for comparisons.
+func addrStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }

@@ -3,6 +3,12 @@ package resolve
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -109,6 +115,21 @@ func portStateName(s int) string {
 	return fmt.Sprintf("state%d", s)
 }
 
+// PortState returns the STP state of a bridge port in the caller's
+// namespace ("forwarding", "disabled", ...) from sysfs, named as
+// portStateName names netlink's; "" when unknown.
+func PortState(ifname string) string {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", ifname, "brport/state"))
+	if err != nil {
+		return ""
+	}
+	s := strings.TrimSpace(string(b))
+	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+		return portStateName(n)
+	}
+	return s
+}
+
 // buildLinks turns a link and address dump of the namespace with inode
 // netns into the resolver's view. nsid maps a veth peer's IFLA_LINK_NETNSID
 // to a namespace inode. unresolved reports veths whose peer namespace is not
@@ -122,7 +143,7 @@ func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(in
 			Netns:       netns,
 			Index:       a.Index,
 			Name:        a.Name,
-			Kind:        rl.link.Type(),
+			Kind:        Kind(rl.link.Type()),
 			Up:          a.RawFlags&unix.IFF_UP != 0,
 			Running:     a.RawFlags&unix.IFF_RUNNING != 0,
 			MTU:         a.MTU,
@@ -130,12 +151,12 @@ func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(in
 			PortState:   portStateName(rl.portState),
 		}
 		if l.Kind == "" {
-			l.Kind = "device"
+			l.Kind = KindDevice
 		}
 		if len(a.HardwareAddr) > 0 {
 			l.MAC = a.HardwareAddr.String()
 		}
-		if l.Kind == "veth" && a.ParentIndex > 0 {
+		if l.Kind == KindVeth && a.ParentIndex > 0 {
 			if a.NetNsID < 0 {
 				l.PeerIndex, l.PeerNetns = a.ParentIndex, netns
 			} else if ino, ok := nsid(a.NetNsID); ok {
@@ -155,14 +176,28 @@ func buildLinks(netns uint32, raws []rawLink, addrs []netlink.Addr, nsid func(in
 		}
 	}
 	for _, ad := range addrs {
-		if ad.IPNet == nil {
+		p, ok := netipPrefix(ad.IPNet)
+		if !ok {
 			continue
 		}
 		if l := links[ad.LinkIndex]; l != nil {
-			l.Addrs = append(l.Addrs, ad.IPNet.String())
+			l.Addrs = append(l.Addrs, p)
 		}
 	}
 	return links, names, unresolved
+}
+
+// netipPrefix converts a netlink address (IPv4 in 4 bytes or 16) to a prefix.
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), bits), true
 }
 
 // nlaTypeMask strips the NLA_F_NESTED and NLA_F_NET_BYTEORDER flags from an

@@ -15,7 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -54,7 +55,7 @@ func startNetnsProcess(t *testing.T) (pid int, inode uint32, stop func()) {
 	}
 	t.Cleanup(stop)
 	pid = cmd.Process.Pid
-	inode, err = testnet.Inode(fmt.Sprintf("/proc/%d/ns/net", pid))
+	inode, err = NetnsInode(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func waitFor(t *testing.T, r *Resolver, timeout time.Duration, what string, cond
 }
 
 func TestResolveTopology(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	r := newResolver(t, Options{})
 
@@ -107,7 +108,7 @@ func TestResolveTopology(t *testing.T) {
 	if !ok || br.Name != topo.Bridge || !br.IsBridge() || !br.Up {
 		t.Fatalf("bridge: %+v %v", br, ok)
 	}
-	if !slices.Contains(br.Addrs, topo.Gateway.String()) {
+	if !slices.Contains(addrStrings(br.Addrs), topo.Gateway.String()) {
 		t.Errorf("bridge addrs %v lack %s", br.Addrs, topo.Gateway)
 	}
 	if b2, ok := r.LinkByName(topo.HostInode(), topo.Bridge); !ok || b2.Index != topo.BridgeIndex {
@@ -146,7 +147,7 @@ func TestResolveTopology(t *testing.T) {
 			e.MAC != h.MAC.String() || !e.Up || !e.Running || e.MasterIndex != 0 || e.PortState != "" {
 			t.Errorf("%s eth0: %+v (want index %d peer %d@%d mac %s)", h.Name, e, h.Ifindex, h.HostVethIndex, topo.HostInode(), h.MAC)
 		}
-		if !slices.Contains(e.Addrs, h.Addr.String()) {
+		if !slices.Contains(addrStrings(e.Addrs), h.Addr.String()) {
 			t.Errorf("%s eth0 addrs %v lack %s", h.Name, e.Addrs, h.Addr)
 		}
 		// Follow the peer both ways.
@@ -168,7 +169,7 @@ func TestResolveTopology(t *testing.T) {
 		if !slices.Contains(names, "lo") || !slices.Contains(names, "eth0") {
 			t.Errorf("Links(%s) = %v", h.Name, names)
 		}
-		if lo, ok := r.LinkByName(h.Inode, "lo"); !ok || lo.Kind != "device" || !slices.Contains(lo.Addrs, "127.0.0.1/8") {
+		if lo, ok := r.LinkByName(h.Inode, "lo"); !ok || lo.Kind != "device" || !slices.Contains(addrStrings(lo.Addrs), "127.0.0.1/8") {
 			t.Errorf("lo in %s: %+v", h.Name, lo)
 		}
 	}
@@ -206,7 +207,7 @@ func (f fakeAnnotator) NetnsOwner(ino uint32) (string, bool) {
 }
 
 func TestAnnotator(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{Annotator: fakeAnnotator{h.Inode: "web"}})
@@ -223,7 +224,7 @@ func TestAnnotator(t *testing.T) {
 }
 
 func TestLinkChangesFollowed(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{})
@@ -261,7 +262,7 @@ func TestLinkChangesFollowed(t *testing.T) {
 	}
 	waitFor(t, r, 5*time.Second, "dummy7 up with address", func() bool {
 		l, _ := r.LinkByName(h.Inode, "dummy7")
-		return l.Up && slices.Contains(l.Addrs, "10.231.255.9/32")
+		return l.Up && slices.Contains(addrStrings(l.Addrs), "10.231.255.9/32")
 	})
 	// Rename and delete.
 	if err := nh.LinkSetDown(d); err != nil {
@@ -311,7 +312,7 @@ func TestLinkChangesFollowed(t *testing.T) {
 }
 
 func TestNamespaceAddedFoundByInotify(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	r := newResolver(t, Options{})
 	h := topo.AddHost(t)
@@ -345,7 +346,7 @@ func TestNamespaceAddedFoundByInotify(t *testing.T) {
 }
 
 func TestNamespaceFoundByRefresh(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	r := newResolver(t, Options{})
 	pid, ino, stop := startNetnsProcess(t)
 	if _, ok := r.Namespace(ino); ok {
@@ -373,7 +374,7 @@ func TestNamespaceFoundByRefresh(t *testing.T) {
 }
 
 func TestOpenNetns(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{})
@@ -415,7 +416,7 @@ func TestOpenNetns(t *testing.T) {
 }
 
 func TestCloseStopsGoroutines(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	testnet.New(t, testnet.Options{Hosts: 2})
 	before := runtime.NumGoroutine()
 	ctx := context.Background()
@@ -465,7 +466,7 @@ func BenchmarkLink(b *testing.B) {
 }
 
 func TestDockerSandboxDir(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	// The directory does not exist when the resolver starts, as before
 	// Docker's first container: its appearance must be noticed too.
 	dockerDir := t.TempDir() + "/docker/netns"
@@ -526,18 +527,15 @@ func TestDockerSandboxDir(t *testing.T) {
 // TestIproute2Netns checks the resolver against the real "ip netns", whose
 // bind mounts (and mount propagation set-up) differ from testnet's.
 func TestIproute2Netns(t *testing.T) {
-	testnet.RequireRoot(t)
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Skip("SKIPPED: no ip binary (iproute2)")
-	}
+	privtest.RequireRoot(t)
+	ip := privtest.Tool(t, "ip", "iproute2")
 	r := newResolver(t, Options{})
 	name := fmt.Sprintf("htip%d", os.Getpid()%100000)
 	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command(ip, "netns", "del", name).Run() })
-	ino, err := testnet.Inode(NamedNetnsDir + "/" + name)
+	ino, err := NetnsInode(NamedNetnsDir + "/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -558,7 +556,7 @@ func TestIproute2Netns(t *testing.T) {
 // dumps get interrupted by concurrent changes and subscriptions see bursts,
 // yet every veth pair must end up resolved both ways.
 func TestManyNamespaces(t *testing.T) {
-	testnet.RequireRoot(t)
+	privtest.RequireRoot(t)
 	if testing.Short() {
 		t.Skip("burst of 30 namespaces skipped in -short mode")
 	}
@@ -579,7 +577,7 @@ func TestManyNamespaces(t *testing.T) {
 				return false
 			}
 			e, ok := r.Link(h.Inode, h.Ifindex)
-			if !ok || e.PeerNetns != topo.HostInode() || e.PeerIndex != h.HostVethIndex || !slices.Contains(e.Addrs, h.Addr.String()) {
+			if !ok || e.PeerNetns != topo.HostInode() || e.PeerIndex != h.HostVethIndex || !slices.Contains(addrStrings(e.Addrs), h.Addr.String()) {
 				return false
 			}
 		}

@@ -162,6 +162,21 @@ func canonicalRun(dir string) string {
 	return dir
 }
 
+// LabelOf is the label the Resolver gives the namespace with this inode
+// that path opens (see Place.Netns), for callers that found it themselves.
+func LabelOf(inode uint32, path string) string {
+	if names := NetnsNames(inode); len(names) > 0 {
+		return names[0]
+	}
+	switch src, label := classifyPath(path, NamedNetnsDir, DockerNetnsDir); src {
+	case srcNamed, srcDocker:
+		return label
+	case srcProc:
+		return procLabel(inode, procPid(path))
+	}
+	return procLabel(inode, 0)
+}
+
 // procLabel labels a namespace known only through a process.
 func procLabel(inode uint32, pid int) string {
 	l := "netns:" + strconv.FormatUint(uint64(inode), 10)
@@ -175,8 +190,9 @@ func procLabel(inode uint32, pid int) string {
 	return fmt.Sprintf("%s (pid %d)", l, pid)
 }
 
-// nsInode returns the inode of the namespace file at path.
-func nsInode(path string) (uint32, error) {
+// NetnsInode returns the inode of the namespace file at path
+// (/var/run/netns/NAME, /proc/PID/ns/net, ...), which identifies the namespace.
+func NetnsInode(path string) (uint32, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("stat %s: %w", path, err)
@@ -195,7 +211,7 @@ func nsfsInode(path string) (uint32, bool, error) {
 	if sfs.Type != unix.NSFS_MAGIC {
 		return 0, false, nil
 	}
-	ino, err := nsInode(path)
+	ino, err := NetnsInode(path)
 	return ino, err == nil, err
 }
 

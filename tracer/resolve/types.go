@@ -4,14 +4,16 @@
 // It keeps that picture current from netlink notifications while a trace runs.
 package resolve
 
+import "net/netip"
+
 // Link is one network interface as the resolver knows it.
 type Link struct {
 	Netns   uint32 // inode of the namespace the link lives in
 	Index   int
 	Name    string
-	Kind    string // "veth", "bridge", "device" (no rtnl kind), "vxlan", ...
-	Up      bool   // administratively up (IFF_UP)
-	Running bool   // operationally up (IFF_RUNNING / oper state up)
+	Kind    Kind // "veth", "bridge", "device" (no rtnl kind), "vxlan", ...
+	Up      bool // administratively up (IFF_UP)
+	Running bool // operationally up (IFF_RUNNING / oper state up)
 	MAC     string
 	MTU     int
 
@@ -29,13 +31,26 @@ type Link struct {
 	PeerIndex int
 	PeerNetns uint32
 
-	// Addrs lists the addresses in CIDR notation, e.g. "10.77.0.2/24".
+	// Addrs lists the addresses with their prefix length, e.g. 10.77.0.2/24.
 	// The slice is shared with the resolver: read it, do not modify it.
-	Addrs []string
+	Addrs []netip.Prefix
 }
 
 // IsBridge reports whether the link is a Linux bridge device.
-func (l Link) IsBridge() bool { return l.Kind == "bridge" }
+func (l Link) IsBridge() bool { return l.Kind == KindBridge }
+
+// Kind is a link's kind: the rtnetlink kind ("veth", "bridge", "vxlan",
+// ...), KindDevice for a link without one (lo, a NIC), KindUnknown for a
+// link the resolver does not know.
+type Kind string
+
+// Link kinds hoptrace reasons about.
+const (
+	KindVeth    Kind = "veth"
+	KindBridge  Kind = "bridge"
+	KindDevice  Kind = "device"
+	KindUnknown Kind = "unknown"
+)
 
 // Namespace is one network namespace the resolver knows.
 type Namespace struct {

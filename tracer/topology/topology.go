@@ -17,7 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/nsscan"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -77,24 +77,20 @@ type Netns struct {
 	Sandbox   string   `json:"sandbox,omitempty"`   // Docker sandbox id
 	PID       int      `json:"pid,omitempty"`       // lowest PID in it
 	Host      bool     `json:"host,omitempty"`      // the host namespace itself
+
+	// NetnsLabel is the namespace's label, as trace and latency print it
+	// ("host", an ip netns name, "docker:<sandbox>", "netns:<inode> (pid P comm)").
+	NetnsLabel string `json:"label"`
 }
 
-// Label is what the namespace is called: the container name, the ip netns
-// name, "sandbox <id>", "pid N" or "netns:<inode>".
+// Label is what the namespace is called, as trace and latency call it:
+// its container (resolve.Place.Who), else its label.
 func (n Netns) Label() string {
 	switch {
-	case n.Host:
-		return "host"
 	case n.Container != "":
 		return n.Container
-	case len(n.Names) > 0:
-		return n.Names[0]
-	case n.Sandbox != "":
-		return "sandbox " + n.Sandbox
-	case n.PID > 0:
-		return fmt.Sprintf("pid %d", n.PID)
-	case n.Inode != 0:
-		return fmt.Sprintf("netns:%d", n.Inode)
+	case n.NetnsLabel != "":
+		return n.NetnsLabel
 	}
 	return fmt.Sprintf("nsid %d", n.NSID)
 }
@@ -124,12 +120,12 @@ type Options struct {
 // learn (runtime unreachable, a namespace that vanished meanwhile).
 func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 	var warnings []string
-	hh, self, err := nsscan.HostHandle()
+	hh, self, err := resolve.HostHandle()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer hh.Close()
-	links, err := nsscan.LinkList(hh)
+	links, err := resolve.LinkList(hh)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list interfaces: %w", err)
 	}
@@ -164,8 +160,8 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 	}
 
 	// Namespaces by the nsid the host gave them.
-	byNSID := map[int]nsscan.Namespace{}
-	for _, ns := range nsscan.Scan(hh, self) {
+	byNSID := map[int]resolve.FoundNetns{}
+	for _, ns := range resolve.Scan(hh, self) {
 		if ns.NSID >= 0 {
 			byNSID[ns.NSID] = ns
 		}
@@ -180,7 +176,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		p := &Peer{Index: a.ParentIndex, Netns: Netns{NSID: a.NetNsID}}
 		var h *netlink.Handle
 		if a.NetNsID < 0 {
-			p.Netns = Netns{Inode: t.HostInode, NSID: -1, Host: true}
+			p.Netns = Netns{Inode: t.HostInode, NetnsLabel: "host", NSID: -1, Host: true}
 			h = hh
 		} else {
 			ns, ok := byNSID[a.NetNsID]
@@ -188,11 +184,11 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 				p.NotFound, p.NotFoundW = true, fmt.Sprintf("no namespace with nsid %d found under /var/run/netns, /var/run/docker/netns or /proc", a.NetNsID)
 				return p
 			}
-			p.Netns = Netns{Inode: ns.Inode, NSID: ns.NSID, Container: owners[ns.Inode], Names: ns.Names, Sandbox: ns.Sandbox, PID: ns.FirstPID}
+			p.Netns = Netns{Inode: ns.Inode, NetnsLabel: ns.Label, NSID: ns.NSID, Container: owners[ns.Inode], Names: ns.Names, Sandbox: ns.Sandbox, PID: ns.FirstPID}
 			h = handles[a.NetNsID]
 			if h == nil {
 				var err error
-				if h, err = nsscan.Handle(ns.Path); err != nil {
+				if h, err = resolve.NetnsHandle(ns.Path); err != nil {
 					p.NotFound, p.NotFoundW = true, err.Error()
 					return p
 				}
@@ -209,12 +205,12 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		if la.HardwareAddr != nil {
 			p.MAC = la.HardwareAddr.String()
 		}
-		p.Addrs = nsscan.Addrs(h, l)
+		p.Addrs = resolve.Addrs(h, l)
 		return p
 	}
 	port := func(l netlink.Link) Port {
 		a := l.Attrs()
-		p := Port{Name: a.Name, Index: a.Index, Kind: l.Type(), Up: a.Flags&net.FlagUp != 0, OperState: a.OperState.String(), State: nsscan.PortState(a.Name)}
+		p := Port{Name: a.Name, Index: a.Index, Kind: l.Type(), Up: a.Flags&net.FlagUp != 0, OperState: a.OperState.String(), State: resolve.PortState(a.Name)}
 		if a.HardwareAddr != nil {
 			p.MAC = a.HardwareAddr.String()
 		}
@@ -234,7 +230,7 @@ func Build(ctx context.Context, opts Options) (*Topology, []string, error) {
 		}
 		a := l.Attrs()
 		b := Bridge{Name: a.Name, Index: a.Index, Up: a.Flags&net.FlagUp != 0, OperState: a.OperState.String(),
-			Addrs: nsscan.Addrs(hh, l), Network: networks[a.Name], Ports: []Port{}}
+			Addrs: resolve.Addrs(hh, l), Network: networks[a.Name], Ports: []Port{}}
 		if a.HardwareAddr != nil {
 			b.MAC = a.HardwareAddr.String()
 		}

@@ -9,8 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 	"github.com/hoptrace/hoptrace/tracer/topology"
 )
@@ -38,11 +39,7 @@ func findBridge(t *testing.T, topo *topology.Topology, name string) topology.Bri
 // renderDOT checks that Graphviz accepts the DOT output.
 func renderDOT(t *testing.T, dot string, mustContain ...string) {
 	t.Helper()
-	if _, err := exec.LookPath("dot"); err != nil {
-		t.Log("SKIPPED ASSERTION: graphviz (dot) is not installed; apt-get install -y graphviz to check that DOT output renders")
-		return
-	}
-	cmd := exec.Command("dot", "-Tsvg")
+	cmd := exec.Command(privtest.Tool(t, "dot", "graphviz"), "-Tsvg")
 	cmd.Stdin = strings.NewReader(dot)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

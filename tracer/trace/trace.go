@@ -13,7 +13,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
@@ -22,43 +21,26 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/pcapng"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
-	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 )
 
 // Resolver is what a trace needs from the name resolver.
-type Resolver interface {
-	path.Names
-	Links(netns uint32) []resolve.Link
-	Refresh()
-	Changes() <-chan struct{}
-}
-
-// Device names one interface to trace.
-type Device struct {
-	Netns   uint32
-	Ifindex int
-}
-
-// NetnsChange adds or removes a namespace from the selection while tracing
-// (containers starting and stopping).
-type NetnsChange struct {
-	Inode    uint32
-	Selected bool
-}
+type Resolver = selection.Resolver
 
 // Config describes one trace.
 type Config struct {
-	// Netns selects packets seen in these namespaces or addressed to or from them.
-	Netns []uint32
-	// Devices selects packets seen on these interfaces (instead of whole namespaces).
-	Devices []Device
-	// Dynamic, when not nil, adds and removes namespaces while tracing; the
-	// trace is then filtered by namespace even while the selection is empty.
-	Dynamic <-chan NetnsChange
+	// Selection says which packets are traced (namespaces, devices, a
+	// live feed of namespaces); the zero value traces every packet.
+	Selection selection.Selection
 
-	// Filter keeps only matching packets in the output (protocol, host, port).
-	Filter pktfilter.Filter
+	// Filter, if set, is a filter expression run in the kernel: a packet
+	// starts being traced only at a hop where its frame matches.
+	Filter *pktfilter.Program
+	// Capture, if set, receives every path with its frames (pcapng, -w);
+	// the kernel then copies each frame's headers into its events.
+	Capture *pcapng.Writer
 
 	Count    int           // stop after this many paths (events with Events); 0: no limit
 	Duration time.Duration // stop after this long; 0: until cancelled
@@ -86,6 +68,20 @@ type Config struct {
 	// OnPath, if set, receives every finished path instead of the output
 	// writer (for callers that analyse paths, such as verify).
 	OnPath func(path.Path)
+	// Rules, if set, names the netfilter rule of NETFILTER_DROP paths and
+	// is kept told the selection's addresses (see package nftrace).
+	Rules RuleNamer
+}
+
+// RuleNamer names the rule that dropped a packet; *nftrace.Tracer
+// implements it.
+type RuleNamer interface {
+	// Annotate sets the path's rule from the packet's first-hop headers.
+	Annotate(p *path.Path, m *event.Meta)
+	// SetAddrs says which addresses the selection has now.
+	SetAddrs(addrs []netip.Addr) error
+	// Lost counts the times trace events could not be delivered (a full socket buffer).
+	Lost() uint64
 }
 
 // Result is what a finished trace reports.
@@ -117,32 +113,33 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		hooks = append(hooks, loader.DetailHooks...)
 	}
 	hooks = append(hooks, loader.EndHooks...)
-	kinds := FilterKinds(cfg.Devices, cfg.Netns, cfg.Dynamic)
-	tr, err := loader.Load(loader.Options{
+	opts := loader.Options{
 		Mode:         loader.ModeEvents,
 		Hooks:        hooks,
-		FilterKinds:  kinds,
+		FilterKinds:  cfg.Selection.FilterKinds(),
+		Filter:       cfg.Filter.Instructions(),
 		RingBytes:    cfg.RingBytes,
 		TrackEntries: cfg.TrackEntries,
-	})
+	}
+	if cfg.Capture != nil {
+		opts.SnapLen = cfg.Capture.SnapLen()
+	}
+	tr, err := loader.Load(opts)
 	if err != nil {
 		return res, err
 	}
 	defer tr.Close()
 	res.Hooks = tr.Hooks()
 
-	sel := NewSelection(tr, names)
-	for _, d := range cfg.Devices {
-		if err := tr.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
-			return res, err
-		}
+	var filters selection.Filters = tr
+	if cfg.Rules != nil {
+		filters = &ruleFilters{Filters: tr, rules: cfg.Rules, addrs: map[netip.Addr]bool{}}
 	}
-	for _, ns := range cfg.Netns {
-		sel.Set(ns, true)
-	}
-	if err := sel.Sync(); err != nil {
+	follow, err := selection.Follow(ctx, filters, names, cfg.Selection)
+	if err != nil {
 		return res, err
 	}
+	defer follow.Close()
 
 	rd, err := ringbuf.NewReader(tr.Events())
 	if err != nil {
@@ -151,7 +148,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	defer rd.Close()
 
 	if cfg.Drops == nil {
-		cfg.Drops = dropNames()
+		if d := kernel.KernelDropReasons(); d != nil {
+			cfg.Drops = d
+		}
 	}
 	if cfg.Symbols == nil {
 		if syms, err := kernel.LoadSymbols("/proc/kallsyms"); err == nil {
@@ -173,12 +172,15 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if done() {
 				break
 			}
-			if len(p.Events) > 0 && !cfg.Filter.Match(&p.Events[0].Meta) {
-				continue
-			}
 			pa := desc.Describe(p)
 			if len(pa.Hops) == 0 {
+				if cfg.Capture != nil {
+					cfg.Capture.Discard(p.ID)
+				}
 				continue // only end events: the packet's hops were not selected
+			}
+			if cfg.Rules != nil {
+				cfg.Rules.Annotate(&pa, &p.Events[0].Meta)
 			}
 			sum.Packets++
 			sum.Hops += uint64(len(pa.Hops))
@@ -187,6 +189,11 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				sum.Dropped++
 			}
 			emitted++
+			if cfg.Capture != nil {
+				if err := cfg.Capture.Path(&pa); err != nil {
+					return err
+				}
+			}
 			if cfg.OnPath != nil {
 				cfg.OnPath(pa)
 				continue
@@ -195,13 +202,18 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				return fmt.Errorf("write output: %w", err)
 			}
 		}
+		if cfg.Capture != nil {
+			if err := cfg.Capture.Flush(); err != nil {
+				return fmt.Errorf("write capture: %w", err)
+			}
+		}
 		return w.Flush()
 	}
 
 	// tick releases finished paths and buffered output; it runs every poll
 	// interval even while events keep coming, and reports lost events.
 	lastTick, lastLostCheck := time.Now(), time.Now()
-	var lostSeen uint64
+	var lostSeen, rulesLost uint64
 	tick := func(now time.Time) error {
 		lastTick = now
 		if cfg.Events {
@@ -219,6 +231,14 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 				}
 				lostSeen = st.Lost
 			}
+			if cfg.Rules != nil {
+				if n := cfg.Rules.Lost(); n > rulesLost {
+					if cfg.Warn != nil {
+						cfg.Warn(fmt.Sprintf("the nf_tables trace socket overflowed %d times so far: some drops may not name their rule", n))
+					}
+					rulesLost = n
+				}
+			}
 		}
 		return nil
 	}
@@ -229,21 +249,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	var rec ringbuf.Record
 	var ev event.Event
 	for ctx.Err() == nil && !done() {
-		// Selection changes arrive between reads; none of them block.
 		select {
-		case ch, ok := <-cfg.Dynamic:
-			if !ok {
-				cfg.Dynamic = nil
-				break
-			}
-			sel.Set(ch.Inode, ch.Selected)
-			if err := sel.Sync(); err != nil {
-				return res, err
-			}
-		case <-names.Changes():
-			if err := sel.Sync(); err != nil {
-				return res, err
-			}
+		case err := <-follow.Failed():
+			return res, err
 		default:
 		}
 
@@ -270,6 +278,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			return res, err
 		}
 		sum.Events++
+		if cfg.Capture != nil {
+			cfg.Capture.Keep(&ev, rec.RawSample)
+		}
 		if ev.Netns != 0 && !unknownNetns[ev.Netns] {
 			if _, ok := names.Namespace(ev.Netns); !ok && ev.Netns != names.HostInode() {
 				unknownNetns[ev.Netns] = true
@@ -277,9 +288,6 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			}
 		}
 		if cfg.Events {
-			if !cfg.Filter.Match(&ev.Meta) {
-				continue
-			}
 			he := hopEvent(desc, &ev)
 			if err := w.Event(&he); err != nil {
 				return res, fmt.Errorf("write output: %w", err)
@@ -296,6 +304,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		for rd.ReadInto(&rec) == nil {
 			if event.Decode(rec.RawSample, &ev) == nil {
 				sum.Events++
+				if cfg.Capture != nil {
+					cfg.Capture.Keep(&ev, rec.RawSample)
+				}
 				asm.Add(&ev)
 			}
 		}
@@ -311,6 +322,11 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		sum.Packets = 0
 	}
 	res.Summary = sum
+	if cfg.Capture != nil {
+		if err := cfg.Capture.Close(sum); err != nil {
+			return res, fmt.Errorf("write capture: %w", err)
+		}
+	}
 	return res, nil
 }
 
@@ -342,100 +358,32 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 		return he
 	}
 	hop := d.Hop(e)
-	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, hop.Kind, hop.Bridge, hop.Direction
+	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, string(hop.Kind), hop.Bridge, string(hop.Direction)
 	return he
 }
 
-// FilterKinds says which in-kernel filters a selection needs: devices when
-// interfaces are named, else namespaces and their addresses when namespaces
-// are (or may become, with a dynamic feed) selected, else none.
-func FilterKinds(devices []Device, netns []uint32, dynamic <-chan NetnsChange) uint32 {
-	switch {
-	case len(devices) > 0:
-		return loader.FilterDev
-	case len(netns) > 0 || dynamic != nil:
-		return loader.FilterNetns | loader.FilterAddr
+// ruleFilters keeps the rule tracer's address sets equal to the addresses
+// the selection puts in the kernel's address filter.
+type ruleFilters struct {
+	selection.Filters
+	rules RuleNamer
+	addrs map[netip.Addr]bool
+}
+
+func (r *ruleFilters) SelectAddr(a netip.Addr, on bool) error {
+	if err := r.Filters.SelectAddr(a, on); err != nil {
+		return err
 	}
-	return 0
-}
-
-// Selection keeps the in-kernel namespace and address filters equal to the
-// selected namespaces and the addresses their interfaces have right now.
-// Latency sessions use it too.
-type Selection struct {
-	tr    *loader.Tracer
-	names Resolver
-	netns map[uint32]bool
-	// what the kernel maps hold
-	inKernelNetns map[uint32]bool
-	inKernelAddrs map[netip.Addr]bool
-}
-
-// NewSelection starts with nothing selected.
-func NewSelection(tr *loader.Tracer, names Resolver) *Selection {
-	return &Selection{
-		tr: tr, names: names,
-		netns:         map[uint32]bool{},
-		inKernelNetns: map[uint32]bool{},
-		inKernelAddrs: map[netip.Addr]bool{},
-	}
-}
-
-// Set selects (or unselects) a namespace; Sync applies it.
-func (s *Selection) Set(inode uint32, on bool) {
 	if on {
-		s.netns[inode] = true
+		r.addrs[a] = true
 	} else {
-		delete(s.netns, inode)
+		delete(r.addrs, a)
 	}
-}
-
-// Sync makes the kernel's filters match the selection and the current
-// addresses of the selected namespaces.
-func (s *Selection) Sync() error {
-	wantAddrs := map[netip.Addr]bool{}
-	for ns := range s.netns {
-		if !s.inKernelNetns[ns] {
-			if err := s.tr.SelectNetns(ns, true); err != nil {
-				return err
-			}
-			s.inKernelNetns[ns] = true
-		}
-		for _, l := range s.names.Links(ns) {
-			for _, cidr := range l.Addrs {
-				p, err := netip.ParsePrefix(cidr)
-				if err != nil || p.Addr().IsLoopback() {
-					continue
-				}
-				wantAddrs[p.Addr()] = true
-			}
-		}
+	addrs := make([]netip.Addr, 0, len(r.addrs))
+	for a := range r.addrs {
+		addrs = append(addrs, a)
 	}
-	for ns := range s.inKernelNetns {
-		if !s.netns[ns] {
-			if err := s.tr.SelectNetns(ns, false); err != nil {
-				return err
-			}
-			delete(s.inKernelNetns, ns)
-		}
-	}
-	for a := range wantAddrs {
-		if !s.inKernelAddrs[a] {
-			if err := s.tr.SelectAddr(a, true); err != nil {
-				return err
-			}
-			s.inKernelAddrs[a] = true
-		}
-	}
-	for a := range s.inKernelAddrs {
-		if !wantAddrs[a] {
-			if err := s.tr.SelectAddr(a, false); err != nil {
-				return err
-			}
-			delete(s.inKernelAddrs, a)
-		}
-	}
-	return nil
+	return r.rules.SetAddrs(addrs)
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -455,17 +403,4 @@ func monotonicNow() uint64 {
 // wallOffset converts monotonic event times to wall-clock times.
 func wallOffset() time.Duration {
 	return time.Duration(time.Now().UnixNano() - int64(monotonicNow()))
-}
-
-// dropNames reads this kernel's drop reason names; numbers are shown without them.
-func dropNames() path.DropNamer {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return nil
-	}
-	d, err := kernel.LoadDropReasons(spec)
-	if err != nil {
-		return nil
-	}
-	return d
 }

@@ -12,61 +12,42 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/privtest"
-	"github.com/hoptrace/hoptrace/tracer/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/internal/testnet"
+	"github.com/hoptrace/hoptrace/internal/testsession"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
 // session is a running trace in JSON mode.
 type session struct {
-	t      *testing.T
-	cancel context.CancelFunc
-	done   chan struct{}
-	out    privtest.SyncBuffer
-	res    trace.Result
-	err    error
-	names  *resolve.Resolver
+	*testsession.Session
+	t   *testing.T
+	out privtest.SyncBuffer
+	res trace.Result
 }
 
 func startTrace(t *testing.T, cfg trace.Config) *session {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	names, err := resolve.New(ctx, resolve.Options{})
-	if err != nil {
-		cancel()
-		t.Fatalf("resolver: %v", err)
-	}
-	s := &session{t: t, cancel: cancel, done: make(chan struct{}), names: names}
-	ready := make(chan struct{})
+	s := &session{t: t}
 	cfg.Format = output.JSON
 	cfg.Out = &s.out
-	cfg.Ready = func() { close(ready) }
-	go func() {
-		defer close(s.done)
-		s.res, s.err = trace.Run(ctx, cfg, names)
-	}()
-	select {
-	case <-ready:
-	case <-s.done:
-		t.Fatalf("trace ended before it was ready: %v", s.err)
-	case <-time.After(privtest.ReadyTimeout()):
-		t.Fatalf("trace not ready after %v", privtest.ReadyTimeout())
-	}
-	t.Cleanup(func() { s.stop() })
+	s.Session = testsession.Start(t, func(ctx context.Context, names *resolve.Resolver, ready func()) (err error) {
+		cfg.Ready = ready
+		s.res, err = trace.Run(ctx, cfg, names)
+		return err
+	})
 	return s
 }
 
 // stop ends the trace and returns every path it printed.
 func (s *session) stop() []path.Path {
 	s.t.Helper()
-	s.cancel()
-	<-s.done
-	s.names.Close()
-	if s.err != nil {
-		s.t.Fatalf("trace: %v", s.err)
+	if err := s.Stop(); err != nil {
+		s.t.Fatalf("trace: %v", err)
 	}
 	var paths []path.Path
 	sc := bufio.NewScanner(strings.NewReader(s.out.String()))
@@ -89,7 +70,7 @@ type hop struct{ netns, ifname, kind, dir string }
 func hopsOf(p path.Path) []hop {
 	var hs []hop
 	for _, h := range p.Hops {
-		hs = append(hs, hop{h.Netns, h.Ifname, h.Kind, h.Direction})
+		hs = append(hs, hop{h.Netns, h.Ifname, string(h.Kind), string(h.Direction)})
 	}
 	return hs
 }
@@ -145,7 +126,7 @@ func TestTraceAcrossBridge(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 3})
 	a, b, c := topo.Hosts[0], topo.Hosts[1], topo.Hosts[2]
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 
 	// Traffic: ICMP a->b and a->gateway, UDP a->b (open and closed port),
 	// TCP a->b, and c->b which must not be traced (neither end selected).
@@ -292,7 +273,7 @@ func TestIdentityUnderSkbReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer udp.Close()
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 	const n = 300
 	for i := 0; i < n; i++ {
 		if err := a.SendUDP(netip.AddrPortFrom(b.Addr.Addr(), 7100), []byte(fmt.Sprintf("datagram %d", i))); err != nil {
@@ -321,9 +302,7 @@ func TestIdentityUnderSkbReuse(t *testing.T) {
 // with verdict dropped and the kernel's reason, charged to the egress port.
 func TestNetfilterDropIsReported(t *testing.T) {
 	privtest.RequireRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Fatalf("nft is required for this test (apt-get install nftables): %v", err)
-	}
+	privtest.Tool(t, "nft", "nftables")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	table := "hoptrace_test_" + strings.TrimPrefix(topo.Bridge, "ht")
@@ -340,7 +319,7 @@ func TestNetfilterDropIsReported(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("nft", "delete", "table", "bridge", table).Run() })
 
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 	if n, _ := a.Ping(b.Addr.Addr(), 1, 500*time.Millisecond); n != 0 {
 		t.Fatalf("ping went through the drop rule")
 	}
@@ -369,7 +348,7 @@ func TestLinkCreatedDuringTraceIsNamed(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	a := topo.Hosts[0]
-	s := startTrace(t, trace.Config{Netns: []uint32{a.Inode}})
+	s := startTrace(t, trace.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}})
 	late := topo.AddHost(t)
 	if n, err := late.Ping(a.Addr.Addr(), 1, 2*time.Second); err != nil || n != 1 {
 		t.Fatalf("ping late->a: %d replies, %v", n, err)

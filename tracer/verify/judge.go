@@ -5,7 +5,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
 // judgement is what one probe's path says.
@@ -76,7 +78,7 @@ func judge(expected []Hop, p *path.Path) judgement {
 	}
 	last := "?"
 	if j.matched > 0 {
-		last = expected[j.matched-1].Label() + " " + expected[j.matched-1].Direction
+		last = expected[j.matched-1].Label() + " " + string(expected[j.matched-1].Direction)
 	}
 	next := expected[j.matched]
 	f := &Failure{Stage: StagePath, Hop: next.Label()}
@@ -87,7 +89,14 @@ func judge(expected []Hop, p *path.Path) judgement {
 		if p.DropLocation != "" {
 			f.Reason += " at " + p.DropLocation
 		}
-		f.Reason += dropContext(next, p)
+		where := dropContext(next, p)
+		if p.Rule != nil {
+			// The rule itself replaces the hint at which rules to read.
+			where, _, _ = strings.Cut(where, " (netfilter")
+			where += ": " + p.Rule.String()
+			f.Rule = p.Rule
+		}
+		f.Reason += where
 		if j.matched > 0 {
 			f.Reason += "; last seen at " + last
 		}
@@ -113,22 +122,22 @@ func dropContext(next Hop, p *path.Path) string {
 	via := ""
 	if len(p.Ends) > 0 {
 		for _, e := range p.Ends {
-			if e.Hook == "kfree_skb" && e.Reason == p.DropReason && e.Ifname != "" {
+			if e.Hook == event.TPKfreeSkb && e.Reason == p.DropReason && e.Ifname != "" {
 				via = e.Ifname
 				break
 			}
 		}
 	}
 	switch {
-	case netfilter && next.Kind == "bridge" && next.Direction == "forward":
+	case netfilter && next.Kind == resolve.KindBridge && next.Direction == event.Forward:
 		s := " in the bridge's forward path"
 		if via != "" {
 			s += " toward " + via
 		}
 		return s + " (netfilter FORWARD hook: iptables FORWARD/DOCKER-USER or an nftables forward chain)"
-	case netfilter && next.Kind == "bridge" && next.Direction == "local":
+	case netfilter && next.Kind == resolve.KindBridge && next.Direction == event.Local:
 		return " on local delivery to the host (netfilter PREROUTING/INPUT hook)"
-	case netfilter && next.Direction == "ingress":
+	case netfilter && next.Direction == event.Ingress:
 		return " on the way into " + next.Netns + " (its netfilter rules)"
 	case netfilter:
 		return " (netfilter)"
@@ -187,6 +196,7 @@ func delivery(r *Report, counts map[string]int, first *Probe, opts Options) *Del
 	d := &Delivery{Outcome: first.Outcome, Probes: counts}
 	if first.Path != nil && first.Path.DropReason != "" && first.Outcome != OutcomeAccepted {
 		d.Reason = first.Path.DropReason
+		d.Rule = first.Path.Rule
 	}
 	target := r.Target.IP
 	if r.Target.Name != "" {

@@ -8,8 +8,9 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/inspect"
-	"github.com/hoptrace/hoptrace/tracer/internal/nsscan"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -152,20 +153,20 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 		r.Ifname = se.Container.Name
 		r.Checks = append(r.Checks, routeCheck(c, se, p.dstIP))
 	}
-	first := Hop{Netns: c.Name, NetnsInode: c.NetnsInode, Ifname: orDefault(r.Ifname, "eth0"), Kind: "veth", Direction: "egress", Note: "leaves " + c.Name}
+	first := Hop{Netns: c.Name, NetnsInode: c.NetnsInode, Ifname: orDefault(r.Ifname, "eth0"), Kind: resolve.KindVeth, Direction: event.Egress, Note: "leaves " + c.Name}
 	hostVeth := "?"
 	if se.HostVeth != nil {
 		hostVeth = se.HostVeth.Name
 	}
 	r.Expected = append(r.Expected,
 		first,
-		Hop{Netns: "host", NetnsInode: 0, Ifname: hostVeth, Kind: "veth", Direction: "ingress", Note: "port of " + p.ep.Bridge},
+		Hop{Netns: "host", NetnsInode: 0, Ifname: hostVeth, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "port of " + p.ep.Bridge},
 	)
 	if tc == nil {
 		if c := gatewayCheck(se, p.dstIP); c != nil {
 			r.Checks = append(r.Checks, *c)
 		}
-		r.Expected = append(r.Expected, Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: "bridge", Direction: "local", Note: "to the host stack: gateway " + r.Target.IP})
+		r.Expected = append(r.Expected, Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Local, Note: "to the host stack: gateway " + r.Target.IP})
 	} else {
 		dst, err := inspect.FromContainer(v.Runtime.Name(), *tc)
 		if err != nil {
@@ -185,9 +186,9 @@ func (v *Verifier) plan(ctx context.Context, c runtime.Container, opts Options) 
 		}
 		r.Target.Ifname, r.Target.HostVeth = tIf, tVeth
 		r.Expected = append(r.Expected,
-			Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: "bridge", Direction: "forward", Note: hostVeth + " -> " + tVeth},
-			Hop{Netns: "host", Ifname: tVeth, Kind: "veth", Direction: "egress", Note: "port of " + p.ep.Bridge},
-			Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: "veth", Direction: "ingress", Note: "arrives in " + tc.Name},
+			Hop{Netns: "host", Ifname: p.ep.Bridge, Kind: resolve.KindBridge, Direction: event.Forward, Note: hostVeth + " -> " + tVeth},
+			Hop{Netns: "host", Ifname: tVeth, Kind: resolve.KindVeth, Direction: event.Egress, Note: "port of " + p.ep.Bridge},
+			Hop{Netns: tc.Name, NetnsInode: tc.NetnsInode, Ifname: tIf, Kind: resolve.KindVeth, Direction: event.Ingress, Note: "arrives in " + tc.Name},
 		)
 	}
 	markConsequences(r.Checks)
@@ -424,7 +425,7 @@ func orNone(s []string) string {
 func routeCheck(c runtime.Container, e inspect.Endpoint, dst netip.Addr) Check {
 	hop := c.Name + " route"
 	fact := "route to " + dst.String()
-	h, err := nsscan.Handle(c.NetnsPath)
+	h, err := resolve.NetnsHandle(c.NetnsPath)
 	if err != nil {
 		return Check{Hop: hop, Fact: fact, Detail: err.Error()}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/nsenter"
 	"github.com/hoptrace/hoptrace/tracer/path"
 )
@@ -358,6 +359,14 @@ func (v *Verifier) probe(ctx context.Context, sess *session, p *plan, opts Optio
 	}
 	unsub := sess.subscribe(m.take)
 	defer unsub()
+	if sess.rules != nil {
+		unmark, err := sess.rules.Probe(nftrace.ProbeMatch{Src: p.srcIP, Dst: p.dstIP, Proto: opts.Proto, Port: uint16(opts.Port), ICMPID: snd.icmpID})
+		if err != nil && v.Warn != nil {
+			v.Warn("probe packets not marked for rule naming: " + err.Error())
+		} else if err == nil {
+			defer unmark()
+		}
+	}
 
 	deadline := time.Now().Add(opts.Timeout)
 	var wg sync.WaitGroup

@@ -7,7 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -21,11 +23,15 @@ type session struct {
 	mu    sync.Mutex
 	subs  map[int]func(path.Path)
 	nextS int
+
+	// rules marks probe packets for nf_tables tracing; nil when off.
+	rules *nftrace.Tracer
 }
 
 // startSession starts a trace of the namespaces and returns once the
-// programs are attached.
-func (v *Verifier) startSession(ctx context.Context, inodes []uint32) (*session, error) {
+// programs are attached. With rules, probe packets are marked for
+// nf_tables tracing so that a netfilter drop names its rule.
+func (v *Verifier) startSession(ctx context.Context, inodes []uint32, rules bool) (*session, error) {
 	if v.Names == nil {
 		return nil, errors.New("verify: no name resolver")
 	}
@@ -38,9 +44,23 @@ func (v *Verifier) startSession(ctx context.Context, inodes []uint32) (*session,
 	ready := make(chan struct{})
 	var once sync.Once
 	cfg := trace.Config{
-		Netns:  inodes,
-		Ready:  func() { once.Do(func() { close(ready) }) },
-		OnPath: s.dispatch,
+		Selection: selection.Selection{Netns: inodes},
+		Ready:     func() { once.Do(func() { close(ready) }) },
+		OnPath:    s.dispatch,
+	}
+	if rules {
+		rt, err := nftrace.Open(nftrace.Options{Mode: nftrace.ModeProbes})
+		if err != nil {
+			if v.Warn != nil {
+				v.Warn(err.Error() + "; drops keep their kernel reason")
+			}
+		} else {
+			s.rules = rt
+			cfg.Rules = rt
+			if w := nftrace.LegacyWarning(); w != "" && v.Warn != nil {
+				v.Warn(w)
+			}
+		}
 	}
 	go func() {
 		defer close(s.done)
@@ -51,6 +71,7 @@ func (v *Verifier) startSession(ctx context.Context, inodes []uint32) (*session,
 		return s, nil
 	case <-s.done:
 		cancel()
+		s.closeRules()
 		if s.err == nil {
 			s.err = errors.New("the trace ended before it was attached")
 		}
@@ -58,10 +79,12 @@ func (v *Verifier) startSession(ctx context.Context, inodes []uint32) (*session,
 	case <-time.After(30 * time.Second):
 		cancel()
 		<-s.done
+		s.closeRules()
 		return nil, errors.New("start tracer: not attached after 30s")
 	case <-ctx.Done():
 		cancel()
 		<-s.done
+		s.closeRules()
 		return nil, ctx.Err()
 	}
 }
@@ -108,4 +131,12 @@ func (s *session) alive() error {
 func (s *session) close() {
 	s.cancel()
 	<-s.done
+	s.closeRules()
+}
+
+func (s *session) closeRules() {
+	if s.rules != nil {
+		s.rules.Close()
+		s.rules = nil
+	}
 }

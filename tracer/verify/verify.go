@@ -19,7 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/path"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
@@ -69,6 +71,10 @@ type Options struct {
 	Interval time.Duration
 	// Select, when set, limits All to the containers it accepts.
 	Select func(runtime.Container) bool
+	// NoRules turns off naming the netfilter rule that drops a probe (by
+	// default a temporary nftables table marks the probe packets for
+	// nf_tables tracing; see package nftrace).
+	NoRules bool
 }
 
 // Default ports.
@@ -173,12 +179,12 @@ type Check struct {
 
 // Hop is one expected point on the path.
 type Hop struct {
-	Netns      string `json:"netns"` // container name or "host"
-	NetnsInode uint32 `json:"netns_inode"`
-	Ifname     string `json:"ifname"`
-	Kind       string `json:"kind"`
-	Direction  string `json:"direction"`
-	Note       string `json:"note,omitempty"`
+	Netns      string          `json:"netns"` // container name or "host"
+	NetnsInode uint32          `json:"netns_inode"`
+	Ifname     string          `json:"ifname"`
+	Kind       resolve.Kind    `json:"kind"`
+	Direction  event.Direction `json:"direction"`
+	Note       string          `json:"note,omitempty"`
 }
 
 // Label names the hop for a verdict line: "web eth0", "host veth1a2b",
@@ -186,9 +192,9 @@ type Hop struct {
 func (h Hop) Label() string {
 	s := h.Netns + " " + h.Ifname
 	switch {
-	case h.Kind == "bridge" && h.Direction == "forward":
+	case h.Kind == resolve.KindBridge && h.Direction == event.Forward:
 		s += " (forward)"
-	case h.Kind == "bridge" && h.Direction == "local":
+	case h.Kind == resolve.KindBridge && h.Direction == event.Local:
 		s += " (local delivery)"
 	}
 	return s
@@ -236,6 +242,8 @@ type Failure struct {
 	DropReason   string `json:"drop_reason,omitempty"`
 	DropLocation string `json:"drop_location,omitempty"`
 	Probe        int    `json:"probe,omitempty"`
+	// Rule is the netfilter rule or chain policy that dropped the probe.
+	Rule *path.Rule `json:"rule,omitempty"`
 }
 
 // Delivery outcomes: what the target did with probes that travelled the path.
@@ -256,6 +264,8 @@ type Delivery struct {
 	Detail string `json:"detail"`
 	// Probes counts probes per outcome.
 	Probes map[string]int `json:"probes"`
+	// Rule is the netfilter rule or chain policy that dropped the probe at the target.
+	Rule *path.Rule `json:"rule,omitempty"`
 }
 
 // Verifier runs verifications against one container runtime.
@@ -267,6 +277,8 @@ type Verifier struct {
 	Names trace.Resolver
 	// Trace, if set, replaces trace.Run (tests).
 	Trace func(context.Context, trace.Config, trace.Resolver) (trace.Result, error)
+	// Warn, if set, is told once when rule naming cannot work here.
+	Warn func(string)
 }
 
 // Verify verifies the path from the container ref to opts.To. Errors are
@@ -292,7 +304,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string, opts Options) (*Repor
 	if plan.report.Verdict == Fail {
 		return plan.report, nil
 	}
-	sess, err := v.startSession(ctx, plan.netns())
+	sess, err := v.startSession(ctx, plan.netns(), !opts.NoRules)
 	if err != nil {
 		return nil, err
 	}
@@ -342,7 +354,7 @@ func (v *Verifier) All(ctx context.Context, opts Options) ([]*Report, error) {
 	if len(plans) == 0 {
 		return reports, nil
 	}
-	sess, err := v.startSession(ctx, inodes)
+	sess, err := v.startSession(ctx, inodes, !opts.NoRules)
 	if err != nil {
 		return nil, err
 	}

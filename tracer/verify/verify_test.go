@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/testdocker"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
@@ -152,7 +152,7 @@ func hopsOf(p verify.Probe) []hop {
 		if h.Container != "" {
 			where = h.Container
 		}
-		hs = append(hs, hop{where, h.Ifname, h.Kind, h.Direction})
+		hs = append(hs, hop{where, h.Ifname, string(h.Kind), string(h.Direction)})
 	}
 	return hs
 }

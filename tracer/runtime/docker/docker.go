@@ -25,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 )
 
@@ -144,6 +145,21 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Container, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// Names lists every container's name, running or not, sorted (shell
+// completion: a container may be named before it starts).
+func (r *Runtime) Names(ctx context.Context) ([]string, error) {
+	sums, err := r.cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return nil, r.wrap(err)
+	}
+	names := make([]string, 0, len(sums))
+	for _, s := range sums {
+		names = append(names, summaryName(s))
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // Lookup implements runtime.Runtime. The reference is matched like the
@@ -297,25 +313,17 @@ func (r *Runtime) inspect(ctx context.Context, id string) (runtime.Container, er
 // its inode: the SandboxKey when it exists, else /proc/PID/ns/net.
 func netnsOf(sandboxKey string, pid int) (string, uint32) {
 	if sandboxKey != "" {
-		if ino, err := inodeOf(sandboxKey); err == nil {
+		if ino, err := resolve.NetnsInode(sandboxKey); err == nil {
 			return sandboxKey, ino
 		}
 	}
 	if pid > 0 {
 		p := fmt.Sprintf("/proc/%d/ns/net", pid)
-		if ino, err := inodeOf(p); err == nil {
+		if ino, err := resolve.NetnsInode(p); err == nil {
 			return p, ino
 		}
 	}
 	return sandboxKey, 0
-}
-
-func inodeOf(path string) (uint32, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return uint32(st.Ino), nil
 }
 
 // network returns (and caches) a network's driver and bridge device name.

@@ -5,33 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hoptrace/hoptrace/tracer/internal/testdocker"
+	"github.com/hoptrace/hoptrace/internal/testdocker"
+	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
 	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )
 
-func newRuntime(t *testing.T) *docker.Runtime {
-	t.Helper()
-	testdocker.RequireDocker(t)
-	rt, err := docker.New(context.Background())
-	if err != nil {
-		t.Fatalf("docker.New: %v", err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	return rt
-}
-
 func inodeOf(t *testing.T, path string) uint32 {
 	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		t.Fatalf("stat %s: %v", path, err)
+	ino, err := resolve.NetnsInode(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return uint32(st.Ino)
+	return ino
 }
 
 func TestBridgeDevice(t *testing.T) {
@@ -56,7 +45,7 @@ func TestBridgeDevice(t *testing.T) {
 }
 
 func TestLookup(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	c := testdocker.Run(t, "ht-lookup")
 	d := testdocker.Inspect(t, c.ID)
@@ -105,7 +94,7 @@ func TestLookup(t *testing.T) {
 }
 
 func TestLookupAmbiguousPrefix(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	// Create containers until two share a first hex digit (at most 17).
 	seen := map[byte]testdocker.Container{}
@@ -143,7 +132,7 @@ func TestLookupAmbiguousPrefix(t *testing.T) {
 }
 
 func TestLookupStopped(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	c := testdocker.Run(t, "ht-stopped")
 	testdocker.Docker(t, "kill", c.Name)
 	testdocker.Docker(t, "wait", c.Name)
@@ -170,7 +159,7 @@ func TestLookupStopped(t *testing.T) {
 }
 
 func TestUserDefinedNetworkAndModes(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	netName, netID := testdocker.Network(t, "ht-net")
 	named, _ := testdocker.Network(t, "ht-named", "-o", docker.BridgeNameOption+"=htbr"+netID[:6])
@@ -248,7 +237,7 @@ func waitOwner(a *docker.Annotator, inode uint32, want string, present bool) (st
 }
 
 func TestAnnotator(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	before := testdocker.Run(t, "ht-ann-before")
 	a, err := docker.NewAnnotator(ctx, rt)
@@ -307,7 +296,7 @@ func TestAnnotator(t *testing.T) {
 }
 
 func TestSelectorFollowsNotYetStarted(t *testing.T) {
-	rt := newRuntime(t)
+	rt := testdocker.Runtime(t)
 	ctx := context.Background()
 	name := testdocker.UniqueName("ht-sel")
 	s, err := docker.NewSelector(ctx, rt, name)

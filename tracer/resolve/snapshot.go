@@ -1,8 +1,9 @@
-// Package nsscan finds the network namespaces on the machine and the facts
-// that the inspect and topology commands show about them: names under
+package resolve
+
+// A one-shot look at the machine's network namespaces and the facts the
+// inspect, topology and verify commands show about them: names under
 // /var/run/netns, Docker sandboxes, the nsid the host namespace assigned,
-// bridge port states.
-package nsscan
+// bridge port states. The Resolver keeps the same picture current.
 
 import (
 	"fmt"
@@ -11,23 +12,19 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
-	"strings"
-	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
-// Directories holding bind-mounted namespaces.
-const (
-	NetnsDir        = "/var/run/netns"        // ip netns
-	DockerNetnsDir  = "/var/run/docker/netns" // Docker sandboxes
-	maxProcsScanned = 100000
-)
+const maxProcsScanned = 100000
 
-// Namespace is one network namespace found on the machine.
-type Namespace struct {
-	Inode    uint32
+// FoundNetns is one network namespace a Scan found on the machine.
+type FoundNetns struct {
+	Inode uint32
+	// Label is what the Resolver calls it (see Place.Netns).
+	Label    string
 	Path     string   // a path that opens it
 	Names    []string // names under /var/run/netns
 	Sandbox  string   // Docker sandbox file name under /var/run/docker/netns
@@ -36,15 +33,6 @@ type Namespace struct {
 	// NSID is the id the current namespace assigned to it (as shown in
 	// "link-netnsid" by ip link), -1 when none was assigned.
 	NSID int
-}
-
-// Inode returns the inode of a namespace file.
-func Inode(path string) (uint32, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return uint32(st.Ino), nil
 }
 
 // Current opens the network namespace of the calling thread (with the
@@ -60,8 +48,8 @@ func Current() (netns.NsHandle, uint32, error) {
 	if err != nil {
 		return netns.None(), 0, fmt.Errorf("open current network namespace: %w", err)
 	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(h), &st); err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
 		h.Close()
 		return netns.None(), 0, err
 	}
@@ -86,9 +74,9 @@ func HostHandle() (*netlink.Handle, uint32, error) {
 // NetnsNames returns the `ip netns` names of the namespace with this inode.
 func NetnsNames(inode uint32) []string {
 	var out []string
-	ents, _ := os.ReadDir(NetnsDir)
+	ents, _ := os.ReadDir(NamedNetnsDir)
 	for _, e := range ents {
-		if ino, err := Inode(filepath.Join(NetnsDir, e.Name())); err == nil && ino == inode {
+		if ino, err := NetnsInode(filepath.Join(NamedNetnsDir, e.Name())); err == nil && ino == inode {
 			out = append(out, e.Name())
 		}
 	}
@@ -113,20 +101,20 @@ func NSID(nl *netlink.Handle, path string) int {
 // Scan lists the namespaces found under /var/run/netns, Docker's sandbox
 // directory and /proc, except self (the inode of the namespace of nl),
 // sorted by inode; NSIDs are those that nl's namespace assigned.
-func Scan(nl *netlink.Handle, self uint32) []Namespace {
-	byIno := map[uint32]*Namespace{}
-	get := func(ino uint32, path string) *Namespace {
+func Scan(nl *netlink.Handle, self uint32) []FoundNetns {
+	byIno := map[uint32]*FoundNetns{}
+	get := func(ino uint32, path string) *FoundNetns {
 		ns := byIno[ino]
 		if ns == nil {
-			ns = &Namespace{Inode: ino, Path: path, NSID: -1}
+			ns = &FoundNetns{Inode: ino, Path: path, NSID: -1}
 			byIno[ino] = ns
 		}
 		return ns
 	}
-	ents, _ := os.ReadDir(NetnsDir)
+	ents, _ := os.ReadDir(NamedNetnsDir)
 	for _, e := range ents {
-		p := filepath.Join(NetnsDir, e.Name())
-		if ino, err := Inode(p); err == nil && ino != self {
+		p := filepath.Join(NamedNetnsDir, e.Name())
+		if ino, err := NetnsInode(p); err == nil && ino != self {
 			ns := get(ino, p)
 			ns.Names = append(ns.Names, e.Name())
 		}
@@ -134,7 +122,7 @@ func Scan(nl *netlink.Handle, self uint32) []Namespace {
 	ents, _ = os.ReadDir(DockerNetnsDir)
 	for _, e := range ents {
 		p := filepath.Join(DockerNetnsDir, e.Name())
-		if ino, err := Inode(p); err == nil && ino != self && ino != 0 {
+		if ino, err := NetnsInode(p); err == nil && ino != self && ino != 0 {
 			// An unmounted sandbox file has the inode of an empty file
 			// on the host file system; the nsfs check below sorts it out.
 			if !isNetns(p) {
@@ -155,7 +143,7 @@ func Scan(nl *netlink.Handle, self uint32) []Namespace {
 			break
 		}
 		p := fmt.Sprintf("/proc/%d/ns/net", pid)
-		ino, err := Inode(p)
+		ino, err := NetnsInode(p)
 		if err != nil || ino == self {
 			continue
 		}
@@ -165,10 +153,18 @@ func Scan(nl *netlink.Handle, self uint32) []Namespace {
 			ns.FirstPID = pid
 		}
 	}
-	out := make([]Namespace, 0, len(byIno))
+	out := make([]FoundNetns, 0, len(byIno))
 	for _, ns := range byIno {
 		sort.Strings(ns.Names)
 		ns.NSID = NSID(nl, ns.Path)
+		switch {
+		case len(ns.Names) > 0:
+			ns.Label = ns.Names[0]
+		case ns.Sandbox != "":
+			ns.Label = "docker:" + ns.Sandbox
+		default:
+			ns.Label = procLabel(ns.Inode, ns.FirstPID)
+		}
 		out = append(out, *ns)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Inode < out[j].Inode })
@@ -177,38 +173,12 @@ func Scan(nl *netlink.Handle, self uint32) []Namespace {
 
 // isNetns reports whether path is a network namespace (nsfs) file.
 func isNetns(path string) bool {
-	var sfs syscall.Statfs_t
-	if err := syscall.Statfs(path, &sfs); err != nil {
-		return false
-	}
-	const nsfsMagic = 0x6e736673
-	return sfs.Type == nsfsMagic
+	_, ok, _ := nsfsInode(path)
+	return ok
 }
 
-// PortState returns the STP state of a bridge port in the caller's
-// namespace ("forwarding", "disabled", ...), or "" when unknown.
-func PortState(ifname string) string {
-	b, err := os.ReadFile(filepath.Join("/sys/class/net", ifname, "brport/state"))
-	if err != nil {
-		return ""
-	}
-	switch strings.TrimSpace(string(b)) {
-	case "0":
-		return "disabled"
-	case "1":
-		return "listening"
-	case "2":
-		return "learning"
-	case "3":
-		return "forwarding"
-	case "4":
-		return "blocking"
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// Handle opens a netlink handle inside the namespace at path.
-func Handle(path string) (*netlink.Handle, error) {
+// NetnsHandle opens a netlink handle inside the namespace at path.
+func NetnsHandle(path string) (*netlink.Handle, error) {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %s: %w", path, err)

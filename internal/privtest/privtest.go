@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -132,4 +133,20 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Tool returns the path of a program a test needs. When it is missing the
+// test fails under CI (CI=true: the setup, scripts/install-deps.sh, installs
+// the Debian package pkg) and skips, loudly, elsewhere.
+func Tool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found, and CI must have it: add %s to scripts/install-deps.sh (%v)", name, pkg, err)
+	}
+	t.Skipf("SKIPPED: %s not installed (apt-get install %s, or make setup)", name, pkg)
+	return ""
 }

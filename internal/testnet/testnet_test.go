@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/hoptrace/hoptrace/internal/privtest"
 )
 
 func TestChecksum(t *testing.T) {
@@ -36,7 +38,7 @@ func TestChecksum(t *testing.T) {
 }
 
 func TestTopology(t *testing.T) {
-	RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := New(t, Options{Hosts: 2})
 
 	if len(topo.Hosts) != 2 {
@@ -64,7 +66,7 @@ func TestTopology(t *testing.T) {
 			t.Errorf("host %s: inode %d not unique", h.Name, h.Inode)
 		}
 		seen[h.Inode] = true
-		if ino, err := Inode(filepath.Join("/var/run/netns", h.Name)); err != nil || ino != h.Inode {
+		if ino, err := inode(filepath.Join("/var/run/netns", h.Name)); err != nil || ino != h.Inode {
 			t.Errorf("host %s: /var/run/netns inode %d (%v), want %d", h.Name, ino, err, h.Inode)
 		}
 		if !topo.Subnet().Contains(h.Addr.Addr()) {
@@ -174,7 +176,7 @@ func TestTopology(t *testing.T) {
 }
 
 func TestAddHostAndCleanup(t *testing.T) {
-	RequireRoot(t)
+	privtest.RequireRoot(t)
 	var topo *Topology
 	t.Run("build", func(t *testing.T) {
 		topo = New(t, Options{Hosts: 1})
@@ -216,7 +218,7 @@ func TestAddHostAndCleanup(t *testing.T) {
 }
 
 func TestRemoveHost(t *testing.T) {
-	RequireRoot(t)
+	privtest.RequireRoot(t)
 	topo := New(t, Options{Hosts: 2})
 	h := topo.Hosts[1]
 	if err := topo.RemoveHost(h); err != nil {
@@ -230,5 +232,64 @@ func TestRemoveHost(t *testing.T) {
 	}
 	if _, err := netlink.LinkByName(h.HostVeth); err == nil {
 		t.Errorf("veth %s still exists", h.HostVeth)
+	}
+}
+
+func TestHostAddr(t *testing.T) {
+	topo := &Topology{Gateway: netip.MustParsePrefix("10.203.0.1/16")}
+	for n, want := range map[int]string{1: "10.203.0.2/16", 250: "10.203.0.251/16", 251: "10.203.1.2/16", 500: "10.203.1.251/16"} {
+		if got := topo.hostAddr(n).String(); got != want {
+			t.Errorf("hostAddr(%d) = %s, want %s", n, got, want)
+		}
+	}
+	topo = &Topology{Gateway: netip.MustParsePrefix("10.231.9.1/24")}
+	if got := topo.hostAddr(3).String(); got != "10.231.9.4/24" {
+		t.Errorf("hostAddr(3) on a /24 = %s, want 10.231.9.4/24", got)
+	}
+}
+
+// Build needs no testing.T: the caller owns the topology and its Close.
+func TestBuildWide(t *testing.T) {
+	privtest.RequireRoot(t)
+	if _, err := Build(Options{Hosts: 251, Prefix: 24}); err == nil {
+		t.Fatal("Build: 251 hosts on a /24 accepted")
+	}
+	topo, err := Build(Options{Hosts: 3, Prefix: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			topo.Close()
+		}
+	}()
+	if topo.Gateway.Bits() != 16 || topo.Subnet().Addr().As4()[1] < 200 {
+		t.Errorf("gateway %s, want 10.X.0.1/16 with X >= 200", topo.Gateway)
+	}
+	a, c := topo.Hosts[0], topo.Hosts[2]
+	if n, err := a.Ping(c.Addr.Addr(), 2, 2*time.Second); err != nil || n != 2 {
+		t.Errorf("ping %s -> %s: %d/2 %v", a.Addr, c.Addr, n, err)
+	}
+	// One host's namespace held open: Close must still remove its veth.
+	held, err := netns.GetFromPath(c.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	closed = true
+	if err := topo.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, h := range topo.Hosts {
+		if _, err := netlink.LinkByName(h.HostVeth); err == nil {
+			t.Errorf("veth %s still exists after Close", h.HostVeth)
+		}
+		if _, err := os.Stat(h.Path); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after Close (%v)", h.Path, err)
+		}
+	}
+	if _, err := netlink.LinkByName(topo.Bridge); err == nil {
+		t.Errorf("bridge %s still exists after Close", topo.Bridge)
 	}
 }

@@ -9,6 +9,7 @@ package testdocker
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hoptrace/hoptrace/tracer/runtime/docker"
 )
 
 // Image is the test image, built by scripts/docker-test-image.sh.
@@ -84,6 +87,19 @@ func findScript(rel string) (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// Runtime requires Docker (see RequireDocker) and returns hoptrace's
+// client for it, closed when the test ends.
+func Runtime(t testing.TB) *docker.Runtime {
+	t.Helper()
+	RequireDocker(t)
+	rt, err := docker.New(context.Background())
+	if err != nil {
+		t.Fatalf("docker.New: %v", err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt
 }
 
 // UniqueName returns prefix followed by a random suffix.

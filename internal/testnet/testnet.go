@@ -1,11 +1,13 @@
-// Package testnet builds small, throwaway container-like network topologies
-// for privileged tests: a Linux bridge in the host namespace and N named
-// network namespaces, each wired to the bridge through a veth pair, on a
-// random 10.231.X.0/24 subnet.
+// Package testnet builds throwaway container-like network topologies for
+// privileged tests and the benchmarks: a Linux bridge in the host namespace
+// and N named network namespaces, each wired to the bridge through a veth
+// pair, on a random 10.231.X.0/24 subnet (10.X.0.0/16 for more than 250
+// namespaces).
 //
-// Everything a Topology creates is removed by a t.Cleanup hook (or an
-// explicit Close), even when the test fails. The package never sends traffic
-// anywhere but to addresses it created itself.
+// New (for tests) removes everything a Topology creates with a t.Cleanup
+// hook, even when the test fails; Build (for programs such as the
+// benchmark) leaves that to the caller's Close. The package never sends
+// traffic anywhere but to addresses it created itself.
 package testnet
 
 import (
@@ -22,10 +24,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/hoptrace/hoptrace/internal/privtest"
 )
 
 // NetnsDir is where named network namespaces are bind-mounted, as iproute2
@@ -34,10 +39,13 @@ const NetnsDir = "/var/run/netns"
 
 const nfCallIptables = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
-// Options configures New.
+// Options configures New and Build.
 type Options struct {
-	Hosts      int    // number of namespaces; 0 means 2
+	Hosts      int    // number of namespaces; 0 means 2; up to 250 on a /24, 12500 on a /16
 	BridgeName string // optional; a unique name is picked when empty
+	// Prefix is the subnet's length: 24 (the default) or 16 (for more than
+	// 250 namespaces; picked automatically then).
+	Prefix int
 }
 
 // Topology is a bridge with namespaces attached to it.
@@ -50,6 +58,7 @@ type Topology struct {
 
 	suffix    string
 	hostInode uint32
+	prefix    int // 24 or 16
 
 	mu       sync.Mutex
 	next     int // next host number (address .next+1)
@@ -72,20 +81,12 @@ type Host struct {
 	MAC           net.HardwareAddr
 }
 
-// RequireRoot skips the test, loudly, unless it runs as root.
-func RequireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: privileged test needs root (network namespaces, veths, bridges); run with sudo to exercise it")
-	}
-}
-
 // New builds a topology, registers its removal with t.Cleanup and fails the
-// test on any error.
+// test on any error; it skips the test unless it runs as root.
 func New(t testing.TB, opts Options) *Topology {
 	t.Helper()
-	RequireRoot(t)
-	topo, err := build(opts)
+	privtest.RequireRoot(t)
+	topo, err := Build(opts)
 	if topo != nil {
 		t.Cleanup(func() {
 			if err := topo.Close(); err != nil {
@@ -139,11 +140,27 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)[:n]
 }
 
-func build(opts Options) (topo *Topology, err error) {
+// Build builds a topology; the caller removes it with Close. On error,
+// whatever was built is already removed.
+func Build(opts Options) (topo *Topology, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("testnet: needs root (network namespaces, veths, bridges)")
+	}
 	if opts.Hosts <= 0 {
 		opts.Hosts = 2
 	}
-	topo = &Topology{suffix: randHex(6), next: 1}
+	switch {
+	case opts.Prefix == 0 && opts.Hosts > 250:
+		opts.Prefix = 16
+	case opts.Prefix == 0:
+		opts.Prefix = 24
+	case opts.Prefix != 16 && opts.Prefix != 24:
+		return nil, fmt.Errorf("testnet: prefix /%d: want /24 or /16", opts.Prefix)
+	}
+	if max := maxHosts(opts.Prefix); opts.Hosts > max {
+		return nil, fmt.Errorf("testnet: %d hosts do not fit a /%d (at most %d)", opts.Hosts, opts.Prefix, max)
+	}
+	topo = &Topology{suffix: randHex(6), next: 1, prefix: opts.Prefix}
 	topo.Bridge = opts.BridgeName
 	if topo.Bridge == "" {
 		topo.Bridge = "htbr" + topo.suffix
@@ -163,7 +180,7 @@ func build(opts Options) (topo *Topology, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := topo.pickSubnet(); err != nil {
+	if err := topo.pickSubnet(opts.Prefix); err != nil {
 		return nil, err
 	}
 	// From here on Close undoes whatever exists.
@@ -204,34 +221,87 @@ func build(opts Options) (topo *Topology, err error) {
 	return topo, nil
 }
 
-// pickSubnet chooses 10.231.X.0/24 with a random X that no address in the
-// host namespace uses and that no other topology (in this or another test
+// pickSubnet chooses 10.231.X.0/24 with a random X (or, for a /16,
+// 10.X.0.0/16 with X from 200 to 249) that no address or route of the host
+// namespace touches and that no other topology (in this or another test
 // process) holds, using a flock'ed file per subnet.
-func (t *Topology) pickSubnet() error {
-	used := map[byte]bool{}
+func (t *Topology) pickSubnet(bits int) error {
+	candidate := func(x byte) netip.Prefix {
+		if bits == 16 {
+			return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, x, 0, 0}), 16)
+		}
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 231, x, 0}), 24)
+	}
+	var inUse []netip.Prefix
 	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
 		for _, a := range addrs {
-			ip := a.IP.To4()
-			if ip != nil && ip[0] == 10 && ip[1] == 231 {
-				used[ip[2]] = true
+			if p, ok := netipPrefix(a.IPNet); ok {
+				inUse = append(inUse, p)
 			}
 		}
+	}
+	if routes, err := netlink.RouteList(nil, netlink.FAMILY_V4); err == nil {
+		for _, r := range routes {
+			if p, ok := netipPrefix(r.Dst); ok && p.Bits() > 0 {
+				inUse = append(inUse, p)
+			}
+		}
+	}
+	free := func(c netip.Prefix) bool {
+		for _, p := range inUse {
+			if p.Overlaps(c) {
+				return false
+			}
+		}
+		return true
 	}
 	start := randByte()
 	for i := 0; i < 256; i++ {
 		x := start + byte(i)
-		if x == 0 || x == 255 || used[x] {
+		if bits == 16 {
+			x = 200 + x%50
+		}
+		if x == 0 || x == 255 {
 			continue
 		}
-		f, ok := lockSubnet(x)
+		c := candidate(x)
+		if !free(c) {
+			continue
+		}
+		f, ok := lockSubnet(c)
 		if !ok {
 			continue
 		}
 		t.lock = f
-		t.Gateway = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 231, x, 1}), 24)
+		t.Gateway = netip.PrefixFrom(c.Addr().Next(), bits)
 		return nil
 	}
-	return errors.New("no free 10.231.X.0/24 subnet")
+	return fmt.Errorf("no free %s subnet", candidate(0))
+}
+
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	p, err := netip.ParsePrefix(n.String())
+	return p.Masked(), err == nil
+}
+
+// maxHosts is how many namespaces fit a subnet: .2 to .251 of each /24 in it.
+func maxHosts(bits int) int {
+	if bits == 16 {
+		return 250 * 50
+	}
+	return 250
+}
+
+// hostAddr is host n's address (n from 1): .2 to .251 of the first /24,
+// then of the next one (a /16 only).
+func (t *Topology) hostAddr(n int) netip.Prefix {
+	b := t.Gateway.Masked().Addr().As4()
+	b[2] += byte((n - 1) / 250)
+	b[3] = byte((n-1)%250 + 2)
+	return netip.PrefixFrom(netip.AddrFrom4(b), t.Gateway.Bits())
 }
 
 func randByte() byte {
@@ -246,12 +316,16 @@ func randByte() byte {
 // kernel drops the lock when the process dies, so a crashed test never keeps
 // a subnet. Where no lock file can be created (read-only root), the subnet is
 // used without a lock.
-func lockSubnet(x byte) (*os.File, bool) {
+func lockSubnet(subnet netip.Prefix) (*os.File, bool) {
+	name := fmt.Sprintf("%s.lock", subnet.Addr())
+	if subnet.Bits() == 24 {
+		name = fmt.Sprintf("10.231.%d.lock", subnet.Addr().As4()[2]) // the name older runs locked
+	}
 	for _, dir := range []string{"/run/hoptrace-testnet", filepath.Join(os.TempDir(), "hoptrace-testnet")} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("10.231.%d.lock", x)), os.O_RDWR|os.O_CREATE, 0o644)
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			continue
 		}
@@ -289,16 +363,15 @@ func (t *Topology) addHost() (*Host, error) {
 		return nil, errors.New("topology closed")
 	}
 	n := t.next
-	if n >= 254 {
+	if n > maxHosts(t.prefix) {
 		return nil, errors.New("subnet full")
 	}
 	t.next++
-	gw := t.Gateway.Addr().As4()
 	h := &Host{
 		Name:     fmt.Sprintf("ht%s-%d", t.suffix, n),
 		IfName:   "eth0",
 		HostVeth: fmt.Sprintf("htv%s%d", t.suffix, n),
-		Addr:     netip.PrefixFrom(netip.AddrFrom4([4]byte{gw[0], gw[1], gw[2], byte(n + 1)}), 24),
+		Addr:     t.hostAddr(n),
 	}
 	h.Path = filepath.Join(NetnsDir, h.Name)
 	// Track it before it is complete so that Close removes partial work.
@@ -313,7 +386,7 @@ func (t *Topology) setupHost(h *Host) error {
 	if err := createNamedNetns(h.Path); err != nil {
 		return err
 	}
-	ino, err := Inode(h.Path)
+	ino, err := inode(h.Path)
 	if err != nil {
 		return err
 	}
@@ -462,9 +535,35 @@ func (t *Topology) Close() error {
 	}
 	t.closed = true
 	var errs []error
+	// Unmounting a namespace that nothing else holds destroys it and its
+	// veth end, which takes the host end along; the kernel does that in
+	// batches, much faster than one link deletion (and RCU grace period) at
+	// a time. Host veths still there once the kernel stops making progress
+	// (a process still holds the namespace) are deleted one by one.
 	for _, h := range t.Hosts {
-		if err := removeHost(h); err != nil {
+		if err := deleteNamedNetns(h.Path); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	left, progress := t.Hosts, time.Now()
+	for len(left) > 0 && time.Since(progress) < 500*time.Millisecond {
+		time.Sleep(10 * time.Millisecond)
+		var still []*Host
+		for _, h := range left {
+			if _, err := netlink.LinkByName(h.HostVeth); err == nil {
+				still = append(still, h)
+			}
+		}
+		if len(still) < len(left) {
+			progress = time.Now()
+		}
+		left = still
+	}
+	for _, h := range left {
+		if l, err := netlink.LinkByName(h.HostVeth); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("delete %s: %w", h.HostVeth, err))
+			}
 		}
 	}
 	if l, err := netlink.LinkByName(t.Bridge); err == nil && l.Attrs().Index == t.BridgeIndex {
@@ -487,9 +586,9 @@ func (t *Topology) Close() error {
 	return t.closeErr
 }
 
-// Inode returns the inode number of a namespace file (/var/run/netns/NAME,
-// /proc/PID/ns/net, ...), which identifies the namespace.
-func Inode(path string) (uint32, error) {
+// inode returns the inode number of a namespace file: resolve.NetnsInode,
+// which this package cannot import (resolve's own tests import testnet).
+func inode(path string) (uint32, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("stat %s: %w", path, err)

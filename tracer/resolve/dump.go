@@ -1,4 +1,4 @@
-package nsscan
+package resolve
 
 import (
 	"errors"
