@@ -37,7 +37,7 @@ test: setup
 # Kernels for test-kernels: "host" (the running kernel, plain go test), Debian
 # kernel package names (fetched once into /var/tmp/vmtest/kernels), or paths
 # to a vmlinuz. See docs/kernels.md.
-KERNELS ?= host linux-image-6.1.0-56-amd64-unsigned linux-image-6.12.117+deb12-amd64-unsigned
+KERNELS ?= host linux-image-5.10.0-30-amd64-unsigned linux-image-6.1.0-56-amd64-unsigned linux-image-6.12.117+deb12-amd64-unsigned
 
 # The privileged non-Docker packages on every kernel in KERNELS, each Debian
 # kernel booted in QEMU (root; qemu-system-x86 busybox-static xz-utils zstd

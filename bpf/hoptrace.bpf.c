@@ -169,8 +169,20 @@ struct {
 	__type(value, struct hist);
 } hist_zero SEC(".maps");
 
-/* Packet ids come from one counter; 0 means "none". */
-__u64 next_pkt_id = 0;
+/*
+ * Packet ids: a per-CPU sequence number combined with the CPU number,
+ * seq * nr_cpus + cpu + 1, so ids are unique across CPUs, never 0 ("none"),
+ * and need no atomic fetch-and-add (a fetch whose result is used needs 5.12).
+ * nr_cpus is the number of possible CPUs, set by the loader.
+ */
+volatile const __u32 nr_cpus = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pkt_seq SEC(".maps");
 
 /* Force the generated Go types for the structures userspace decodes. */
 const struct event *unused_event __attribute__((unused));
@@ -561,6 +573,24 @@ static __always_inline void hist_add(const struct hop_key *from, const struct ho
 
 /* ---- the observation ---- */
 
+/*
+ * A new packet id, or 0 when the sequence map cannot be read (never). The
+ * read-increment-write is not atomic: only a program nested on the same CPU
+ * (a hooked tracepoint in a hard interrupt landing between the two
+ * instructions) could take the same number, and it costs less than a locked
+ * instruction on every new packet.
+ */
+static __always_inline __u64 new_pkt_id(void)
+{
+	__u32 zero = 0;
+	__u64 *seq = bpf_map_lookup_elem(&pkt_seq, &zero);
+	if (!seq)
+		return 0;
+	__u64 n = *seq;
+	*seq = n + 1;
+	return n * nr_cpus + bpf_get_smp_processor_id() + 1;
+}
+
 static __always_inline bool is_end(__u8 hook)
 {
 	return hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB || hook == HOOK_COPY_DATAGRAM;
@@ -707,7 +737,9 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 			if (!may_start || !selected(cur.netns, cur.ifindex, &meta) ||
 			    (!untracked && expr_filter && !expr_matches(skb, dev)))
 				return 0;
-			pkt_id = __sync_fetch_and_add(&next_pkt_id, 1) + 1;
+			pkt_id = new_pkt_id();
+			if (!pkt_id)
+				return 0;
 			flags |= EVENT_F_NEW;
 			stat_inc(STAT_PACKETS);
 		}
@@ -843,10 +875,17 @@ int BPF_PROG(on_netif_receive_skb, struct sk_buff *skb)
 	return observe(ctx, skb, skb->dev, HOOK_NETIF_RECEIVE_SKB, 0, 0);
 }
 
+/* kfree_skb gained its reason argument in 5.17; the loader picks one of these. */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	return observe(ctx, skb, end_dev(skb), HOOK_KFREE_SKB, (__u64)location, reason);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(on_kfree_skb_noreason, struct sk_buff *skb, void *location)
+{
+	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, 0);
 }
 
 /* consume_skb gained its location argument in 6.3; the loader picks one of these. */

@@ -16,7 +16,7 @@ enum hook {
 	HOOK_NETIF_RX = 4,           /* ingress: queued to the per-CPU backlog (veth peer) */
 	HOOK_GRO_RECEIVE = 5,        /* ingress: entered GRO (veth with GRO/XDP) */
 	HOOK_NETIF_RECEIVE_SKB = 6,  /* ingress: taken by the stack on this device */
-	HOOK_KFREE_SKB = 7,          /* end: dropped, with a reason */
+	HOOK_KFREE_SKB = 7,          /* end: dropped (with a reason from 5.17) */
 	HOOK_CONSUME_SKB = 8,        /* end: consumed (freed after normal processing) */
 	HOOK_COPY_DATAGRAM = 9,      /* end: copied to a socket's reader */
 	HOOK_MAX = 10,

@@ -13,7 +13,8 @@ func doctorCommand() *cli.Command {
 		Name:  "doctor",
 		Usage: "check that this kernel and this user can run hoptrace, and say what it will use",
 		Description: "Probes the kernel (BTF, ring buffer, each tracepoint hoptrace attaches to, kprobes,\n" +
-			"fentry, tcx, legacy tc), bpffs, tracefs, privileges and the Docker socket.\n" +
+			"fentry, tcx, legacy tc), bpffs, tracefs, privileges and the Docker socket, then loads,\n" +
+			"attaches and unloads the very programs trace and latency use on this kernel.\n" +
 			"Exits 0 when hoptrace can run, 1 when something it needs is missing.",
 		Flags: []cli.Flag{
 			outputFlag("text", "json"),

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
@@ -24,7 +25,7 @@ type Session struct {
 
 // Start starts a resolver and run(ctx, names, ready) in a goroutine, and
 // returns once run has called ready; it fails the test when run ends
-// first or is not ready within 20s. The session is stopped when the test
+// first or is not ready in time (privtest.ReadyTimeout). The session is stopped when the test
 // ends.
 func Start(t testing.TB, run func(ctx context.Context, names *resolve.Resolver, ready func()) error) *Session {
 	t.Helper()
@@ -46,8 +47,8 @@ func Start(t testing.TB, run func(ctx context.Context, names *resolve.Resolver, 
 	case <-ready:
 	case <-s.done:
 		t.Fatalf("session ended before it was ready: %v", s.err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("session not ready after 60s (loading and verifying the programs under emulation on a busy machine takes the longest)")
+	case <-time.After(privtest.ReadyTimeout()):
+		t.Fatalf("session not ready after %v", privtest.ReadyTimeout())
 	}
 	return s
 }

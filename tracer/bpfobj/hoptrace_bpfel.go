@@ -189,11 +189,13 @@ const (
 	HoptraceMapFilterPort              = "filter_port"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
+	HoptraceMapPktSeq                  = "pkt_seq"
 	HoptraceMapStats                   = "stats"
 	HoptraceMapTrackScratch            = "track_scratch"
 	HoptraceProgOnConsumeSkb           = "on_consume_skb"
 	HoptraceProgOnConsumeSkbNoloc      = "on_consume_skb_noloc"
 	HoptraceProgOnKfreeSkb             = "on_kfree_skb"
+	HoptraceProgOnKfreeSkbNoreason     = "on_kfree_skb_noreason"
 	HoptraceProgOnNapiGroReceiveEntry  = "on_napi_gro_receive_entry"
 	HoptraceProgOnNetDevQueue          = "on_net_dev_queue"
 	HoptraceProgOnNetDevStartXmit      = "on_net_dev_start_xmit"
@@ -212,8 +214,8 @@ const (
 	HoptraceVarIcmpv6RcvEnd            = "icmpv6_rcv_end"
 	HoptraceVarIcmpv6RcvStart          = "icmpv6_rcv_start"
 	HoptraceVarMode                    = "mode"
-	HoptraceVarNextPktId               = "next_pkt_id"
 	HoptraceVarNoSocketReason          = "no_socket_reason"
+	HoptraceVarNrCpus                  = "nr_cpus"
 	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
@@ -273,6 +275,7 @@ type HoptraceProgramSpecs struct {
 	OnConsumeSkb           *ebpf.ProgramSpec `ebpf:"on_consume_skb"`
 	OnConsumeSkbNoloc      *ebpf.ProgramSpec `ebpf:"on_consume_skb_noloc"`
 	OnKfreeSkb             *ebpf.ProgramSpec `ebpf:"on_kfree_skb"`
+	OnKfreeSkbNoreason     *ebpf.ProgramSpec `ebpf:"on_kfree_skb_noreason"`
 	OnNapiGroReceiveEntry  *ebpf.ProgramSpec `ebpf:"on_napi_gro_receive_entry"`
 	OnNetDevQueue          *ebpf.ProgramSpec `ebpf:"on_net_dev_queue"`
 	OnNetDevStartXmit      *ebpf.ProgramSpec `ebpf:"on_net_dev_start_xmit"`
@@ -298,6 +301,7 @@ type HoptraceMapSpecs struct {
 	FilterPort   *ebpf.MapSpec `ebpf:"filter_port"`
 	HistZero     *ebpf.MapSpec `ebpf:"hist_zero"`
 	Hists        *ebpf.MapSpec `ebpf:"hists"`
+	PktSeq       *ebpf.MapSpec `ebpf:"pkt_seq"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	TrackScratch *ebpf.MapSpec `ebpf:"track_scratch"`
 }
@@ -315,8 +319,8 @@ type HoptraceVariableSpecs struct {
 	Icmpv6RcvEnd    *ebpf.VariableSpec `ebpf:"icmpv6_rcv_end"`
 	Icmpv6RcvStart  *ebpf.VariableSpec `ebpf:"icmpv6_rcv_start"`
 	Mode            *ebpf.VariableSpec `ebpf:"mode"`
-	NextPktId       *ebpf.VariableSpec `ebpf:"next_pkt_id"`
 	NoSocketReason  *ebpf.VariableSpec `ebpf:"no_socket_reason"`
+	NrCpus          *ebpf.VariableSpec `ebpf:"nr_cpus"`
 	SnapLen         *ebpf.VariableSpec `ebpf:"snap_len"`
 	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -361,6 +365,7 @@ type HoptraceMaps struct {
 	FilterPort   *ebpf.Map `ebpf:"filter_port"`
 	HistZero     *ebpf.Map `ebpf:"hist_zero"`
 	Hists        *ebpf.Map `ebpf:"hists"`
+	PktSeq       *ebpf.Map `ebpf:"pkt_seq"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	TrackScratch *ebpf.Map `ebpf:"track_scratch"`
 }
@@ -377,6 +382,7 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterPort,
 		m.HistZero,
 		m.Hists,
+		m.PktSeq,
 		m.Stats,
 		m.TrackScratch,
 	)
@@ -395,8 +401,8 @@ type HoptraceVariables struct {
 	Icmpv6RcvEnd    *ebpf.Variable `ebpf:"icmpv6_rcv_end"`
 	Icmpv6RcvStart  *ebpf.Variable `ebpf:"icmpv6_rcv_start"`
 	Mode            *ebpf.Variable `ebpf:"mode"`
-	NextPktId       *ebpf.Variable `ebpf:"next_pkt_id"`
 	NoSocketReason  *ebpf.Variable `ebpf:"no_socket_reason"`
+	NrCpus          *ebpf.Variable `ebpf:"nr_cpus"`
 	SnapLen         *ebpf.Variable `ebpf:"snap_len"`
 	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
@@ -418,6 +424,7 @@ type HoptracePrograms struct {
 	OnConsumeSkb           *ebpf.Program `ebpf:"on_consume_skb"`
 	OnConsumeSkbNoloc      *ebpf.Program `ebpf:"on_consume_skb_noloc"`
 	OnKfreeSkb             *ebpf.Program `ebpf:"on_kfree_skb"`
+	OnKfreeSkbNoreason     *ebpf.Program `ebpf:"on_kfree_skb_noreason"`
 	OnNapiGroReceiveEntry  *ebpf.Program `ebpf:"on_napi_gro_receive_entry"`
 	OnNetDevQueue          *ebpf.Program `ebpf:"on_net_dev_queue"`
 	OnNetDevStartXmit      *ebpf.Program `ebpf:"on_net_dev_start_xmit"`
@@ -434,6 +441,7 @@ func (p *HoptracePrograms) Close() error {
 		p.OnConsumeSkb,
 		p.OnConsumeSkbNoloc,
 		p.OnKfreeSkb,
+		p.OnKfreeSkbNoreason,
 		p.OnNapiGroReceiveEntry,
 		p.OnNetDevQueue,
 		p.OnNetDevStartXmit,

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/nftrace"
@@ -21,6 +22,7 @@ import (
 const (
 	GroupKernel      = "kernel"
 	GroupTracepoints = "tracepoints"
+	GroupPrograms    = "programs"
 	GroupFunctions   = "function_hooks"
 	GroupTC          = "traffic_control"
 	GroupFilesystems = "filesystems"
@@ -43,6 +45,9 @@ type Check struct {
 type Plan struct {
 	// Tracepoints hoptrace attaches tp_btf programs to.
 	Tracepoints []string `json:"tracepoints"`
+	// Programs are the programs the loader chose for this kernel, one per
+	// hook, as the load check loaded them (empty when it could not run).
+	Programs []loader.Program `json:"programs"`
 	// ConsumeSkbProgram is the consume_skb program variant the loader
 	// picks: "on_consume_skb" (with the location argument, 6.3+) or
 	// "on_consume_skb_noloc".
@@ -58,6 +63,12 @@ type Plan struct {
 	// RuleNaming says whether trace --rules and verify name the netfilter
 	// rule that dropped a packet.
 	RuleNaming string `json:"rule_naming"`
+
+	// KfreeSkbProgram is the kfree_skb variant: "on_kfree_skb" (with the
+	// drop reason, 5.17+) or "on_kfree_skb_noreason".
+	KfreeSkbProgram string `json:"kfree_skb_program"`
+	// Lacks lists what events miss on this kernel, from the variants chosen.
+	Lacks []string `json:"lacks,omitempty"`
 }
 
 // Report is the doctor's result.
@@ -110,7 +121,10 @@ var hookOrder = []string{
 }
 
 // Run probes the kernel and this process. It leaves nothing loaded.
-func Run() *Report {
+func Run() *Report { return run(loader.Check) }
+
+// run is Run with the load check given (tests make it fail).
+func run(check func(loader.Mode) ([]loader.Program, error)) *Report {
 	r := &Report{}
 	rel, v, err := kernel.Release()
 	r.Release, r.Version = rel, v.String()
@@ -132,6 +146,7 @@ func Run() *Report {
 	add(GroupKernel, true, kernel.ProbeBTF())
 	add(GroupKernel, true, kernel.ProbeRingBuf())
 	drops := add(GroupKernel, false, kernel.ProbeDropReasons())
+	add(GroupKernel, false, kernel.ProbeKfreeSkbReason())
 	loc := kernel.ProbeConsumeSkbLocation()
 	add(GroupKernel, false, loc)
 
@@ -148,6 +163,37 @@ func Run() *Report {
 		add(GroupTracepoints, true, p)
 	}
 	r.Plan.Tracepoints = tps
+
+	// The verdict rests on loading the very programs hoptrace loads, in
+	// each mode, and unloading them again.
+	for _, m := range []struct {
+		name string
+		mode loader.Mode
+		what string
+	}{
+		{"programs_events", loader.ModeEvents, "trace and verify"},
+		{"programs_latency", loader.ModeLatency, "latency"},
+	} {
+		progs, err := check(m.mode)
+		p := kernel.Probe{Name: m.name, Available: err == nil}
+		switch {
+		case err != nil && !privOK:
+			p.Detail = "not loaded without privileges: " + strings.SplitN(err.Error(), "\n", 2)[0]
+			p.Denied = true
+		case err != nil:
+			p.Detail = "hoptrace's programs for " + m.what + " do not load: " + strings.SplitN(err.Error(), "\n", 2)[0]
+		default:
+			names := make([]string, len(progs))
+			for i, pr := range progs {
+				names[i] = pr.Name
+			}
+			p.Detail = fmt.Sprintf("the %d programs for %s load, attach and unload: %s", len(progs), m.what, strings.Join(names, ", "))
+			if r.Plan.Programs == nil {
+				r.Plan.Programs = progs
+			}
+		}
+		add(GroupPrograms, true, p)
+	}
 
 	kp := add(GroupFunctions, false, kernel.ProbeKprobes())
 	fe := add(GroupFunctions, false, kernel.ProbeFentry())
@@ -172,18 +218,39 @@ func Run() *Report {
 		r.Plan.EngineDetail = "tracepoint: tp_btf programs on net_dev_queue and netif_receive_skb observe the hops of every packet on the host " +
 			"(no tcx here: " + tcx.Detail + ")"
 	}
-	if loc.Available {
-		r.Plan.ConsumeSkbProgram = "on_consume_skb"
+	// The program variants: those the load check loaded, or, when it
+	// could not run, the ones the loader would choose.
+	progs := r.Plan.Programs
+	if progs == nil {
+		if spec, err := kernel.KernelBTF(); err == nil {
+			progs, _ = loader.ChoosePrograms(spec, loader.AllHooks)
+		}
+	}
+	for _, p := range progs {
+		switch p.Hook {
+		case event.HookConsumeSkb:
+			r.Plan.ConsumeSkbProgram = p.Name
+		case event.HookKfreeSkb:
+			r.Plan.KfreeSkbProgram = p.Name
+		}
+		if p.Lacks != "" {
+			r.Plan.Lacks = append(r.Plan.Lacks, p.Tracepoint+" events: "+p.Lacks)
+		}
+	}
+	if r.Plan.ConsumeSkbProgram == "on_consume_skb" {
 		r.Plan.ConsumeSkb = "the consume_skb program with the location argument (kernel 6.3+), so frees are attributed to a function"
 	} else {
-		r.Plan.ConsumeSkbProgram = "on_consume_skb_noloc"
 		r.Plan.ConsumeSkb = "the consume_skb program without the location argument (kernel before 6.3): consumed packets carry no caller"
 	}
 	r.Plan.FunctionHooks = "none; hoptrace needs no kprobes and no fentry (on this kernel kprobes are " +
 		availableWord(kp) + ", fentry is " + availableWord(fe) + ")"
-	if drops.Available {
+	switch {
+	case r.Plan.KfreeSkbProgram == "on_kfree_skb_noreason":
+		r.Plan.DropReasons = "none on this kernel (kfree_skb passes no reason before Linux 5.17): " +
+			"drops are reported with the dropping function, from kfree_skb's location and /proc/kallsyms"
+	case drops.Available:
 		r.Plan.DropReasons = "named from this kernel's BTF (" + drops.Detail + ")"
-	} else {
+	default:
 		r.Plan.DropReasons = "numbers only: " + drops.Detail
 	}
 	if docker.Available {
@@ -278,6 +345,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 var groupTitles = []struct{ group, title string }{
 	{GroupKernel, "Kernel (BTF and the ring buffer are required)"},
 	{GroupTracepoints, "Tracepoints hoptrace attaches to (tp_btf, all required)"},
+	{GroupPrograms, "hoptrace's own programs, loaded and unloaded (required)"},
 	{GroupFunctions, "Function hooks (hoptrace does not use them)"},
 	{GroupTC, "Traffic control attachment (tcx: the default engine where available; legacy tc is never used)"},
 	{GroupFilesystems, "Filesystems (not required)"},
@@ -290,6 +358,9 @@ var checkTitles = map[string]string{
 	"ringbuf":              "ring buffer",
 	"drop_reasons":         "drop reasons",
 	"consume_skb_location": "consume_skb location",
+	"kfree_skb_reason":     "kfree_skb reason",
+	"programs_events":      "trace programs",
+	"programs_latency":     "latency programs",
 	"kprobe":               "kprobes",
 	"fentry":               "fentry",
 	"tcx":                  "tcx",
@@ -338,6 +409,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "  - drop reasons: %s\n", r.Plan.DropReasons)
 	fmt.Fprintf(&b, "  - containers: %s\n", r.Plan.Containers)
 	fmt.Fprintf(&b, "  - rule naming: %s\n", r.Plan.RuleNaming)
+	if len(r.Plan.Lacks) > 0 {
+		fmt.Fprintf(&b, "\nWhat this kernel does not give:\n")
+		for _, l := range r.Plan.Lacks {
+			fmt.Fprintf(&b, "  - %s\n", l)
+		}
+	}
 	if r.CanRun {
 		fmt.Fprintf(&b, "\nhoptrace can run here.\n")
 	} else {

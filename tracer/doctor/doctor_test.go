@@ -3,6 +3,7 @@ package doctor
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 )
 
 var wantTracepoints = []string{
@@ -107,6 +109,58 @@ func TestDoctorOnThisKernel(t *testing.T) {
 		t.Errorf("consume_skb plan on %s: %s (%q), want %s", rel, r.Plan.ConsumeSkbProgram, r.Plan.ConsumeSkb, wantProg)
 	}
 
+	// The verdict rests on loading hoptrace's own programs in both modes,
+	// with the variants this kernel's tracepoints take.
+	wantKfree := "on_kfree_skb_noreason"
+	if v.AtLeast(5, 17) {
+		wantKfree = "on_kfree_skb"
+	}
+	if c := check(t, r, "kfree_skb_reason"); c.Available != v.AtLeast(5, 17) || c.Required {
+		t.Errorf("kfree_skb reason on %s: %+v, want available=%v", rel, c, v.AtLeast(5, 17))
+	}
+	for _, name := range []string{"programs_events", "programs_latency"} {
+		c := check(t, r, name)
+		if c.Group != GroupPrograms || !c.Available || !c.Required {
+			t.Errorf("%s: %+v", name, c)
+		}
+		for _, prog := range []string{wantKfree, wantProg} {
+			if !regexp.MustCompile(`\b` + prog + `\b`).MatchString(c.Detail) {
+				t.Errorf("%s on %s does not name %s: %s", name, rel, prog, c.Detail)
+			}
+		}
+	}
+	if !regexp.MustCompile(`(?m)^  yes  trace programs .*\b`+wantKfree+`\b`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^  yes  latency programs `).MatchString(out) {
+		t.Errorf("text lacks the program load lines with %s", wantKfree)
+	}
+	if r.Plan.KfreeSkbProgram != wantKfree || len(r.Plan.Programs) != len(wantTracepoints) {
+		t.Errorf("plan on %s: kfree_skb %s (want %s), %d programs", rel, r.Plan.KfreeSkbProgram, wantKfree, len(r.Plan.Programs))
+	}
+	var wantLacks []string
+	if !v.AtLeast(5, 17) {
+		wantLacks = append(wantLacks, "kfree_skb events: no drop reason")
+		if !strings.HasPrefix(r.Plan.DropReasons, "none on this kernel") || !strings.Contains(out, "drops are reported with the dropping function") {
+			t.Errorf("drop reasons plan on %s: %q", rel, r.Plan.DropReasons)
+		}
+	}
+	if !wantLoc {
+		wantLacks = append(wantLacks, "consume_skb events: no caller")
+	}
+	if len(r.Plan.Lacks) != len(wantLacks) {
+		t.Errorf("lacks on %s: %q, want %q", rel, r.Plan.Lacks, wantLacks)
+	}
+	for i := range wantLacks {
+		if i < len(r.Plan.Lacks) && !strings.HasPrefix(r.Plan.Lacks[i], wantLacks[i]) {
+			t.Errorf("lacks[%d] on %s: %q, want %q...", i, rel, r.Plan.Lacks[i], wantLacks[i])
+		}
+	}
+	if strings.Contains(out, "What this kernel does not give:") != (len(wantLacks) > 0) {
+		t.Errorf("text on %s: 'What this kernel does not give' section iff something is lacking (%d)", rel, len(wantLacks))
+	}
+	if left := privtest.ProgramsOf(t, os.Getpid()); len(left) != 0 {
+		t.Errorf("doctor left %d hoptrace programs loaded", len(left))
+	}
+
 	// tcx from 6.6, the legacy path everywhere.
 	wantTCX := v.AtLeast(6, 6)
 	if c := check(t, r, "tcx"); c.Available != wantTCX || c.Required {
@@ -169,6 +223,31 @@ func TestDoctorOnThisKernel(t *testing.T) {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}
+	}
+}
+
+// A kernel whose verifier refuses hoptrace's programs cannot run it, even
+// when every tracepoint probe passes.
+func TestVerdictFollowsTheLoad(t *testing.T) {
+	privtest.RequireRoot(t)
+	if os.Getenv("HOPTRACE_VM") != "" {
+		t.Skip("SKIP: the verdict logic is the same on every kernel (the host row runs it); the real load is TestDoctorOnThisKernel's")
+	}
+	refused := errors.New("the kernel's verifier rejected a hoptrace program: BPF_STX uses reserved fields")
+	r := run(func(loader.Mode) ([]loader.Program, error) { return nil, refused })
+	var text bytes.Buffer
+	r.WriteText(&text)
+	if r.CanRun || !reflect.DeepEqual(r.Missing, []string{"programs_events", "programs_latency"}) {
+		t.Errorf("can_run=%v missing=%v", r.CanRun, r.Missing)
+	}
+	for _, s := range []string{"  NO   trace programs ", "BPF_STX uses reserved fields", "hoptrace cannot run here: missing programs_events, programs_latency."} {
+		if !strings.Contains(text.String(), s) {
+			t.Errorf("text lacks %q:\n%s", s, text.String())
+		}
+	}
+	// The plan still says which variants the loader would take.
+	if r.Plan.KfreeSkbProgram == "" || r.Plan.ConsumeSkbProgram == "" {
+		t.Errorf("plan without variants: %+v", r.Plan)
 	}
 }
 

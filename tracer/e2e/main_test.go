@@ -21,6 +21,12 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	// tools/vmtest/matrix.sh builds the binary once on the host for every
+	// kernel: a build inside an emulated VM takes minutes.
+	if bin := os.Getenv("HOPTRACE_BIN"); bin != "" {
+		hoptraceBin = bin
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "hoptrace-cli-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

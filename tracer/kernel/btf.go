@@ -68,8 +68,15 @@ func LoadDropReasons(spec *btf.Spec) (DropReasons, error) {
 	return reasons, nil
 }
 
-// Name returns the reason's name, or "REASON_<n>" when this kernel has no name for it.
+// Available reports whether this kernel has drop reasons (5.17+).
+func (d DropReasons) Available() bool { return len(d) > 0 }
+
+// Name returns the reason's name, "REASON_<n>" when this kernel has no name
+// for it, or "" when this kernel has no drop reasons at all.
 func (d DropReasons) Name(v uint32) string {
+	if !d.Available() {
+		return ""
+	}
 	if n, ok := d[v]; ok {
 		return n
 	}

@@ -344,20 +344,102 @@ func ProbeDropReasons() Probe {
 // ProbeConsumeSkbLocation reports whether the consume_skb tracepoint
 // passes the caller's address (location), added in 6.3.
 func ProbeConsumeSkbLocation() Probe {
-	const name = "consume_skb_location"
+	return probeTracepointArgs("consume_skb_location", "consume_skb", 2,
+		"(skb, location)", "(skb only; location came in Linux 6.3)")
+}
+
+// ProbeKfreeSkbReason reports whether the kfree_skb tracepoint passes the
+// drop reason, added in 5.17 (before, only skb and location).
+func ProbeKfreeSkbReason() Probe {
+	return probeTracepointArgs("kfree_skb_reason", "kfree_skb", 3,
+		"(skb, location, reason)", "(skb, location; the reason came in Linux 5.17): drops are named by the dropping function only")
+}
+
+// probeTracepointArgs reports whether tracepoint passes at least want
+// arguments, from its prototype in kernel BTF; with and without say which.
+func probeTracepointArgs(name, tracepoint string, want int, with, without string) Probe {
 	spec, err := KernelBTF()
 	if err != nil {
-		return missing(name, "no kernel BTF to read the consume_skb tracepoint from", err)
+		return missing(name, "no kernel BTF to read the "+tracepoint+" tracepoint from", err)
 	}
-	n, err := TracepointArgs(spec, "consume_skb")
+	n, err := TracepointArgs(spec, tracepoint)
 	if err != nil {
 		return missing(name, oneLine(err), err)
 	}
-	if n >= 2 {
-		return ok(name, fmt.Sprintf("consume_skb passes %d arguments (skb, location)", n))
+	args := "arguments"
+	if n == 1 {
+		args = "argument"
 	}
-	return missing(name, fmt.Sprintf("consume_skb passes %d argument (skb only; location came in Linux 6.3)", n), nil)
+	if n >= want {
+		return ok(name, fmt.Sprintf("%s passes %d %s %s", tracepoint, n, args, with))
+	}
+	return missing(name, fmt.Sprintf("%s passes %d %s %s", tracepoint, n, args, without), nil)
 }
+
+// ProbeAtomicFetch loads a socket filter doing an atomic fetch-and-add on
+// the stack: BPF_FETCH atomics came in 5.12 (older verifiers refuse them
+// with "BPF_STX uses reserved fields"). hoptrace's programs must not use
+// them; the probe says why.
+func ProbeAtomicFetch() Probe {
+	const name = "atomic_fetch"
+	fetchAdd := asm.FetchAdd.Mem(asm.R1, asm.R2, asm.DWord, 0)
+	// The operation travels in the immediate; set it here too, since the
+	// encoder takes the immediate from Constant.
+	fetchAdd.Constant = int64(asm.FetchAdd >> 8)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: ProbeProgPrefix + "afetch",
+		Type: ebpf.SocketFilter,
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R1, 0),
+			asm.StoreMem(asm.R10, -8, asm.R1, asm.DWord),
+			asm.Mov.Reg(asm.R1, asm.R10),
+			asm.Add.Imm(asm.R1, -8),
+			asm.Mov.Imm(asm.R2, 1),
+			fetchAdd,
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+		License: "GPL",
+	})
+	if err != nil {
+		if isPerm(err) {
+			return denied(name, "loading a socket filter", err)
+		}
+		return missing(name, "the verifier refuses atomic fetch-and-add (needs Linux 5.12): "+oneLine(err), err)
+	}
+	prog.Close()
+	return ok(name, "atomic fetch-and-add loads (Linux 5.12+); hoptrace does not use it")
+}
+
+// Feature is a kernel capability that comes with a kernel version and
+// changes what hoptrace loads or reports.
+type Feature struct {
+	Name string
+	// Since is the first kernel version that has it: the expectation test
+	// (features_test.go) asserts on every kernel of the matrix that Probe
+	// finds the feature iff the kernel is at least Since.
+	Since Version
+	Probe func() Probe
+	// Without says what hoptrace does on a kernel that lacks it.
+	Without string
+}
+
+// Features are the version-dependent features, oldest first. A new
+// attachment or kernel-dependent behaviour (an nftables trace needing
+// NFT_TABLE_F_OWNER in 5.12, a tcx attachment with a tracepoint fallback,
+// an in-kernel filter using a newer helper) adds its probe here, and the
+// per-kernel expectation test checks it on every kernel of make test-kernels.
+var Features = []Feature{
+	{"ringbuf", Version{5, 8, 0}, ProbeRingBuf, "hoptrace cannot run (its events go through a ring buffer)"},
+	{"atomic_fetch", Version{5, 12, 0}, ProbeAtomicFetch, "nothing: packet ids come from a per-CPU sequence, no fetch-and-add"},
+	{"kfree_skb_reason", Version{5, 17, 0}, ProbeKfreeSkbReason, "on_kfree_skb_noreason: drops carry the dropping function, no reason"},
+	{"drop_reasons", Version{5, 17, 0}, ProbeDropReasons, "drops say \"no reason on this kernel\""},
+	{"consume_skb_location", Version{6, 3, 0}, ProbeConsumeSkbLocation, "on_consume_skb_noloc: consumed packets carry no caller"},
+	{"tcx", Version{6, 6, 0}, ProbeTCX, "nothing today (hoptrace attaches no tc programs); tc programs would use a clsact qdisc"},
+}
+
+// Has reports whether the running kernel v is new enough for the feature.
+func (f Feature) Has(v Version) bool { return v.AtLeast(f.Since.Major, f.Since.Minor) }
 
 // ProbeBPFFS checks that a bpf filesystem is mounted at BPFFSPath.
 func ProbeBPFFS() Probe {

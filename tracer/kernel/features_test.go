@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"regexp"
@@ -31,6 +32,7 @@ type kernelExpect struct {
 }
 
 var knownKernels = []kernelExpect{
+	{`^5\.10\.0-\d+-amd64$`, "Debian 11 kernel 5.10", true, true, false},
 	{`^6\.1\.0-\d+-amd64$`, "Debian 12 kernel 6.1", true, true, false},
 	{`^6\.12\.\d+\+deb12-amd64$`, "Debian 12 backports kernel 6.12", true, true, false},
 	// The development hosts' 6.18 kernel: CONFIG_KPROBES is not set (no
@@ -117,6 +119,7 @@ func expectProbe(t *testing.T, p Probe, want bool, why string) {
 
 func TestParseRelease(t *testing.T) {
 	for rel, want := range map[string]Version{
+		"5.10.0-30-amd64":      {5, 10, 0},
 		"6.1.0-56-amd64":       {6, 1, 0},
 		"6.12.117+deb12-amd64": {6, 12, 117},
 		"6.18.44-fc-v657":      {6, 18, 44},
@@ -140,17 +143,56 @@ func TestParseRelease(t *testing.T) {
 	}
 }
 
-// Features every supported kernel (5.17+ with BTF) has, and the ones that
-// depend on the version.
+// Features every supported kernel (5.10+ with BTF) has, and, row by row
+// from the Features table, the ones that depend on the version.
 func TestVersionedFeatures(t *testing.T) {
 	requirePrivileged(t)
 	_, v := release(t)
 	expectProbe(t, ProbeBTF(), true, "every supported kernel is built with CONFIG_DEBUG_INFO_BTF")
-	expectProbe(t, ProbeRingBuf(), v.AtLeast(5, 8), "ring buffer maps iff Linux >= 5.8")
-	expectProbe(t, ProbeDropReasons(), v.AtLeast(5, 17), "enum skb_drop_reason iff Linux >= 5.17")
-	expectProbe(t, ProbeConsumeSkbLocation(), v.AtLeast(6, 3), "consume_skb has a location argument iff Linux >= 6.3")
-	expectProbe(t, ProbeTCX(), v.AtLeast(6, 6), "tcx iff Linux >= 6.6")
 	expectProbe(t, ProbeClsact(), true, "sched_cls programs exist on every supported kernel")
+	for _, f := range Features {
+		p := f.Probe()
+		if p.Name != f.Name {
+			t.Errorf("feature %s: its probe is named %s", f.Name, p.Name)
+		}
+		expectProbe(t, p, f.Has(v), fmt.Sprintf("%s iff Linux >= %d.%d; without: %s", f.Name, f.Since.Major, f.Since.Minor, f.Without))
+	}
+}
+
+// The table is ordered and every row says what happens without the feature.
+func TestFeatureTable(t *testing.T) {
+	seen := map[string]bool{}
+	for i, f := range Features {
+		if f.Name == "" || f.Probe == nil || f.Without == "" || seen[f.Name] {
+			t.Errorf("row %d: %+v", i, f)
+		}
+		seen[f.Name] = true
+		if i > 0 && !Features[i-1].Has(f.Since) { // f.Since older than the row before
+			t.Errorf("row %d (%s, %v) comes before older row %d", i, f.Name, f.Since, i-1)
+		}
+	}
+	v510 := Version{5, 10, 0}
+	for _, name := range []string{"ringbuf"} {
+		if f := feature(t, name); !f.Has(v510) {
+			t.Errorf("%s: 5.10 should have it", name)
+		}
+	}
+	for _, name := range []string{"atomic_fetch", "kfree_skb_reason", "drop_reasons", "consume_skb_location", "tcx"} {
+		if f := feature(t, name); f.Has(v510) {
+			t.Errorf("%s: 5.10 should lack it", name)
+		}
+	}
+}
+
+func feature(t *testing.T, name string) Feature {
+	t.Helper()
+	for _, f := range Features {
+		if f.Name == name {
+			return f
+		}
+	}
+	t.Fatalf("no feature %s", name)
+	return Feature{}
 }
 
 func TestTracepoints(t *testing.T) {
@@ -298,6 +340,7 @@ func TestProbesLeaveNothing(t *testing.T) {
 	ProbeTracepoint("net_dev_queue")
 	ProbeTracepoint("hoptrace_no_such_tracepoint")
 	ProbeRingBuf()
+	ProbeAtomicFetch()
 	ProbeTCX()
 	ProbeClsact()
 	ProbeKprobes()

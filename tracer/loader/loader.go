@@ -128,7 +128,7 @@ type Tracer struct {
 	progs      []*ebpf.Program
 	links      []link.Link
 	hooks      []Hook
-	consumeLoc bool
+	chosenProg []Program
 	ringBytes  int
 	engine     Engine
 	tcx        *tcxState // EngineTCX only
@@ -216,32 +216,33 @@ func Load(opts Options) (*Tracer, error) {
 		}
 	}
 
-	// consume_skb gained its location argument in 6.3: keep the variant this kernel can run.
-	consumeLoc := false
-	if n, err := kernel.TracepointArgs(kspec, "consume_skb"); err == nil && n >= 2 {
-		consumeLoc = true
+	// Each hook's program variant that this kernel's tracepoint can feed
+	// (kfree_skb's reason came in 5.17, consume_skb's location in 6.3).
+	progs, err := ChoosePrograms(kspec, hooks)
+	if err != nil {
+		return nil, err
 	}
 	engine := opts.Engine
 	if engine == EngineAuto {
 		engine = EngineTracepoint
 	}
-	// Load only the programs of the hooks asked for (and the consume_skb
-	// variant this kernel can run); under the tcx engine the hop hooks are
-	// tcx programs instead of tracepoints.
+	// Load only the programs of the hooks asked for; under the tcx engine
+	// the hop hooks are tcx programs instead of tracepoints.
 	var tpSpecs []*ebpf.ProgramSpec // programs attached to tracepoints
 	tcxSpecs := map[Hook]*ebpf.ProgramSpec{}
 	wanted := map[*ebpf.ProgramSpec]bool{}
-	for _, h := range hooks {
+	for i, p := range progs {
 		if engine == EngineTCX {
-			if ps := tcxProgram(&specs.HoptraceProgramSpecs, h); ps != nil {
-				tcxSpecs[h] = ps
+			if ps := tcxProgram(&specs.HoptraceProgramSpecs, p.Hook); ps != nil {
+				tcxSpecs[p.Hook] = ps
 				wanted[ps] = true
+				progs[i] = Program{Hook: p.Hook, Tracepoint: ps.SectionName, Name: ps.Name, Args: -1}
 				continue
 			}
 		}
-		ps, err := programSpec(&specs.HoptraceProgramSpecs, h, consumeLoc)
-		if err != nil {
-			return nil, err
+		ps, ok := spec.Programs[p.Name]
+		if !ok {
+			return nil, fmt.Errorf("program %s not in the BPF object", p.Name)
 		}
 		tpSpecs = append(tpSpecs, ps)
 		wanted[ps] = true
@@ -250,6 +251,13 @@ func Load(opts Options) (*Tracer, error) {
 		if !wanted[ps] {
 			delete(spec.Programs, name)
 		}
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	if err := specs.NrCpus.Set(uint32(ncpu)); err != nil {
+		return nil, fmt.Errorf("set nr_cpus: %w", err)
 	}
 
 	if opts.Filter != nil {
@@ -260,7 +268,7 @@ func Load(opts Options) (*Tracer, error) {
 		}
 	}
 
-	t := &Tracer{hooks: hooks, consumeLoc: consumeLoc, ringBytes: ring, engine: engine}
+	t := &Tracer{hooks: hooks, chosenProg: progs, ringBytes: ring, engine: engine}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kspec},
 	})
@@ -362,34 +370,6 @@ func injectFilter(insns asm.Instructions, filter asm.Instructions) (asm.Instruct
 	return append(out, insns[end:]...), nil
 }
 
-// programSpec maps a hook to its program in the object.
-func programSpec(p *bpfobj.HoptraceProgramSpecs, h Hook, consumeLoc bool) (*ebpf.ProgramSpec, error) {
-	switch h {
-	case event.HookNetDevQueue:
-		return p.OnNetDevQueue, nil
-	case event.HookNetDevStartXmit:
-		return p.OnNetDevStartXmit, nil
-	case event.HookNetDevXmit:
-		return p.OnNetDevXmit, nil
-	case event.HookNetifRx:
-		return p.OnNetifRx, nil
-	case event.HookGROReceive:
-		return p.OnNapiGroReceiveEntry, nil
-	case event.HookNetifReceiveSkb:
-		return p.OnNetifReceiveSkb, nil
-	case event.HookKfreeSkb:
-		return p.OnKfreeSkb, nil
-	case event.HookConsumeSkb:
-		if consumeLoc {
-			return p.OnConsumeSkb, nil
-		}
-		return p.OnConsumeSkbNoloc, nil
-	case event.HookCopyDatagram:
-		return p.OnSkbCopyDatagramIovec, nil
-	}
-	return nil, fmt.Errorf("unknown hook %d", h)
-}
-
 // loadError turns a load failure into one clear sentence, printing the
 // verifier log in full first when there is one.
 func loadError(err error) error {
@@ -410,8 +390,27 @@ func loadError(err error) error {
 // Engine is the engine loaded: EngineTracepoint or EngineTCX.
 func (t *Tracer) Engine() Engine { return t.engine }
 
-// ConsumeHasLocation reports which consume_skb program variant was loaded.
-func (t *Tracer) ConsumeHasLocation() bool { return t.consumeLoc }
+// ConsumeHasLocation reports whether the consume_skb program loaded
+// receives the caller's address (6.3+).
+func (t *Tracer) ConsumeHasLocation() bool {
+	return t.program(event.HookConsumeSkb) == "on_consume_skb"
+}
+
+// DropHasReason reports whether the kfree_skb program loaded receives the
+// drop reason (5.17+); without it drops carry only the dropping function.
+func (t *Tracer) DropHasReason() bool { return t.program(event.HookKfreeSkb) == "on_kfree_skb" }
+
+// Programs returns the program loaded for each hook, in Hooks order.
+func (t *Tracer) Programs() []Program { return append([]Program(nil), t.chosenProg...) }
+
+func (t *Tracer) program(h Hook) string {
+	for _, p := range t.chosenProg {
+		if p.Hook == h {
+			return p.Name
+		}
+	}
+	return ""
+}
 
 // Hooks returns the hooks attached.
 func (t *Tracer) Hooks() []Hook { return t.hooks }

@@ -26,10 +26,14 @@ type Symbolizer interface {
 	Name(addr uint64) string
 }
 
-// DropNamer names drop reasons.
+// DropNamer names drop reasons; "" when the kernel has none (before 5.17).
 type DropNamer interface {
 	Name(reason uint32) string
 }
+
+// NoDropReason is what a path's end says for a drop on a kernel without
+// drop reasons: kfree_skb passes only the dropping function before 5.17.
+const NoDropReason = "no reason on this kernel"
 
 // Path is one packet's journey. Its JSON form is hoptrace's stable output
 // contract (see the README); add fields, never rename or remove them.
@@ -436,7 +440,11 @@ func dropText(e *EndEvent) string {
 	if e.Ifname != "" {
 		at += " " + e.Ifname
 	}
-	s := fmt.Sprintf("dropped in %s: %s", at, e.Reason)
+	reason := e.Reason
+	if reason == "" {
+		reason = NoDropReason
+	}
+	s := fmt.Sprintf("dropped in %s: %s", at, reason)
 	if e.Location != "" {
 		s += " at " + e.Location
 	}

@@ -258,8 +258,8 @@ func traceAcrossBridge(t *testing.T, engine loader.Engine) {
 		t.Fatalf("%d UDP datagrams to the closed port, want 1", len(udpClosed))
 	}
 	checkPath(t, "udp a->b:7002 (closed)", udpClosed[0], forward(topo, a, b), path.Dropped)
-	if udpClosed[0].DropReason != "NO_SOCKET" {
-		t.Errorf("closed port drop reason %q, want NO_SOCKET", udpClosed[0].DropReason)
+	if want := privtest.DropReason(t, "NO_SOCKET"); udpClosed[0].DropReason != want {
+		t.Errorf("closed port drop reason %q, want %q", udpClosed[0].DropReason, want)
 	}
 
 	syns := find(paths, func(p path.Path) bool {
@@ -362,8 +362,8 @@ func TestNetfilterDropIsReported(t *testing.T) {
 		{a.Name, "eth0", "veth", "egress"},
 		{"host", a.HostVeth, "veth", "ingress"},
 	}, path.Dropped)
-	if p.DropReason != "NETFILTER_DROP" {
-		t.Errorf("drop reason %q, want NETFILTER_DROP", p.DropReason)
+	if want := privtest.DropReason(t, "NETFILTER_DROP"); p.DropReason != want {
+		t.Errorf("drop reason %q, want %q", p.DropReason, want)
 	}
 	if len(p.Ends) == 0 || p.Ends[0].Ifname != b.HostVeth {
 		t.Errorf("drop not charged to the egress port %s: %+v", b.HostVeth, p.Ends)

@@ -1,0 +1,37 @@
+package privtest
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hoptrace/hoptrace/tracer/kernel"
+)
+
+// DropReason is the drop reason a test should see for a drop the kernel
+// calls reason: the name itself from 5.17 (kfree_skb passes a reason), ""
+// before. Taken from the kernel's version, not from what hoptrace detected,
+// so the branch hoptrace takes is asserted on every kernel of the matrix.
+func DropReason(t testing.TB, reason string) string {
+	t.Helper()
+	rel, v, err := kernel.Release()
+	if err != nil {
+		t.Fatalf("kernel version: %v", err)
+	}
+	if !v.AtLeast(5, 17) {
+		t.Logf("kernel %s has no drop reasons: expecting none instead of %s", rel, reason)
+		return ""
+	}
+	return reason
+}
+
+// ReadyTimeout bounds the wait for a trace or latency session to load and
+// attach its programs: 20 s on a host, 90 s inside a kernel-matrix VM, where
+// the verifier runs under software emulation (tens of seconds for the
+// latency programs on 5.10 when the machine is busy).
+func ReadyTimeout() time.Duration {
+	if os.Getenv("HOPTRACE_VM") != "" {
+		return 90 * time.Second
+	}
+	return 60 * time.Second
+}
