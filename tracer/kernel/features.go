@@ -475,6 +475,7 @@ var capNames = []struct {
 	{"CAP_SYS_ADMIN", unix.CAP_SYS_ADMIN},
 	{"CAP_PERFMON", unix.CAP_PERFMON},
 	{"CAP_BPF", unix.CAP_BPF},
+	{"CAP_SYS_RESOURCE", unix.CAP_SYS_RESOURCE},
 }
 
 // Privileges describes the effective user and capabilities of this process.
@@ -505,6 +506,23 @@ func ProbePrivileges() Privileges {
 // network namespaces (setns).
 var RequiredCaps = []string{"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"}
 
+// MemlockCharged reports whether this kernel charges BPF maps to
+// RLIMIT_MEMLOCK (before 5.11; later ones charge the memory cgroup): a
+// process that is not root then also needs CAP_SYS_RESOURCE to raise it.
+func MemlockCharged() bool {
+	_, v, err := Release()
+	return err == nil && !v.AtLeast(5, 11)
+}
+
+// requiredCaps are RequiredCaps on this kernel: CAP_SYS_RESOURCE too where
+// maps are charged to RLIMIT_MEMLOCK.
+func requiredCaps() []string {
+	if MemlockCharged() {
+		return append(append([]string{}, RequiredCaps...), "CAP_SYS_RESOURCE")
+	}
+	return RequiredCaps
+}
+
 // privilegeRule is the one rule, in words, that doctor, the commands and
 // the loader state.
 const privilegeRule = "root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN"
@@ -518,7 +536,7 @@ func (p Privileges) CanTrace() bool {
 // Lacking lists the capabilities of RequiredCaps the process does not have.
 func (p Privileges) Lacking() []string {
 	var lack []string
-	for _, c := range RequiredCaps {
+	for _, c := range requiredCaps() {
 		if !p.Caps[c] {
 			lack = append(lack, c)
 		}
@@ -536,7 +554,11 @@ func RequirePrivileges(what string) error {
 	if p.Err != nil {
 		return fmt.Errorf("%s needs %s: %w", what, privilegeRule, p.Err)
 	}
-	return fmt.Errorf("%s needs %s (lacks %s): it loads BPF programs and enters network namespaces; run it as root", what, privilegeRule, strings.Join(p.Lacking(), ", "))
+	rule := privilegeRule
+	if MemlockCharged() {
+		rule += " (and CAP_SYS_RESOURCE before Linux 5.11, which charges BPF maps to RLIMIT_MEMLOCK)"
+	}
+	return fmt.Errorf("%s needs %s (lacks %s): it loads BPF programs and enters network namespaces; run it as root", what, rule, strings.Join(p.Lacking(), ", "))
 }
 
 // Probe summarises the privileges as a Probe named "privileges".
@@ -547,6 +569,9 @@ func (p Privileges) Probe() Probe {
 	}
 	var have, lack []string
 	for _, c := range capNames {
+		if c.Name == "CAP_SYS_RESOURCE" && !MemlockCharged() {
+			continue // not needed on this kernel
+		}
 		if p.Caps[c.Name] {
 			have = append(have, c.Name)
 		} else {
