@@ -288,6 +288,11 @@ func TestCheckLeavesNothing(t *testing.T) {
 	}
 	_, v := kernelVersion(t)
 	want := variantsFor(v)
+	if v.AtLeast(6, 6) {
+		// the engine auto picks there is tcx: the hop hooks are tcx programs
+		want[event.HookNetDevQueue] = "on_tcx_egress"
+		want[event.HookNetifReceiveSkb] = "on_tcx_ingress"
+	}
 	for _, mode := range []loader.Mode{loader.ModeEvents, loader.ModeLatency} {
 		progs, err := loader.Check(mode)
 		if err != nil {
