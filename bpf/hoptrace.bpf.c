@@ -511,7 +511,9 @@ static __always_inline bool benign_drop(__u64 location, __u32 reason, const stru
 {
 	if (location >= benign_drop_start && location < benign_drop_end)
 		return true;
-	if (!no_socket_reason || reason != no_socket_reason)
+	/* before 5.17 the kernel passes no reason (0): the function and the
+	 * packet (an echo reply) say it alone */
+	if (no_socket_reason ? reason != no_socket_reason : reason != 0)
 		return false;
 	if (m->l4_proto == IPPROTO_ICMP_ && m->icmp_type == 0)
 		return location >= icmp_rcv_start && location < icmp_rcv_end;

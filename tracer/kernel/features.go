@@ -474,8 +474,8 @@ var capNames = []struct {
 	{"CAP_NET_ADMIN", unix.CAP_NET_ADMIN},
 	{"CAP_SYS_ADMIN", unix.CAP_SYS_ADMIN},
 	{"CAP_PERFMON", unix.CAP_PERFMON},
+	{"CAP_SYS_RESOURCE", unix.CAP_SYS_RESOURCE}, // before 5.11 only (RLIMIT_MEMLOCK)
 	{"CAP_BPF", unix.CAP_BPF},
-	{"CAP_SYS_RESOURCE", unix.CAP_SYS_RESOURCE},
 }
 
 // Privileges describes the effective user and capabilities of this process.

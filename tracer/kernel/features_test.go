@@ -293,15 +293,22 @@ func TestFilesystemsAndPrivileges(t *testing.T) {
 // (enough to load programs) are not enough to enter namespaces.
 func TestPrivilegeRule(t *testing.T) {
 	all := map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true, "CAP_NET_ADMIN": true, "CAP_SYS_ADMIN": true}
+	// Before 5.11 maps are charged to RLIMIT_MEMLOCK: CAP_SYS_RESOURCE too.
+	extra := ""
+	if MemlockCharged() {
+		all["CAP_SYS_RESOURCE"] = true
+		extra = " CAP_SYS_RESOURCE"
+		t.Logf("this kernel charges BPF maps to RLIMIT_MEMLOCK: CAP_SYS_RESOURCE is required too")
+	}
 	for _, tc := range []struct {
 		p    Privileges
 		want bool
 		lack string
 	}{
-		{Privileges{Root: true, Caps: map[string]bool{}}, true, "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN"},
+		{Privileges{Root: true, Caps: map[string]bool{}}, true, "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN" + extra},
 		{Privileges{Caps: all}, true, ""},
-		{Privileges{Caps: map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true}}, false, "CAP_NET_ADMIN CAP_SYS_ADMIN"},
-		{Privileges{Caps: map[string]bool{"CAP_SYS_ADMIN": true}}, false, "CAP_BPF CAP_PERFMON CAP_NET_ADMIN"},
+		{Privileges{Caps: map[string]bool{"CAP_BPF": true, "CAP_PERFMON": true}}, false, "CAP_NET_ADMIN CAP_SYS_ADMIN" + extra},
+		{Privileges{Caps: map[string]bool{"CAP_SYS_ADMIN": true}}, false, "CAP_BPF CAP_PERFMON CAP_NET_ADMIN" + extra},
 	} {
 		if got := tc.p.CanTrace(); got != tc.want {
 			t.Errorf("%+v: CanTrace = %v, want %v", tc.p, got, tc.want)

@@ -339,7 +339,9 @@ func benignDrop(end EndEvent) bool {
 // socket wanted after raw sockets took their clone: freed by ping_rcv, or
 // (before 6.3) by icmp_rcv / icmpv6_rcv with the reason ping_rcv returned.
 func rawSocketReply(end EndEvent) bool {
-	if end.Reason != "NO_SOCKET" {
+	// Before 5.17 the kernel passes no reason: the function and the
+	// packet (an echo reply) say it alone.
+	if end.Reason != "NO_SOCKET" && end.Reason != "" {
 		return false
 	}
 	return end.Location == "ping_rcv" || end.echoReply && (end.Location == "icmp_rcv" || end.Location == "icmpv6_rcv")
