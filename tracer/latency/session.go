@@ -65,11 +65,6 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	if interval <= 0 {
 		interval = time.Second
 	}
-	if cfg.Duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
-		defer cancel()
-	}
 	hooks := cfg.Hooks
 	if hooks == nil {
 		hooks = DefaultHooks()
@@ -171,6 +166,13 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 		return nil
 	}
 
+	// --duration counts from here: loading and attaching (tens of
+	// seconds under emulation) is not part of it.
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}

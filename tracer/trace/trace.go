@@ -106,11 +106,6 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	linger := orDefault(cfg.Linger, 50*time.Millisecond)
 	idle := orDefault(cfg.Idle, 300*time.Millisecond)
 	poll := orDefault(cfg.Poll, 20*time.Millisecond)
-	if cfg.Duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
-		defer cancel()
-	}
 
 	hooks := append([]loader.Hook{}, loader.HopHooks...)
 	if cfg.Detail {
@@ -258,6 +253,13 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return nil
 	}
 
+	// --duration counts from here: loading and attaching (tens of
+	// seconds under emulation) is not part of it.
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
