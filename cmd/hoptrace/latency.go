@@ -19,20 +19,22 @@ func latencyCommand() *cli.Command {
 		Usage:     "show hop-to-hop latency percentiles per hop pair, live, from in-kernel histograms",
 		ArgsUsage: "[EXPRESSION...]",
 		Description: `Measures, in the kernel, the time each packet spends between consecutive
-hops (a device's egress queue, its driver, the peer's backlog, the stack
-receive, the socket read) and prints every interval a table of hop pairs with
+hops (a device's egress, the stack receive on the next device, the end: a
+socket read, a consume or a drop) and prints every interval a table of hop pairs with
 count, p50, p90, p99, max and the pair's share of its path's total. Pairs are
 grouped into paths (first hop to last). Percentiles are exact to within 3.2%.
 Selection works as for trace: --netns, --container, --interface; none traces
 every namespace; a tcpdump filter EXPRESSION (and --proto, --host, --port)
 measures only the packets it matches. --metrics-addr serves Prometheus metrics (loopback unless
-another host is named).`,
+another host is named). --detail also measures the driver transmit, backlog
+and GRO steps in between (as trace --detail), with tracepoints that run for
+every packet of the host.`,
 		Flags: append([]cli.Flag{
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "report every `D`"},
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long and print the summary (default: until Ctrl-C)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per interval, the last one with \"final\": true)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at `HOST:PORT` (/metrics); an empty host means 127.0.0.1"},
-			&cli.BoolFlag{Name: "detail", Usage: "text output: add the mean, the tracepoints of each pair and every pair on no path"},
+			&cli.BoolFlag{Name: "detail", Usage: "also measure the driver transmit, backlog and GRO steps (tracepoints on every packet of the host); text output: add the mean, the tracepoints of each pair and every pair on no path"},
 			engineFlag(),
 		}, append(selectionFlags("measure"), filterFlags()...)...),
 		Action: runLatency,
@@ -83,6 +85,7 @@ func runLatency(c *cli.Context) error {
 		Duration:  c.Duration("duration"),
 		Report:    w.Write,
 		Engine:    eng,
+		Detail:    c.Bool("detail"),
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
 	if d := kernel.KernelDropReasons(); d != nil {

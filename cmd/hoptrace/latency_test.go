@@ -31,14 +31,50 @@ func TestLatencyUsageErrors(t *testing.T) {
 
 // TestLatencyCommandJSON runs the command on a throwaway pair of namespaces
 // and reads its JSON: one object per interval, the last one final, with the
-// traffic's pairs in it.
+// traffic's pairs in it — by default the device hops only (A's eth0 egress
+// to its host veth's ingress), with --detail the driver step in between too.
 func TestLatencyCommandJSON(t *testing.T) {
 	if os.Getenv("HOPTRACE_VM") != "" {
 		t.Skip("SKIP: interval timing under software emulation (kernel-matrix VM) is not meaningful")
 	}
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
-	a, b, bAddr := topo.Hosts[0].Name, topo.Hosts[1].Name, topo.Hosts[1].Addr.Addr().String()
+	a, b, bAddr := topo.Hosts[0], topo.Hosts[1].Name, topo.Hosts[1].Addr.Addr().String()
 	iperf := privtest.Tool(t, "iperf3", "iperf3")
+	for _, detail := range []bool{false, true} {
+		t.Run(map[bool]string{false: "default", true: "detail"}[detail], func(t *testing.T) {
+			last, lines := latencyUnderTraffic(t, iperf, a.Name, b, bAddr, detail)
+			var egressToVeth, egressToXmit, detailPairs bool
+			for _, p := range last.Pairs {
+				if p.From.Netns != a.Name || p.From.Interface != "eth0" || p.From.Step != latency.StepEgress || p.Count < 100 {
+					continue
+				}
+				egressToVeth = egressToVeth || p.To.Interface == a.HostVeth && p.To.Step == latency.StepIngress
+				egressToXmit = egressToXmit || p.To.Step == latency.StepXmit
+			}
+			for _, p := range last.Pairs {
+				for _, h := range []latency.Hop{p.From, p.To} {
+					detailPairs = detailPairs || h.Step == latency.StepXmit || h.Step == latency.StepBacklog || h.Step == latency.StepGRO
+				}
+			}
+			switch {
+			case !detail && (!egressToVeth || detailPairs):
+				t.Errorf("default: %s eth0 egress → %s ingress %v (want true), driver/backlog pairs %v (want false):\n%s",
+					a.Name, a.HostVeth, egressToVeth, detailPairs, lines[len(lines)-1])
+			case detail && !egressToXmit:
+				t.Errorf("--detail: the summary lacks %s eth0 egress → xmit for the traffic:\n%s", a.Name, lines[len(lines)-1])
+			}
+			if len(last.Paths) == 0 {
+				t.Error("no paths in the summary")
+			}
+		})
+	}
+}
+
+// latencyUnderTraffic runs `latency -o json` on namespaces a and b for 3s
+// while iperf3 sends UDP from a to b; it returns the final report and the
+// output's lines, each checked to be a report.
+func latencyUnderTraffic(t *testing.T, iperf, a, b, bAddr string, detail bool) (latency.Report, []string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	srv := exec.CommandContext(ctx, "ip", "netns", "exec", b, iperf, "-s", "-1", "-B", bAddr)
@@ -50,8 +86,11 @@ func TestLatencyCommandJSON(t *testing.T) {
 		time.Sleep(1200 * time.Millisecond)
 		exec.CommandContext(ctx, "ip", "netns", "exec", a, iperf, "-c", bAddr, "-u", "-b", "2M", "-l", "500", "-t", "1").Run()
 	}()
-	code, stdout, stderr := runInProcess(t, "latency", "--netns", a, "--netns", b,
-		"--interval", "500ms", "--duration", "3s", "--output", "json")
+	args := []string{"latency", "--netns", a, "--netns", b, "--interval", "500ms", "--duration", "3s", "--output", "json"}
+	if detail {
+		args = append(args, "--detail")
+	}
+	code, stdout, stderr := runInProcess(t, args...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -70,17 +109,5 @@ func TestLatencyCommandJSON(t *testing.T) {
 		}
 		last = r
 	}
-	found := false
-	for _, p := range last.Pairs {
-		if p.From.Netns == a && p.From.Interface == "eth0" && p.From.Step == latency.StepEgress &&
-			p.To.Step == latency.StepXmit && p.Count >= 100 {
-			found = true
-		}
-	}
-	if !found {
-		t.Errorf("the summary lacks %s eth0 egress → xmit for the traffic:\n%s", a, lines[len(lines)-1])
-	}
-	if len(last.Paths) == 0 {
-		t.Error("no paths in the summary")
-	}
+	return last, lines
 }

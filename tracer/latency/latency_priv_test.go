@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"io"
 	"math"
@@ -28,6 +29,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/latency"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/path"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -176,7 +178,7 @@ func TestInjectedQueueDelay(t *testing.T) {
 		burst   = 1600
 	)
 	measure := func() latency.Report {
-		s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond})
+		s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond, Detail: true})
 		sendBurst(t, a, dst, n, payload, got, 5*time.Second)
 		time.Sleep(300 * time.Millisecond)
 		return s.stop()
@@ -274,7 +276,7 @@ var hookByName = func() map[string]event.Hook {
 }()
 
 // TestAgreesWithTrace measures the same traffic with a detailed trace (JSON
-// paths, per-hop deltas) and with latency mode at once; the per-pair
+// paths, per-hop deltas) and with a detailed latency at once; the per-pair
 // percentiles must agree within the bucket resolution and a small
 // tolerance for the other tracer's programs running in between.
 func TestAgreesWithTrace(t *testing.T) {
@@ -291,7 +293,7 @@ func TestAgreesWithTrace(t *testing.T) {
 	// Both tracers see every packet. At each tracepoint the programs run in
 	// the order they were attached, so each delta also holds some of the
 	// other tracer's work (see the tolerance below).
-	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 500 * time.Millisecond})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 500 * time.Millisecond, Detail: true})
 
 	// the trace
 	ctx, cancel := context.WithCancel(context.Background())
@@ -548,14 +550,14 @@ func TestMetricsEndpoint(t *testing.T) {
 			}
 			prev = bk.GetCumulativeCount()
 		}
-		// a's echo requests: eth0 egress queue to its driver
+		// a's echo requests: eth0 egress to the host veth's ingress
 		if l["from_netns"] == a.Name && l["from_interface"] == "eth0" && l["from_step"] == "egress" &&
-			l["to_step"] == "xmit" && h.GetSampleCount() >= 5 {
+			l["to_interface"] == a.HostVeth && l["to_step"] == "ingress" && h.GetSampleCount() >= 5 {
 			found = true
 		}
 	}
 	if !found {
-		t.Errorf("no histogram for %s eth0 egress → xmit with the pings:\n%s", a.Name, body)
+		t.Errorf("no histogram for %s eth0 egress → %s ingress with the pings:\n%s", a.Name, a.HostVeth, body)
 	}
 	t.Logf("%d pair histograms; sample:\n%s", len(hist.Metric), firstLines(string(body), latency.MetricHopLatency+"_bucket", 3))
 }
@@ -678,4 +680,98 @@ func scrape(t *testing.T, addr net.Addr) []byte {
 		t.Fatal(err)
 	}
 	return body
+}
+
+// loadedProgramNames names the hoptrace programs this process holds (the
+// kernel keeps the first 15 characters of a name).
+func loadedProgramNames(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	for _, id := range privtest.ProgramsOf(t, os.Getpid()) {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil {
+			names = append(names, info.Name)
+		}
+		p.Close()
+	}
+	return names
+}
+
+// isProgram reports whether a loaded (possibly truncated) name is program full's.
+func isProgram(loaded, full string) bool {
+	return loaded == full || len(loaded) == 15 && strings.HasPrefix(full, loaded)
+}
+
+// TestHopsOnlyByDefault: latency without --detail loads no driver, backlog
+// or GRO tracepoint (they run for every packet of the host) — with the tcx
+// engine no hop tracepoint at all, only the tcx programs and the ends — and
+// still measures every device hop of real traffic, A's eth0 to B's eth0.
+func TestHopsOnlyByDefault(t *testing.T) {
+	privtest.RequireRoot(t)
+	topo := testnet.New(t, testnet.Options{Hosts: 2})
+	a, b := topo.Hosts[0], topo.Hosts[1]
+	connected(t, a, b)
+	port, got := receiveUDP(t, b)
+	dst := netip.AddrPortFrom(b.Addr.Addr(), uint16(port))
+	engine, err := loader.ResolveEngine(loader.EngineAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}}, Interval: 200 * time.Millisecond})
+
+	loaded := loadedProgramNames(t)
+	t.Logf("engine %s, programs %v", engine, loaded)
+	absent := []string{"on_net_dev_start_xmit", "on_netif_rx", "on_napi_gro_receive_entry", "on_net_dev_xmit"}
+	present := []string{"on_net_dev_queue", "on_netif_receive_skb"}
+	if engine == loader.EngineTCX {
+		absent = append(absent, present...)
+		present = []string{"on_tcx_egress", "on_tcx_ingress"}
+	}
+	if len(loaded) != len(loader.HopHooks)+len(loader.EndHooks) {
+		t.Errorf("%d programs loaded (%v), want %d: the hops and the ends", len(loaded), loaded, len(loader.HopHooks)+len(loader.EndHooks))
+	}
+	for _, full := range absent {
+		for _, n := range loaded {
+			if isProgram(n, full) {
+				t.Errorf("%s loaded by default", full)
+			}
+		}
+	}
+	for _, full := range present {
+		if !slices.ContainsFunc(loaded, func(n string) bool { return isProgram(n, full) }) {
+			t.Errorf("%s not loaded (%v)", full, loaded)
+		}
+	}
+
+	const n = 50
+	sendBurst(t, a, dst, n, 100, got, 5*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	rep := s.stop()
+	host := topo.HostInode()
+	hops := []latency.HopKey{
+		hop(a.Inode, a.Ifindex, event.HookNetDevQueue),
+		hop(host, a.HostVethIndex, event.HookNetifReceiveSkb),
+		hop(host, b.HostVethIndex, event.HookNetDevQueue),
+		hop(b.Inode, b.Ifindex, event.HookNetifReceiveSkb),
+	}
+	for i := 0; i+1 < len(hops); i++ {
+		p := findPair(&rep, hops[i], hops[i+1])
+		if p == nil || p.Count < n {
+			logReport(t, &rep)
+			t.Fatalf("pair %v → %v: %+v, want %d datagrams", hops[i], hops[i+1], p, n)
+		}
+		if p.Hist.Total() != p.Count || p.P50Ns == 0 || p.P50Ns > p.MaxNs || p.Path < 0 {
+			t.Errorf("%s: count %d, buckets %d, p50 %d, max %d, path %d", p.Label, p.Count, p.Hist.Total(), p.P50Ns, p.MaxNs, p.Path)
+		}
+	}
+	for _, p := range rep.Pairs {
+		for _, k := range []latency.HopKey{p.Key.From, p.Key.To} {
+			if h := event.Hook(k.Hook); slices.Contains(loader.DetailHooks, h) {
+				t.Errorf("pair %s has a detail hop", p.Label)
+			}
+		}
+	}
 }

@@ -10,12 +10,19 @@ import (
 )
 
 // DefaultHooks are the hooks latency mode observes unless told otherwise:
-// the same as a detailed trace (trace.Config.Detail), so that the per-hop
-// deltas of `hoptrace trace --detail` and the pairs here measure the same
-// steps.
-func DefaultHooks() []loader.Hook {
+// the same as a trace with the same detail (trace.Config.Detail), so that
+// the per-hop deltas of `hoptrace trace [--detail]` and the pairs here
+// measure the same steps. Without detail these are the device hops and the
+// ends: with the tcx engine, programs on the devices plus the end
+// tracepoints, so traffic nobody selected pays only the devices it crosses
+// and the end tracepoints' one lookup. The detail hooks (net_dev_start_xmit,
+// netif_rx, napi_gro_receive_entry) are tracepoints that run for every
+// packet of the host, selected or not, with either engine.
+func DefaultHooks(detail bool) []loader.Hook {
 	hooks := append([]loader.Hook{}, loader.HopHooks...)
-	hooks = append(hooks, loader.DetailHooks...)
+	if detail {
+		hooks = append(hooks, loader.DetailHooks...)
+	}
 	return append(hooks, loader.EndHooks...)
 }
 
@@ -31,7 +38,11 @@ type Config struct {
 	Interval time.Duration // report every; 0: 1s
 	Duration time.Duration // stop after; 0: until cancelled
 
-	Hooks []loader.Hook // nil: DefaultHooks()
+	// Detail also measures the driver transmit and backlog steps (xmit,
+	// backlog, gro): more pairs per path, at the cost of tracepoints that
+	// run for every packet of the host.
+	Detail bool
+	Hooks  []loader.Hook // nil: DefaultHooks(Detail)
 	// Engine: tcx programs on devices or tracepoints for the hop hooks;
 	// zero (EngineAuto): tcx where the kernel has it.
 	Engine       loader.Engine
@@ -67,7 +78,7 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	}
 	hooks := cfg.Hooks
 	if hooks == nil {
-		hooks = DefaultHooks()
+		hooks = DefaultHooks(cfg.Detail)
 	}
 	engine, err := loader.ResolveEngine(cfg.Engine)
 	if err != nil {
