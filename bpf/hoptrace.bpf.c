@@ -91,8 +91,20 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
+/*
+ * The in-flight tables. BPF_F_NO_COMMON_LRU gives each CPU its own LRU and
+ * free lists: an insert (a new packet, at least one per packet) takes a
+ * free node from this CPU's list under this CPU's lock, never the global
+ * list's lock that the common LRU takes whenever a CPU's local free list
+ * runs dry. It changes only eviction: the entries are one hash table, so a
+ * packet whose hops change CPU (a socket read on the reader's CPU, a free
+ * deferred to another) is found and deleted from any CPU. Each CPU evicts
+ * only from its own nodes, max_entries / possible CPUs of them: the loader
+ * sizes the maps so that every CPU has room for its packets in flight.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct pkt_track);
@@ -100,6 +112,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct pkt_track);
@@ -154,8 +167,16 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+/*
+ * Latency histograms, one per CPU per pair: each CPU adds to its own copy
+ * with plain stores (no locked instruction, no cache line shared by the
+ * CPUs); userspace sums the copies and takes the largest max_ns. Allocated
+ * when a pair first occurs (BPF_F_NO_PREALLOC): preallocating max_entries
+ * histograms on every possible CPU would take ~5 KB x entries x CPUs.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1024);
 	__type(key, struct hop_pair);
 	__type(value, struct hist);
@@ -396,6 +417,33 @@ static __always_inline __u64 nat_fingerprint(const struct pkt_meta *m)
 
 /* ---- filtering ---- */
 
+/*
+ * A one-hash Bloom filter over the selected namespaces and addresses, kept
+ * by the loader next to filter_netns and filter_addr: a clear bit says "not
+ * selected" with an inlined array access instead of a hash lookup, which is
+ * what most packets on a device get. tracer/loader/bloom.go mirrors the hash.
+ */
+#define BLOOM_BITS 4096
+#define BLOOM_SHIFT 20 /* 32 - log2(BLOOM_BITS) */
+
+struct filter_bloom {
+	__u64 netns[BLOOM_BITS / 64];
+	__u64 addr[BLOOM_BITS / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_bloom);
+} filter_bloom SEC(".maps");
+
+static __always_inline bool bloom_has(const __u64 *bits, __u32 v)
+{
+	__u32 i = (v * 0x9E3779B1u) >> BLOOM_SHIFT;
+	return bits[i >> 6] & (1ULL << (i & 63));
+}
+
 static __always_inline bool addr_selected(__u32 family, const __u8 *addr)
 {
 	struct addr_key k = {.family = family};
@@ -406,12 +454,22 @@ static __always_inline bool addr_selected(__u32 family, const __u8 *addr)
 	return bpf_map_lookup_elem(&filter_addr, &k) != NULL;
 }
 
+/* A selected namespace: the Bloom filter's bit first, the hash only when it is set. */
+static __always_inline bool netns_selected(__u32 netns)
+{
+	__u32 zero = 0;
+	const struct filter_bloom *b = bpf_map_lookup_elem(&filter_bloom, &zero);
+	if (b && !bloom_has(b->netns, netns))
+		return false;
+	return bpf_map_lookup_elem(&filter_netns, &netns) != NULL;
+}
+
 /* Whether a packet not yet tracked should start being tracked here. */
 static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pkt_meta *m)
 {
 	if (!filter_flags)
 		return true;
-	if ((filter_flags & FILTER_NETNS) && bpf_map_lookup_elem(&filter_netns, &netns))
+	if ((filter_flags & FILTER_NETNS) && netns_selected(netns))
 		return true;
 	if (filter_flags & FILTER_DEV) {
 		struct dev_key k = {.netns = netns, .ifindex = ifindex};
@@ -565,11 +623,13 @@ static __always_inline void hist_add(const struct hop_key *from, const struct ho
 	__u32 b = hist_bucket(delta);
 	if (b >= HIST_BUCKETS)
 		b = HIST_BUCKETS - 1;
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum_ns, delta);
-	__sync_fetch_and_add(&h->buckets[b], 1);
+	/* this CPU's copy: only a program nested on this CPU (a hooked
+	 * tracepoint in a hard interrupt) could interleave, and lose one count */
+	h->count += 1;
+	h->sum_ns += delta;
+	h->buckets[b] += 1;
 	if (delta > h->max_ns)
-		h->max_ns = delta; /* racy by design: a lost max under contention is harmless */
+		h->max_ns = delta;
 	stat_inc(STAT_HIST_UPDATES);
 }
 
@@ -641,33 +701,47 @@ static __always_inline struct net_device *end_dev(struct sk_buff *skb)
 	return dev;
 }
 
+/* Where observe() takes the device from. */
+enum dev_source {
+	DEV_ARG = 0, /* the dev argument */
+	DEV_END = 1, /* end_dev(skb), read only once the skb is known to be ours */
+};
+
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
-				   __u64 location, __u32 reason)
+				   __u64 location, __u32 reason, enum dev_source dev_src)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
 	/* a drop may start a path of its own: dropped before its first selected hop */
 	bool may_start = !end || hook == HOOK_KFREE_SKB;
 
-	/* Cheapest rejection first: most skbs freed on a host are not ours. */
+	/*
+	 * Cheapest rejection first: most skbs freed on a host are not ours. An
+	 * untracked skb is ours only as a clone of a tracked packet (found by
+	 * its shared head), and only a cloned skb can be one (skb->cloned is
+	 * sticky: an original whose clones are gone keeps it). So an untracked
+	 * consume or copy costs one lookup, two for a cloned skb; a drop then
+	 * goes on to the selection, which may start a path there.
+	 */
 	struct pkt_track *t = bpf_map_lookup_elem(&by_skb, &skb_addr);
-	__u64 head = (__u64)skb->head;
+	__u64 head = 0;
 	struct pkt_track *h = NULL;
 	bool untracked = false; /* a scalar: the verifier refuses ORing the two pointers */
 	if (!t) {
-		/* an untracked consume or copy: only a clone can still be ours
-		 * (via its head); a drop may still start a path */
-		if (!may_start && !BPF_CORE_READ_BITFIELD(skb, cloned))
-			return 0;
-		h = bpf_map_lookup_elem(&by_head, &head);
+		if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
+			head = (__u64)skb->head;
+			h = bpf_map_lookup_elem(&by_head, &head);
+		}
 		if (!h) {
 			if (!may_start)
 				return 0;
 			untracked = true;
 		}
 	}
+	head = (__u64)skb->head;
+	if (dev_src == DEV_END)
+		dev = end_dev(skb);
 
-	__u64 now = bpf_ktime_get_ns();
 	struct pkt_meta meta = {};
 	struct hop_key cur = {.hook = hook};
 	__u8 flags = 0;
@@ -688,6 +762,8 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	/* so does a filter expression: an untracked packet it rejects costs one run */
 	if (untracked && expr_filter && !expr_matches(skb, dev))
 		return 0;
+
+	__u64 now = bpf_ktime_get_ns();
 
 	parse(skb, ether, &meta);
 	__u64 fp = fingerprint(&meta);
@@ -844,101 +920,74 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 {
-	return observe(ctx, skb, skb->dev, HOOK_NET_DEV_QUEUE, 0, 0);
+	return observe(ctx, skb, skb->dev, HOOK_NET_DEV_QUEUE, 0, 0, DEV_ARG);
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(on_net_dev_start_xmit, struct sk_buff *skb, struct net_device *dev)
 {
-	return observe(ctx, skb, dev, HOOK_NET_DEV_START_XMIT, 0, 0);
+	return observe(ctx, skb, dev, HOOK_NET_DEV_START_XMIT, 0, 0, DEV_ARG);
 }
 
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(on_net_dev_xmit, struct sk_buff *skb, int rc, struct net_device *dev)
 {
-	return observe(ctx, skb, dev, HOOK_NET_DEV_XMIT, 0, 0);
+	return observe(ctx, skb, dev, HOOK_NET_DEV_XMIT, 0, 0, DEV_ARG);
 }
 
 SEC("tp_btf/netif_rx")
 int BPF_PROG(on_netif_rx, struct sk_buff *skb)
 {
-	return observe(ctx, skb, skb->dev, HOOK_NETIF_RX, 0, 0);
+	return observe(ctx, skb, skb->dev, HOOK_NETIF_RX, 0, 0, DEV_ARG);
 }
 
 SEC("tp_btf/napi_gro_receive_entry")
 int BPF_PROG(on_napi_gro_receive_entry, struct sk_buff *skb)
 {
-	return observe(ctx, skb, skb->dev, HOOK_GRO_RECEIVE, 0, 0);
+	return observe(ctx, skb, skb->dev, HOOK_GRO_RECEIVE, 0, 0, DEV_ARG);
 }
 
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(on_netif_receive_skb, struct sk_buff *skb)
 {
-	return observe(ctx, skb, skb->dev, HOOK_NETIF_RECEIVE_SKB, 0, 0);
+	return observe(ctx, skb, skb->dev, HOOK_NETIF_RECEIVE_SKB, 0, 0, DEV_ARG);
 }
 
 /* kfree_skb gained its reason argument in 5.17; the loader picks one of these. */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	return observe(ctx, skb, end_dev(skb), HOOK_KFREE_SKB, (__u64)location, reason);
+	return observe(ctx, skb, NULL, HOOK_KFREE_SKB, (__u64)location, reason, DEV_END);
 }
 
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb_noreason, struct sk_buff *skb, void *location)
 {
-	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, 0);
+	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, 0, DEV_ARG);
 }
 
 /* consume_skb gained its location argument in 6.3; the loader picks one of these. */
 SEC("tp_btf/consume_skb")
 int BPF_PROG(on_consume_skb, struct sk_buff *skb, void *location)
 {
-	return observe(ctx, skb, end_dev(skb), HOOK_CONSUME_SKB, (__u64)location, 0);
+	return observe(ctx, skb, NULL, HOOK_CONSUME_SKB, (__u64)location, 0, DEV_END);
 }
 
 SEC("tp_btf/consume_skb")
 int BPF_PROG(on_consume_skb_noloc, struct sk_buff *skb)
 {
-	return observe(ctx, skb, end_dev(skb), HOOK_CONSUME_SKB, 0, 0);
+	return observe(ctx, skb, NULL, HOOK_CONSUME_SKB, 0, 0, DEV_END);
 }
 
 SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 {
-	return observe(ctx, skb, end_dev(skb), HOOK_COPY_DATAGRAM, 0, 0);
+	return observe(ctx, skb, NULL, HOOK_COPY_DATAGRAM, 0, 0, DEV_END);
 }
 
 /* ---- the tcx engine ---- */
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-
-/*
- * A one-hash Bloom filter over the selected namespaces and addresses, kept
- * by the loader next to filter_netns and filter_addr: a clear bit says "not
- * selected" with an inlined array access instead of a hash lookup, which is
- * what most packets on a device get. tracer/loader/bloom.go mirrors the hash.
- */
-#define BLOOM_BITS 4096
-#define BLOOM_SHIFT 20 /* 32 - log2(BLOOM_BITS) */
-
-struct filter_bloom {
-	__u64 netns[BLOOM_BITS / 64];
-	__u64 addr[BLOOM_BITS / 64];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct filter_bloom);
-} filter_bloom SEC(".maps");
-
-static __always_inline bool bloom_has(const __u64 *bits, __u32 v)
-{
-	__u32 i = (v * 0x9E3779B1u) >> BLOOM_SHIFT;
-	return bits[i >> 6] & (1ULL << (i & 63));
-}
 
 /* An address's bloom key: IPv4 as loaded from the packet, IPv6 folded. */
 static __always_inline __u32 addr_fold(__u32 family, const __u32 *w)
@@ -1049,7 +1098,7 @@ static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *sk
 	if (!b)
 		return true;
 	__u32 netns = dev->nd_net.net->ns.inum;
-	if ((filter_flags & FILTER_NETNS) && bloom_has(b->netns, netns) && bpf_map_lookup_elem(&filter_netns, &netns))
+	if ((filter_flags & FILTER_NETNS) && netns_selected(netns))
 		return true;
 	if (filter_flags & FILTER_DEV) {
 		struct dev_key k = {.netns = netns, .ifindex = dev->ifindex};
@@ -1071,7 +1120,7 @@ int on_tcx_egress(struct __sk_buff *ctx)
 	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
 	struct net_device *dev = skb->dev;
 	if (dev && tcx_wanted(ctx, skb, dev))
-		observe(ctx, skb, dev, HOOK_NET_DEV_QUEUE, 0, 0);
+		observe(ctx, skb, dev, HOOK_NET_DEV_QUEUE, 0, 0, DEV_ARG);
 	return TCX_NEXT;
 }
 
@@ -1082,6 +1131,6 @@ int on_tcx_ingress(struct __sk_buff *ctx)
 	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
 	struct net_device *dev = skb->dev;
 	if (dev && tcx_wanted(ctx, skb, dev))
-		observe(ctx, skb, dev, HOOK_NETIF_RECEIVE_SKB, 0, 0);
+		observe(ctx, skb, dev, HOOK_NETIF_RECEIVE_SKB, 0, 0, DEV_ARG);
 	return TCX_NEXT;
 }

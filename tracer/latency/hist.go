@@ -16,9 +16,19 @@ type Hist struct {
 	Buckets [NumBuckets]uint64
 }
 
-// FromKernel copies a histogram read from the hists map.
-func FromKernel(k *bpfobj.HoptraceHist) Hist {
-	return Hist{Count: k.Count, SumNs: k.SumNs, MaxNs: k.MaxNs, Buckets: k.Buckets}
+// FromKernel sets h to a histogram read from the hists map: the sum of
+// its per-CPU copies, with the largest of their maxima.
+func FromKernel(h *Hist, perCPU []bpfobj.HoptraceHist) {
+	*h = Hist{}
+	for i := range perCPU {
+		k := &perCPU[i]
+		h.Count += k.Count
+		h.SumNs += k.SumNs
+		h.MaxNs = max(h.MaxNs, k.MaxNs)
+		for b, c := range k.Buckets {
+			h.Buckets[b] += c
+		}
+	}
 }
 
 // Add records one value (tests and userspace-built histograms).

@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
@@ -80,26 +81,39 @@ func TestSweeperExpiresOldEntries(t *testing.T) {
 	}
 }
 
-// TestReaderDiffsAndEvictsIdle drives a histogram map by hand: each Read
-// returns what was added since the last one, and a pair that stays idle is
-// deleted from the map after IdleAfter reads and comes back whole.
+// TestReaderDiffsAndEvictsIdle drives a per-CPU histogram map by hand (the
+// kernel's hists): each Read returns the sum over CPUs of what was added
+// since the last one, with the largest CPU's maximum, and a pair that stays
+// idle is deleted from the map after IdleAfter reads and comes back whole.
 func TestReaderDiffsAndEvictsIdle(t *testing.T) {
 	privtest.RequireRoot(t)
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
-		Type: ebpf.Hash, KeySize: uint32(sizeOf(latency.Pair{})), ValueSize: uint32(sizeOf(bpfobj.HoptraceHist{})), MaxEntries: 16,
+		Type: ebpf.PerCPUHash, KeySize: uint32(sizeOf(latency.Pair{})), ValueSize: uint32(sizeOf(bpfobj.HoptraceHist{})),
+		MaxEntries: 16, Flags: unix.BPF_F_NO_PREALLOC,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
 	k := latency.Pair{From: latency.HopKey{Netns: 1, Ifindex: 2, Hook: 1}, To: latency.HopKey{Netns: 1, Ifindex: 2, Hook: 2}}
-	var kh bpfobj.HoptraceHist
+	kh := make([]bpfobj.HoptraceHist, ncpu)
+	// add records v on the last CPU's copy and 2v on the first's (the same one with one CPU)
 	add := func(v uint64) {
-		kh.Count++
-		kh.SumNs += v
-		kh.MaxNs = max(kh.MaxNs, v)
-		kh.Buckets[latency.Bucket(v)]++
-		if err := m.Put(&k, &kh); err != nil {
+		for _, c := range []struct {
+			cpu int
+			v   uint64
+		}{{ncpu - 1, v}, {0, 2 * v}} {
+			h := &kh[c.cpu]
+			h.Count++
+			h.SumNs += c.v
+			h.MaxNs = max(h.MaxNs, c.v)
+			h.Buckets[latency.Bucket(c.v)]++
+		}
+		if err := m.Put(&k, kh); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,12 +122,13 @@ func TestReaderDiffsAndEvictsIdle(t *testing.T) {
 	add(1000)
 	add(2000)
 	got, err := rd.Read()
-	if err != nil || got[k] == nil || got[k].Count != 2 {
-		t.Fatalf("first read: %v, %v", got, err)
+	if err != nil || got[k] == nil || got[k].Count != 4 || got[k].SumNs != 9000 || got[k].MaxNs != 4000 {
+		t.Fatalf("first read: %+v, %v", got[k], err)
 	}
 	add(50000)
 	got, _ = rd.Read()
-	if h := got[k]; h == nil || h.Count != 1 || h.SumNs != 50000 || h.MaxNs != 50000 || h.Buckets[latency.Bucket(50000)] != 1 {
+	if h := got[k]; h == nil || h.Count != 2 || h.SumNs != 150000 || h.MaxNs != 100000 ||
+		h.Buckets[latency.Bucket(50000)] != 1 || h.Buckets[latency.Bucket(100000)] != 1 {
 		t.Fatalf("second read: %+v", got[k])
 	}
 	for i := 0; i < 3; i++ {
@@ -122,7 +137,7 @@ func TestReaderDiffsAndEvictsIdle(t *testing.T) {
 			t.Fatalf("idle read %d returned %d pairs", i, len(got))
 		}
 	}
-	var tmp bpfobj.HoptraceHist
+	var tmp []bpfobj.HoptraceHist
 	if err := m.Lookup(&k, &tmp); err == nil {
 		t.Fatal("idle pair still in the map")
 	}
@@ -130,10 +145,10 @@ func TestReaderDiffsAndEvictsIdle(t *testing.T) {
 		t.Errorf("evicted %d, want 1", rd.Evicted())
 	}
 	// The kernel creates the entry again from zero.
-	kh = bpfobj.HoptraceHist{}
+	clear(kh)
 	add(700)
 	got, _ = rd.Read()
-	if h := got[k]; h == nil || h.Count != 1 || h.SumNs != 700 {
+	if h := got[k]; h == nil || h.Count != 2 || h.SumNs != 2100 {
 		t.Fatalf("after eviction: %+v", got[k])
 	}
 }

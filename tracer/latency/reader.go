@@ -40,14 +40,15 @@ func NewReader(m *ebpf.Map) *Reader {
 // Evicted is the number of idle histograms deleted so far.
 func (r *Reader) Evicted() uint64 { return r.evicted }
 
-// Snapshot reads every histogram in the map.
+// Snapshot reads every histogram in the map, a per-CPU hash: each pair's
+// histogram is the sum of its CPUs' copies.
 func Snapshot(m *ebpf.Map, into map[Pair]*Hist) (map[Pair]*Hist, error) {
 	if into == nil {
 		into = map[Pair]*Hist{}
 	}
 	var (
 		key Pair
-		val bpfobj.HoptraceHist
+		val []bpfobj.HoptraceHist
 	)
 	it := m.Iterate()
 	for it.Next(&key, &val) {
@@ -56,7 +57,7 @@ func Snapshot(m *ebpf.Map, into map[Pair]*Hist) (map[Pair]*Hist, error) {
 			h = new(Hist)
 			into[key] = h
 		}
-		*h = FromKernel(&val)
+		FromKernel(h, val)
 	}
 	if err := it.Err(); err != nil {
 		return into, fmt.Errorf("read latency histograms: %w", err)

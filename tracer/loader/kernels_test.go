@@ -320,8 +320,9 @@ func TestNoAtomicFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	adds := 0
+	scanned, adds := 0, 0
 	for name, p := range spec.Programs {
+		scanned += len(p.Instructions)
 		for i, ins := range p.Instructions {
 			if ins.OpCode.Class() != asm.StXClass || ins.OpCode.Mode() != asm.AtomicMode {
 				continue
@@ -332,8 +333,10 @@ func TestNoAtomicFetch(t *testing.T) {
 			adds++
 		}
 	}
-	if adds == 0 {
-		t.Error("no atomic add found: the histogram updates use them, so the scan looked at nothing")
+	// (the histograms are per CPU: today no program needs an atomic at all)
+	t.Logf("%d instructions in %d programs, %d atomic adds", scanned, len(spec.Programs), adds)
+	if len(spec.Programs) < len(loader.AllHooks) || scanned < 1000 {
+		t.Errorf("%d instructions in %d programs: the scan looked at nothing", scanned, len(spec.Programs))
 	}
 }
 

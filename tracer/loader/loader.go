@@ -75,7 +75,7 @@ type Options struct {
 	FilterKinds FilterKind
 	// RingBytes is the ring buffer size (power of two, >= page size); 0: 8 MiB.
 	RingBytes int
-	// TrackEntries bounds the in-flight packet maps; 0: 65536.
+	// TrackEntries bounds the in-flight packet maps; 0: TrackEntries(0, CPUs).
 	TrackEntries int
 	// HistPairs bounds the number of latency histograms; 0: 1024.
 	HistPairs int
@@ -117,6 +117,25 @@ func LoadBenignDrops() BenignDrops {
 	b.IcmpRcv, _ = syms.Range("icmp_rcv")
 	b.Icmpv6Rcv, _ = syms.Range("icmpv6_rcv")
 	return b
+}
+
+// The in-flight maps have one LRU list per possible CPU (BPF_F_NO_COMMON_LRU,
+// see bpf/hoptrace.bpf.c): a CPU evicts only from its own share of the
+// entries, so the default size gives every CPU at least minTrackPerCPU.
+const (
+	defaultTrackEntries = 65536
+	minTrackPerCPU      = 2048
+)
+
+// TrackEntries is the size of the in-flight maps for a requested size (0:
+// the default, 65536 or 2048 per possible CPU, whichever is larger) on a
+// machine with ncpu possible CPUs. The kernel rounds the size to a multiple
+// of ncpu.
+func TrackEntries(requested, ncpu int) int {
+	if requested > 0 {
+		return requested
+	}
+	return max(defaultTrackEntries, minTrackPerCPU*ncpu)
 }
 
 // MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
@@ -172,10 +191,13 @@ func Load(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", ring, os.Getpagesize())
 	}
 	specs.Events.MaxEntries = uint32(ring)
-	if opts.TrackEntries > 0 {
-		specs.BySkb.MaxEntries = uint32(opts.TrackEntries)
-		specs.ByHead.MaxEntries = uint32(opts.TrackEntries)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
+	track := TrackEntries(opts.TrackEntries, ncpu)
+	specs.BySkb.MaxEntries = uint32(track)
+	specs.ByHead.MaxEntries = uint32(track)
 	if opts.HistPairs > 0 {
 		specs.Hists.MaxEntries = uint32(opts.HistPairs)
 	}
@@ -251,10 +273,6 @@ func Load(opts Options) (*Tracer, error) {
 		if !wanted[ps] {
 			delete(spec.Programs, name)
 		}
-	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
 	if err := specs.NrCpus.Set(uint32(ncpu)); err != nil {
 		return nil, fmt.Errorf("set nr_cpus: %w", err)

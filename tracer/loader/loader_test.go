@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
+	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
@@ -168,5 +172,131 @@ func TestFilterAndSnapshot(t *testing.T) {
 	}
 	if matched < 2 || unmatched != 0 {
 		t.Errorf("%d events of the datagram to port %d (want its hops), %d of the others (want 0)", matched, dport, unmatched)
+	}
+}
+
+// pinToCPU locks the calling goroutine to its thread and that thread to one
+// CPU; the thread ends with the goroutine (it is never unlocked).
+func pinToCPU(cpu int) error {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	return unix.SchedSetaffinity(0, &set)
+}
+
+// The in-flight maps keep one LRU list per CPU (BPF_F_NO_COMMON_LRU), but
+// their entries are shared: a TCP segment sent over loopback from a thread
+// on CPU 0, whose hops run there, and read by a thread on CPU 1 keeps its
+// identity at the socket read on CPU 1, and its free deletes the entry
+// made on the other CPU.
+func TestIdentityAcrossCPUs(t *testing.T) {
+	privtest.RequireRoot(t)
+	if runtime.NumCPU() < 2 {
+		t.Skip("SKIP: one CPU")
+	}
+	tr, err := loader.Load(loader.Options{})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer tr.Close()
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	const writes, size = 200, 1000
+	recvd := make(chan error, 1)
+	go func() {
+		if err := pinToCPU(1); err != nil {
+			recvd <- err
+			return
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			recvd <- err
+			return
+		}
+		defer c.Close()
+		_, err = io.CopyN(io.Discard, c, writes*size)
+		recvd <- err
+	}()
+	sent := make(chan error, 1)
+	go func() {
+		if err := pinToCPU(0); err != nil {
+			sent <- err
+			return
+		}
+		c, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+		if err != nil {
+			sent <- err
+			return
+		}
+		defer c.Close()
+		c.SetNoDelay(true)
+		buf := make([]byte, size)
+		for i := 0; i < writes; i++ {
+			if _, err := c.Write(buf); err != nil {
+				sent <- err
+				return
+			}
+			time.Sleep(200 * time.Microsecond) // one segment per write
+		}
+		sent <- nil
+	}()
+	for _, ch := range []chan error{sent, recvd} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	type life struct {
+		bornCPU, readCPU, freeCPU int
+		skb                       uint64
+	}
+	pkts := map[uint64]*life{}
+	readEvents(t, rd, 2*time.Second, func(e *event.Event) bool {
+		if e.Meta.L4Proto != event.ProtoTCP || e.Meta.Dport != port || e.Meta.IpLen <= 52 {
+			return false // data segments to the listener only
+		}
+		p := pkts[e.PktId]
+		if p == nil {
+			p = &life{bornCPU: -1, readCPU: -1, freeCPU: -1}
+			pkts[e.PktId] = p
+		}
+		switch {
+		case e.Flags&event.FlagNew != 0:
+			p.bornCPU, p.skb = int(e.Cpu), e.Skb
+		case event.Hook(e.Hook) == event.HookCopyDatagram:
+			p.readCPU = int(e.Cpu)
+		case event.Hook(e.Hook) == event.HookConsumeSkb || event.Hook(e.Hook) == event.HookKfreeSkb:
+			p.freeCPU = int(e.Cpu)
+		}
+		return false
+	})
+	crossRead, crossFree := 0, 0
+	for id, p := range pkts {
+		if p.bornCPU < 0 {
+			continue
+		}
+		if p.readCPU >= 0 && p.readCPU != p.bornCPU {
+			crossRead++
+		}
+		if p.freeCPU >= 0 && p.freeCPU != p.bornCPU {
+			crossFree++
+			var tr2 bpfobj.HoptracePktTrack
+			if err := tr.InFlight().Lookup(p.skb, &tr2); err == nil && tr2.PktId == id {
+				t.Errorf("packet %d freed on CPU %d, born on CPU %d: still in the in-flight map", id, p.freeCPU, p.bornCPU)
+			}
+		}
+	}
+	t.Logf("%d data segments: %d read on another CPU than their first hop's, %d freed on another", len(pkts), crossRead, crossFree)
+	if crossRead < writes/4 {
+		t.Errorf("%d of %d segments kept their identity at a read on another CPU, want most", crossRead, writes)
 	}
 }
