@@ -444,8 +444,19 @@ static __always_inline bool bloom_has(const __u64 *bits, __u32 v)
 	return bits[i >> 6] & (1ULL << (i & 63));
 }
 
+/* An address's bloom key: IPv4 as loaded from the packet, IPv6 folded. */
+static __always_inline __u32 addr_fold(__u32 family, const __u32 *w)
+{
+	return family == 4 ? w[0] : w[0] ^ w[1] ^ w[2] ^ w[3];
+}
+
+/* A selected address (4 or 16 bytes at addr): the Bloom filter's bit first. */
 static __always_inline bool addr_selected(__u32 family, const __u8 *addr)
 {
+	__u32 zero = 0;
+	const struct filter_bloom *b = bpf_map_lookup_elem(&filter_bloom, &zero);
+	if (b && !bloom_has(b->addr, addr_fold(family, (const __u32 *)addr)))
+		return false;
 	struct addr_key k = {.family = family};
 	if (family == 4)
 		__builtin_memcpy(k.addr, addr, 4);
@@ -707,8 +718,13 @@ enum dev_source {
 	DEV_END = 1, /* end_dev(skb), read only once the skb is known to be ours */
 };
 
-static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
-				   __u64 location, __u32 reason, enum dev_source dev_src)
+/*
+ * One observation. looked_up: the caller (a tcx hop) already looked the skb
+ * up, t in by_skb and, for a cloned skb not found there, h in by_head.
+ */
+static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
+					 __u64 location, __u32 reason, enum dev_source dev_src,
+					 struct pkt_track *t, struct pkt_track *h, bool looked_up)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
@@ -723,20 +739,26 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	 * consume or copy costs one lookup, two for a cloned skb; a drop then
 	 * goes on to the selection, which may start a path there.
 	 */
-	struct pkt_track *t = bpf_map_lookup_elem(&by_skb, &skb_addr);
-	__u64 head = 0;
-	struct pkt_track *h = NULL;
-	bool untracked = false; /* a scalar: the verifier refuses ORing the two pointers */
-	if (!t) {
-		if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
-			head = (__u64)skb->head;
-			h = bpf_map_lookup_elem(&by_head, &head);
+	__u64 head;
+	/* each branch decides on its own: the verifier refuses t | h */
+	bool untracked = false;
+	if (!looked_up) {
+		t = bpf_map_lookup_elem(&by_skb, &skb_addr);
+		if (!t) {
+			h = NULL;
+			if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
+				head = (__u64)skb->head;
+				h = bpf_map_lookup_elem(&by_head, &head);
+			}
+			if (!h) {
+				if (!may_start)
+					return 0;
+				untracked = true;
+			}
 		}
-		if (!h) {
-			if (!may_start)
-				return 0;
+	} else if (!t) {
+		if (!h)
 			untracked = true;
-		}
 	}
 	head = (__u64)skb->head;
 	if (dev_src == DEV_END)
@@ -917,6 +939,13 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	return 0;
 }
 
+/* A tracepoint's observation: observe_found() looking the skb up itself. */
+static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
+				   __u64 location, __u32 reason, enum dev_source dev_src)
+{
+	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, false);
+}
+
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 {
@@ -989,17 +1018,6 @@ int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-/* An address's bloom key: IPv4 as loaded from the packet, IPv6 folded. */
-static __always_inline __u32 addr_fold(__u32 family, const __u32 *w)
-{
-	return family == 4 ? w[0] : w[0] ^ w[1] ^ w[2] ^ w[3];
-}
-
-static __always_inline bool tcx_addr_maybe(const struct filter_bloom *b, __u32 family, const __u8 *addr)
-{
-	return bloom_has(b->addr, addr_fold(family, (const __u32 *)addr)) && addr_selected(family, addr);
-}
-
 struct ethhdr_ {
 	__u8 dst[6];
 	__u8 src[6];
@@ -1023,7 +1041,7 @@ static __always_inline bool tcx_port_maybe(void *l4, __u8 proto, void *end)
 	return bpf_map_lookup_elem(&filter_port, &k) != NULL;
 }
 
-static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struct filter_bloom *b)
+static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -1047,7 +1065,7 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struc
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return true;
-		if (tcx_addr_maybe(b, 4, (__u8 *)&ip->saddr) || tcx_addr_maybe(b, 4, (__u8 *)&ip->daddr))
+		if (addr_selected(4, (__u8 *)&ip->saddr) || addr_selected(4, (__u8 *)&ip->daddr))
 			return true;
 		if (!(filter_flags & FILTER_PORT) || (ip->frag_off & bpf_htons(0x1fff)))
 			return false;
@@ -1057,7 +1075,7 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struc
 		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > end)
 			return true;
-		if (tcx_addr_maybe(b, 6, (__u8 *)&ip6->saddr) || tcx_addr_maybe(b, 6, (__u8 *)&ip6->daddr))
+		if (addr_selected(6, (__u8 *)&ip6->saddr) || addr_selected(6, (__u8 *)&ip6->daddr))
 			return true;
 		if (!(filter_flags & FILTER_PORT))
 			return false;
@@ -1071,31 +1089,18 @@ static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx, const struc
 			return true;
 		if (arp->ptype != bpf_htons(ETH_P_IP) || arp->plen != 4)
 			return false;
-		return tcx_addr_maybe(b, 4, arp->sip) || tcx_addr_maybe(b, 4, arp->tip);
+		return addr_selected(4, arp->sip) || addr_selected(4, arp->tip);
 	}
 	return false;
 }
 
 /*
- * The cheap rejection at a device: a packet neither tracked (by address, or
- * by head for a clone) nor selected here costs one or two lookups and no
- * header parsing.
+ * Whether the selection takes an untracked packet at this device, decided
+ * without header parsing (Bloom bits, hash lookups, direct packet access).
  */
-static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *skb, struct net_device *dev)
+static __always_inline bool tcx_selected(struct __sk_buff *ctx, struct net_device *dev)
 {
 	if (!filter_flags)
-		return true;
-	__u64 addr = (__u64)skb;
-	if (bpf_map_lookup_elem(&by_skb, &addr))
-		return true;
-	if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
-		__u64 head = (__u64)skb->head;
-		if (bpf_map_lookup_elem(&by_head, &head))
-			return true;
-	}
-	__u32 zero = 0;
-	const struct filter_bloom *b = bpf_map_lookup_elem(&filter_bloom, &zero);
-	if (!b)
 		return true;
 	__u32 netns = dev->nd_net.net->ns.inum;
 	if ((filter_flags & FILTER_NETNS) && netns_selected(netns))
@@ -1108,19 +1113,42 @@ static __always_inline bool tcx_wanted(struct __sk_buff *ctx, struct sk_buff *sk
 	if (filter_flags & (FILTER_ADDR | FILTER_PORT)) {
 		if (dev->type != ARPHRD_ETHER)
 			return true;
-		return tcx_addr_selected(ctx, b);
+		return tcx_addr_selected(ctx);
 	}
 	return false;
+}
+
+/*
+ * A tcx hop. The cheap rejection at a device: a packet neither tracked (by
+ * address, or by head for a clone) nor selected here costs one or two
+ * lookups and no header parsing; a tracked one goes on to observe() with
+ * its entries already found.
+ */
+static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+	struct net_device *dev = skb->dev;
+	if (!dev)
+		return;
+	__u64 addr = (__u64)skb;
+	struct pkt_track *t = bpf_map_lookup_elem(&by_skb, &addr);
+	struct pkt_track *h = NULL;
+	if (!t && BPF_CORE_READ_BITFIELD(skb, cloned)) {
+		__u64 head = (__u64)skb->head;
+		h = bpf_map_lookup_elem(&by_head, &head);
+	}
+	if (!t) {
+		if (!h && !tcx_selected(ctx, dev))
+			return;
+	}
+	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
 }
 
 /* tcx egress fires just before net_dev_queue: it is that hop. */
 SEC("tcx/egress")
 int on_tcx_egress(struct __sk_buff *ctx)
 {
-	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
-	struct net_device *dev = skb->dev;
-	if (dev && tcx_wanted(ctx, skb, dev))
-		observe(ctx, skb, dev, HOOK_NET_DEV_QUEUE, 0, 0, DEV_ARG);
+	tcx_observe(ctx, HOOK_NET_DEV_QUEUE);
 	return TCX_NEXT;
 }
 
@@ -1128,9 +1156,6 @@ int on_tcx_egress(struct __sk_buff *ctx)
 SEC("tcx/ingress")
 int on_tcx_ingress(struct __sk_buff *ctx)
 {
-	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
-	struct net_device *dev = skb->dev;
-	if (dev && tcx_wanted(ctx, skb, dev))
-		observe(ctx, skb, dev, HOOK_NETIF_RECEIVE_SKB, 0, 0, DEV_ARG);
+	tcx_observe(ctx, HOOK_NETIF_RECEIVE_SKB);
 	return TCX_NEXT;
 }
