@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -229,7 +231,7 @@ func TestTCXLinkFollowsMovedDevice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s in %s: %v", name+"b", ns.Name, err)
 	}
-	in, eg := privtest.TCXPrograms(t, ns.Path, name+"b")
+	in, eg := ownTCXPrograms(t, ns.Path, name+"b")
 	if len(in) != 1 || len(eg) != 1 {
 		t.Fatalf("moved device's tcx programs: ingress %v egress %v, want one each (the links follow it)", in, eg)
 	}
@@ -237,7 +239,7 @@ func TestTCXLinkFollowsMovedDevice(t *testing.T) {
 	if done, err := tr.AttachDevices(loader.NetnsRef{Inode: ns.Inode, Path: ns.Path}, []int{newKey.Ifindex}); err != nil || len(done) != 1 || !tr.Attached(newKey) {
 		t.Fatalf("attach the moved device: %v, %v", done, err)
 	}
-	if in, eg := privtest.TCXPrograms(t, ns.Path, name+"b"); len(in) != 1 || len(eg) != 1 {
+	if in, eg := ownTCXPrograms(t, ns.Path, name+"b"); len(in) != 1 || len(eg) != 1 {
 		t.Errorf("moved device attached twice: ingress %v egress %v", in, eg)
 	}
 
@@ -263,6 +265,24 @@ func TestTCXLinkFollowsMovedDevice(t *testing.T) {
 
 // readEvents hands each event from the ring buffer to f until f says it has
 // seen enough or the time is up.
+// ownTCXPrograms is privtest.TCXPrograms without the programs of other
+// processes (another tracer on the host attaches to every device too).
+func ownTCXPrograms(t *testing.T, nsPath, ifname string) (ingress, egress []ebpf.ProgramID) {
+	t.Helper()
+	ours := privtest.ProgramsOf(t, os.Getpid())
+	in, eg := privtest.TCXPrograms(t, nsPath, ifname)
+	keep := func(ids []ebpf.ProgramID) []ebpf.ProgramID {
+		var out []ebpf.ProgramID
+		for _, id := range ids {
+			if slices.Contains(ours, id) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	return keep(in), keep(eg)
+}
+
 func readEvents(t *testing.T, rd *ringbuf.Reader, timeout time.Duration, f func(*event.Event) (enough bool)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
