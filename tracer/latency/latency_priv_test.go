@@ -159,12 +159,7 @@ func TestInjectedQueueDelay(t *testing.T) {
 	if os.Getenv("HOPTRACE_VM") != "" {
 		t.Skip("SKIP: timings under software emulation (kernel-matrix VM) are not meaningful")
 	}
-	privtest.RequireRoot(t)
-	topo := testnet.New(t, testnet.Options{Hosts: 2})
-	a, b := topo.Hosts[0], topo.Hosts[1]
-	connected(t, a, b)
-	port, got := receiveUDP(t, b)
-	dst := netip.AddrPortFrom(b.Addr.Addr(), uint16(port))
+	topo, a, b, dst, got := udpPair(t)
 	host := topo.HostInode()
 	qPair := [2]latency.HopKey{
 		hop(host, b.HostVethIndex, event.HookNetDevQueue),
@@ -248,6 +243,18 @@ func TestInjectedQueueDelay(t *testing.T) {
 	}
 }
 
+// udpPair builds two connected namespaces on a bridge, with a UDP receiver
+// in the second: datagrams to dst are reported on got.
+func udpPair(t *testing.T) (topo *testnet.Topology, a, b *testnet.Host, dst netip.AddrPort, got <-chan int) {
+	t.Helper()
+	privtest.RequireRoot(t)
+	topo = testnet.New(t, testnet.Options{Hosts: 2})
+	a, b = topo.Hosts[0], topo.Hosts[1]
+	connected(t, a, b)
+	port, got := receiveUDP(t, b)
+	return topo, a, b, netip.AddrPortFrom(b.Addr.Addr(), uint16(port)), got
+}
+
 // connected waits until a reaches b (neighbour entries resolved, bridge
 // ports forwarding).
 func connected(t *testing.T, a, b *testnet.Host) {
@@ -283,12 +290,7 @@ func TestAgreesWithTrace(t *testing.T) {
 	if os.Getenv("HOPTRACE_VM") != "" {
 		t.Skip("SKIP: timings under software emulation (kernel-matrix VM) are not meaningful")
 	}
-	privtest.RequireRoot(t)
-	topo := testnet.New(t, testnet.Options{Hosts: 2})
-	a, b := topo.Hosts[0], topo.Hosts[1]
-	connected(t, a, b)
-	port, got := receiveUDP(t, b)
-	dst := netip.AddrPortFrom(b.Addr.Addr(), uint16(port))
+	_, a, b, dst, got := udpPair(t)
 
 	// Both tracers see every packet. At each tracepoint the programs run in
 	// the order they were attached, so each delta also holds some of the
@@ -710,12 +712,7 @@ func isProgram(loaded, full string) bool {
 // engine no hop tracepoint at all, only the tcx programs and the ends — and
 // still measures every device hop of real traffic, A's eth0 to B's eth0.
 func TestHopsOnlyByDefault(t *testing.T) {
-	privtest.RequireRoot(t)
-	topo := testnet.New(t, testnet.Options{Hosts: 2})
-	a, b := topo.Hosts[0], topo.Hosts[1]
-	connected(t, a, b)
-	port, got := receiveUDP(t, b)
-	dst := netip.AddrPortFrom(b.Addr.Addr(), uint16(port))
+	topo, a, b, dst, got := udpPair(t)
 	engine, err := loader.ResolveEngine(loader.EngineAuto)
 	if err != nil {
 		t.Fatal(err)

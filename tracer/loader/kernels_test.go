@@ -40,17 +40,7 @@ func kernelVersion(t *testing.T) (string, kernel.Version) {
 // ring buffer; both are closed when the test ends.
 func loadEvents(t *testing.T) (*loader.Tracer, *ringbuf.Reader) {
 	t.Helper()
-	tr, err := loader.Load(loader.Options{})
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rd.Close() })
-	return tr, rd
+	return loadReading(t, loader.Options{})
 }
 
 // nextEvent reads one event, or reports false when none came within wait.

@@ -120,16 +120,7 @@ func TestFilterAndSnapshot(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-	tr, err := loader.Load(loader.Options{Filter: prog.Insns, SnapLen: 64})
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer tr.Close()
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	_, rd := loadReading(t, loader.Options{Filter: prog.Insns, SnapLen: 64})
 	for _, dst := range []*net.UDPConn{other, srv, other} {
 		c, err := net.DialUDP("udp4", nil, dst.LocalAddr().(*net.UDPAddr))
 		if err != nil {
@@ -175,6 +166,23 @@ func TestFilterAndSnapshot(t *testing.T) {
 	}
 }
 
+// loadReading loads a tracer and opens a reader of its ring buffer, both
+// closed when the test ends.
+func loadReading(t *testing.T, opts loader.Options) (*loader.Tracer, *ringbuf.Reader) {
+	t.Helper()
+	tr, err := loader.Load(opts)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	rd, err := ringbuf.NewReader(tr.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	return tr, rd
+}
+
 // pinToCPU locks the calling goroutine to its thread and that thread to one
 // CPU; the thread ends with the goroutine (it is never unlocked).
 func pinToCPU(cpu int) error {
@@ -194,16 +202,7 @@ func TestIdentityAcrossCPUs(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("SKIP: one CPU")
 	}
-	tr, err := loader.Load(loader.Options{})
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer tr.Close()
-	rd, err := ringbuf.NewReader(tr.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
+	tr, rd := loadReading(t, loader.Options{})
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
