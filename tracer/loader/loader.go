@@ -439,7 +439,8 @@ func (t *Tracer) Events() *ebpf.Map { return t.maps.Events }
 // RingBytes is the ring buffer's size.
 func (t *Tracer) RingBytes() int { return t.ringBytes }
 
-// Hists is the latency histogram map (struct hop_pair -> struct hist).
+// Hists is the latency histogram map: a per-CPU hash, struct hop_pair -> one
+// struct hist per possible CPU (latency.Snapshot sums them).
 func (t *Tracer) Hists() *ebpf.Map { return t.maps.Hists }
 
 // InFlight is the map of tracked skb addresses.
