@@ -71,7 +71,7 @@ func TestLatencyCommandJSON(t *testing.T) {
 }
 
 // latencyUnderTraffic runs `latency -o json` on namespaces a and b for 3s
-// while iperf3 sends UDP from a to b; it returns the final report and the
+// while iperf3 sends UDP from a to b (500 datagrams/s); it returns the final report and the
 // output's lines, each checked to be a report.
 func latencyUnderTraffic(t *testing.T, iperf, a, b, bAddr string, detail bool) (latency.Report, []string) {
 	t.Helper()
@@ -82,9 +82,11 @@ func latencyUnderTraffic(t *testing.T, iperf, a, b, bAddr string, detail bool) (
 		t.Fatal(err)
 	}
 	defer srv.Wait()
+	// 3s of traffic from 0.5s on: it overlaps the session's 3s (counted
+	// from its ready line) even when loading takes seconds on a busy host
 	go func() {
-		time.Sleep(1200 * time.Millisecond)
-		exec.CommandContext(ctx, "ip", "netns", "exec", a, iperf, "-c", bAddr, "-u", "-b", "2M", "-l", "500", "-t", "1").Run()
+		time.Sleep(500 * time.Millisecond)
+		exec.CommandContext(ctx, "ip", "netns", "exec", a, iperf, "-c", bAddr, "-u", "-b", "2M", "-l", "500", "-t", "3").Run()
 	}()
 	args := []string{"latency", "--netns", a, "--netns", b, "--interval", "500ms", "--duration", "3s", "--output", "json"}
 	if detail {
