@@ -103,7 +103,7 @@ run_tests() {
 	rc=$?
 	set -e
 	echo "$(($(date +%s) - start)) $rc" > "${log%.json}.rc"
-	[ -z "$img" ] || echo "matrix: $* on $(basename "$(dirname "$img")"): $(($(date +%s) - start))s, go test exit $rc" >&2
+	[ -z "$img" ] || echo "matrix: $* on $(basename "$img"): $(($(date +%s) - start))s, go test exit $rc" >&2
 }
 
 # finish INDEX: joins the kernel's job logs (INDEX.job1, INDEX.job2, ...) into
