@@ -25,7 +25,8 @@
 #   GO            go command (default go)
 #   GOTEST_FLAGS  extra go test flags (e.g. -run TestX or -v)
 #   HOPTRACE_BIN  set by this script for the tests: the hoptrace binary,
-#                 built once on the host (tracer/e2e runs it)
+#                 built once on the host (tracer/e2e, tracer/verify and
+#                 cmd/hoptrace run it)
 # Exit status: 0 when every kernel passed, 1 otherwise.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,9 +58,9 @@ echo "matrix: logs in $OUT" >&2
 # for the build (the -exec command is `true`: nothing runs).
 # shellcheck disable=SC2086
 $GO test -count=1 -exec true $KERNEL_PKGS >/dev/null 2>&1 || true   # failures show up per package below
-# The command-line tests (tracer/e2e) run this binary instead of building
-# their own inside every VM (minutes under emulation). The directory is
-# world-readable: one test runs the binary as nobody. It lives beside the
+# The command-line tests (tracer/e2e, tracer/verify, cmd/hoptrace) run this
+# binary instead of building their own inside every VM (minutes under
+# emulation). The directory is world-readable: one test runs the binary as nobody. It lives beside the
 # kernels, not in /tmp, which other work on a shared machine may clean.
 mkdir -p "${VMTEST_KERNELS:-/var/tmp/vmtest/kernels}"
 BIN_DIR=$(mktemp -d "${VMTEST_KERNELS:-/var/tmp/vmtest/kernels}/.bin.XXXXXX")
