@@ -60,8 +60,9 @@ echo "matrix: logs in $OUT" >&2
 $GO test -count=1 -exec true $KERNEL_PKGS >/dev/null 2>&1 || true   # failures show up per package below
 # The command-line tests (tracer/e2e, tracer/verify, cmd/hoptrace) run this
 # binary instead of building their own inside every VM (minutes under
-# emulation). The directory is world-readable: one test runs the binary as nobody. It lives beside the
-# kernels, not in /tmp, which other work on a shared machine may clean.
+# emulation). The directory is world-readable: one test runs the binary as
+# nobody. It lives beside the kernels, not in /tmp, which other work on a
+# shared machine may clean.
 mkdir -p "${VMTEST_KERNELS:-/var/tmp/vmtest/kernels}"
 BIN_DIR=$(mktemp -d "${VMTEST_KERNELS:-/var/tmp/vmtest/kernels}/.bin.XXXXXX")
 trap 'rm -rf "$BIN_DIR"' EXIT
