@@ -154,9 +154,7 @@ func receiveUDP(t *testing.T, h *testnet.Host) (port int, got <-chan int) {
 // shows on that veth's queue pair (net_dev_queue → net_dev_start_xmit), by
 // the amount the token bucket implies, and nowhere else on the path.
 func TestInjectedQueueDelay(t *testing.T) {
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: timings under software emulation (kernel-matrix VM) are not meaningful")
-	}
+	privtest.SameOnEveryKernel(t, "timings under software emulation are not meaningful; the queue pairs are TestMetricsEndpoint's on every kernel")
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
@@ -278,9 +276,7 @@ var hookByName = func() map[string]event.Hook {
 // percentiles must agree within the bucket resolution and a small
 // tolerance for the other tracer's programs running in between.
 func TestAgreesWithTrace(t *testing.T) {
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: timings under software emulation (kernel-matrix VM) are not meaningful")
-	}
+	privtest.SameOnEveryKernel(t, "timings under software emulation are not meaningful; the pairs and drops are TestMetricsEndpoint's and TestDropsCountedByReason's on every kernel")
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
