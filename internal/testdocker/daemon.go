@@ -169,13 +169,7 @@ func (d *Daemon) pipeImage() ([]byte, error) {
 
 // DockerErr runs the docker CLI against this daemon.
 func (d *Daemon) DockerErr(args ...string) (string, error) {
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command("docker", append([]string{"-H", d.Host}, args...)...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return strings.TrimSpace(stdout.String()), fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return strings.TrimSpace(stdout.String()), nil
+	return dockerCmd(exec.Command("docker", append([]string{"-H", d.Host}, args...)...))
 }
 
 // HostVeth names a container's veth peer in the daemon's namespace.
