@@ -1,7 +1,6 @@
 package latency_test
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -9,35 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 	"github.com/hoptrace/hoptrace/tracer/selection"
 )
-
-// forceFlood makes the topology's bridge flood every frame for h: learning
-// off on h's port, and the address it learned already forgotten. Each
-// unicast to h then also reaches every other namespace, whose ip_rcv frees
-// it as OTHERHOST (not for this host).
-func forceFlood(t *testing.T, h *testnet.Host) {
-	t.Helper()
-	port, err := netlink.LinkByIndex(h.HostVethIndex)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkSetLearning(port, false); err != nil {
-		t.Fatalf("learning off on %s: %v", h.HostVeth, err)
-	}
-	err = netlink.NeighDel(&netlink.Neigh{LinkIndex: h.HostVethIndex, Family: unix.AF_BRIDGE,
-		Flags: netlink.NTF_MASTER, HardwareAddr: h.MAC})
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		t.Fatalf("forget %s on %s: %v", h.MAC, h.HostVeth, err)
-	}
-}
 
 // A bridge's flood copies freed as OTHERHOST in the namespaces they were
 // not for are discards, not drops: kept out of hoptrace_drops_total and
@@ -53,7 +29,9 @@ func TestFloodCopiesAreNoDrops(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 3})
 	a, b, c := topo.Hosts[0], topo.Hosts[1], topo.Hosts[2]
 	connected(t, a, b) // a and b know each other's MAC
-	forceFlood(t, b)
+	if err := topo.Flood(b); err != nil {
+		t.Fatal(err)
+	}
 	m := latency.NewMetrics()
 	addr := serveMetrics(t, m, "127.0.0.1:0")
 	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode}},
