@@ -125,6 +125,9 @@ func (d *Daemon) start(opts []string) error {
 		"nsenter", "--net=" + d.NetnsPath, "sh", "-c", script, "sh"}, daemon...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.Env = append(os.Environ(), "DOCKER_HOST=")
+	// A test binary killed outright stops its daemon too (the signal
+	// survives the execs down to dockerd, which then stops its containers).
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := d.cmd.Start(); err != nil {
 		return fmt.Errorf("start dockerd: %w", err)
 	}
