@@ -25,14 +25,8 @@ func TestFloodCopyIsNoDrop(t *testing.T) {
 	if err := topo.Flood(b); err != nil {
 		t.Fatal(err)
 	}
-	r := startCLI(t, "trace", "--netns", a.Name, "--output", "json")
-	waitAttached(t, r)
 	const n = 5
-	if got, err := a.Ping(b.Addr.Addr(), n, 2*time.Second); err != nil || got != n {
-		t.Fatalf("ping: %d replies, %v", got, err)
-	}
-	time.Sleep(800 * time.Millisecond)
-	paths := stopJSON(t, r)
+	paths := tracePings(t, a, b, n)
 	reason := privtest.DropReason(t, "OTHERHOST")
 	var requests int
 	for _, p := range paths {
@@ -63,4 +57,17 @@ func TestFloodCopyIsNoDrop(t *testing.T) {
 	if t.Failed() {
 		dumpPaths(t, paths)
 	}
+}
+
+// tracePings traces a's namespace while a pings b n times, and returns the
+// paths.
+func tracePings(t *testing.T, a, b *testnet.Host, n int) []path.Path {
+	t.Helper()
+	r := startCLI(t, "trace", "--netns", a.Name, "--output", "json")
+	waitAttached(t, r)
+	if got, err := a.Ping(b.Addr.Addr(), n, 2*time.Second); err != nil || got != n {
+		t.Fatalf("ping: %d replies, %v", got, err)
+	}
+	time.Sleep(800 * time.Millisecond)
+	return stopJSON(t, r)
 }
