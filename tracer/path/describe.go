@@ -213,9 +213,13 @@ func (d *Describer) Describe(p *Packet) Path {
 			lastIngress = nil
 		}
 		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.Bridge != "" &&
-			lastIngress.NetnsInode == hop.NetnsInode && hop.Bridge == lastIngress.Bridge && lastIngress.Ifindex != hop.Ifindex {
+			lastIngress.NetnsInode == hop.NetnsInode && hop.Bridge == lastIngress.Bridge && lastIngress.Ifindex != hop.Ifindex &&
+			hop.Kind != resolve.KindBridge {
 			// The bridge forwarded the packet from one port to another: no
 			// tracepoint fires inside the bridge, the two ports prove it.
+			// (The bridge device sending it is no forward: br_netfilter's
+			// DNAT to a neighbour not yet resolved goes out of the bridge
+			// device and back in, then on from the port it came in on.)
 			fwd := Hop{
 				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
 				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
