@@ -172,9 +172,9 @@ func TestNamespaceWithoutNsid(t *testing.T) {
 	})
 }
 
-// addLinkIn creates a bridge called name in the namespace at path (which the
-// test created) and returns a handle in that namespace.
-func addLinkIn(t *testing.T, path, name string) *netlink.Handle {
+// handleIn returns a netlink handle in the namespace at path, closed when
+// the test ends.
+func handleIn(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
 	nsh, err := netns.GetFromPath(path)
 	if err != nil {
@@ -186,6 +186,14 @@ func addLinkIn(t *testing.T, path, name string) *netlink.Handle {
 		t.Fatal(err)
 	}
 	t.Cleanup(nh.Close)
+	return nh
+}
+
+// addLinkIn creates a bridge called name in the namespace at path (which the
+// test created) and returns a handle in that namespace.
+func addLinkIn(t *testing.T, path, name string) *netlink.Handle {
+	t.Helper()
+	nh := handleIn(t, path)
 	if err := nh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 		t.Fatal(err)
 	}

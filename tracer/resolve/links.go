@@ -23,13 +23,24 @@ type rawLink struct {
 	portState int // -1 when the link is no bridge port
 }
 
+// dump sends a dump request of type typ with header msg on the socket and
+// returns the answers of type reply; an interrupted dump returns them with
+// netlink.ErrDumpInterrupted.
+func dump(sh *nl.SocketHandle, typ int, msg nl.NetlinkRequestData, reply uint16) ([][]byte, error) {
+	req := nl.NewNetlinkRequest(typ, unix.NLM_F_DUMP)
+	req.AddData(msg)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, reply)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, err
+	}
+	return msgs, err
+}
+
 // dumpLinks lists the links of the namespace the socket lives in.
 func dumpLinks(sh *nl.SocketHandle) ([]rawLink, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_DUMP)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
-	msgs, execErr := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-	if execErr != nil && !errors.Is(execErr, netlink.ErrDumpInterrupted) {
+	msgs, execErr := dump(sh, unix.RTM_GETLINK, nl.NewIfInfomsg(unix.AF_UNSPEC), unix.RTM_NEWLINK)
+	if msgs == nil && execErr != nil {
 		return nil, execErr
 	}
 	out := make([]rawLink, 0, len(msgs))
@@ -210,11 +221,8 @@ const nlaTypeMask = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
 // /128 when a point-to-point peer differs), else IFA_ADDRESS with the
 // prefix length.
 func dumpAddrs(sh *nl.SocketHandle) ([]netlink.Addr, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
-	req.AddData(nl.NewIfAddrmsg(netlink.FAMILY_ALL))
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
-	msgs, execErr := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
-	if execErr != nil && !errors.Is(execErr, netlink.ErrDumpInterrupted) {
+	msgs, execErr := dump(sh, unix.RTM_GETADDR, nl.NewIfAddrmsg(netlink.FAMILY_ALL), unix.RTM_NEWADDR)
+	if msgs == nil && execErr != nil {
 		return nil, execErr
 	}
 	out := make([]netlink.Addr, 0, len(msgs))
