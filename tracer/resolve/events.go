@@ -387,18 +387,19 @@ func (r *Resolver) relistDue(due []*nsState) {
 			changed bool
 			err     error
 		)
-		stopped := st.stopped
-		if !stopped {
-			changed, err = r.relistLocked(st)
-		}
-		r.wmu.Unlock()
-		if stopped {
+		if st.stopped {
+			r.wmu.Unlock()
 			continue
 		}
+		changed, err = r.relistLocked(st)
+		// Under wmu, so that a namespace dropped meanwhile is not
+		// scheduled again.
+		logIt := r.ev.relisted(st, err, time.Now())
+		r.wmu.Unlock()
 		if changed {
 			r.notify()
 		}
-		if r.ev.relisted(st, err, time.Now()) {
+		if logIt {
 			r.logf("resolve: list %s: %v", st.ns.Label, err)
 		}
 	}
