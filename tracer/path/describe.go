@@ -547,14 +547,21 @@ func NATChange(before, after *event.Meta) string {
 	if before.EthProto != after.EthProto || (before.EthProto != event.EthIPv4 && before.EthProto != event.EthIPv6) {
 		return ""
 	}
-	bs, bd := endpoint(before, event.Src(before), true), endpoint(before, event.Dst(before), false)
-	as, ad := endpoint(after, event.Src(after), true), endpoint(after, event.Dst(after), false)
-	var parts []string
-	if bd != ad {
-		parts = append(parts, "DNAT "+bd+" -> "+ad)
+	// Compare before formatting: most hops change nothing, and an
+	// endpoint's text is its address and port, nothing else.
+	bsp, bdp := event.Ports(before)
+	asp, adp := event.Ports(after)
+	dnat := event.Dst(before) != event.Dst(after) || bdp != adp
+	snat := event.Src(before) != event.Src(after) || bsp != asp
+	if !dnat && !snat {
+		return ""
 	}
-	if bs != as {
-		parts = append(parts, "SNAT "+bs+" -> "+as)
+	var parts []string
+	if dnat {
+		parts = append(parts, "DNAT "+endpoint(before, event.Dst(before), false)+" -> "+endpoint(after, event.Dst(after), false))
+	}
+	if snat {
+		parts = append(parts, "SNAT "+endpoint(before, event.Src(before), true)+" -> "+endpoint(after, event.Src(after), true))
 	}
 	return strings.Join(parts, "; ")
 }
