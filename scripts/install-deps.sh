@@ -8,6 +8,7 @@ packages=(
 	clang-19 llvm-19 libbpf-dev bpftool   # make generate
 	libc6-dev                             # TestBucketMatchesC builds hist_bucket() with clang-19
 	docker.io busybox-static              # Docker tests and the demo image
+	util-linux                            # unshare, nsenter: the hairpin test's second dockerd
 	iproute2 iptables nftables ethtool    # test topologies, drop rules, GRO on veths
 	iperf3 tcpdump                        # benchmarks; tcpdump compiles filter expressions
 	tshark                                # pcapng (-w) tests read the capture with it

@@ -80,6 +80,16 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 			MinLinks: 5, // two hop hooks, three end hooks
 		},
 		{
+			// No selection: every packet of every namespace is traced,
+			// the bench's own traffic included (what "trace everything" costs).
+			Name: "trace_all",
+			Argv: func(nt *Net) []string {
+				return []string{hoptrace, "trace", "--output", "json"}
+			},
+			ReadyRe:  hoptraceReady,
+			MinLinks: 5,
+		},
+		{
 			Name: "trace_idle",
 			Argv: func(nt *Net) []string {
 				return append([]string{hoptrace, "trace", "--output", "json"}, idle(nt)...)

@@ -116,6 +116,7 @@ var condTitle = map[string]string{
 	"tcpdump":      "tcpdump",
 	"trace":        "hoptrace trace",
 	"trace_idle":   "hoptrace trace of an idle third namespace",
+	"trace_all":    "hoptrace trace of everything (no selection)",
 	"latency":      "hoptrace latency",
 	"latency_idle": "hoptrace latency of an idle third namespace",
 }

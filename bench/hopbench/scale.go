@@ -146,7 +146,10 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 	u, _ := p.Sample()
 	r.HWMMB = float64(u.HWMKB) / 1024
 	r.CPUS = u.CPU.Seconds()
-	exit, err := p.Stop(30 * time.Second)
+	// Detaching takes long with many devices (one tcx link per device and
+	// direction): wait long enough to measure it rather than hide the rest
+	// of the row behind a kill.
+	exit, err := p.Stop(180 * time.Second)
 	r.DetachS = exit.Seconds()
 	if err != nil {
 		r.Error = err.Error()

@@ -120,9 +120,7 @@ func captureRun(t *testing.T, args ...string) (string, int) {
 }
 
 func TestVersion(t *testing.T) {
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: a build inside a kernel-matrix VM takes minutes, and version stamping is the same on every kernel (the host row runs it)")
-	}
+	privtest.SameOnEveryKernel(t, "version stamping is a build flag, and a build inside an emulated VM takes minutes")
 	bin := filepath.Join(t.TempDir(), "hoptrace")
 	build := exec.Command("go", "build", "-ldflags", "-X main.buildVersion=v9.8.7 -X main.buildCommit=0123456789abcdef0123", "-o", bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -148,6 +146,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestCompletion(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "shell completion is userspace")
 	bin := testBinary(t)
 	complete := func(words ...string) []string {
 		t.Helper()

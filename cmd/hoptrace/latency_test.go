@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -34,9 +33,7 @@ func TestLatencyUsageErrors(t *testing.T) {
 // traffic's pairs in it — by default the device hops only (A's eth0 egress
 // to its host veth's ingress), with --detail the driver step in between too.
 func TestLatencyCommandJSON(t *testing.T) {
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: interval timing under software emulation (kernel-matrix VM) is not meaningful")
-	}
+	privtest.SameOnEveryKernel(t, "interval timing under software emulation is not meaningful; tracer/latency's tests measure the pairs on every kernel")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b, bAddr := topo.Hosts[0], topo.Hosts[1].Name, topo.Hosts[1].Addr.Addr().String()
 	iperf := privtest.Tool(t, "iperf3", "iperf3")

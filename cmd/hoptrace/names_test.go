@@ -128,22 +128,40 @@ func TestCommandsNameAlike(t *testing.T) {
 		lat.Wait()
 		t.Fatal("latency printed no metrics address")
 	}
-	time.Sleep(2500 * time.Millisecond)
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("scrape %s: %v", url, err)
+	// Scrape until both of a's hops are in the metrics (the first pings
+	// after the programs attach) or latency ends: a fixed wait is too short
+	// on a loaded machine.
+	wantEth0 := `from_container="` + a.Name + `",from_direction="egress",from_interface="eth0",from_netns="` + label + `"`
+	wantVeth := `from_interface="` + veth + `",from_netns="host"`
+	var metrics []byte
+	for done := false; !done; {
+		select {
+		case <-readOut:
+			done = true // last chance: the final scrape below fails if the server is gone
+		case <-time.After(250 * time.Millisecond):
+		}
+		resp, err := http.Get(url)
+		if err != nil {
+			if done {
+				break
+			}
+			t.Fatalf("scrape %s: %v", url, err)
+		}
+		metrics, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(metrics), wantEth0) && strings.Contains(string(metrics), wantVeth) {
+			break
+		}
 	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	<-readOut
 	if err := lat.Wait(); err != nil {
 		t.Fatalf("latency: %v", err)
 	}
-	if want := `from_container="` + a.Name + `",from_direction="egress",from_interface="eth0",from_netns="` + label + `"`; !strings.Contains(string(metrics), want) {
-		t.Errorf("metrics lack %s:\n%.2000s", want, metrics)
+	if !strings.Contains(string(metrics), wantEth0) {
+		t.Errorf("metrics lack %s:\n%.2000s", wantEth0, metrics)
 	}
-	if want := `from_interface="` + veth + `",from_netns="host"`; !strings.Contains(string(metrics), want) {
-		t.Errorf("metrics lack %s", want)
+	if !strings.Contains(string(metrics), wantVeth) {
+		t.Errorf("metrics lack %s", wantVeth)
 	}
 	lines := strings.Split(strings.TrimSpace(string(reports)), "\n")
 	var final latency.Report

@@ -35,3 +35,18 @@ func ReadyTimeout() time.Duration {
 	}
 	return 60 * time.Second
 }
+
+// SameOnEveryKernel skips the test inside a kernel-matrix VM (HOPTRACE_VM
+// set) and does nothing elsewhere: what the test checks does not depend on
+// the kernel (command-line parsing, output formats, userspace logic), or it
+// is a timing test that software emulation cannot run, so the host (`make
+// test`, the matrix's host row) runs it and the VMs spend their emulated
+// minutes on the kernel-dependent branches. why says what makes it so, and
+// which test covers the kernel-dependent part on every kernel; the matrix
+// summary prints it with the skip.
+func SameOnEveryKernel(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("HOPTRACE_VM") != "" {
+		t.Skip("SKIP in the kernel-matrix VMs (the host runs it): " + why)
+	}
+}

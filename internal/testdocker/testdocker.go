@@ -122,8 +122,11 @@ func Docker(t testing.TB, args ...string) string {
 
 // DockerErr runs the docker CLI; the error includes standard error.
 func DockerErr(args ...string) (string, error) {
+	return dockerCmd(exec.Command("docker", args...))
+}
+
+func dockerCmd(cmd *exec.Cmd) (string, error) {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command("docker", args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		return strings.TrimSpace(stdout.String()), fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))

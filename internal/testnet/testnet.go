@@ -601,3 +601,23 @@ func prefixToIPNet(p netip.Prefix) *net.IPNet {
 		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
 	}
 }
+
+// Flood makes the bridge flood every frame for h: learning off on h's
+// port, and the address it learned already forgotten. Each unicast to h
+// then also reaches every other namespace of the topology, whose ip_rcv
+// frees it as OTHERHOST (not for this host).
+func (t *Topology) Flood(h *Host) error {
+	port, err := netlink.LinkByIndex(h.HostVethIndex)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetLearning(port, false); err != nil {
+		return fmt.Errorf("learning off on %s: %w", h.HostVeth, err)
+	}
+	err = netlink.NeighDel(&netlink.Neigh{LinkIndex: h.HostVethIndex, Family: unix.AF_BRIDGE,
+		Flags: netlink.NTF_MASTER, HardwareAddr: h.MAC})
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("forget %s on %s: %w", h.MAC, h.HostVeth, err)
+	}
+	return nil
+}

@@ -230,9 +230,7 @@ func TestDoctorOnThisKernel(t *testing.T) {
 // when every tracepoint probe passes.
 func TestVerdictFollowsTheLoad(t *testing.T) {
 	privtest.RequireRoot(t)
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: the verdict logic is the same on every kernel (the host row runs it); the real load is TestDoctorOnThisKernel's")
-	}
+	privtest.SameOnEveryKernel(t, "the verdict logic is userspace; the real load is TestDoctorOnThisKernel's on every kernel")
 	refused := errors.New("the kernel's verifier rejected a hoptrace program: BPF_STX uses reserved fields")
 	r := run(func(loader.Mode) ([]loader.Program, error) { return nil, refused })
 	var text bytes.Buffer

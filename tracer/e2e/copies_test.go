@@ -41,14 +41,8 @@ func TestTcpdumpChangesNoVerdict(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r := startCLI(t, "trace", "--netns", a.Name, "--output", "json")
-	waitAttached(t, r)
 	const n = 5
-	if got, err := a.Ping(b.Addr.Addr(), n, 2*time.Second); err != nil || got != n {
-		t.Fatalf("ping: %d replies, %v", got, err)
-	}
-	time.Sleep(800 * time.Millisecond)
-	paths := stopJSON(t, r)
+	paths := tracePings(t, a, b, n)
 	var req, rep int
 	for _, p := range paths {
 		if p.Proto != "ICMP" {

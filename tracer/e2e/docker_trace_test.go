@@ -201,6 +201,7 @@ func TestTraceNamesContainersWithoutSelection(t *testing.T) {
 // --container with a name no daemon can resolve, while Docker is down, is a
 // one-line error; plain tracing still works with a warning.
 func TestTraceDockerUnreachable(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "an unreachable Docker daemon is a client error, the same on every kernel")
 	privtest.RequireRoot(t)
 	t.Setenv("DOCKER_HOST", "unix:///nonexistent/hoptrace.sock")
 	res := runCLI(t, "trace", "--container", "web")

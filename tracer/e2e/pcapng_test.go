@@ -92,6 +92,7 @@ func waitStderr(t *testing.T, r *running, text string) {
 // order, with the hop in its comment, the direction in its flags, and a
 // real-time timestamp; the last hop carries the verdict.
 func TestPcapngPingHops(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "the pcapng writer is userspace; the hops are TestTraceJSONContractAndInterrupt's and the captured bytes TestFilterMatchesTcpdump's on every kernel")
 	privtest.RequireRoot(t)
 	requireTool(t, "tshark")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
@@ -207,6 +208,7 @@ func TestPcapngDropComment(t *testing.T) {
 // -w - writes the capture to standard output and nothing else: tshark
 // reads it from a pipe.
 func TestPcapngToStdout(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "-w - into a pipe is userspace; TestFilterMatchesTcpdump writes pcapng on every kernel")
 	privtest.RequireRoot(t)
 	requireTool(t, "tshark")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})

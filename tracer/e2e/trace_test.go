@@ -21,6 +21,7 @@ import (
 )
 
 func TestTraceUsageErrors(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "usage errors are found before anything touches the kernel")
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -58,6 +59,7 @@ func TestTraceUsageErrors(t *testing.T) {
 }
 
 func TestTraceBadSelection(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "an unknown namespace or interface is refused before anything is loaded")
 	privtest.RequireRoot(t)
 	for _, tc := range []struct {
 		args []string
@@ -78,6 +80,7 @@ func TestTraceBadSelection(t *testing.T) {
 }
 
 func TestTraceNeedsRoot(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "the root check comes before loading; the per-kernel privilege rule is TestPrivilegeRuleSharedByDoctorAndTrace's")
 	privtest.RequireRoot(t) // to switch to another user
 	cmd := exec.Command(hoptraceBin, "trace")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
@@ -275,6 +278,7 @@ func TestTraceSIGKILLLeavesNoTCXLink(t *testing.T) {
 
 // --count ends the trace by itself after N paths, in text form.
 func TestTraceCountText(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "--count and the text output are userspace; the hops behind them are TestTraceJSONContractAndInterrupt's on every kernel")
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]

@@ -156,9 +156,7 @@ func receiveUDP(t *testing.T, h *testnet.Host) (port int, got <-chan int) {
 // shows on that veth's queue pair (net_dev_queue → net_dev_start_xmit), by
 // the amount the token bucket implies, and nowhere else on the path.
 func TestInjectedQueueDelay(t *testing.T) {
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: timings under software emulation (kernel-matrix VM) are not meaningful")
-	}
+	privtest.SameOnEveryKernel(t, "timings under software emulation are not meaningful; the queue pairs are TestMetricsEndpoint's on every kernel")
 	topo, a, b, dst, got := udpPair(t)
 	host := topo.HostInode()
 	qPair := [2]latency.HopKey{
@@ -287,9 +285,7 @@ var hookByName = func() map[string]event.Hook {
 // percentiles must agree within the bucket resolution and a small
 // tolerance for the other tracer's programs running in between.
 func TestAgreesWithTrace(t *testing.T) {
-	if os.Getenv("HOPTRACE_VM") != "" {
-		t.Skip("SKIP: timings under software emulation (kernel-matrix VM) are not meaningful")
-	}
+	privtest.SameOnEveryKernel(t, "timings under software emulation are not meaningful; the pairs and drops are TestMetricsEndpoint's and TestDropsCountedByReason's on every kernel")
 	_, a, b, dst, got := udpPair(t)
 
 	// Both tracers see every packet. At each tracepoint the programs run in
@@ -498,7 +494,8 @@ func TestFloodDoesNotFillTracking(t *testing.T) {
 	}
 }
 
-// TestMetricsEndpoint scrapes the Prometheus endpoint and parses it.
+// TestMetricsEndpoint scrapes the Prometheus endpoint and parses it; the
+// session measures the detail steps too (--detail): their pairs are there.
 func TestMetricsEndpoint(t *testing.T) {
 	privtest.RequireRoot(t)
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
@@ -508,7 +505,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if ap, err := netip.ParseAddrPort(addr.String()); err != nil || !ap.Addr().IsLoopback() {
 		t.Fatalf("metrics bound to %s, want loopback when no host is named", addr)
 	}
-	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond, Metrics: m})
+	s := startLatency(t, latency.Config{Selection: selection.Selection{Netns: []uint32{a.Inode, b.Inode}}, Interval: 200 * time.Millisecond, Metrics: m, Detail: true})
 	if n, err := a.Ping(b.Addr.Addr(), 5, time.Second); err != nil || n != 5 {
 		t.Fatalf("ping: %d replies, %v", n, err)
 	}
@@ -552,14 +549,14 @@ func TestMetricsEndpoint(t *testing.T) {
 			}
 			prev = bk.GetCumulativeCount()
 		}
-		// a's echo requests: eth0 egress to the host veth's ingress
+		// a's echo requests: eth0 egress queue to its driver
 		if l["from_netns"] == a.Name && l["from_interface"] == "eth0" && l["from_step"] == "egress" &&
-			l["to_interface"] == a.HostVeth && l["to_step"] == "ingress" && h.GetSampleCount() >= 5 {
+			l["to_step"] == "xmit" && h.GetSampleCount() >= 5 {
 			found = true
 		}
 	}
 	if !found {
-		t.Errorf("no histogram for %s eth0 egress → %s ingress with the pings:\n%s", a.Name, a.HostVeth, body)
+		t.Errorf("no histogram for %s eth0 egress → xmit with the pings:\n%s", a.Name, body)
 	}
 	t.Logf("%d pair histograms; sample:\n%s", len(hist.Metric), firstLines(string(body), latency.MetricHopLatency+"_bucket", 3))
 }

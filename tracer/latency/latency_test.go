@@ -80,6 +80,7 @@ func boundaryValues() []uint64 {
 // compiler make generate uses (clang-19, with libc6-dev's headers) and
 // compares it with Bucket on every boundary.
 func TestBucketMatchesC(t *testing.T) {
+	privtest.SameOnEveryKernel(t, "it compiles the C bucket function with clang and runs it in userspace")
 	cc := privtest.Tool(t, "clang-19", "clang-19")
 	src, err := os.ReadFile("../../bpf/hoptrace.bpf.c")
 	if err != nil {

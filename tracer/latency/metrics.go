@@ -134,7 +134,7 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 	hop := func(k HopKey) Hop {
 		h, ok := hops[k]
 		if !ok {
-			h = DescribeHop(names, k)
+			h = describeEnd(names, drops, k)
 			hops[k] = h
 		}
 		return h
@@ -163,25 +163,18 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 				buckets: PromBuckets(h),
 			})
 		}
-		if to.Step == StepDrop {
+		if to.Step == StepDrop { // a discard (a benign reason) is no drop
 			at := to
 			if at.NetnsInode == 0 {
 				at = from // no device, no socket: where the packet last was
 			} else if at.Interface == "" {
 				at.Interface = from.Interface
 			}
-			reason := "unknown"
-			if r := DropReason(k.To); r != 0 {
-				reason = "REASON_" + itoa(r)
-				if drops != nil {
-					if name := drops.Name(r); name != "" {
-						reason = name
-					}
-				}
+			reason := DropName(drops, k.To)
+			if reason == "" {
+				reason = "unknown"
 			}
-			if !BenignDropReason(reason) {
-				dropCounts[dropKey{at.Container, at.Netns, at.Interface, reason}] += h.Count
-			}
+			dropCounts[dropKey{at.Container, at.Netns, at.Interface, reason}] += h.Count
 		}
 	}
 	m.mu.Lock()
@@ -235,9 +228,12 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, <-chan erro
 	return ln.Addr(), errc, nil
 }
 
-// BenignDropReason reports drop reasons that are no failure and are kept
-// out of the drops counter: QUEUE_PURGE frees what a closing socket still
-// held (delivered, or TCP's copy kept for retransmission). The other benign
-// free, ping_rcv's NO_SOCKET for an echo reply a raw socket took, is
+// BenignDropReason reports drop reasons that are no failure of the packet:
+// their kfree_skb is a discard (StepDiscard), kept out of the drops counter.
+// QUEUE_PURGE frees what a closing socket still held (delivered, or TCP's
+// copy kept for retransmission); OTHERHOST a bridge's flood copy reaching a
+// namespace whose MAC it was not for (ip_rcv: not for this host), while the
+// packet went on to its real destination, as trace shows it. The other
+// benign free, ping_rcv's NO_SOCKET for an echo reply a raw socket took, is
 // counted as consumed by the kernel programs already.
-func BenignDropReason(reason string) bool { return reason == "QUEUE_PURGE" }
+func BenignDropReason(reason string) bool { return reason == "QUEUE_PURGE" || reason == "OTHERHOST" }

@@ -26,6 +26,7 @@ const (
 	StepIngress = "ingress" // netif_receive_skb: taken by the stack on the device
 	StepLocal   = "local"   // netif_receive_skb on a bridge device: up to the host stack
 	StepDrop    = "drop"    // kfree_skb
+	StepDiscard = "discard" // kfree_skb of a packet that did not fail (BenignDropReason): a flood copy for another host, a closed socket's queue
 	StepConsume = "consume" // consume_skb
 	StepSocket  = "socket"  // skb_copy_datagram_iovec: read by a socket
 )
@@ -67,6 +68,33 @@ func DropReason(k HopKey) uint32 {
 	return uint32(k.DropReason[0]) | uint32(k.DropReason[1])<<8 | uint32(k.DropReason[2])<<16
 }
 
+// DropName names the reason a kfree_skb end hop carries: the kernel's
+// name, else REASON_<n>; "" when the kernel recorded none.
+func DropName(drops DropNamer, k HopKey) string {
+	r := DropReason(k)
+	if r == 0 {
+		return ""
+	}
+	if drops != nil {
+		if name := drops.Name(r); name != "" {
+			return name
+		}
+	}
+	return "REASON_" + itoa(r)
+}
+
+// describeEnd is DescribeHop with the drop reason weighed: a kfree_skb
+// whose reason is no failure of the packet is a discard, not a drop, in
+// reports and metrics alike.
+func describeEnd(names Names, drops DropNamer, k HopKey) Hop {
+	h := DescribeHop(names, k)
+	if h.Step == StepDrop && BenignDropReason(DropName(drops, k)) {
+		h.Step = StepDiscard
+		h.Label = h.Label[:len(h.Label)-len(StepDrop)] + StepDiscard
+	}
+	return h
+}
+
 // Hop is one hop with names.
 type Hop struct {
 	// Netns is the namespace's label ("host", a name under /var/run/netns,
@@ -79,7 +107,7 @@ type Hop struct {
 	// Bridge is the bridge the interface is a port of (or is).
 	Bridge    string           `json:"bridge,omitempty"`
 	Hook      event.Tracepoint `json:"hook"`      // tracepoint
-	Step      string           `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, consume, socket
+	Step      string           `json:"step"`      // egress, xmit, backlog, gro, ingress, local, drop, discard, consume, socket
 	Direction event.Direction  `json:"direction"` // egress, ingress, local, end
 	Label     string           `json:"label"`     // "web:eth0 egress"
 }

@@ -79,7 +79,7 @@ func BuildReport(hists map[Pair]*Hist, names Names, drops DropNamer) Report {
 	hop := func(k HopKey) Hop {
 		h, ok := hops[k]
 		if !ok {
-			h = DescribeHop(names, k)
+			h = describeEnd(names, drops, k)
 			hops[k] = h
 		}
 		return h
@@ -91,13 +91,7 @@ func BuildReport(hists map[Pair]*Hist, names Names, drops DropNamer) Report {
 		}
 		from, to := hop(k.From), hop(k.To)
 		ps := PairStat{From: from, To: to, Label: PairLabel(&from, &to), Summary: h.Summarize(), Path: -1, Key: k, Hist: h}
-		if reason := DropReason(k.To); reason != 0 {
-			if drops != nil {
-				ps.DropReason = drops.Name(reason)
-			}
-			if ps.DropReason == "" {
-				ps.DropReason = "REASON_" + itoa(reason)
-			}
+		if ps.DropReason = DropName(drops, k.To); ps.DropReason != "" {
 			ps.Label += " (" + ps.DropReason + ")"
 		}
 		pairs = append(pairs, ps)

@@ -271,11 +271,7 @@ func checkPacketIDs(t *testing.T, rd *ringbuf.Reader) {
 // Check loads, attaches and unloads the full program set of each mode.
 func TestCheckLeavesNothing(t *testing.T) {
 	privtest.RequireRoot(t)
-	if os.Getenv("HOPTRACE_VM") != "" {
-		// Two full loads cost about 40 s under emulation, and the doctor's
-		// test makes the very same two loads on every kernel of the matrix.
-		t.Skip("SKIP: in the kernel-matrix VMs tracer/doctor's TestDoctorOnThisKernel runs loader.Check in both modes")
-	}
+	privtest.SameOnEveryKernel(t, "two full loads cost about 40 s under emulation, and tracer/doctor's TestDoctorOnThisKernel makes the same loader.Check loads in both modes on every kernel")
 	_, v := kernelVersion(t)
 	want := variantsFor(v)
 	if v.AtLeast(6, 6) {

@@ -5,7 +5,8 @@
 package path
 
 import (
-	"sort"
+	"cmp"
+	"slices"
 
 	"github.com/hoptrace/hoptrace/tracer/event"
 )
@@ -34,26 +35,79 @@ type Assembler struct {
 	Linger uint64 // ns to wait after an end event for clones' events
 	Idle   uint64 // ns of silence after which a path without an end is over
 
-	pending map[uint64]*Packet
+	// pending maps the id of each open packet to its slot. Flush walks the
+	// slots, a dense array holding what it decides by, instead of the map
+	// and every packet behind it.
+	pending map[uint64]int32
+	slots   []slot
+	free    []int32
 	// done remembers recently finished ids so that late events (TCP data is
-	// consumed up to a second after delivery) do not open a new packet.
-	done      map[uint64]uint64 // id -> time finished
-	lastPrune uint64
-	late      uint64
-	capped    uint64
-	maxEvent  int
-	watermark uint64
+	// consumed up to a second after delivery) do not open a new packet: the
+	// ids finished in this generation and in the one before; a generation
+	// lasts doneGeneration of event time, so an id is remembered for 3 to
+	// 6 s, and forgetting costs no walk over the set.
+	done, doneOld map[uint64]struct{}
+	doneSince     uint64
+	late          uint64
+	capped        uint64
+	maxEvent      int
+	watermark     uint64
+	// recent is the slot the last event went to (-1: none): a packet's
+	// events come in runs, so many events skip the map.
+	recent int32
+	slab   []packetAlloc
 }
+
+// slot is one open packet as Flush sees it.
+type slot struct {
+	last  uint64 // newest event time
+	p     *Packet
+	ended bool
+}
+
+// packetAlloc is a packet with room for its first events. They are
+// allocated packetSlab at a time.
+type packetAlloc struct {
+	p   Packet
+	buf [8]event.Event
+}
+
+const packetSlab = 32
 
 // NewAssembler returns an Assembler with the given timings in nanoseconds.
 func NewAssembler(linger, idle uint64) *Assembler {
 	return &Assembler{
 		Linger:   linger,
 		Idle:     idle,
-		pending:  make(map[uint64]*Packet),
-		done:     make(map[uint64]uint64),
+		pending:  make(map[uint64]int32),
+		done:     make(map[uint64]struct{}),
+		doneOld:  make(map[uint64]struct{}),
 		maxEvent: 256,
+		recent:   -1,
 	}
+}
+
+// open starts a packet for e's id and returns its slot.
+func (a *Assembler) open(e *event.Event) int32 {
+	if len(a.slab) == 0 {
+		a.slab = make([]packetAlloc, packetSlab)
+	}
+	pa := &a.slab[0]
+	a.slab = a.slab[1:]
+	p := &pa.p
+	p.ID, p.first, p.last = e.PktId, e.TsNs, e.TsNs
+	p.Events = pa.buf[:0]
+	var i int32
+	if n := len(a.free); n > 0 {
+		i = a.free[n-1]
+		a.free = a.free[:n-1]
+	} else {
+		i = int32(len(a.slots))
+		a.slots = append(a.slots, slot{})
+	}
+	a.slots[i] = slot{last: e.TsNs, p: p}
+	a.pending[e.PktId] = i
+	return i
 }
 
 // Add takes one event.
@@ -61,18 +115,25 @@ func (a *Assembler) Add(e *event.Event) {
 	if e.PktId == 0 {
 		return
 	}
-	if _, ok := a.done[e.PktId]; ok {
-		a.late++
-		return
-	}
-	p := a.pending[e.PktId]
-	if p == nil {
-		p = &Packet{ID: e.PktId, first: e.TsNs, last: e.TsNs, Events: make([]event.Event, 0, 8)}
-		a.pending[e.PktId] = p
+	i := a.recent
+	if i < 0 || a.slots[i].p.ID != e.PktId {
+		// An id is pending or done, never both (Flush moves it). The event
+		// that created an id (FlagNew) cannot be late.
+		var ok bool
+		if i, ok = a.pending[e.PktId]; !ok {
+			if e.Flags&event.FlagNew == 0 && a.finished(e.PktId) {
+				a.late++
+				return
+			}
+			i = a.open(e)
+		}
+		a.recent = i
 	}
 	if e.TsNs > a.watermark {
 		a.watermark = e.TsNs
 	}
+	s := &a.slots[i]
+	p := s.p
 	if len(p.Events) >= a.maxEvent {
 		a.capped++
 		return // a looping packet: keep the first events only
@@ -82,10 +143,10 @@ func (a *Assembler) Add(e *event.Event) {
 		p.first = e.TsNs
 	}
 	if e.TsNs > p.last {
-		p.last = e.TsNs
+		p.last, s.last = e.TsNs, e.TsNs
 	}
 	if event.IsEnd(event.Hook(e.Hook)) {
-		p.ended = true
+		p.ended, s.ended = true, true
 	}
 }
 
@@ -115,32 +176,87 @@ func (a *Assembler) Pending() int { return len(a.pending) }
 func (a *Assembler) Flush(force bool) []*Packet {
 	var out []*Packet
 	now := a.watermark
-	for id, p := range a.pending {
-		quiet := now - p.last
-		if now < p.last {
+	a.recent = -1
+	for i := range a.slots {
+		s := &a.slots[i]
+		if s.p == nil {
+			continue
+		}
+		quiet := now - s.last
+		if now < s.last {
 			quiet = 0
 		}
-		if force || (p.ended && quiet >= a.Linger) || quiet >= a.Idle {
-			delete(a.pending, id)
-			a.done[id] = now
+		if force || (s.ended && quiet >= a.Linger) || quiet >= a.Idle {
+			p := s.p
+			delete(a.pending, p.ID)
+			a.done[p.ID] = struct{}{}
 			sortEvents(p.Events)
 			out = append(out, p)
+			*s = slot{}
+			a.free = append(a.free, int32(i))
 		}
 	}
-	// Forget finished ids after a few seconds (late events come within
-	// ~1s); pruning once a second keeps Flush cheap at high packet rates.
-	if now-a.lastPrune > 1_000_000_000 {
-		a.lastPrune = now
-		for id, t := range a.done {
-			if now-t > 5_000_000_000 && now > t {
-				delete(a.done, id)
-			}
-		}
+	a.compact()
+	if now-a.doneSince >= doneGeneration && now > a.doneSince {
+		clear(a.doneOld)
+		a.done, a.doneOld = a.doneOld, a.done
+		a.doneSince = now
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].first < out[j].first })
+	slices.SortFunc(out, func(x, y *Packet) int { return cmp.Compare(x.first, y.first) })
 	return out
 }
 
+// compact shrinks the slots once most are free (after a burst), so that
+// Flush does not keep walking the burst's high-water mark.
+func (a *Assembler) compact() {
+	if len(a.pending) == 0 {
+		a.slots, a.free = a.slots[:0], a.free[:0]
+		return
+	}
+	if len(a.slots) < 1024 || len(a.free) < len(a.slots)*3/4 {
+		return
+	}
+	live := make([]slot, 0, 2*len(a.pending))
+	for _, s := range a.slots {
+		if s.p != nil {
+			a.pending[s.p.ID] = int32(len(live))
+			live = append(live, s)
+		}
+	}
+	a.slots, a.free = live, a.free[:0]
+}
+
+// doneGeneration is how long (ns of event time) a generation of finished
+// ids lasts.
+const doneGeneration = 3_000_000_000
+
+// finished reports whether id belongs to a packet finished recently.
+func (a *Assembler) finished(id uint64) bool {
+	if _, ok := a.done[id]; ok {
+		return true
+	}
+	_, ok := a.doneOld[id]
+	return ok
+}
+
+// sortEvents orders a packet's events by time, equal times in arrival
+// order. They mostly arrive in order already (a packet's events are out of
+// order only across CPUs), so an insertion sort moves little; a long
+// disordered packet (a loop) takes the library's stable sort.
 func sortEvents(evs []event.Event) {
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].TsNs < evs[j].TsNs })
+	for i := 1; i < len(evs); i++ {
+		if evs[i].TsNs >= evs[i-1].TsNs {
+			continue
+		}
+		if len(evs) > 32 {
+			slices.SortStableFunc(evs, func(x, y event.Event) int { return cmp.Compare(x.TsNs, y.TsNs) })
+			return
+		}
+		e := evs[i]
+		j := i
+		for ; j > 0 && evs[j-1].TsNs > e.TsNs; j-- {
+			evs[j] = evs[j-1]
+		}
+		evs[j] = e
+	}
 }

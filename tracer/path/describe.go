@@ -213,9 +213,13 @@ func (d *Describer) Describe(p *Packet) Path {
 			lastIngress = nil
 		}
 		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.Bridge != "" &&
-			lastIngress.NetnsInode == hop.NetnsInode && hop.Bridge == lastIngress.Bridge && lastIngress.Ifindex != hop.Ifindex {
+			lastIngress.NetnsInode == hop.NetnsInode && hop.Bridge == lastIngress.Bridge && lastIngress.Ifindex != hop.Ifindex &&
+			hop.Kind != resolve.KindBridge {
 			// The bridge forwarded the packet from one port to another: no
 			// tracepoint fires inside the bridge, the two ports prove it.
+			// (The bridge device sending it is no forward: br_netfilter's
+			// DNAT to a neighbour not yet resolved goes out of the bridge
+			// device and back in, then on from the port it came in on.)
 			fwd := Hop{
 				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
 				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
@@ -543,14 +547,21 @@ func NATChange(before, after *event.Meta) string {
 	if before.EthProto != after.EthProto || (before.EthProto != event.EthIPv4 && before.EthProto != event.EthIPv6) {
 		return ""
 	}
-	bs, bd := endpoint(before, event.Src(before), true), endpoint(before, event.Dst(before), false)
-	as, ad := endpoint(after, event.Src(after), true), endpoint(after, event.Dst(after), false)
-	var parts []string
-	if bd != ad {
-		parts = append(parts, "DNAT "+bd+" -> "+ad)
+	// Compare before formatting: most hops change nothing, and an
+	// endpoint's text is its address and port, nothing else.
+	bsp, bdp := event.Ports(before)
+	asp, adp := event.Ports(after)
+	dnat := event.Dst(before) != event.Dst(after) || bdp != adp
+	snat := event.Src(before) != event.Src(after) || bsp != asp
+	if !dnat && !snat {
+		return ""
 	}
-	if bs != as {
-		parts = append(parts, "SNAT "+bs+" -> "+as)
+	var parts []string
+	if dnat {
+		parts = append(parts, "DNAT "+endpoint(before, event.Dst(before), false)+" -> "+endpoint(after, event.Dst(after), false))
+	}
+	if snat {
+		parts = append(parts, "SNAT "+endpoint(before, event.Src(before), true)+" -> "+endpoint(after, event.Src(after), true))
 	}
 	return strings.Join(parts, "; ")
 }

@@ -484,3 +484,39 @@ func TestPingReplyFreedByIcmpRcvIsNotADrop(t *testing.T) {
 		t.Errorf("echo request freed by icmp_rcv with NO_SOCKET: verdict %q end %q, want dropped", p.Verdict, p.End)
 	}
 }
+
+// Hairpin NAT done by the bridge (br_netfilter) to a neighbour not yet
+// resolved: the DNATed frame leaves through the bridge device and comes
+// back in, then on from the port it arrived on. The bridge device's egress
+// is no forward between ports; the forward is from the first port to the
+// last.
+func TestBridgedDNATThroughTheBridgeDevice(t *testing.T) {
+	req := tcp(ev(1, 0, event.HookNetDevQueue, nsA, 2), 40000, 18080)
+	copy(req.Meta.Saddr[:], []byte{172, 17, 0, 3})
+	copy(req.Meta.Daddr[:], []byte{10, 213, 9, 1})
+	in := req
+	in.TsNs, in.Hook, in.Netns, in.Ifindex = 5_000, uint8(event.HookNetifReceiveSkb), hostNS, 10
+	br := tcp(ev(1, 9_000, event.HookNetDevQueue, hostNS, 5), 40000, 80)
+	copy(br.Meta.Saddr[:], []byte{172, 17, 0, 3})
+	copy(br.Meta.Daddr[:], []byte{172, 17, 0, 2})
+	br.Flags = event.FlagNat
+	out := br
+	out.TsNs, out.Ifindex, out.Flags = 12_000, 11, 0
+	rcv := out
+	rcv.TsNs, rcv.Hook, rcv.Netns, rcv.Ifindex = 14_000, uint8(event.HookNetifReceiveSkb), nsB, 2
+	p := assemble(t, req, in, br, out, rcv)
+	checkHops(t, p, []hopWant{
+		{"ns-a", "eth0", "veth", "egress", ""},
+		{"host", "veth-a", "veth", "ingress", "br0"},
+		{"host", "br0", "bridge", "egress", "br0"},
+		{"host", "br0", "bridge", "forward", "br0"},
+		{"host", "veth-b", "veth", "egress", "br0"},
+		{"ns-b", "eth0", "veth", "ingress", ""},
+	})
+	if got, want := p.Hops[2].NAT, "DNAT 10.213.9.1:18080 -> 172.17.0.2:80"; got != want {
+		t.Errorf("nat %q, want %q", got, want)
+	}
+	if p.Hops[3].Note != "veth-a -> veth-b" {
+		t.Errorf("forward note %q, want veth-a -> veth-b", p.Hops[3].Note)
+	}
+}

@@ -1,6 +1,7 @@
 package resolve
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -22,13 +23,24 @@ type rawLink struct {
 	portState int // -1 when the link is no bridge port
 }
 
+// dump sends a dump request of type typ with header msg on the socket and
+// returns the answers of type reply; an interrupted dump returns them with
+// netlink.ErrDumpInterrupted.
+func dump(sh *nl.SocketHandle, typ int, msg nl.NetlinkRequestData, reply uint16) ([][]byte, error) {
+	req := nl.NewNetlinkRequest(typ, unix.NLM_F_DUMP)
+	req.AddData(msg)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, reply)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, err
+	}
+	return msgs, err
+}
+
 // dumpLinks lists the links of the namespace the socket lives in.
 func dumpLinks(sh *nl.SocketHandle) ([]rawLink, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_DUMP)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
-	msgs, execErr := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-	if execErr != nil && !errors.Is(execErr, netlink.ErrDumpInterrupted) {
+	msgs, execErr := dump(sh, unix.RTM_GETLINK, nl.NewIfInfomsg(unix.AF_UNSPEC), unix.RTM_NEWLINK)
+	if msgs == nil && execErr != nil {
 		return nil, execErr
 	}
 	out := make([]rawLink, 0, len(msgs))
@@ -203,3 +215,84 @@ func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
 // nlaTypeMask strips the NLA_F_NESTED and NLA_F_NET_BYTEORDER flags from an
 // attribute type.
 const nlaTypeMask = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+
+// dumpAddrs lists the addresses of the namespace the socket lives in, as
+// netlink's AddrList reads them: IFA_LOCAL where there is one (a /32 or
+// /128 when a point-to-point peer differs), else IFA_ADDRESS with the
+// prefix length.
+func dumpAddrs(sh *nl.SocketHandle) ([]netlink.Addr, error) {
+	msgs, execErr := dump(sh, unix.RTM_GETADDR, nl.NewIfAddrmsg(netlink.FAMILY_ALL), unix.RTM_NEWADDR)
+	if msgs == nil && execErr != nil {
+		return nil, execErr
+	}
+	out := make([]netlink.Addr, 0, len(msgs))
+	for _, m := range msgs {
+		a, err := parseAddr(m)
+		if err != nil {
+			return nil, fmt.Errorf("parse address: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, execErr
+}
+
+// parseAddr reads the link index and address of one RTM_NEWADDR payload.
+func parseAddr(m []byte) (netlink.Addr, error) {
+	if len(m) < unix.SizeofIfAddrmsg {
+		return netlink.Addr{}, errors.New("short message")
+	}
+	msg := nl.DeserializeIfAddrmsg(m)
+	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
+	if err != nil {
+		return netlink.Addr{}, err
+	}
+	var local, dst []byte
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.IFA_ADDRESS:
+			dst = a.Value
+		case unix.IFA_LOCAL:
+			local = a.Value
+		}
+	}
+	ad := netlink.Addr{LinkIndex: int(msg.Index)}
+	switch {
+	case local != nil && !(msg.Family == unix.AF_INET && net.IP(local).Equal(net.IP(dst))):
+		n := 8 * len(local)
+		ad.IPNet = &net.IPNet{IP: local, Mask: net.CIDRMask(n, n)}
+	case dst != nil:
+		ad.IPNet = &net.IPNet{IP: dst, Mask: net.CIDRMask(int(msg.Prefixlen), 8*len(dst))}
+	}
+	return ad, nil
+}
+
+// getNsid asks the namespace the socket lives in for the nsid it gives the
+// namespace open at fd (RTM_GETNSID, which only reads: it never assigns
+// one); -1 when it has none.
+func getNsid(sh *nl.SocketHandle, fd int) (int32, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETNSID, unix.NLM_F_REQUEST)
+	req.AddData(nl.NewRtGenMsg())
+	b := make([]byte, 4)
+	binary.NativeEndian.PutUint32(b, uint32(fd))
+	req.AddData(nl.NewRtAttr(unix.NETNSA_FD, b))
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNSID)
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range msgs {
+		if len(m) < unix.SizeofRtGenmsg {
+			continue
+		}
+		attrs, err := nl.ParseRouteAttr(m[nl.NewRtGenMsg().Len():])
+		if err != nil {
+			return 0, err
+		}
+		for _, a := range attrs {
+			if a.Attr.Type == unix.NETNSA_NSID && len(a.Value) >= 4 {
+				return int32(binary.NativeEndian.Uint32(a.Value)), nil
+			}
+		}
+	}
+	return -1, nil
+}

@@ -17,8 +17,8 @@ import (
 // interrupted by concurrent changes.
 var errIncomplete = errors.New("dump interrupted by concurrent changes")
 
-// coalesceDelay is how long a namespace's watcher collects netlink events
-// before relisting it.
+// coalesceDelay is how long the event loop collects a namespace's netlink
+// notifications before relisting it.
 const coalesceDelay = 5 * time.Millisecond
 
 // netlinkTimeout bounds every netlink request the resolver makes.
@@ -64,26 +64,26 @@ func (c *candidate) fillLabel() {
 	}
 }
 
-// addLocked opens a namespace, subscribes to its link and address changes,
-// lists it and starts its watcher. Caller holds r.wmu.
+// addLocked opens a namespace, makes sure its link and address changes are
+// heard (see events.go), lists it and publishes it. Caller holds r.wmu.
 func (r *Resolver) addLocked(c candidate) (err error) {
 	nsh, err := netns.GetFromPath(c.path)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", c.path, err)
 	}
 	st := &nsState{
-		ns:    Namespace{Inode: c.inode, Label: c.label, Path: c.path},
-		links: map[int]*Link{},
-		names: map[string]int{},
-		src:   c.src,
-		pid:   c.pid,
-		nsh:   nsh,
-		stop:  make(chan struct{}),
-		nsids: map[int]uint32{},
-		kick:  make(chan struct{}, 1),
+		ns:       Namespace{Inode: c.inode, Label: c.label, Path: c.path},
+		links:    map[int]*Link{},
+		names:    map[string]int{},
+		src:      c.src,
+		pid:      c.pid,
+		nsh:      nsh,
+		nsids:    map[int]uint32{},
+		hostNsid: -1,
 	}
 	defer func() {
 		if err != nil {
+			r.ev.forget(st)
 			st.closeHandles()
 		}
 	}()
@@ -94,12 +94,6 @@ func (r *Resolver) addLocked(c candidate) (err error) {
 	if uint32(fst.Ino) != c.inode {
 		return fmt.Errorf("netns %s changed while opening it", c.path)
 	}
-	if st.h, err = netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE); err != nil {
-		return fmt.Errorf("netlink handle in %s: %w", c.path, err)
-	}
-	if err := st.h.SetSocketTimeout(netlinkTimeout); err != nil {
-		return fmt.Errorf("netlink handle in %s: %w", c.path, err)
-	}
 	sock, err := nl.GetNetlinkSocketAt(nsh, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink socket in %s: %w", c.path, err)
@@ -109,30 +103,57 @@ func (r *Resolver) addLocked(c candidate) (err error) {
 	if err := sock.SetReceiveTimeout(&tv); err != nil {
 		return fmt.Errorf("netlink socket in %s: %w", c.path, err)
 	}
+	if err := sock.SetSendTimeout(&tv); err != nil {
+		return fmt.Errorf("netlink socket in %s: %w", c.path, err)
+	}
 	// Subscribe before listing so that no change falls in between.
-	sub, err := r.subscribe(st)
-	if err != nil {
+	if err := r.subscribeLocked(st); err != nil {
 		return fmt.Errorf("subscribe in %s: %w", c.path, err)
 	}
 	// List before publishing, so that readers never see it without links.
 	_, listErr := r.relistLocked(st)
 	if listErr != nil {
-		st.kickLocked() // the watcher retries
+		r.ev.kick(st) // the event loop retries
 	}
 	r.mu.Lock()
 	r.nss[c.inode] = st
 	r.mu.Unlock()
 	r.watchPidLocked(st)
-	r.wg.Add(1)
-	go r.watch(st, sub)
+	return nil
+}
+
+// subscribeLocked makes sure st's notifications reach the event loop: the
+// host's come on the shared socket, so do those of a namespace the host has
+// an nsid for; any other namespace gets a socket of its own. Caller holds
+// r.wmu.
+func (r *Resolver) subscribeLocked(st *nsState) error {
+	e := r.ev
+	if st.ns.Inode == r.hostInode {
+		e.mu.Lock()
+		e.host = st
+		e.mu.Unlock()
+		// Should the host number itself, its own notifications carry
+		// that nsid.
+		if id, err := getNsid(st.dump, int(st.nsh)); err == nil && id >= 0 {
+			e.route(st, id)
+		}
+		return nil
+	}
+	if host := r.nss[r.hostInode]; host != nil && !host.stopped && e.allNsid {
+		if id, err := getNsid(host.dump, int(st.nsh)); err == nil && id >= 0 {
+			e.route(st, id)
+			return nil
+		}
+	}
+	sub, _, err := e.subscribe(st.nsh, st, false, ownRcvBuf)
+	if err != nil {
+		return err
+	}
+	st.sub = sub
 	return nil
 }
 
 func (st *nsState) closeHandles() {
-	if st.h != nil {
-		st.h.Close()
-		st.h = nil
-	}
 	if st.dump != nil {
 		st.dump.Close()
 		st.dump = nil
@@ -147,14 +168,14 @@ func (st *nsState) closeHandles() {
 	}
 }
 
-// dropLocked forgets a namespace and stops watching it. Its watcher exits
-// on its own (Close waits for it). Caller holds r.wmu.
+// dropLocked forgets a namespace and stops listening to it. Caller holds
+// r.wmu.
 func (r *Resolver) dropLocked(st *nsState) {
 	if st.stopped {
 		return
 	}
 	st.stopped = true
-	close(st.stop)
+	r.ev.forget(st)
 	st.closeHandles()
 	ino := st.ns.Inode
 	r.mu.Lock()
@@ -172,188 +193,13 @@ func (r *Resolver) dropLocked(st *nsState) {
 	}
 }
 
-// subscription is one generation of link+address subscriptions.
-type subscription struct {
-	done  chan struct{}
-	links chan netlink.LinkUpdate
-	addrs chan netlink.AddrUpdate
-}
-
-// subscribe opens link and address subscriptions inside the namespace.
-func (r *Resolver) subscribe(st *nsState) (*subscription, error) {
-	sub := &subscription{
-		done:  make(chan struct{}),
-		links: make(chan netlink.LinkUpdate, 64),
-		addrs: make(chan netlink.AddrUpdate, 64),
-	}
-	nsh := st.nsh
-	label := st.ns.Label
-	cb := func(err error) {
-		select {
-		case <-sub.done:
-			return // closing: the socket was shut on purpose
-		default:
-		}
-		r.logf("resolve: netlink subscription in %s: %v", label, err)
-	}
-	err := netlink.LinkSubscribeWithOptions(sub.links, sub.done, netlink.LinkSubscribeOptions{
-		Namespace: &nsh, ErrorCallback: cb, ReceiveBufferSize: 1 << 20,
-	})
-	if err != nil {
-		close(sub.done)
-		return nil, fmt.Errorf("link subscription: %w", err)
-	}
-	err = netlink.AddrSubscribeWithOptions(sub.addrs, sub.done, netlink.AddrSubscribeOptions{
-		Namespace: &nsh, ErrorCallback: cb, ReceiveBufferSize: 1 << 20,
-	})
-	if err != nil {
-		close(sub.done)
-		for range sub.links {
-		}
-		return nil, fmt.Errorf("address subscription: %w", err)
-	}
-	return sub, nil
-}
-
-// end closes a subscription and waits until netlink's reader goroutines
-// have closed both channels.
-func (s *subscription) end() {
-	select {
-	case <-s.done:
-	default:
-		close(s.done)
-	}
-	for range s.links {
-	}
-	for range s.addrs {
-	}
-}
-
-// watch relists a namespace whenever netlink reports a link or address
-// change in it, retries a failed relist with backoff, and renews its
-// subscriptions if they fail (for example on a receive buffer overrun,
-// after which events were lost).
-func (r *Resolver) watch(st *nsState, sub *subscription) {
-	defer r.wg.Done()
-	var (
-		retry    *time.Timer
-		retryC   <-chan time.Time
-		failures int
-	)
-	defer func() {
-		if retry != nil {
-			retry.Stop()
-		}
-	}()
-	backoff := 50 * time.Millisecond
-	for {
-		failed, dirty := false, false
-		select {
-		case <-st.stop:
-			sub.end()
-			return
-		case _, ok := <-sub.links:
-			failed, dirty = !ok, true
-		case _, ok := <-sub.addrs:
-			failed, dirty = !ok, true
-		case <-st.kick:
-			dirty = true
-		case <-retryC:
-			retry, retryC = nil, nil
-			dirty = true
-		}
-		// Coalesce a burst of events (a container start brings a dozen)
-		// into one relist: collect what arrives within coalesceDelay.
-		if !failed {
-			quiet := time.NewTimer(coalesceDelay)
-		drain:
-			for !failed {
-				select {
-				case _, ok := <-sub.links:
-					failed = !ok
-				case _, ok := <-sub.addrs:
-					failed = !ok
-				case <-st.kick:
-				case <-st.stop:
-					break drain // handled at the top of the loop
-				case <-quiet.C:
-					break drain
-				}
-			}
-			quiet.Stop()
-		}
-		if failed {
-			sub.end()
-			for {
-				r.wmu.Lock()
-				var err error
-				if !st.stopped {
-					sub, err = r.subscribe(st)
-				}
-				stopped := st.stopped
-				r.wmu.Unlock()
-				if stopped {
-					return
-				}
-				if err == nil {
-					break
-				}
-				r.logf("resolve: resubscribe in %s: %v", st.ns.Label, err)
-				r.Refresh() // the namespace may be gone
-				select {
-				case <-st.stop:
-					return
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 5*time.Second)
-			}
-		}
-		if !dirty {
-			continue
-		}
-		r.wmu.Lock()
-		var (
-			changed bool
-			err     error
-		)
-		if !st.stopped {
-			changed, err = r.relistLocked(st)
-		}
-		r.wmu.Unlock()
-		if changed {
-			r.notify()
-		}
-		if err == nil {
-			failures = 0
-			continue
-		}
-		failures++
-		if !errors.Is(err, errIncomplete) || failures > 3 {
-			r.logf("resolve: list %s: %v", st.ns.Label, err)
-		}
-		if retryC == nil {
-			retry = time.NewTimer(min(10*time.Millisecond<<min(failures, 7), time.Second))
-			retryC = retry.C
-		}
-	}
-}
-
-// kickLocked asks the namespace's watcher for a relist (after one failed
-// outside the watcher).
-func (st *nsState) kickLocked() {
-	select {
-	case st.kick <- struct{}{}:
-	default:
-	}
-}
-
 // resolvePendingPeersLocked relists namespaces with veths whose peer
 // namespace was unknown, after the set of namespaces changed.
 func (r *Resolver) resolvePendingPeersLocked() {
 	for _, st := range r.nss {
 		if st.unresolved && !st.stopped {
 			if _, err := r.relistLocked(st); err != nil {
-				st.kickLocked()
+				r.ev.kick(st)
 			}
 		}
 	}
@@ -377,13 +223,13 @@ func (r *Resolver) resolveNsidLocked(st *nsState, nsid int) (uint32, bool) {
 		if o == st || o.stopped || mapped[o.ns.Inode] || !o.nsh.IsOpen() {
 			return false
 		}
-		id, err := st.h.GetNetNsIdByFd(int(o.nsh))
+		id, err := getNsid(st.dump, int(o.nsh))
 		if err != nil || id < 0 {
 			return false
 		}
-		st.nsids[id] = o.ns.Inode
+		st.nsids[int(id)] = o.ns.Inode
 		mapped[o.ns.Inode] = true
-		return id == nsid
+		return int(id) == nsid
 	}
 	if host := r.nss[r.hostInode]; host != nil && probe(host) {
 		return host.ns.Inode, true
@@ -400,7 +246,7 @@ func (r *Resolver) resolveNsidLocked(st *nsState, nsid int) (uint32, bool) {
 // reporting whether anything differs from what was known. Caller holds
 // r.wmu.
 func (r *Resolver) relistLocked(st *nsState) (changed bool, listErr error) {
-	if st.stopped || st.h == nil || st.dump == nil {
+	if st.stopped || st.dump == nil {
 		return false, errors.New("namespace closed")
 	}
 	// A dump that raced with a change is retried; if changes keep coming,
@@ -424,7 +270,7 @@ func (r *Resolver) relistLocked(st *nsState) (changed bool, listErr error) {
 		return false, fmt.Errorf("dump links: %w", err)
 	}
 	for try := 0; ; try++ {
-		addrs, err = st.h.AddrList(nil, netlink.FAMILY_ALL)
+		addrs, err = dumpAddrs(st.dump)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) || try == 3 {
 			break
 		}

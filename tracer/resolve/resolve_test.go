@@ -18,7 +18,6 @@ import (
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 const helperEnv = "HOPTRACE_RESOLVE_TEST_HELPER"
@@ -240,17 +239,7 @@ func TestLinkChangesFollowed(t *testing.T) {
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	h := topo.Hosts[0]
 	r := newResolver(t, Options{})
-
-	nsh, err := netns.GetFromPath(h.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	nh, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
+	nh := handleIn(t, h.Path)
 
 	// A link created inside the namespace after New.
 	if err := nh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "dummy7"}}); err != nil {

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -70,14 +69,15 @@ type nsState struct {
 	src        source
 	pid        int // the process whose /proc entry was used (srcProc)
 	nsh        netns.NsHandle
-	h          *netlink.Handle
-	dump       *nl.SocketHandle
-	stop       chan struct{}
+	dump       *nl.SocketHandle // dumps and RTM_GETNSID
 	stopped    bool
 	nsids      map[int]uint32 // nsid (as this namespace numbers peers) -> inode
 	unresolved bool           // some veth peer's namespace is not known yet
-	kick       chan struct{}  // asks the watcher for a relist
 	pidWatch   *os.File       // pidfd of pid, for srcProc namespaces
+
+	// owned by the event loop's state, under r.ev.mu
+	sub      *nlSub // a subscription socket of its own; nil when the shared one carries it
+	hostNsid int32  // the nsid the host namespace gives it, -1 for none (or not routed by it)
 }
 
 // Resolver maps namespace inodes and ifindexes to names. It is safe for
@@ -105,6 +105,7 @@ type Resolver struct {
 	wg        sync.WaitGroup
 
 	inotify *os.File
+	ev      *events
 }
 
 // New scans every network namespace it can find (the host namespace, the
@@ -135,6 +136,15 @@ func New(ctx context.Context, opts Options) (*Resolver, error) {
 	}
 	r.hostPath = path
 	r.hostInode = ino
+	if r.ev, err = newEvents(); err != nil {
+		return nil, fmt.Errorf("resolve: %w", err)
+	}
+	r.wg.Add(1)
+	go r.loop()
+	if err := r.openShared(); err != nil {
+		r.Close()
+		return nil, err
+	}
 
 	// Watch the directories before scanning them so no namespace created
 	// in between is missed.
@@ -155,6 +165,29 @@ func New(ctx context.Context, opts Options) (*Resolver, error) {
 	r.wg.Add(1)
 	go r.manage()
 	return r, nil
+}
+
+// openShared opens the subscription socket in the host namespace that also
+// carries the notifications of every namespace the host has an nsid for.
+// Without NETLINK_LISTEN_ALL_NSID (before Linux 4.2) it carries the host's
+// alone and every other namespace gets a socket of its own.
+func (r *Resolver) openShared() error {
+	nsh, err := netns.GetFromPath(r.hostPath)
+	if err != nil {
+		return fmt.Errorf("resolve: open host netns %s: %w", r.hostPath, err)
+	}
+	defer nsh.Close()
+	s, allErr, err := r.ev.subscribe(nsh, nil, true, sharedRcvBuf)
+	if err != nil {
+		return fmt.Errorf("resolve: subscribe in the host namespace: %w", err)
+	}
+	if allErr != nil {
+		r.logf("resolve: NETLINK_LISTEN_ALL_NSID: %v; one netlink subscription per namespace", allErr)
+	}
+	r.ev.mu.Lock()
+	r.ev.shared, r.ev.allNsid = s, allErr == nil
+	r.ev.mu.Unlock()
+	return nil
 }
 
 // findHostNetns returns the namespace of PID 1 or, where PID 1 cannot be
@@ -432,6 +465,9 @@ func unwrapPathErr(err error) error {
 func (r *Resolver) Close() error {
 	r.closeOnce.Do(func() {
 		close(r.quit)
+		if r.ev != nil {
+			r.ev.wake()
+		}
 		r.wmu.Lock()
 		r.closed = true
 		for _, st := range r.nss {
@@ -442,6 +478,9 @@ func (r *Resolver) Close() error {
 			r.inotify.Close()
 		}
 		r.wg.Wait()
+		if r.ev != nil {
+			r.ev.close()
+		}
 	})
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/nat"
+	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/runtime"
@@ -314,9 +315,12 @@ func (r *Runtime) inspect(ctx context.Context, id string) (runtime.Container, er
 }
 
 // netnsOf returns a path that opens the container's network namespace and
-// its inode: the SandboxKey when it exists, else /proc/PID/ns/net.
+// its inode: the SandboxKey when it is a namespace file, else
+// /proc/PID/ns/net. A daemon in a mount namespace of its own (a second
+// dockerd, a unit with private mounts) bind-mounts its sandboxes there:
+// outside it the SandboxKey is an empty plain file whose inode names nothing.
 func netnsOf(sandboxKey string, pid int) (string, uint32) {
-	if sandboxKey != "" {
+	if sandboxKey != "" && isNsfs(sandboxKey) {
 		if ino, err := resolve.NetnsInode(sandboxKey); err == nil {
 			return sandboxKey, ino
 		}
@@ -328,6 +332,11 @@ func netnsOf(sandboxKey string, pid int) (string, uint32) {
 		}
 	}
 	return sandboxKey, 0
+}
+
+func isNsfs(path string) bool {
+	var sfs unix.Statfs_t
+	return unix.Statfs(path, &sfs) == nil && sfs.Type == unix.NSFS_MAGIC
 }
 
 // network returns (and caches) a network's driver and bridge device name.
