@@ -105,14 +105,14 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 				return append([]string{hoptrace, "latency"}, measured(nt)...)
 			},
 			ReadyRe:  hoptraceReady,
-			MinLinks: 8, // hop, detail and end hooks
+			MinLinks: 5, // hop and end hooks (the detail hooks only with --detail)
 		}, Condition{
 			Name: "latency_idle",
 			Argv: func(nt *Net) []string {
 				return append([]string{hoptrace, "latency"}, idle(nt)...)
 			},
 			ReadyRe:  hoptraceReady,
-			MinLinks: 8,
+			MinLinks: 5,
 		})
 	}
 	return cs
