@@ -153,11 +153,11 @@ type NetnsAttached struct {
 
 // tcxWorkers bounds the tcx links created or closed at once. Each create
 // and close commits a new program list for its hook and waits for an RCU
-// grace period, tens of ms on a busy host; done one after another, a few
-// thousand of them (500 veth pairs) take a minute. The kernel takes the
-// rtnl lock around each commit, so they still queue there, but everything
-// else (entering namespaces, the placement queries, the lock hand-over)
-// overlaps: about twice as fast at 500 pairs.
+// grace period, tens of ms on a busy host. The kernel holds the rtnl lock
+// across that wait (tcx_link_attach, tcx_link_release), so the commits still
+// run one at a time, a few thousand of them for 500 veth pairs; what the
+// workers overlap is the rest: entering namespaces, the placement queries
+// and program lookups, the syscalls' own work.
 const tcxWorkers = 48
 
 // AttachDevices attaches the tcx programs to these devices of one
