@@ -450,14 +450,7 @@ func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
 func (t *Tracer) Close() error {
 	var errs []error
 	if t.tcx != nil {
-		for k, d := range t.tcx.devs {
-			errs = append(errs, d.close())
-			delete(t.tcx.devs, k)
-		}
-		for _, l := range t.tcx.moved {
-			errs = append(errs, l.Close())
-		}
-		t.tcx.moved = nil
+		errs = append(errs, t.tcx.closeLinks())
 	}
 	for _, l := range t.links {
 		if err := l.Close(); err != nil {

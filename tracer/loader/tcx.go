@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -136,25 +137,107 @@ func (d *devLinks) close() error {
 	return errors.Join(errs...)
 }
 
-// AttachDevices attaches the tcx programs, first in line and returning
-// TCX_NEXT, to these devices of one namespace, entering it on a locked
-// thread when it is not this process's. Devices already carrying them are
-// skipped; devices that are gone by now are left out of the result, which
-// lists the ifindexes attached.
+// NetnsDevices are devices of one namespace to carry the tcx programs.
+type NetnsDevices struct {
+	Netns     NetnsRef
+	Ifindexes []int
+}
+
+// NetnsAttached is what AttachNetns did in one namespace: the ifindexes
+// attached, and the first failure, if any (the devices it stopped are left
+// out; a later call tries them again).
+type NetnsAttached struct {
+	Ifindexes []int
+	Err       error
+}
+
+// tcxWorkers bounds the tcx links created or closed at once. Each create
+// and close commits a new program list for its hook and waits for an RCU
+// grace period, tens of ms on a busy host. The kernel holds the rtnl lock
+// across that wait (tcx_link_attach, tcx_link_release), so the commits still
+// run one at a time, a few thousand of them for 500 veth pairs; what the
+// workers overlap is the rest: entering namespaces, the placement queries
+// and program lookups, the syscalls' own work.
+const tcxWorkers = 48
+
+// AttachDevices attaches the tcx programs to these devices of one
+// namespace; see AttachNetns.
 func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
+	res := t.AttachNetns([]NetnsDevices{{ns, ifindexes}})
+	return res[0].Ifindexes, res[0].Err
+}
+
+// AttachNetns attaches the tcx programs, first in line and returning
+// TCX_NEXT, to these devices of these namespaces, up to tcxWorkers at once,
+// each on a locked thread that entered its device's namespace when it is
+// not this process's. Devices already carrying them are skipped; devices
+// (and namespaces) that are gone by now are left out of the result, whose
+// element i lists the ifindexes attached in sets[i].
+func (t *Tracer) AttachNetns(sets []NetnsDevices) []NetnsAttached {
+	res := make([]NetnsAttached, len(sets))
 	if t.tcx == nil {
-		return nil, errors.New("devices are attached only with the tcx engine")
+		for i := range res {
+			res[i].Err = errors.New("devices are attached only with the tcx engine")
+		}
+		return res
 	}
-	var todo []int
-	for _, idx := range ifindexes {
-		if _, ok := t.tcx.devs[DevKey{ns.Inode, idx}]; !ok {
-			todo = append(todo, idx)
+	// A job is a share of one namespace's devices: a namespace holding
+	// most of them (the host's veths) is spread over many workers.
+	type job struct {
+		set  int
+		todo []int
+		done []int
+		devs []*devLinks
+		err  error
+	}
+	var todo [][]int
+	total := 0
+	seen := map[DevKey]bool{}
+	for _, s := range sets {
+		var idxs []int
+		for _, idx := range s.Ifindexes {
+			k := DevKey{s.Netns.Inode, idx}
+			if _, ok := t.tcx.devs[k]; !ok && !seen[k] {
+				seen[k] = true
+				idxs = append(idxs, idx)
+			}
+		}
+		todo = append(todo, idxs)
+		total += len(idxs)
+	}
+	share := max(1, (total+tcxWorkers-1)/tcxWorkers)
+	var jobs []*job
+	for i, idxs := range todo {
+		for len(idxs) > 0 {
+			n := min(share, len(idxs))
+			jobs = append(jobs, &job{set: i, todo: idxs[:n]})
+			idxs = idxs[n:]
 		}
 	}
-	if len(todo) == 0 {
-		return nil, nil
+	inParallel(len(jobs), func(i int) {
+		j := jobs[i]
+		j.done, j.devs, j.err = t.attachIn(sets[j.set].Netns, j.todo)
+	})
+	// The device map is written here only, by the caller's goroutine.
+	for _, j := range jobs {
+		r := &res[j.set]
+		for n, idx := range j.done {
+			t.tcx.devs[DevKey{sets[j.set].Netns.Inode, idx}] = j.devs[n]
+		}
+		r.Ifindexes = append(r.Ifindexes, j.done...)
+		if r.Err == nil {
+			r.Err = j.err
+		}
 	}
+	return res
+}
+
+// attachIn attaches the tcx programs to devices of one namespace, entering
+// it on a locked thread when it is not this thread's, and returns the
+// ifindexes attached with their links.
+func (t *Tracer) attachIn(ns NetnsRef, todo []int) ([]int, []*devLinks, error) {
 	var done []int
+	var devs []*devLinks
 	entered := false
 	attach := func() error {
 		entered = true
@@ -171,8 +254,8 @@ func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
 			if err != nil {
 				return fmt.Errorf("attach tcx programs to ifindex %d in netns %d: %w", idx, ns.Inode, err)
 			}
-			t.tcx.devs[DevKey{ns.Inode, idx}] = d
 			done = append(done, idx)
+			devs = append(devs, d)
 		}
 		return nil
 	}
@@ -183,9 +266,41 @@ func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
 		err = nsenter.Do(ns.Path, attach)
 	}
 	if errors.Is(err, errNetnsGone) || (err != nil && !entered && !isNetns(ns)) {
-		return done, nil // the namespace is gone: nothing to attach to
+		err = nil // the namespace is gone: nothing to attach to
 	}
-	return done, err
+	return done, devs, err
+}
+
+// inParallel calls fn(0) to fn(n-1), at most tcxWorkers at once, each on a
+// goroutine of its own (so that a thread nsenter could not bring back ends
+// with it), and waits for all of them.
+func inParallel(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, tcxWorkers)
+	for i := range n {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			fn(i)
+		})
+	}
+	wg.Wait()
+}
+
+// closeLinks closes the tcx links, up to tcxWorkers at once (see
+// tcxWorkers), and waits for all of them.
+func (s *tcxState) closeLinks() error {
+	var links []link.Link
+	for k, d := range s.devs {
+		links = append(links, d.links...)
+		d.links = nil
+		delete(s.devs, k)
+	}
+	links = append(links, s.moved...)
+	s.moved = nil
+	errs := make([]error, len(links))
+	inParallel(len(links), func(i int) { errs[i] = links[i].Close() })
+	return errors.Join(errs...)
 }
 
 // isNetns reports whether ns.Path still opens the namespace ns.Inode (a

@@ -10,7 +10,7 @@ import (
 // Devices is what the tcx engine needs to carry its programs on devices;
 // *loader.Tracer implements it.
 type Devices interface {
-	AttachDevices(ns loader.NetnsRef, ifindexes []int) ([]int, error)
+	AttachNetns(sets []loader.NetnsDevices) []loader.NetnsAttached
 	ForgetDevice(k loader.DevKey) error
 	PruneMoved() error
 }
@@ -67,7 +67,7 @@ func (a *attachments) sync() error {
 	if err := a.devs.PruneMoved(); err != nil {
 		a.warn(fmt.Sprintf("close tcx links of removed devices: %v", err))
 	}
-	var first error
+	var sets []loader.NetnsDevices
 	for _, ns := range nss {
 		var todo []int
 		for _, l := range byNs[ns.Inode] {
@@ -75,19 +75,21 @@ func (a *attachments) sync() error {
 				todo = append(todo, l.Index)
 			}
 		}
-		if len(todo) == 0 {
-			continue
+		if len(todo) > 0 {
+			sets = append(sets, loader.NetnsDevices{Netns: loader.NetnsRef{Inode: ns.Inode, Path: paths[ns.Inode]}, Ifindexes: todo})
 		}
-		done, err := a.devs.AttachDevices(loader.NetnsRef{Inode: ns.Inode, Path: paths[ns.Inode]}, todo)
-		for _, idx := range done {
-			k := loader.DevKey{Netns: ns.Inode, Ifindex: idx}
+	}
+	var first error
+	for i, r := range a.devs.AttachNetns(sets) {
+		for _, idx := range r.Ifindexes {
+			k := loader.DevKey{Netns: sets[i].Netns.Inode, Ifindex: idx}
 			a.have[k] = want[k]
 		}
-		if err != nil {
+		if r.Err != nil {
 			if !a.synced && first == nil {
-				first = err
+				first = r.Err
 			}
-			a.warn(err.Error())
+			a.warn(r.Err.Error())
 		}
 	}
 	a.synced = true
