@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -343,24 +343,27 @@ func (s *syncBuffer) Bytes() []byte {
 // countHoptracePrograms counts loaded BPF programs named like hoptrace's
 // (on_*), whoever loaded them.
 func countHoptracePrograms() int {
+	// Attached programs only: a program of a process that just exited keeps
+	// its id until the kernel frees it, detached, costing nothing.
 	n := 0
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) || err != nil {
-			return n
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
+	var it link.Iterator
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
 		if err != nil {
 			continue
 		}
-		info, err := p.Info()
+		p, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := p.Info()
 		p.Close()
-		if err == nil && strings.HasPrefix(info.Name, "on_") {
+		if err == nil && strings.HasPrefix(pi.Name, "on_") {
 			n++
 		}
 	}
+	return n
 }
 
 // recordBPF stores the difference of two BPF statistics samples.

@@ -163,7 +163,7 @@ func bench(args []string) error {
 			res.Notes = append(res.Notes, fmt.Sprintf("%d of %d measurements started with a 1-minute load average above %d (other work on the machine, beyond the benchmark's own): their values are suspect.", busy, len(samples), 2*runtime.NumCPU()))
 		}
 		if foreign > 0 {
-			res.Notes = append(res.Notes, fmt.Sprintf("%d of %d measurements ran while BPF programs of another hoptrace process (tests running on the same machine) were attached to the same tracepoints: they slow every condition, the baseline too.", foreign, len(samples)))
+			res.Notes = append(res.Notes, fmt.Sprintf("%d of %d measurements started while BPF programs of another hoptrace process (tests running on the same machine) were attached: they slow every condition, the baseline too.", foreign, len(samples)))
 		}
 		for _, s := range samples {
 			if s.Error != "" {
