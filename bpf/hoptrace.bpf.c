@@ -68,6 +68,16 @@ volatile const __u64 icmp_rcv_end = 0;
 volatile const __u64 icmpv6_rcv_start = 0;
 volatile const __u64 icmpv6_rcv_end = 0;
 volatile const __u32 no_socket_reason = 0;
+/*
+ * Latency mode: multicast of a group this namespace has not joined (a bridge
+ * floods it to every port, IGMP reports included) is freed by ip6_mc_input
+ * (IPv6) or, its input route refused, in ip_rcv_finish_core (IPv4): not for
+ * this host, like OTHERHOST, no drop. Set by the loader (kallsyms).
+ */
+volatile const __u64 ip6_mc_input_start = 0;
+volatile const __u64 ip6_mc_input_end = 0;
+volatile const __u64 ip_rcv_finish_core_start = 0;
+volatile const __u64 ip_rcv_finish_core_end = 0;
 volatile const __u32 expr_filter = 0; /* a filter expression's program replaces pcap_filter's body */
 volatile const __u32 snap_len = 0;    /* a packet capture: bytes of each frame after each event */
 
@@ -579,6 +589,11 @@ static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, 
 static __always_inline bool benign_drop(__u64 location, __u32 reason, const struct pkt_meta *m)
 {
 	if (location >= benign_drop_start && location < benign_drop_end)
+		return true;
+	if (location >= ip6_mc_input_start && location < ip6_mc_input_end)
+		return true;
+	if (m->eth_proto == ETH_P_IP && (m->daddr[0] & 0xf0) == 0xe0 && location >= ip_rcv_finish_core_start &&
+	    location < ip_rcv_finish_core_end)
 		return true;
 	/* before 5.17 the kernel passes no reason (0): the function and the
 	 * packet (an echo reply) say it alone */

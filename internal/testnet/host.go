@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/hoptrace/hoptrace/tracer/nsenter"
 )
 
@@ -60,6 +62,25 @@ func (h *Host) DialTCP(dst netip.AddrPort, timeout time.Duration) (net.Conn, err
 		return nil, fmt.Errorf("%s: dial tcp %s: %w", h.Name, dst, err)
 	}
 	return c, nil
+}
+
+// AddAddr adds an address to the host's eth0, usable at once (IPv6: no
+// duplicate address detection).
+func (h *Host) AddAddr(p netip.Prefix) error {
+	return h.Do(func() error {
+		l, err := netlink.LinkByName(h.IfName)
+		if err != nil {
+			return err
+		}
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			a.Flags = 0x2 // IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(l, a); err != nil {
+			return fmt.Errorf("%s: add %s: %w", h.Name, p, err)
+		}
+		return nil
+	})
 }
 
 // SendUDP sends one datagram from inside the host's namespace.

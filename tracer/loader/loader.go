@@ -103,6 +103,10 @@ type Options struct {
 // 6.3 icmp_rcv and icmpv6_rcv (with ping_rcv's NO_SOCKET).
 type BenignDrops struct {
 	PingRcv, IcmpRcv, Icmpv6Rcv kernel.Range
+	// IP6McInput and IPRcvFinishCore free multicast of a group the
+	// namespace has not joined (IPv6; IPv4, its input route refused): not
+	// for this host, no drop.
+	IP6McInput, IPRcvFinishCore kernel.Range
 }
 
 // LoadBenignDrops reads the ranges from /proc/kallsyms; zero ranges (never
@@ -116,6 +120,8 @@ func LoadBenignDrops() BenignDrops {
 	b.PingRcv, _ = syms.Range("ping_rcv")
 	b.IcmpRcv, _ = syms.Range("icmp_rcv")
 	b.Icmpv6Rcv, _ = syms.Range("icmpv6_rcv")
+	b.IP6McInput, _ = syms.Range("ip6_mc_input")
+	b.IPRcvFinishCore, _ = syms.Range("ip_rcv_finish_core")
 	return b
 }
 
@@ -341,7 +347,9 @@ func setBenignDrops(spec *ebpf.CollectionSpec, b *BenignDrops, kspec *btf.Spec) 
 		"benign_drop_start": b.PingRcv.Start, "benign_drop_end": b.PingRcv.End,
 		"icmp_rcv_start": b.IcmpRcv.Start, "icmp_rcv_end": b.IcmpRcv.End,
 		"icmpv6_rcv_start": b.Icmpv6Rcv.Start, "icmpv6_rcv_end": b.Icmpv6Rcv.End,
-		"no_socket_reason": noSocket,
+		"no_socket_reason":   noSocket,
+		"ip6_mc_input_start": b.IP6McInput.Start, "ip6_mc_input_end": b.IP6McInput.End,
+		"ip_rcv_finish_core_start": b.IPRcvFinishCore.Start, "ip_rcv_finish_core_end": b.IPRcvFinishCore.End,
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)

@@ -103,6 +103,7 @@ type EndEvent struct {
 	NAT string `json:"nat,omitempty"`
 
 	echoReply bool // the packet is an ICMP or ICMPv6 echo reply
+	mcast4    bool // to an IPv4 multicast group
 }
 
 // Describer turns packets into paths.
@@ -183,6 +184,7 @@ func (d *Describer) Describe(p *Packet) Path {
 			end := d.EndEvent(e)
 			end.Copy = len(hopSkbs) > 0 && !hopSkbs[e.Skb]
 			end.echoReply = isEchoReply(&e.Meta)
+			end.mcast4 = e.Meta.EthProto == event.EthIPv4 && e.Meta.Daddr[0]&0xf0 == 0xe0
 			end.NAT = nat
 			if e.Netns == 0 && len(path.Hops) > 0 {
 				// Freed after the stack dropped its device and socket
@@ -329,6 +331,8 @@ func benignDrop(end EndEvent) bool {
 	switch {
 	case end.Reason == "OTHERHOST":
 		return true
+	case multicastNotJoined(end):
+		return true
 	case rawSocketReply(end):
 		return true
 	case end.Reason == "QUEUE_PURGE":
@@ -337,6 +341,14 @@ func benignDrop(end EndEvent) bool {
 		return true
 	}
 	return false
+}
+
+// multicastNotJoined reports multicast freed because this namespace has not
+// joined its group (a bridge floods multicast to every port, IGMP reports
+// included): not for this host, like OTHERHOST. IPv6: ip6_mc_input's
+// discard; IPv4: the input route refused in ip_rcv_finish_core.
+func multicastNotJoined(end EndEvent) bool {
+	return end.Location == "ip6_mc_input" || end.mcast4 && end.Location == "ip_rcv_finish_core"
 }
 
 // rawSocketReply reports the NO_SOCKET drop of an echo reply that no ping
@@ -423,7 +435,10 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 		o = outcome{verdict: Delivered, end: "delivered to the host stack through " + lastHop.Ifname}
 	case lastHop.Direction == event.Ingress:
 		o = outcome{verdict: Delivered, end: fmt.Sprintf("received by the stack of %s %s", hopWhere, lastHop.Ifname)}
-		if benign != nil {
+		switch {
+		case benign != nil && multicastNotJoined(*benign):
+			o.end += " (multicast of a group it has not joined)"
+		case benign != nil:
 			o.end += " (" + benign.Reason + " drop of a copy)"
 		}
 	case sentOut:

@@ -45,6 +45,7 @@ const (
 	locTpacket = 0x6000
 	locTxDone  = 0x7000
 	locIcmp    = 0x8000
+	locMcIn6   = 0x9000
 )
 
 func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
@@ -62,8 +63,10 @@ func describer() *Describer {
 	return &Describer{
 		Names: testNames,
 		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send",
-			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit", locIcmp: "icmp_rcv"},
-		Drops: fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST", 6: "QUEUE_PURGE", 7: "NEIGH_FAILED"},
+			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit", locIcmp: "icmp_rcv",
+			locMcIn6: "ip6_mc_input"},
+		Drops: fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST", 6: "QUEUE_PURGE", 7: "NEIGH_FAILED",
+			8: "NOT_SPECIFIED"},
 	}
 }
 
@@ -309,6 +312,34 @@ func TestQueuePurgeOfACopyIsNoDrop(t *testing.T) {
 	)
 	if p.Verdict != Delivered || !strings.Contains(p.End, "still queued") {
 		t.Errorf("purged from the receive queue: verdict %q end %q, want delivered", p.Verdict, p.End)
+	}
+}
+
+// An IPv6 multicast frame that a namespace has not joined is freed by
+// ip6_mc_input (without a reason): not for that host, no drop, whatever
+// the kernel says of it. A reasonless free elsewhere stays a drop.
+func TestMulticastNotJoinedIsNoDrop(t *testing.T) {
+	for _, c := range []struct {
+		name, verdict, end string
+		loc                uint64
+	}{
+		{"ip6_mc_input", Delivered, "received by the stack of web eth0 (multicast of a group it has not joined)", locMcIn6},
+		{"elsewhere", Dropped, "NOT_SPECIFIED", locNft},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			free := ev(1, 40_000, event.HookKfreeSkb, nsB, 2)
+			free.Location, free.DropReason = c.loc, 8
+			p := assemble(t,
+				ev(1, 0, event.HookNetDevQueue, nsA, 2),
+				ev(1, 9_000, event.HookNetifReceiveSkb, hostNS, 10),
+				ev(1, 20_000, event.HookNetDevQueue, hostNS, 11),
+				ev(1, 30_000, event.HookNetifReceiveSkb, nsB, 2),
+				free,
+			)
+			if p.Verdict != c.verdict || !strings.Contains(p.End, c.end) {
+				t.Errorf("verdict %q end %q, want %s with %q", p.Verdict, p.End, c.verdict, c.end)
+			}
+		})
 	}
 }
 
