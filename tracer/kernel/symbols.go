@@ -79,7 +79,22 @@ func (s *Symbols) Range(name string) (Range, bool) {
 			return Range{Start: s.addrs[i], End: s.addrs[i+1]}, true
 		}
 	}
+	// A static function the compiler specialised is named with a suffix
+	// (ip_rcv_finish_core.constprop.0 on Debian's kernels); its cold part
+	// (.cold) is not the function.
+	for i, n := range s.names {
+		if base, suffix, ok := strings.Cut(n, "."); ok && base == name && suffix != "cold" && i+1 < len(s.addrs) {
+			return Range{Start: s.addrs[i], End: s.addrs[i+1]}, true
+		}
+	}
 	return Range{}, false
+}
+
+// BaseName is a function's name without the suffix the compiler adds to
+// specialised copies (ip_rcv_finish_core.constprop.0 → ip_rcv_finish_core).
+func BaseName(name string) string {
+	base, _, _ := strings.Cut(name, ".")
+	return base
 }
 
 // Name returns the function containing addr, or "" when unknown.

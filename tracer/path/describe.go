@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
@@ -348,7 +349,8 @@ func benignDrop(end EndEvent) bool {
 // included): not for this host, like OTHERHOST. IPv6: ip6_mc_input's
 // discard; IPv4: the input route refused in ip_rcv_finish_core.
 func multicastNotJoined(end EndEvent) bool {
-	return end.Location == "ip6_mc_input" || end.mcast4 && end.Location == "ip_rcv_finish_core"
+	fn := kernel.BaseName(end.Location)
+	return fn == "ip6_mc_input" || end.mcast4 && fn == "ip_rcv_finish_core"
 }
 
 // rawSocketReply reports the NO_SOCKET drop of an echo reply that no ping

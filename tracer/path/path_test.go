@@ -46,6 +46,7 @@ const (
 	locTxDone  = 0x7000
 	locIcmp    = 0x8000
 	locMcIn6   = 0x9000
+	locIPFin   = 0xa000
 )
 
 func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
@@ -64,7 +65,7 @@ func describer() *Describer {
 		Names: testNames,
 		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send",
 			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit", locIcmp: "icmp_rcv",
-			locMcIn6: "ip6_mc_input"},
+			locMcIn6: "ip6_mc_input", locIPFin: "ip_rcv_finish_core.constprop.0"},
 		Drops: fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST", 6: "QUEUE_PURGE", 7: "NEIGH_FAILED",
 			8: "NOT_SPECIFIED"},
 	}
@@ -322,20 +323,28 @@ func TestMulticastNotJoinedIsNoDrop(t *testing.T) {
 	for _, c := range []struct {
 		name, verdict, end string
 		loc                uint64
+		group4             bool
 	}{
-		{"ip6_mc_input", Delivered, "received by the stack of web eth0 (multicast of a group it has not joined)", locMcIn6},
-		{"elsewhere", Dropped, "NOT_SPECIFIED", locNft},
+		{"ip6_mc_input", Delivered, "received by the stack of web eth0 (multicast of a group it has not joined)", locMcIn6, false},
+		{"elsewhere", Dropped, "NOT_SPECIFIED", locNft, false},
+		{"IPv4 group, no input route", Delivered, "(multicast of a group it has not joined)", locIPFin, true},
+		{"IPv4 unicast, no input route", Dropped, "NOT_SPECIFIED", locIPFin, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			free := ev(1, 40_000, event.HookKfreeSkb, nsB, 2)
-			free.Location, free.DropReason = c.loc, 8
-			p := assemble(t,
+			evs := []event.Event{
 				ev(1, 0, event.HookNetDevQueue, nsA, 2),
 				ev(1, 9_000, event.HookNetifReceiveSkb, hostNS, 10),
 				ev(1, 20_000, event.HookNetDevQueue, hostNS, 11),
 				ev(1, 30_000, event.HookNetifReceiveSkb, nsB, 2),
-				free,
-			)
+				ev(1, 40_000, event.HookKfreeSkb, nsB, 2),
+			}
+			evs[4].Location, evs[4].DropReason = c.loc, 8
+			if c.group4 {
+				for i := range evs {
+					copy(evs[i].Meta.Daddr[:], []byte{239, 1, 2, 3})
+				}
+			}
+			p := assemble(t, evs...)
 			if p.Verdict != c.verdict || !strings.Contains(p.End, c.end) {
 				t.Errorf("verdict %q end %q, want %s with %q", p.Verdict, p.End, c.verdict, c.end)
 			}
