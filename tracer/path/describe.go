@@ -334,6 +334,8 @@ func benignDrop(end EndEvent) bool {
 		return true
 	case multicastNotJoined(end):
 		return true
+	case lateTCPSegment(end):
+		return true
 	case rawSocketReply(end):
 		return true
 	case end.Reason == "QUEUE_PURGE":
@@ -351,6 +353,16 @@ func benignDrop(end EndEvent) bool {
 func multicastNotJoined(end EndEvent) bool {
 	fn := kernel.BaseName(end.Location)
 	return fn == "ip6_mc_input" || end.mcast4 && fn == "ip_rcv_finish_core"
+}
+
+// lateTCPSegment reports a TCP segment tcp_v4_rcv or tcp_v6_rcv freed with
+// no reason: one for a connection already in TIME_WAIT (the closing
+// handshake's last FIN or ACK, answered from there) or not addressed to
+// this host; its real drops there carry a reason (NO_SOCKET, TCP_CSUM,
+// XFRM_POLICY, ...). Before 5.17 no free has a reason: none matches.
+func lateTCPSegment(end EndEvent) bool {
+	fn := kernel.BaseName(end.Location)
+	return end.Reason == "NOT_SPECIFIED" && (fn == "tcp_v4_rcv" || fn == "tcp_v6_rcv")
 }
 
 // rawSocketReply reports the NO_SOCKET drop of an echo reply that no ping
@@ -431,6 +443,8 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 		}
 	case benign != nil && rawSocketReply(*benign):
 		o = outcome{verdict: Delivered, end: "delivered to a raw socket in " + benign.Netns}
+	case benign != nil && lateTCPSegment(*benign):
+		o = outcome{verdict: Delivered, end: fmt.Sprintf("consumed by %s in %s (a late segment of a closed connection)", kernel.BaseName(benign.Location), benign.Netns)}
 	case benign != nil && benign.Reason == "QUEUE_PURGE":
 		o = outcome{verdict: Delivered, end: "delivered to a socket in " + benign.Netns + " (still queued when it closed)"}
 	case lastHop.Direction == event.Local:

@@ -47,6 +47,7 @@ const (
 	locIcmp    = 0x8000
 	locMcIn6   = 0x9000
 	locIPFin   = 0xa000
+	locTCPRcv  = 0xb000
 )
 
 func ev(id, ts uint64, hook event.Hook, netns, ifindex uint32) event.Event {
@@ -65,7 +66,8 @@ func describer() *Describer {
 		Names: testNames,
 		Symbols: fakeSyms{locIcmpRcv: "icmp_rcv", locNft: "nft_do_chain", locPingRcv: "ping_rcv", locNeigh: "__neigh_event_send",
 			locPurge: "sk_stream_kill_queues", locTpacket: "tpacket_rcv", locTxDone: "dummy_xmit", locIcmp: "icmp_rcv",
-			locMcIn6: "ip6_mc_input", locIPFin: "ip_rcv_finish_core.constprop.0"},
+			locMcIn6: "ip6_mc_input", locIPFin: "ip_rcv_finish_core.constprop.0",
+			locTCPRcv: "tcp_v4_rcv"},
 		Drops: fakeDrops{5: "NETFILTER_DROP", 2: "NO_SOCKET", 3: "OTHERHOST", 6: "QUEUE_PURGE", 7: "NEIGH_FAILED",
 			8: "NOT_SPECIFIED"},
 	}
@@ -349,6 +351,31 @@ func TestMulticastNotJoinedIsNoDrop(t *testing.T) {
 				t.Errorf("verdict %q end %q, want %s with %q", p.Verdict, p.End, c.verdict, c.end)
 			}
 		})
+	}
+}
+
+// The closing handshake's last segment reaching a connection already in
+// TIME_WAIT is freed by tcp_v4_rcv with no reason: consumed, not dropped;
+// the same function's real drops carry a reason.
+func TestLateTCPSegmentIsNoDrop(t *testing.T) {
+	for _, c := range []struct {
+		reason  uint32
+		verdict string
+		end     string
+	}{
+		{8, Delivered, "consumed by tcp_v4_rcv in web (a late segment of a closed connection)"},
+		{2, Dropped, "NO_SOCKET"},
+	} {
+		free := tcp(ev(1, 40_000, event.HookKfreeSkb, nsB, 0), 40000, 80)
+		free.Location, free.DropReason = locTCPRcv, c.reason
+		p := assemble(t,
+			tcp(ev(1, 0, event.HookNetDevQueue, nsA, 2), 40000, 80),
+			tcp(ev(1, 30_000, event.HookNetifReceiveSkb, nsB, 2), 40000, 80),
+			free,
+		)
+		if p.Verdict != c.verdict || !strings.Contains(p.End, c.end) {
+			t.Errorf("reason %d: verdict %q end %q, want %s with %q", c.reason, p.Verdict, p.End, c.verdict, c.end)
+		}
 	}
 }
 
