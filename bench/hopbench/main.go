@@ -65,7 +65,7 @@ func bench(args []string) error {
 	from := fs.String("from", "", "only render the report from a -json file of an earlier run")
 	noIdle := fs.Bool("no-idle", true, "hold /dev/cpu_dma_latency at 0 while measuring, so idle CPUs poll instead of halting (a halted vCPU takes tens of µs to wake, which would swamp request/response latency)")
 	perf := fs.Bool("perf", true, "after the rounds, profile UDP 64 B under each BPF condition with perf record -a -g (skipped without perf)")
-	bpfStats := fs.Bool("bpf-stats", true, "measure the run time of hoptrace's BPF programs (kernel BPF statistics, on only during the comparison)")
+	bpfStats := fs.Int("bpf-stats", 2, "rounds of a pass after the comparison that measures the run time of the tools' BPF programs (kernel BPF statistics, on only during that pass; the ratios come from rounds without them); 0: none")
 	fs.Parse(args)
 	if *from != "" {
 		b, err := os.ReadFile(*from)
@@ -139,8 +139,8 @@ func bench(args []string) error {
 				}
 			}
 		}
-		samples, profiles, err := Compare(ctx, nt, copts)
-		res.Samples, res.Profiles = samples, profiles
+		samples, stats, profiles, err := Compare(ctx, nt, copts)
+		res.Samples, res.StatsSamples, res.Profiles = samples, stats, profiles
 		if cerr := nt.Close(); cerr != nil {
 			fmt.Fprintf(log, "cleanup: %v\n", cerr)
 		}

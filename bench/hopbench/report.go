@@ -22,6 +22,9 @@ type Results struct {
 	Rounds    int           `json:"rounds"`
 	Duration  string        `json:"duration"`
 	Samples   []Sample      `json:"samples"`
+	// StatsSamples: the pass with BPF run time statistics on; the bpf_*
+	// metrics come from it, everything else from Samples.
+	StatsSamples []Sample `json:"stats_samples,omitempty"`
 	Scale     []ScaleResult `json:"scale"`
 	GoBench   []GoBench     `json:"go_bench"`
 	GoCommand string        `json:"go_command"`
@@ -66,7 +69,7 @@ func summarize(xs []float64) (stat, bool) {
 // values returns one metric of one condition and workload, by round.
 func (r *Results) values(cond, work, metric string) map[int]float64 {
 	out := map[int]float64{}
-	for _, s := range r.Samples {
+	for _, s := range r.samplesFor(metric) {
 		if s.Condition == cond && s.Workload == work && s.Error == "" {
 			if v, ok := s.Metrics[metric]; ok {
 				out[s.Round] = v
@@ -86,6 +89,15 @@ func (r *Results) paired(cond, work, metric string, f func(v, base float64) floa
 		}
 	}
 	return xs
+}
+
+// samplesFor is where a metric is measured: the BPF statistics pass for
+// bpf_* metrics (when the run had one), the rounds for the rest.
+func (r *Results) samplesFor(metric string) []Sample {
+	if strings.HasPrefix(metric, "bpf_") && len(r.StatsSamples) > 0 {
+		return r.StatsSamples
+	}
+	return r.Samples
 }
 
 func (r *Results) all(cond, work, metric string) []float64 {
@@ -199,7 +211,7 @@ func (r *Results) Markdown() string {
 		p("CPU is utime+stime from /proc/PID/stat over the workload, as %% of one core; RSS is VmHWM at the end of the workload. ")
 		p("Events come from hoptrace's summary line: *received* by userspace, *lost* (ring buffer full); *produced* = received + lost. ")
 		p("Rates are over the workload's wall time. Median (min–max) over rounds.\n\n")
-		p("*BPF* columns come from the kernel's BPF run time statistics (enabled during the comparison, which adds two clock reads to every program run): runs of the tool's programs per second, mean ns per run, and the CPU they took in the kernel as %% of one core.\n\n")
+		p("*BPF* columns come from the kernel's BPF run time statistics, measured in a pass of their own after the rounds (statistics add two clock reads to every program run, so the ratios above come from rounds without them): runs of the tool's programs per second, mean ns per run, and the CPU they took in the kernel as %% of one core.\n\n")
 		p("| Tool | Workload | CPU %% of a core (userspace process) | VmHWM MB | events produced/s | events received | events lost | BPF runs/s | ns per BPF run | BPF %% of a core | start → attached s | SIGINT → exit s |\n")
 		p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, c := range conds[1:] {
@@ -537,7 +549,7 @@ func loadAvg() string {
 func (r *Results) programTable(p func(string, ...any), conds []string) {
 	type key struct{ cond, prog string }
 	progs := map[key]bool{}
-	for _, s := range r.Samples {
+	for _, s := range r.samplesFor("bpf_ns_") {
 		for k := range s.Metrics {
 			if name, ok := strings.CutPrefix(k, "bpf_ns_"); ok && name != "per_run" {
 				progs[key{s.Condition, name}] = true
@@ -585,7 +597,13 @@ func (r *Results) programTable(p func(string, ...any), conds []string) {
 // have every metric named, one value per round.
 func (r *Results) perRound(cond, work string, f func(m map[string]float64) float64, need ...string) []float64 {
 	var xs []float64
-	for _, s := range r.Samples {
+	from := r.Samples
+	for _, n := range need {
+		if strings.HasPrefix(n, "bpf_") {
+			from = r.samplesFor(n)
+		}
+	}
+	for _, s := range from {
 		if s.Condition != cond || s.Workload != work || s.Error != "" {
 			continue
 		}
