@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,9 +149,10 @@ type CompareOptions struct {
 	Rounds   int
 	Duration time.Duration
 	Hoptrace string
-	Latency  bool   // include hoptrace latency
-	BPFStats int    // rounds of a separate pass that collects BPF program run time (0: none)
-	PerfDir  string // if set, profile UDP 64 B under each BPF condition with perf, after the rounds
+	Latency  bool     // include hoptrace latency
+	Only     []string // conditions to run (baseline always); empty: all
+	BPFStats int      // rounds of a separate pass that collects BPF program run time (0: none)
+	PerfDir  string   // if set, profile UDP 64 B under each BPF condition with perf, after the rounds
 	Log      io.Writer
 }
 
@@ -169,6 +171,14 @@ func Compare(ctx context.Context, nt *Net, opts CompareOptions) (samples, stats 
 	defer srv.Close()
 	epp := 6.0 // events per UDP packet, measured by the trace condition's udp64 run
 	conds := conditions(opts.Hoptrace, opts.Latency)
+	for _, n := range opts.Only {
+		if !slices.ContainsFunc(conds, func(c Condition) bool { return c.Name == n }) {
+			return nil, nil, nil, fmt.Errorf("unknown condition %q", n)
+		}
+	}
+	if len(opts.Only) > 0 {
+		conds = slices.DeleteFunc(conds, func(c Condition) bool { return c.Name != "baseline" && !slices.Contains(opts.Only, c.Name) })
+	}
 	works := workloads(func() float64 { return epp })
 	pass := func(name string, rounds int, keep func(Condition) bool) ([]Sample, error) {
 		var out []Sample

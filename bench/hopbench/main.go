@@ -66,6 +66,7 @@ func bench(args []string) error {
 	noIdle := fs.Bool("no-idle", true, "hold /dev/cpu_dma_latency at 0 while measuring, so idle CPUs poll instead of halting (a halted vCPU takes tens of µs to wake, which would swamp request/response latency)")
 	perf := fs.Bool("perf", true, "after the rounds, profile UDP 64 B under each BPF condition with perf record -a -g (skipped without perf)")
 	bpfStats := fs.Int("bpf-stats", 2, "rounds of a pass after the comparison that measures the run time of the tools' BPF programs (kernel BPF statistics, on only during that pass; the ratios come from rounds without them); 0: none")
+	condList := fs.String("conditions", "", "comma-separated conditions to compare against the baseline (default: all); for development, a full report needs all")
 	fs.Parse(args)
 	if *from != "" {
 		b, err := os.ReadFile(*from)
@@ -130,6 +131,9 @@ func bench(args []string) error {
 		disableIPv6(nt)
 		fmt.Fprintf(log, "network: bridge %s, %s %s, %s %s\n", nt.Bridge, nt.Hosts[0].Name, nt.Hosts[0].Addr, nt.Hosts[1].Name, nt.Hosts[1].Addr)
 		copts := CompareOptions{Rounds: *rounds, Duration: *dur, Hoptrace: *hoptrace, Latency: withLatency, BPFStats: *bpfStats, Log: log}
+		if *condList != "" {
+			copts.Only = strings.Split(*condList, ",")
+		}
 		if *perf {
 			if _, err := exec.LookPath("perf"); err == nil {
 				dir, err := os.MkdirTemp("", "hopbench-perf")

@@ -13,26 +13,26 @@ import (
 
 // Results is everything one run measured.
 type Results struct {
-	Date      time.Time     `json:"date"`
-	Kernel    string        `json:"kernel"`
-	CPU       string        `json:"cpu"`
-	Cores     int           `json:"cores"`
-	Commit    string        `json:"commit"`
-	Command   string        `json:"command"`
-	Rounds    int           `json:"rounds"`
-	Duration  string        `json:"duration"`
-	Samples   []Sample      `json:"samples"`
+	Date     time.Time `json:"date"`
+	Kernel   string    `json:"kernel"`
+	CPU      string    `json:"cpu"`
+	Cores    int       `json:"cores"`
+	Commit   string    `json:"commit"`
+	Command  string    `json:"command"`
+	Rounds   int       `json:"rounds"`
+	Duration string    `json:"duration"`
+	Samples  []Sample  `json:"samples"`
 	// StatsSamples: the pass with BPF run time statistics on; the bpf_*
 	// metrics come from it, everything else from Samples.
-	StatsSamples []Sample `json:"stats_samples,omitempty"`
-	Scale     []ScaleResult `json:"scale"`
-	GoBench   []GoBench     `json:"go_bench"`
-	GoCommand string        `json:"go_command"`
-	Notes     []string      `json:"notes"`
-	LoadStart string        `json:"load_start"`
-	LoadEnd   string        `json:"load_end"`
-	NoIdle    bool          `json:"no_idle"`
-	Profiles  []Profile     `json:"profiles"`
+	StatsSamples []Sample      `json:"stats_samples,omitempty"`
+	Scale        []ScaleResult `json:"scale"`
+	GoBench      []GoBench     `json:"go_bench"`
+	GoCommand    string        `json:"go_command"`
+	Notes        []string      `json:"notes"`
+	LoadStart    string        `json:"load_start"`
+	LoadEnd      string        `json:"load_end"`
+	NoIdle       bool          `json:"no_idle"`
+	Profiles     []Profile     `json:"profiles"`
 }
 
 func sortedKeys[V any](m map[string]V) []string {
