@@ -260,12 +260,63 @@ struct icmp_echo {
 	__be16 seq;
 };
 
-/* Offset of the layer-3 header from skb->head and its ethertype, or 0. */
-static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned char *head,
-				       __u16 *eth_proto)
+/*
+ * Header parsing reads the frame's first PARSE_BYTES once (one probe read
+ * into a per-CPU buffer) and takes every header from there; a header past
+ * those bytes (long IPv6 extension chains) is read on its own, as before.
+ * A probe read is a helper call with its own fault handling: one per hop
+ * instead of one per header.
+ */
+#define PARSE_BYTES 192
+
+struct hdr_buf {
+	__u8 b[PARSE_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hdr_buf);
+} hdr_scratch SEC(".maps");
+
+/* The bytes at src + off into dst: from the buffer when they are in it (its n bytes read from src). */
+static __always_inline int hdr_read(void *dst, __u32 size, const struct hdr_buf *hb, __u32 n, __u32 off,
+				    const unsigned char *src)
+{
+	if (off + size <= n) {
+		__u64 o = off, max = PARSE_BYTES - size;
+		/* o = min(o, max), a no-op (n is at most PARSE_BYTES) that shows the verifier the bound */
+		asm volatile("if %[o] <= %[max] goto +1\n\t%[o] = %[max]" : [o] "+r"(o) : [max] "r"(max));
+		__builtin_memcpy(dst, hb->b + o, size);
+		return 0;
+	}
+	return bpf_probe_read_kernel(dst, size, src + off);
+}
+
+/* Up to PARSE_BYTES of the buffer at head + start (never past the data buffer's end): the count read. */
+static __always_inline __u32 hdr_fill(struct hdr_buf *hb, unsigned char *head, __u32 start, __u32 end)
+{
+	__u64 n = end > start ? end - start : 0;
+	__u64 max = PARSE_BYTES;
+	/* n = min(n, max) in the register the helper gets, so the verifier sees the bound */
+	asm volatile("if %[n] <= %[max] goto +1\n\t%[n] = %[max]" : [n] "+r"(n) : [max] "r"(max));
+	if (n == 0 || bpf_probe_read_kernel(hb->b, n, head + start))
+		return 0;
+	return n;
+}
+
+/*
+ * Where the layer-3 header starts, relative to *start (which may move to the
+ * network header), and its ethertype; 0 when there is none.
+ */
+static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned char *head, struct hdr_buf *hb,
+				       __u32 *n, __u32 *start, __u16 *eth_proto)
 {
 	__u16 mac = skb->mac_header;
+	__u16 nh = skb->network_header;
 	__be16 skb_proto = skb->protocol;
+	__u32 end = skb->end;
 
 	/*
 	 * Prefer the Ethernet header: the network header offset is stale at
@@ -273,13 +324,15 @@ static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned
 	 * ethertype agrees with skb->protocol.
 	 */
 	if (mac != MAC_HEADER_UNSET && ether) {
+		*start = mac;
+		*n = hdr_fill(hb, head, mac, end);
 		__be16 proto;
-		__u32 off = mac + 12;
-		if (bpf_probe_read_kernel(&proto, sizeof(proto), head + off) == 0) {
+		__u32 off = 12;
+		if (hdr_read(&proto, sizeof(proto), hb, *n, off, head + mac) == 0) {
 			off += 2;
 			if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 				struct vlan_tag tag;
-				if (bpf_probe_read_kernel(&tag, sizeof(tag), head + off) == 0) {
+				if (hdr_read(&tag, sizeof(tag), hb, *n, off, head + mac) == 0) {
 					proto = tag.proto;
 					off += sizeof(tag);
 				}
@@ -289,20 +342,29 @@ static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned
 				return off;
 			}
 		}
-	}
-	__u16 nh = skb->network_header;
-	if (nh == 0 || nh == MAC_HEADER_UNSET)
+		if (nh == 0 || nh == MAC_HEADER_UNSET)
+			return 0;
+		*eth_proto = bpf_ntohs(skb_proto);
+		/* the network header within the bytes already read */
+		if (nh >= mac && nh - mac < PARSE_BYTES / 2)
+			return nh - mac;
+	} else if (nh == 0 || nh == MAC_HEADER_UNSET) {
 		return 0;
+	}
 	*eth_proto = bpf_ntohs(skb_proto);
-	return nh;
+	*start = nh;
+	*n = hdr_fill(hb, head, nh, end);
+	return 0;
 }
 
-static __always_inline void parse_l4(unsigned char *l4, __u8 proto, struct pkt_meta *m)
+/* The layer-4 header at off (bytes of the buffer, or read from src + off). */
+static __always_inline void parse_l4(const struct hdr_buf *hb, __u32 n, __u32 off, const unsigned char *src, __u8 proto,
+				     struct pkt_meta *m)
 {
 	m->l4_proto = proto;
 	if (proto == IPPROTO_TCP_) {
 		struct tcphdr th;
-		if (bpf_probe_read_kernel(&th, sizeof(th), l4))
+		if (hdr_read(&th, sizeof(th), hb, n, off, src))
 			return;
 		m->sport = bpf_ntohs(th.source);
 		m->dport = bpf_ntohs(th.dest);
@@ -312,13 +374,13 @@ static __always_inline void parse_l4(unsigned char *l4, __u8 proto, struct pkt_m
 		m->tcp_flags = ((__u8 *)&th)[13];
 	} else if (proto == IPPROTO_UDP_) {
 		struct udphdr uh;
-		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4))
+		if (hdr_read(&uh, sizeof(uh), hb, n, off, src))
 			return;
 		m->sport = bpf_ntohs(uh.source);
 		m->dport = bpf_ntohs(uh.dest);
 	} else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
 		struct icmp_echo ih;
-		if (bpf_probe_read_kernel(&ih, sizeof(ih), l4))
+		if (hdr_read(&ih, sizeof(ih), hb, n, off, src))
 			return;
 		m->icmp_type = ih.type;
 		m->icmp_code = ih.code;
@@ -330,16 +392,22 @@ static __always_inline void parse_l4(unsigned char *l4, __u8 proto, struct pkt_m
 /* ether: the device is an Ethernet device (or unknown) */
 static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_meta *m)
 {
+	__u32 zero = 0;
+	struct hdr_buf *hb = bpf_map_lookup_elem(&hdr_scratch, &zero);
+	if (!hb)
+		return;
 	unsigned char *head = skb->head;
 	__u16 eth_proto = 0;
-	__u32 off = l3_offset(skb, ether, head, &eth_proto);
+	__u32 n = 0, start = 0;
+	__u32 off = l3_offset(skb, ether, head, hb, &n, &start, &eth_proto);
+	const unsigned char *src = head + start;
 
 	m->eth_proto = eth_proto;
-	if (!off)
+	if (!eth_proto)
 		return;
 	if (eth_proto == ETH_P_IP) {
 		struct iphdr ip;
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + off))
+		if (hdr_read(&ip, sizeof(ip), hb, n, off, src))
 			return;
 		__builtin_memcpy(m->saddr, &ip.saddr, 4);
 		__builtin_memcpy(m->daddr, &ip.daddr, 4);
@@ -349,10 +417,10 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_me
 		/* only the first fragment carries the layer-4 header */
 		if (ip.frag_off & bpf_htons(0x1fff))
 			return;
-		parse_l4(head + off + (ip.ihl & 0xf) * 4, ip.protocol, m);
+		parse_l4(hb, n, off + (ip.ihl & 0xf) * 4, src, ip.protocol, m);
 	} else if (eth_proto == ETH_P_IPV6) {
 		struct ipv6hdr ip6;
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + off))
+		if (hdr_read(&ip6, sizeof(ip6), hb, n, off, src))
 			return;
 		__builtin_memcpy(m->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(m->daddr, &ip6.daddr, 16);
@@ -370,15 +438,15 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_me
 			} ext;
 			if (next != 0 && next != 43 && next != 60)
 				break;
-			if (bpf_probe_read_kernel(&ext, sizeof(ext), head + l4))
+			if (hdr_read(&ext, sizeof(ext), hb, n, l4, src))
 				return;
 			next = ext.next;
 			l4 += (ext.len + 1) * 8;
 		}
-		parse_l4(head + l4, next, m);
+		parse_l4(hb, n, l4, src, next, m);
 	} else if (eth_proto == ETH_P_ARP) {
 		struct arp_ipv4 arp;
-		if (bpf_probe_read_kernel(&arp, sizeof(arp), head + off))
+		if (hdr_read(&arp, sizeof(arp), hb, n, off, src))
 			return;
 		m->arp_op = bpf_ntohs(arp.op);
 		if (arp.ptype == bpf_htons(ETH_P_IP) && arp.plen == 4) {
@@ -662,6 +730,41 @@ static __always_inline void hist_add(const struct hop_key *from, const struct ho
 /* ---- the observation ---- */
 
 /*
+ * When a packet was last tracked at a hop, refreshed at most every
+ * stale_ns / 8 (a store to a line all CPUs read, a few times a second). An
+ * entry older than stale_ns matches nothing, at a hop or at an end, so when
+ * nothing was tracked for stale_ns + stale_ns / 8 no entry can match: an
+ * untracked skb is known as one without a lookup. This is what the traffic
+ * of containers nobody selected pays while the selected ones are idle.
+ */
+struct activity {
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct activity);
+} activity SEC(".maps");
+
+static __always_inline void note_activity(__u64 now)
+{
+	__u32 zero = 0;
+	struct activity *a = bpf_map_lookup_elem(&activity, &zero);
+	if (a && (__s64)(now - a->last_ns) > (__s64)(stale_ns / 8))
+		a->last_ns = now;
+}
+
+/* Whether no entry can match (signed: another CPU may have stored a slightly later time). */
+static __always_inline bool quiet(__u64 now)
+{
+	__u32 zero = 0;
+	struct activity *a = bpf_map_lookup_elem(&activity, &zero);
+	return a && (__s64)(now - a->last_ns) >= (__s64)(stale_ns + stale_ns / 8);
+}
+
+/*
  * A new packet id, or 0 when the sequence map cannot be read (never). The
  * read-increment-write is not atomic: only a program nested on the same CPU
  * (a hooked tracepoint in a hard interrupt landing between the two
@@ -702,10 +805,9 @@ static __always_inline __u32 skb_len(struct sk_buff *skb, __u8 hook)
 	__u32 len = skb->len;
 	if (hook != HOOK_NETIF_RECEIVE_SKB || skb->mac_header == MAC_HEADER_UNSET)
 		return len;
-	__u64 data = 0, head = 0; /* scalars: no arithmetic on kernel pointers */
-	bpf_probe_read_kernel(&data, sizeof(data), &skb->data);
-	bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
-	if (data == head + skb->mac_header && len >= skb->mac_len)
+	unsigned char *head = skb->head;
+	__u32 data = skb->data - head;
+	if (data == skb->mac_header && len >= skb->mac_len)
 		len -= skb->mac_len;
 	return len;
 }
@@ -739,7 +841,7 @@ enum dev_source {
  */
 static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 					 __u64 location, __u32 reason, enum dev_source dev_src,
-					 struct pkt_track *t, struct pkt_track *h, bool looked_up)
+					 struct pkt_track *t, struct pkt_track *h, bool looked_up, __u64 now)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
@@ -757,7 +859,13 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	__u64 head;
 	/* each branch decides on its own: the verifier refuses t | h */
 	bool untracked = false;
-	if (!looked_up) {
+	if (!looked_up && quiet(now)) {
+		/* nothing tracked lately: no entry can match */
+		t = h = NULL;
+		if (!may_start)
+			return 0;
+		untracked = true;
+	} else if (!looked_up) {
 		t = bpf_map_lookup_elem(&by_skb, &skb_addr);
 		if (!t) {
 			h = NULL;
@@ -800,8 +908,6 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	if (untracked && expr_filter && !expr_matches(skb, dev))
 		return 0;
 
-	__u64 now = bpf_ktime_get_ns();
-
 	parse(skb, ether, &meta);
 	__u64 fp = fingerprint(&meta);
 	__u64 nat_fp = nat_fingerprint(&meta);
@@ -812,7 +918,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	/* GRO merges segments into this skb between napi_gro_receive and
 	 * netif_receive_skb: its length and flags change, it is the same packet. */
 	bool gro_merged = t && hook == HOOK_NETIF_RECEIVE_SKB && t->last.hook == HOOK_GRO_RECEIVE;
-	if (t && (end || now - t->last_ts < stale_ns) && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp) || gro_merged)) {
+	if (t && now - t->last_ts < stale_ns && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp) || gro_merged)) {
 		pkt_id = t->pkt_id;
 		prev = t->last;
 		prev_ts = t->last_ts;
@@ -826,6 +932,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 		if (!end) {
 			t->last = cur;
 			t->last_ts = now;
+			note_activity(now);
 		}
 		/* Keep the clone table current: a clone made from here on
 		 * continues from this hop, with these headers. */
@@ -842,7 +949,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 			stat_inc(STAT_REUSED);
 		if (t) /* a stale entry: by_head was not looked up yet */
 			h = bpf_map_lookup_elem(&by_head, &head);
-		if (h && h->fp == fp && (end || now - h->last_ts < stale_ns)) {
+		if (h && h->fp == fp && now - h->last_ts < stale_ns) {
 			/* a clone sharing the data of a tracked packet */
 			pkt_id = h->pkt_id;
 			prev = h->last;
@@ -871,6 +978,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 		fresh->nat_fp = nat_fp;
 		fresh->skb = skb_addr;
 		if (!end) {
+			note_activity(now);
 			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
 			if (flags & EVENT_F_NEW)
 				bpf_map_update_elem(&by_head, &head, fresh, BPF_ANY);
@@ -958,7 +1066,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
 {
-	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, false);
+	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, false, bpf_ktime_get_ns());
 }
 
 SEC("tp_btf/net_dev_queue")
@@ -1146,9 +1254,13 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	if (!dev)
 		return;
 	__u64 addr = (__u64)skb;
-	struct pkt_track *t = bpf_map_lookup_elem(&by_skb, &addr);
+	__u64 now = bpf_ktime_get_ns();
+	struct pkt_track *t = NULL;
 	struct pkt_track *h = NULL;
-	if (!t && BPF_CORE_READ_BITFIELD(skb, cloned)) {
+	bool q = quiet(now); /* nothing tracked lately: no entry can match */
+	if (!q)
+		t = bpf_map_lookup_elem(&by_skb, &addr);
+	if (!t && !q && BPF_CORE_READ_BITFIELD(skb, cloned)) {
 		__u64 head = (__u64)skb->head;
 		h = bpf_map_lookup_elem(&by_head, &head);
 	}
@@ -1156,7 +1268,7 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 		if (!h && !tcx_selected(ctx, dev))
 			return;
 	}
-	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
+	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true, now);
 }
 
 /* tcx egress fires just before net_dev_queue: it is that hop. */

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type HoptraceActivity struct {
+	_      structs.HostLayout
+	LastNs uint64
+}
+
 type HoptraceAddrKey struct {
 	_      structs.HostLayout
 	Family uint32
@@ -77,6 +82,11 @@ type HoptraceFrameSnap struct {
 	Caplen uint16
 	L3     uint8
 	Pad    uint8
+}
+
+type HoptraceHdrBuf struct {
+	_ structs.HostLayout
+	B [192]uint8
 }
 
 type HoptraceHist struct {
@@ -179,6 +189,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	HoptraceMapActivity                = "activity"
 	HoptraceMapByHead                  = "by_head"
 	HoptraceMapBySkb                   = "by_skb"
 	HoptraceMapEvents                  = "events"
@@ -187,6 +198,7 @@ const (
 	HoptraceMapFilterDev               = "filter_dev"
 	HoptraceMapFilterNetns             = "filter_netns"
 	HoptraceMapFilterPort              = "filter_port"
+	HoptraceMapHdrScratch              = "hdr_scratch"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
 	HoptraceMapPktSeq                  = "pkt_seq"
@@ -295,6 +307,7 @@ type HoptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceMapSpecs struct {
+	Activity     *ebpf.MapSpec `ebpf:"activity"`
 	ByHead       *ebpf.MapSpec `ebpf:"by_head"`
 	BySkb        *ebpf.MapSpec `ebpf:"by_skb"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
@@ -303,6 +316,7 @@ type HoptraceMapSpecs struct {
 	FilterDev    *ebpf.MapSpec `ebpf:"filter_dev"`
 	FilterNetns  *ebpf.MapSpec `ebpf:"filter_netns"`
 	FilterPort   *ebpf.MapSpec `ebpf:"filter_port"`
+	HdrScratch   *ebpf.MapSpec `ebpf:"hdr_scratch"`
 	HistZero     *ebpf.MapSpec `ebpf:"hist_zero"`
 	Hists        *ebpf.MapSpec `ebpf:"hists"`
 	PktSeq       *ebpf.MapSpec `ebpf:"pkt_seq"`
@@ -363,6 +377,7 @@ func (o *HoptraceObjects) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceMaps struct {
+	Activity     *ebpf.Map `ebpf:"activity"`
 	ByHead       *ebpf.Map `ebpf:"by_head"`
 	BySkb        *ebpf.Map `ebpf:"by_skb"`
 	Events       *ebpf.Map `ebpf:"events"`
@@ -371,6 +386,7 @@ type HoptraceMaps struct {
 	FilterDev    *ebpf.Map `ebpf:"filter_dev"`
 	FilterNetns  *ebpf.Map `ebpf:"filter_netns"`
 	FilterPort   *ebpf.Map `ebpf:"filter_port"`
+	HdrScratch   *ebpf.Map `ebpf:"hdr_scratch"`
 	HistZero     *ebpf.Map `ebpf:"hist_zero"`
 	Hists        *ebpf.Map `ebpf:"hists"`
 	PktSeq       *ebpf.Map `ebpf:"pkt_seq"`
@@ -380,6 +396,7 @@ type HoptraceMaps struct {
 
 func (m *HoptraceMaps) Close() error {
 	return _HoptraceClose(
+		m.Activity,
 		m.ByHead,
 		m.BySkb,
 		m.Events,
@@ -388,6 +405,7 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterDev,
 		m.FilterNetns,
 		m.FilterPort,
+		m.HdrScratch,
 		m.HistZero,
 		m.Hists,
 		m.PktSeq,
