@@ -470,6 +470,27 @@ static __always_inline __u64 fingerprint(const struct pkt_meta *m)
 }
 
 /*
+ * The headers NAT does not rewrite, mixed: what nat_fingerprint() and the
+ * sampling decision read, from parsed headers or from the packet itself.
+ */
+static __always_inline __u64 nat_mix(__u16 eth_proto, __u16 ip_len, __u16 ip_id, __u8 l4_proto, __u8 tcp_flags,
+				     __u32 tcp_seq, __u32 tcp_ack, __u16 icmp_seq, __u8 icmp_type, __u8 icmp_code)
+{
+	__u64 h = 0xcbf29ce484222325ULL;
+	__u64 w[3] = {
+		(__u64)eth_proto << 48 | (__u64)ip_len << 32 | (__u32)ip_id << 16 | l4_proto << 8 | tcp_flags,
+		(__u64)tcp_seq << 32 | tcp_ack,
+		(__u64)icmp_seq << 16 | icmp_type << 8 | icmp_code,
+	};
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		h ^= w[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h ? h : 1;
+}
+
+/*
  * The headers NAT does not rewrite: a packet whose addresses or ports changed
  * between two hooks of the same skb keeps this one (ICMP's echo id is left
  * out, NAT may rewrite it like a port).
@@ -478,19 +499,26 @@ static __always_inline __u64 nat_fingerprint(const struct pkt_meta *m)
 {
 	if (m->eth_proto != ETH_P_IP && m->eth_proto != ETH_P_IPV6)
 		return 0;
-	__u64 h = 0xcbf29ce484222325ULL;
-	__u64 w[4] = {
-		(__u64)m->eth_proto << 48 | (__u64)m->ip_len << 32 | m->ip_id << 16 | m->l4_proto << 8 | m->tcp_flags,
-		(__u64)m->tcp_seq << 32 | m->tcp_ack,
-		(__u64)m->icmp_seq << 16 | m->icmp_type << 8 | m->icmp_code,
-		0,
-	};
-#pragma unroll
-	for (int i = 0; i < 3; i++) {
-		h ^= w[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h ? h : 1;
+	return nat_mix(m->eth_proto, m->ip_len, m->ip_id, m->l4_proto, m->tcp_flags, m->tcp_seq, m->tcp_ack,
+		       m->icmp_seq, m->icmp_type, m->icmp_code);
+}
+
+/*
+ * Latency sampling: one packet in sample_n is measured, chosen at its first
+ * hop by its NAT-invariant headers, so every later hop (and every device's
+ * program) takes the same decision without a table. 0 or 1: every packet.
+ */
+volatile const __u32 sample_n = 0;
+
+static __always_inline bool sampled(__u64 key)
+{
+	if (sample_n <= 1)
+		return true;
+	/* the FNV product's low bits follow the inputs' low bits: finish the mix */
+	key ^= key >> 33;
+	key *= 0xff51afd7ed558ccdULL;
+	key ^= key >> 33;
+	return key % sample_n == 0;
 }
 
 /* ---- filtering ---- */
@@ -957,7 +985,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 			flags |= EVENT_F_CLONE;
 		} else {
 			if (!may_start || !selected(cur.netns, cur.ifindex, &meta) ||
-			    (!untracked && expr_filter && !expr_matches(skb, dev)))
+			    (!untracked && expr_filter && !expr_matches(skb, dev)) || !sampled(nat_fp ? nat_fp : fp))
 				return 0;
 			pkt_id = new_pkt_id();
 			if (!pkt_id)
@@ -1242,6 +1270,64 @@ static __always_inline bool tcx_selected(struct __sk_buff *ctx, struct net_devic
 }
 
 /*
+ * The sampling key of an untracked packet, read from the packet itself:
+ * nat_fingerprint() of what parse() would find. 0 when unsure (VLAN tags,
+ * IPv6 extension headers, a short packet): observe() decides from the
+ * parsed headers.
+ */
+static __always_inline __u64 tcx_sample_key(struct __sk_buff *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr_ *eth = data;
+	if ((void *)(eth + 1) > end || eth->proto != ctx->protocol)
+		return 0;
+	__u16 eth_proto = bpf_ntohs(eth->proto);
+	__u16 ip_len, ip_id;
+	__u8 proto;
+	void *l4;
+	if (eth_proto == ETH_P_IP) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return 0;
+		ip_len = bpf_ntohs(ip->tot_len);
+		ip_id = bpf_ntohs(ip->id);
+		proto = ip->protocol;
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return nat_mix(eth_proto, ip_len, ip_id, proto, 0, 0, 0, 0, 0, 0);
+		l4 = (void *)ip + (ip->ihl & 0xf) * 4;
+	} else if (eth_proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		ip_len = bpf_ntohs(ip6->payload_len) + 40;
+		ip_id = bpf_ntohs(*(__be16 *)&ip6->flow_lbl[1]);
+		proto = ip6->nexthdr;
+		if (proto == 0 || proto == 43 || proto == 60)
+			return 0;
+		l4 = ip6 + 1;
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_TCP_) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return 0;
+		return nat_mix(eth_proto, ip_len, ip_id, proto, ((__u8 *)th)[13], bpf_ntohl(th->seq),
+			       bpf_ntohl(th->ack_seq), 0, 0, 0);
+	}
+	if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
+		struct icmp_echo *ih = l4;
+		if ((void *)(ih + 1) > end)
+			return 0;
+		return nat_mix(eth_proto, ip_len, ip_id, proto, 0, 0, 0, bpf_ntohs(ih->seq), ih->type, ih->code);
+	}
+	if (proto == IPPROTO_UDP_ && l4 + sizeof(struct udphdr) > end)
+		return 0; /* parse() would leave the ports out: let it decide */
+	return nat_mix(eth_proto, ip_len, ip_id, proto, 0, 0, 0, 0, 0, 0);
+}
+
+/*
  * A tcx hop. The cheap rejection at a device: a packet neither tracked (by
  * address, or by head for a clone) nor selected here costs one or two
  * lookups and no header parsing; a tracked one goes on to observe() with
@@ -1264,9 +1350,15 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 		__u64 head = (__u64)skb->head;
 		h = bpf_map_lookup_elem(&by_head, &head);
 	}
-	if (!t) {
-		if (!h && !tcx_selected(ctx, dev))
+	if (!t && !h) {
+		if (!tcx_selected(ctx, dev))
 			return;
+		/* not sampled: decided without parsing (0: unsure, observe() decides) */
+		if (sample_n > 1) {
+			__u64 key = tcx_sample_key(ctx);
+			if (key && !sampled(key))
+				return;
+		}
 	}
 	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true, now);
 }

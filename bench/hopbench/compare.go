@@ -108,6 +108,14 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 			ReadyRe:  hoptraceReady,
 			MinLinks: 5, // hop and end hooks (the detail hooks only with --detail)
 		}, Condition{
+			// Target 4: one packet in 16 measured, chosen at its first hop.
+			Name: "latency_sample16",
+			Argv: func(nt *Net) []string {
+				return append([]string{hoptrace, "latency", "--sample", "16"}, measured(nt)...)
+			},
+			ReadyRe:  hoptraceReady,
+			MinLinks: 5,
+		}, Condition{
 			Name: "latency_idle",
 			Argv: func(nt *Net) []string {
 				return append([]string{hoptrace, "latency"}, idle(nt)...)

@@ -122,15 +122,16 @@ func (r *Results) conditionNames() []string {
 }
 
 var condTitle = map[string]string{
-	"baseline":     "baseline",
-	"empty":        "empty tp_btf programs",
-	"tcx_floor":    "count-only tcx on both host veths",
-	"tcpdump":      "tcpdump",
-	"trace":        "hoptrace trace",
-	"trace_idle":   "hoptrace trace of an idle third namespace",
-	"trace_all":    "hoptrace trace of everything (no selection)",
-	"latency":      "hoptrace latency",
-	"latency_idle": "hoptrace latency of an idle third namespace",
+	"baseline":         "baseline",
+	"empty":            "empty tp_btf programs",
+	"tcx_floor":        "count-only tcx on both host veths",
+	"tcpdump":          "tcpdump",
+	"trace":            "hoptrace trace",
+	"trace_idle":       "hoptrace trace of an idle third namespace",
+	"trace_all":        "hoptrace trace of everything (no selection)",
+	"latency":          "hoptrace latency",
+	"latency_idle":     "hoptrace latency of an idle third namespace",
+	"latency_sample16": "hoptrace latency --sample 16",
 }
 
 type metricRow struct {
@@ -421,6 +422,12 @@ func (r *Results) Targets() []string {
 			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **NOT met** (%d of %d measurements at ≥ 285k events/s lost events, up to %.0f)", lossy, n, maxLost))
 		default:
 			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **met** (%d measurements at %.0fk events/s or more, none lost an event)", n, minRate/1e3))
+		}
+	}
+	// 4. latency sampling one packet in 16.
+	if has("latency_sample16") {
+		for _, m := range []metricRow{udpRow, tcpRow, rrRow} {
+			ratioAtLeast("latency --sample 16", "latency_sample16", m, 0.99)
 		}
 	}
 	for _, s := range r.Scale {

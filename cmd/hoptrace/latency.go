@@ -34,6 +34,7 @@ every packet of the host.`,
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long and print the summary (default: until Ctrl-C)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text or json (one object per interval, the last one with \"final\": true)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at `HOST:PORT` (/metrics); an empty host means 127.0.0.1"},
+			&cli.UintFlag{Name: "sample", Value: 1, Usage: "measure one packet in `N`, chosen at its first hop (the same packets at every hop); counts are scaled by N and every output says so"},
 			&cli.BoolFlag{Name: "detail", Usage: "also measure the driver transmit, backlog and GRO steps (tracepoints on every packet of the host); text output: add the mean, the tracepoints of each pair and every pair on no path"},
 			engineFlag(),
 		}, append(selectionFlags("measure"), filterFlags()...)...),
@@ -57,6 +58,10 @@ func runLatency(c *cli.Context) error {
 	eng, err := engine(c)
 	if err != nil {
 		return err
+	}
+	sample := c.Uint("sample")
+	if sample < 1 || sample > 1<<16 {
+		return usagef("--sample must be 1 (every packet) to 65536 (got %d)", sample)
 	}
 	metricsAddr := c.String("metrics-addr")
 	if metricsAddr != "" {
@@ -86,13 +91,14 @@ func runLatency(c *cli.Context) error {
 		Report:    w.Write,
 		Engine:    eng,
 		Detail:    c.Bool("detail"),
+		Sample:    uint32(sample),
 		Warn:      func(msg string) { fmt.Fprintf(os.Stderr, "hoptrace: warning: %s\n", msg) },
 	}
 	if d := kernel.KernelDropReasons(); d != nil {
 		cfg.Drops = d
 	}
 	cfg.Ready = func() {
-		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s%s; Ctrl-C to stop\n", describeSelection(names, sel), describeFilter(filter))
+		fmt.Fprintf(os.Stderr, "hoptrace: measuring %s%s%s; Ctrl-C to stop\n", describeSelection(names, sel), describeFilter(filter), describeSample(sample))
 	}
 	var serveErr <-chan error
 	if metricsAddr != "" {
@@ -118,4 +124,12 @@ func runLatency(c *cli.Context) error {
 		<-runErr
 		return fmt.Errorf("metrics endpoint: %w", err)
 	}
+}
+
+// describeSample is the ready line's note of sampling ("" for every packet).
+func describeSample(n uint) string {
+	if n <= 1 {
+		return ""
+	}
+	return fmt.Sprintf(", one packet in %d (counts scaled)", n)
 }

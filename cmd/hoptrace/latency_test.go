@@ -21,6 +21,9 @@ func TestLatencyUsageErrors(t *testing.T) {
 		{"hoptrace", "latency", "--duration", "-1s"},
 		{"hoptrace", "latency", "--metrics-addr", "9464"},
 		{"hoptrace", "latency", "--interval", "soon"},
+		{"hoptrace", "latency", "--sample", "0"},
+		{"hoptrace", "latency", "--sample", "100000"},
+		{"hoptrace", "latency", "--sample", "-3"},
 	} {
 		if got := run(args); got != exitUsage {
 			t.Errorf("%v: exit %d, want %d", args, got, exitUsage)

@@ -232,6 +232,7 @@ const (
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNoSocketReason          = "no_socket_reason"
 	HoptraceVarNrCpus                  = "nr_cpus"
+	HoptraceVarSampleN                 = "sample_n"
 	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarUnusedEvent             = "unused_event"
@@ -343,6 +344,7 @@ type HoptraceVariableSpecs struct {
 	Mode                 *ebpf.VariableSpec `ebpf:"mode"`
 	NoSocketReason       *ebpf.VariableSpec `ebpf:"no_socket_reason"`
 	NrCpus               *ebpf.VariableSpec `ebpf:"nr_cpus"`
+	SampleN              *ebpf.VariableSpec `ebpf:"sample_n"`
 	SnapLen              *ebpf.VariableSpec `ebpf:"snap_len"`
 	StaleNs              *ebpf.VariableSpec `ebpf:"stale_ns"`
 	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -433,6 +435,7 @@ type HoptraceVariables struct {
 	Mode                 *ebpf.Variable `ebpf:"mode"`
 	NoSocketReason       *ebpf.Variable `ebpf:"no_socket_reason"`
 	NrCpus               *ebpf.Variable `ebpf:"nr_cpus"`
+	SampleN              *ebpf.Variable `ebpf:"sample_n"`
 	SnapLen              *ebpf.Variable `ebpf:"snap_len"`
 	StaleNs              *ebpf.Variable `ebpf:"stale_ns"`
 	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`

@@ -31,6 +31,21 @@ func FromKernel(h *Hist, perCPU []bpfobj.HoptraceHist) {
 	}
 }
 
+// Scale multiplies the counts and the sum by n (n > 1), for a histogram of
+// one packet in n: an estimate of every packet's. The maximum stays the
+// largest value seen.
+func (h *Hist) Scale(n uint32) {
+	if n <= 1 {
+		return
+	}
+	f := uint64(n)
+	h.Count *= f
+	h.SumNs *= f
+	for i := range h.Buckets {
+		h.Buckets[i] *= f
+	}
+}
+
 // Add records one value (tests and userspace-built histograms).
 func (h *Hist) Add(v uint64) {
 	h.Count++

@@ -28,6 +28,7 @@ const (
 	MetricTrackEntries   = "hoptrace_tracking_entries"
 	MetricTrackCapacity  = "hoptrace_tracking_capacity"
 	MetricPairsEvicted   = "hoptrace_hop_pairs_evicted_total"
+	MetricSample         = "hoptrace_latency_sample_one_in"
 	metricBucketMinPower = 8  // 256 ns
 	metricBucketMaxPower = 34 // ~17 s
 )
@@ -51,8 +52,9 @@ type Metrics struct {
 	entries  int
 	capacity int
 	evicted  uint64
+	sample   uint32 // one packet in sample measured (1: all)
 
-	hist, dropsDesc, packets, updates, full, lost, exp, ents, capDesc, evict *prometheus.Desc
+	hist, dropsDesc, packets, updates, full, lost, exp, ents, capDesc, evict, sampleDesc *prometheus.Desc
 }
 
 type dropKey struct{ container, netns, iface, reason string }
@@ -67,22 +69,24 @@ type metricPair struct {
 // NewMetrics creates the collector.
 func NewMetrics() *Metrics {
 	return &Metrics{
-		hist:      prometheus.NewDesc(MetricHopLatency, "Time from one hop to the next (pairs of network namespace, interface and tracepoint).", pairLabels, nil),
-		dropsDesc: prometheus.NewDesc(MetricDrops, "Packets dropped (kfree_skb) after a traced hop, by where and why.", []string{"container", "netns", "interface", "reason"}, nil),
-		packets:   prometheus.NewDesc(MetricPackets, "Packets the kernel started tracking.", nil, nil),
-		updates:   prometheus.NewDesc(MetricHistUpdates, "Hop-to-hop times added to the kernel histograms.", nil, nil),
-		full:      prometheus.NewDesc(MetricHistFull, "Hop-to-hop times not recorded because the histogram map was full.", nil, nil),
-		lost:      prometheus.NewDesc(MetricLost, "Events lost because the ring buffer was full.", nil, nil),
-		exp:       prometheus.NewDesc(MetricExpired, "In-flight tracking entries expired: packets that never reached a next hop.", nil, nil),
-		ents:      prometheus.NewDesc(MetricTrackEntries, "Entries in the kernel's in-flight packet map.", nil, nil),
-		capDesc:   prometheus.NewDesc(MetricTrackCapacity, "Size of the kernel's in-flight packet map.", nil, nil),
-		evict:     prometheus.NewDesc(MetricPairsEvicted, "Idle hop-pair histograms removed from the kernel map.", nil, nil),
+		hist:       prometheus.NewDesc(MetricHopLatency, "Time from one hop to the next (pairs of network namespace, interface and tracepoint).", pairLabels, nil),
+		dropsDesc:  prometheus.NewDesc(MetricDrops, "Packets dropped (kfree_skb) after a traced hop, by where and why.", []string{"container", "netns", "interface", "reason"}, nil),
+		packets:    prometheus.NewDesc(MetricPackets, "Packets the kernel started tracking.", nil, nil),
+		updates:    prometheus.NewDesc(MetricHistUpdates, "Hop-to-hop times added to the kernel histograms.", nil, nil),
+		full:       prometheus.NewDesc(MetricHistFull, "Hop-to-hop times not recorded because the histogram map was full.", nil, nil),
+		lost:       prometheus.NewDesc(MetricLost, "Events lost because the ring buffer was full.", nil, nil),
+		exp:        prometheus.NewDesc(MetricExpired, "In-flight tracking entries expired: packets that never reached a next hop.", nil, nil),
+		ents:       prometheus.NewDesc(MetricTrackEntries, "Entries in the kernel's in-flight packet map.", nil, nil),
+		capDesc:    prometheus.NewDesc(MetricTrackCapacity, "Size of the kernel's in-flight packet map.", nil, nil),
+		evict:      prometheus.NewDesc(MetricPairsEvicted, "Idle hop-pair histograms removed from the kernel map.", nil, nil),
+		sampleDesc: prometheus.NewDesc(MetricSample, "One packet in this many is measured (1: every packet); hop latency counts and drops are scaled by it.", nil, nil),
+		sample:     1,
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.hist, m.dropsDesc, m.packets, m.updates, m.full, m.lost, m.exp, m.ents, m.capDesc, m.evict} {
+	for _, d := range []*prometheus.Desc{m.hist, m.dropsDesc, m.packets, m.updates, m.full, m.lost, m.exp, m.ents, m.capDesc, m.evict, m.sampleDesc} {
 		ch <- d
 	}
 }
@@ -107,6 +111,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.ents, prometheus.GaugeValue, float64(m.entries))
 	ch <- prometheus.MustNewConstMetric(m.capDesc, prometheus.GaugeValue, float64(m.capacity))
 	ch <- prometheus.MustNewConstMetric(m.evict, prometheus.CounterValue, float64(m.evicted))
+	ch <- prometheus.MustNewConstMetric(m.sampleDesc, prometheus.GaugeValue, float64(m.sample))
 }
 
 // PromBuckets converts a histogram to Prometheus cumulative buckets with
@@ -127,7 +132,7 @@ func PromBuckets(h *Hist) map[float64]uint64 {
 	return out
 }
 
-func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st loader.Stats, sw *Sweeper, evicted uint64, entries int) {
+func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st loader.Stats, sw *Sweeper, evicted uint64, entries int, sample uint32) {
 	pairs := make([]metricPair, 0, len(totals))
 	dropCounts := map[dropKey]uint64{}
 	hops := map[HopKey]Hop{}
@@ -185,6 +190,7 @@ func (m *Metrics) update(names Names, drops DropNamer, totals map[Pair]*Hist, st
 	m.entries = entries
 	m.capacity = sw.Capacity()
 	m.evicted = evicted
+	m.sample = sample
 	m.mu.Unlock()
 }
 

@@ -69,6 +69,9 @@ type Report struct {
 	Paths    []PathStat `json:"paths"`
 	Tracking Tracking   `json:"tracking"`
 	Kernel   Kernel     `json:"kernel"`
+	// Sample: one packet in Sample was measured and the counts are scaled
+	// by it; absent when every packet is measured.
+	Sample uint32 `json:"sample,omitempty"`
 }
 
 // BuildReport summarizes histograms: names every pair, groups pairs into

@@ -45,7 +45,11 @@ type Config struct {
 	Hooks  []loader.Hook // nil: DefaultHooks(Detail)
 	// Engine: tcx programs on devices or tracepoints for the hop hooks;
 	// zero (EngineAuto): tcx where the kernel has it.
-	Engine       loader.Engine
+	Engine loader.Engine
+	// Sample measures one packet in Sample, chosen at its first hop (the
+	// same packets at every hop); counts and sums are scaled by Sample in
+	// every report and metric, and the reports say so. 0 or 1: every packet.
+	Sample       uint32
 	TrackEntries int // in-flight map size; 0: the loader's default
 	HistPairs    int // histogram map size; 0: the loader's default
 	// ExpireAfter: in-flight entries whose last hop is older are expired;
@@ -89,6 +93,7 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 		Engine:       engine,
 		Hooks:        hooks,
 		FilterKinds:  cfg.Selection.FilterKinds(),
+		Sample:       cfg.Sample,
 		Filter:       cfg.Filter.Instructions(),
 		TrackEntries: cfg.TrackEntries,
 		HistPairs:    cfg.HistPairs,
@@ -128,6 +133,9 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 		if err != nil {
 			return err
 		}
+		for _, h := range hists {
+			h.Scale(cfg.Sample)
+		}
 		for k, h := range hists {
 			t := totals[k]
 			if t == nil {
@@ -147,7 +155,7 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 		now := time.Now()
 		refreshUnknown(names, hists)
 		if cfg.Metrics != nil {
-			cfg.Metrics.update(names, cfg.Drops, totals, st, sw, rd.Evicted(), swept.Entries)
+			cfg.Metrics.update(names, cfg.Drops, totals, st, sw, rd.Evicted(), swept.Entries, max(cfg.Sample, 1))
 		}
 		var rep Report
 		if final {
@@ -163,6 +171,9 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 		}
 		rep.Time = now
 		rep.Final = final
+		if cfg.Sample > 1 {
+			rep.Sample = cfg.Sample
+		}
 		rep.Tracking.Entries = swept.Entries
 		rep.Tracking.Capacity = sw.Capacity()
 		if sw.Capacity() > 0 {

@@ -92,6 +92,10 @@ type Options struct {
 	// SnapLen > 0 appends the first SnapLen bytes of the frame to every
 	// event (event.Snapshot); 0 captures nothing.
 	SnapLen int
+	// Sample, in latency mode, measures one packet in Sample, chosen at
+	// its first hop by the headers NAT leaves alone (every hop takes the
+	// same decision); 0 or 1: every packet.
+	Sample uint32
 	// BenignDrops, in latency mode, say which kfree_skb calls are no drop
 	// (an echo reply freed after raw sockets took their clone); such ends
 	// count as consumed. Nil: read from /proc/kallsyms.
@@ -231,6 +235,12 @@ func Load(opts Options) (*Tracer, error) {
 		if err := setBenignDrops(spec, opts.BenignDrops, kspec); err != nil {
 			return nil, err
 		}
+	}
+	if opts.Sample > 1 && opts.Mode != ModeLatency {
+		return nil, fmt.Errorf("sampling (one packet in %d) is for latency mode only", opts.Sample)
+	}
+	if err := specs.SampleN.Set(opts.Sample); err != nil {
+		return nil, fmt.Errorf("set sample_n: %w", err)
 	}
 	if opts.SnapLen < 0 || opts.SnapLen > MaxSnapLen {
 		return nil, fmt.Errorf("snapshot length %d: want 0 to %d bytes", opts.SnapLen, MaxSnapLen)
