@@ -81,14 +81,23 @@ volatile const __u64 ip_rcv_finish_core_end = 0;
 volatile const __u32 expr_filter = 0; /* a filter expression's program replaces pcap_filter's body */
 volatile const __u32 snap_len = 0;    /* a packet capture: bytes of each frame after each event */
 
+/*
+ * A packet in flight. by_skb holds one per skb address and is the packet's
+ * live state (last hop, current headers). by_head holds one per packet, made
+ * at its first hop and keyed by its data head, for clones: it names its
+ * owner skb, whose by_skb entry has the state a clone continues from, so a
+ * hop updates one entry, not two; its own fields are the first hop's, the
+ * fallback when the owner's entry is gone.
+ */
 struct pkt_track {
 	__u64 pkt_id;
 	__u64 fp;
 	__u64 head;
 	__u64 last_ts;
 	struct hop_key last;
-	__u64 nat_fp; /* fingerprint of the headers NAT leaves alone */
-	__u64 skb;    /* by_head: the skb that created the entry (its owner) */
+	__u32 owns_head; /* by_skb: this skb made the packet's by_head entry */
+	__u64 nat_fp;    /* fingerprint of the headers NAT leaves alone */
+	__u64 skb;       /* by_head: the skb that created the entry (its owner) */
 };
 
 struct addr_key {
@@ -945,6 +954,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 
 	/* GRO merges segments into this skb between napi_gro_receive and
 	 * netif_receive_skb: its length and flags change, it is the same packet. */
+	bool owner_end = false; /* an end of the skb that may own a by_head entry */
 	bool gro_merged = t && hook == HOOK_NETIF_RECEIVE_SKB && t->last.hook == HOOK_GRO_RECEIVE;
 	if (t && now - t->last_ts < stale_ns && (t->fp == fp || (nat_fp && t->nat_fp == nat_fp) || gro_merged)) {
 		pkt_id = t->pkt_id;
@@ -962,26 +972,28 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 			t->last_ts = now;
 			note_activity(now);
 		}
-		/* Keep the clone table current: a clone made from here on
-		 * continues from this hop, with these headers. */
-		struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
-		if (o && o->pkt_id == pkt_id) {
-			o->fp = fp;
-			if (!end) {
-				o->last = cur;
-				o->last_ts = now;
-			}
-		}
+		/* a clone made from here on finds this entry through by_head */
+		if (end && t->owns_head)
+			owner_end = true;
 	} else {
+		owner_end = end; /* whatever owned this address before: look */
 		if (t)
 			stat_inc(STAT_REUSED);
 		if (t) /* a stale entry: by_head was not looked up yet */
 			h = bpf_map_lookup_elem(&by_head, &head);
-		if (h && h->fp == fp && now - h->last_ts < stale_ns) {
+		/* the packet's live state: its owner skb's entry, while it is that packet's */
+		struct pkt_track *src = h;
+		if (h) {
+			__u64 owner = h->skb;
+			struct pkt_track *o = bpf_map_lookup_elem(&by_skb, &owner);
+			if (o && o->pkt_id == h->pkt_id)
+				src = o;
+		}
+		if (src && src->fp == fp && now - src->last_ts < stale_ns) {
 			/* a clone sharing the data of a tracked packet */
-			pkt_id = h->pkt_id;
-			prev = h->last;
-			prev_ts = h->last_ts;
+			pkt_id = src->pkt_id;
+			prev = src->last;
+			prev_ts = src->last_ts;
 			flags |= EVENT_F_CLONE;
 		} else {
 			if (!may_start || !selected(cur.netns, cur.ifindex, &meta) ||
@@ -1005,6 +1017,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 		fresh->last_ts = now;
 		fresh->nat_fp = nat_fp;
 		fresh->skb = skb_addr;
+		fresh->owns_head = !!(flags & EVENT_F_NEW);
 		if (!end) {
 			note_activity(now);
 			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
@@ -1083,9 +1096,11 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	 */
 	if (hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB) {
 		bpf_map_delete_elem(&by_skb, &skb_addr);
-		struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
-		if (o && o->skb == skb_addr)
-			bpf_map_delete_elem(&by_head, &head);
+		if (owner_end) {
+			struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
+			if (o && o->skb == skb_addr)
+				bpf_map_delete_elem(&by_head, &head);
+		}
 	}
 	return 0;
 }

@@ -148,15 +148,15 @@ type HoptracePktMeta struct {
 }
 
 type HoptracePktTrack struct {
-	_      structs.HostLayout
-	PktId  uint64
-	Fp     uint64
-	Head   uint64
-	LastTs uint64
-	Last   HoptraceHopKey
-	_      [4]byte
-	NatFp  uint64
-	Skb    uint64
+	_        structs.HostLayout
+	PktId    uint64
+	Fp       uint64
+	Head     uint64
+	LastTs   uint64
+	Last     HoptraceHopKey
+	OwnsHead uint32
+	NatFp    uint64
+	Skb      uint64
 }
 
 type HoptracePortKey struct {
