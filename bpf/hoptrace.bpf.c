@@ -280,6 +280,7 @@ struct icmp_echo {
 
 struct hdr_buf {
 	__u8 b[PARSE_BYTES];
+	__u8 spill[64]; /* a header past b, read on its own */
 };
 
 struct {
@@ -289,18 +290,24 @@ struct {
 	__type(value, struct hdr_buf);
 } hdr_scratch SEC(".maps");
 
-/* The bytes at src + off into dst: from the buffer when they are in it (its n bytes read from src). */
-static __always_inline int hdr_read(void *dst, __u32 size, const struct hdr_buf *hb, __u32 n, __u32 off,
-				    const unsigned char *src)
+/*
+ * The size bytes at src + off: in the buffer when they are among its n bytes
+ * read from src, else read into its spill area (valid until the next call);
+ * NULL when unreadable. Headers are read where they lie, not copied to the
+ * stack: the stack is shared with the filter expression's program.
+ */
+static __always_inline const __u8 *hdr_at(struct hdr_buf *hb, __u32 n, __u32 off, __u32 size,
+					  const unsigned char *src)
 {
 	if (off + size <= n) {
 		__u64 o = off, max = PARSE_BYTES - size;
 		/* o = min(o, max), a no-op (n is at most PARSE_BYTES) that shows the verifier the bound */
 		asm volatile("if %[o] <= %[max] goto +1\n\t%[o] = %[max]" : [o] "+r"(o) : [max] "r"(max));
-		__builtin_memcpy(dst, hb->b + o, size);
-		return 0;
+		return hb->b + o;
 	}
-	return bpf_probe_read_kernel(dst, size, src + off);
+	if (bpf_probe_read_kernel(hb->spill, size, src + off))
+		return NULL;
+	return hb->spill;
 }
 
 /* Up to PARSE_BYTES of the buffer at head + start (never past the data buffer's end): the count read. */
@@ -335,15 +342,16 @@ static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned
 	if (mac != MAC_HEADER_UNSET && ether) {
 		*start = mac;
 		*n = hdr_fill(hb, head, mac, end);
-		__be16 proto;
 		__u32 off = 12;
-		if (hdr_read(&proto, sizeof(proto), hb, *n, off, head + mac) == 0) {
+		const __be16 *p = (const __be16 *)hdr_at(hb, *n, off, sizeof(*p), head + mac);
+		if (p) {
+			__be16 proto = *p;
 			off += 2;
 			if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-				struct vlan_tag tag;
-				if (hdr_read(&tag, sizeof(tag), hb, *n, off, head + mac) == 0) {
-					proto = tag.proto;
-					off += sizeof(tag);
+				const struct vlan_tag *tag = (const void *)hdr_at(hb, *n, off, sizeof(*tag), head + mac);
+				if (tag) {
+					proto = tag->proto;
+					off += sizeof(*tag);
 				}
 			}
 			if (proto == skb_proto || skb_proto == bpf_htons(ETH_P_8021Q)) {
@@ -367,34 +375,34 @@ static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned
 }
 
 /* The layer-4 header at off (bytes of the buffer, or read from src + off). */
-static __always_inline void parse_l4(const struct hdr_buf *hb, __u32 n, __u32 off, const unsigned char *src, __u8 proto,
+static __always_inline void parse_l4(struct hdr_buf *hb, __u32 n, __u32 off, const unsigned char *src, __u8 proto,
 				     struct pkt_meta *m)
 {
 	m->l4_proto = proto;
 	if (proto == IPPROTO_TCP_) {
-		struct tcphdr th;
-		if (hdr_read(&th, sizeof(th), hb, n, off, src))
+		const struct tcphdr *th = (const void *)hdr_at(hb, n, off, sizeof(*th), src);
+		if (!th)
 			return;
-		m->sport = bpf_ntohs(th.source);
-		m->dport = bpf_ntohs(th.dest);
-		m->tcp_seq = bpf_ntohl(th.seq);
-		m->tcp_ack = bpf_ntohl(th.ack_seq);
+		m->sport = bpf_ntohs(th->source);
+		m->dport = bpf_ntohs(th->dest);
+		m->tcp_seq = bpf_ntohl(th->seq);
+		m->tcp_ack = bpf_ntohl(th->ack_seq);
 		/* flags live in byte 13 of the TCP header */
-		m->tcp_flags = ((__u8 *)&th)[13];
+		m->tcp_flags = ((const __u8 *)th)[13];
 	} else if (proto == IPPROTO_UDP_) {
-		struct udphdr uh;
-		if (hdr_read(&uh, sizeof(uh), hb, n, off, src))
+		const struct udphdr *uh = (const void *)hdr_at(hb, n, off, sizeof(*uh), src);
+		if (!uh)
 			return;
-		m->sport = bpf_ntohs(uh.source);
-		m->dport = bpf_ntohs(uh.dest);
+		m->sport = bpf_ntohs(uh->source);
+		m->dport = bpf_ntohs(uh->dest);
 	} else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
-		struct icmp_echo ih;
-		if (hdr_read(&ih, sizeof(ih), hb, n, off, src))
+		const struct icmp_echo *ih = (const void *)hdr_at(hb, n, off, sizeof(*ih), src);
+		if (!ih)
 			return;
-		m->icmp_type = ih.type;
-		m->icmp_code = ih.code;
-		m->icmp_id = bpf_ntohs(ih.id);
-		m->icmp_seq = bpf_ntohs(ih.seq);
+		m->icmp_type = ih->type;
+		m->icmp_code = ih->code;
+		m->icmp_id = bpf_ntohs(ih->id);
+		m->icmp_seq = bpf_ntohs(ih->seq);
 	}
 }
 
@@ -415,52 +423,50 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_me
 	if (!eth_proto)
 		return;
 	if (eth_proto == ETH_P_IP) {
-		struct iphdr ip;
-		if (hdr_read(&ip, sizeof(ip), hb, n, off, src))
+		const struct iphdr *ip = (const void *)hdr_at(hb, n, off, sizeof(*ip), src);
+		if (!ip)
 			return;
-		__builtin_memcpy(m->saddr, &ip.saddr, 4);
-		__builtin_memcpy(m->daddr, &ip.daddr, 4);
-		m->ip_len = bpf_ntohs(ip.tot_len);
-		m->ip_id = bpf_ntohs(ip.id);
-		m->l4_proto = ip.protocol;
+		__builtin_memcpy(m->saddr, &ip->saddr, 4);
+		__builtin_memcpy(m->daddr, &ip->daddr, 4);
+		m->ip_len = bpf_ntohs(ip->tot_len);
+		m->ip_id = bpf_ntohs(ip->id);
+		__u8 proto = ip->protocol;
+		m->l4_proto = proto;
 		/* only the first fragment carries the layer-4 header */
-		if (ip.frag_off & bpf_htons(0x1fff))
+		if (ip->frag_off & bpf_htons(0x1fff))
 			return;
-		parse_l4(hb, n, off + (ip.ihl & 0xf) * 4, src, ip.protocol, m);
+		parse_l4(hb, n, off + (ip->ihl & 0xf) * 4, src, proto, m);
 	} else if (eth_proto == ETH_P_IPV6) {
-		struct ipv6hdr ip6;
-		if (hdr_read(&ip6, sizeof(ip6), hb, n, off, src))
+		const struct ipv6hdr *ip6 = (const void *)hdr_at(hb, n, off, sizeof(*ip6), src);
+		if (!ip6)
 			return;
-		__builtin_memcpy(m->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(m->daddr, &ip6.daddr, 16);
-		m->ip_len = bpf_ntohs(ip6.payload_len) + 40;
+		__builtin_memcpy(m->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(m->daddr, &ip6->daddr, 16);
+		m->ip_len = bpf_ntohs(ip6->payload_len) + 40;
 		/* the low flow-label bits stand in for IPv4's id in the fingerprint */
-		m->ip_id = bpf_ntohs(*(__be16 *)&ip6.flow_lbl[1]);
-		__u8 next = ip6.nexthdr;
-		__u32 l4 = off + sizeof(ip6);
+		m->ip_id = bpf_ntohs(*(const __be16 *)&ip6->flow_lbl[1]);
+		__u8 next = ip6->nexthdr;
+		__u32 l4 = off + sizeof(*ip6);
 		/* skip a few extension headers (MLD reports carry hop-by-hop options) */
 #pragma unroll
 		for (int i = 0; i < 3; i++) {
-			struct {
-				__u8 next;
-				__u8 len;
-			} ext;
 			if (next != 0 && next != 43 && next != 60)
 				break;
-			if (hdr_read(&ext, sizeof(ext), hb, n, l4, src))
+			const __u8 *ext = hdr_at(hb, n, l4, 2, src); /* next header, length */
+			if (!ext)
 				return;
-			next = ext.next;
-			l4 += (ext.len + 1) * 8;
+			next = ext[0];
+			l4 += (ext[1] + 1) * 8;
 		}
 		parse_l4(hb, n, l4, src, next, m);
 	} else if (eth_proto == ETH_P_ARP) {
-		struct arp_ipv4 arp;
-		if (hdr_read(&arp, sizeof(arp), hb, n, off, src))
+		const struct arp_ipv4 *arp = (const void *)hdr_at(hb, n, off, sizeof(*arp), src);
+		if (!arp)
 			return;
-		m->arp_op = bpf_ntohs(arp.op);
-		if (arp.ptype == bpf_htons(ETH_P_IP) && arp.plen == 4) {
-			__builtin_memcpy(m->saddr, arp.sip, 4);
-			__builtin_memcpy(m->daddr, arp.tip, 4);
+		m->arp_op = bpf_ntohs(arp->op);
+		if (arp->ptype == bpf_htons(ETH_P_IP) && arp->plen == 4) {
+			__builtin_memcpy(m->saddr, arp->sip, 4);
+			__builtin_memcpy(m->daddr, arp->tip, 4);
 		}
 	}
 }
@@ -851,17 +857,20 @@ static __always_inline __u32 skb_len(struct sk_buff *skb, __u8 hook)
 
 /*
  * skb->dev shares a union with dev_scratch, which UDP uses while an skb waits
- * on a socket: at the end hooks the device is trusted only when the value is
- * a kernel address (dev_scratch packs a truesize, a length and two flags,
- * never one). Otherwise the namespace comes from the socket, with no device.
- * (A socket alone does not say where a packet was: an skb keeps its sending
- * socket across a veth into another namespace.)
+ * on a socket (with no owner socket: skb->sk is NULL then): at the end hooks
+ * the device is trusted only when the value is a kernel address
+ * (dev_scratch packs a truesize, a length and two flags, never one).
+ * Otherwise the namespace comes from the socket, if any, with no device. (A
+ * socket alone does not say where a packet was: an skb keeps its sending
+ * socket across a veth into another namespace.) Reading through dev_scratch
+ * would fault in the program, caught by its exception table: a general
+ * protection fault and a table search per freed datagram.
  */
 #define KERNEL_ADDR_MIN 0xffff000000000000ULL
 static __always_inline struct net_device *end_dev(struct sk_buff *skb)
 {
 	struct net_device *dev = skb->dev;
-	if (dev && skb->sk && (__u64)dev < KERNEL_ADDR_MIN)
+	if ((__u64)dev < KERNEL_ADDR_MIN)
 		return NULL;
 	return dev;
 }
@@ -1158,7 +1167,7 @@ int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb_noreason, struct sk_buff *skb, void *location)
 {
-	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, 0, DEV_ARG);
+	return observe(ctx, skb, NULL, HOOK_KFREE_SKB, (__u64)location, 0, DEV_END);
 }
 
 /* consume_skb gained its location argument in 6.3; the loader picks one of these. */

@@ -85,8 +85,9 @@ type HoptraceFrameSnap struct {
 }
 
 type HoptraceHdrBuf struct {
-	_ structs.HostLayout
-	B [192]uint8
+	_     structs.HostLayout
+	B     [192]uint8
+	Spill [64]uint8
 }
 
 type HoptraceHist struct {
