@@ -116,3 +116,17 @@ func remoteHex(a netip.AddrPort) string {
 	b := a.Addr().As4()
 	return fmt.Sprintf("%02X%02X%02X%02X:%04X", b[3], b[2], b[1], b[0], a.Port())
 }
+
+// DialRefused connects n times from h to dst, a port nobody listens on:
+// each SYN is answered with a reset (tcp_v4_rcv drops it, NO_SOCKET). It
+// fails if a connection succeeds.
+func (h *Host) DialRefused(dst netip.AddrPort, n int) error {
+	for i := 0; i < n; i++ {
+		c, err := h.DialTCP(dst, time.Second)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("%s: connected to %s, a closed port", h.Name, dst)
+		}
+	}
+	return nil
+}
