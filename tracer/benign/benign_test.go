@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
@@ -314,6 +315,26 @@ func TestIsDiscard(t *testing.T) {
 		"NO_SOCKET": false, "IPV6DISABLED": false, "": false} {
 		if got := IsDiscard(reason); got != want {
 			t.Errorf("IsDiscard(%q) = %v, want %v", reason, got, want)
+		}
+	}
+}
+
+// The BPF object holds MaxEntries entries, of the sizes Compile fills.
+func TestEntriesFitTheObject(t *testing.T) {
+	spec, err := bpfobj.LoadHoptrace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range map[string]uint32{
+		"benign_start": 8 * MaxEntries, "benign_end": 8 * MaxEntries, "benign_reason": 8 * MaxEntries,
+		"benign_any_reason": MaxEntries, "benign_packet_of": 4 * MaxEntries, "benign_count": 4,
+	} {
+		v, ok := spec.Variables[name]
+		if !ok {
+			t.Fatalf("no variable %s in the BPF object", name)
+		}
+		if v.Size() != size || !v.Constant() {
+			t.Errorf("%s: %d bytes (constant %v), want %d, constant", name, v.Size(), v.Constant(), size)
 		}
 	}
 }

@@ -26,7 +26,11 @@ const controlDrops = 10
 
 // benignRun is one such run, finished.
 type benignRun struct {
-	final    latency.Report
+	final latency.Report
+	// unrecorded are the hop times the kernel could not record (histogram
+	// map full: on 6.1 the first new pairs of a session can fail to
+	// allocate): a count may fall short by that much, and no more.
+	unrecorded uint64
 	body     string // the metrics page
 	b        *testnet.Host
 	noSocket string // the control's reason: NO_SOCKET, "" before 5.17
@@ -49,14 +53,15 @@ func runBenign(t *testing.T, a, b *testnet.Host, traffic func() (noSocket int)) 
 	}
 	time.Sleep(600 * time.Millisecond)
 	r := &benignRun{body: string(scrape(t, addr)), final: s.stop(), b: b, noSocket: privtest.DropReason(t, "NO_SOCKET")}
+	r.unrecorded = r.final.Kernel.HistFull
 	var got uint64
 	for _, p := range r.final.Pairs {
 		if r.control(p) {
 			got += p.Count
 		}
 	}
-	t.Logf("control: %d closed-port drops in %s (reason %q)", got, b.Name, r.noSocket)
-	if got != uint64(want) {
+	t.Logf("control: %d closed-port drops in %s (reason %q); %d hop times unrecorded", got, b.Name, r.noSocket, r.unrecorded)
+	if got > uint64(want) || !r.atLeast(got, uint64(want)) {
 		logReport(t, &r.final)
 		t.Errorf("%d closed-port drops in %s, want %d", got, b.Name, want)
 	}
@@ -64,12 +69,16 @@ func runBenign(t *testing.T, a, b *testnet.Host, traffic func() (noSocket int)) 
 	if label == "" {
 		label = "unknown"
 	}
-	metric := regexp.MustCompile(fmt.Sprintf(`(?m)^%s\{[^}]*netns="%s"[^}]*reason="%s"\} %d$`, latency.MetricDrops, b.Name, label, want))
+	metric := regexp.MustCompile(fmt.Sprintf(`(?m)^%s\{[^}]*netns="%s"[^}]*reason="%s"\} %d$`, latency.MetricDrops, b.Name, label, got))
 	if !metric.MatchString(r.body) {
-		t.Errorf("no %s{netns=%q,reason=%q} %d:\n%s", latency.MetricDrops, b.Name, label, want, firstLines(r.body, latency.MetricDrops, 5))
+		t.Errorf("no %s{netns=%q,reason=%q} %d:\n%s", latency.MetricDrops, b.Name, label, got, firstLines(r.body, latency.MetricDrops, 5))
 	}
 	return r
 }
+
+// atLeast reports whether a count reaches want, short of it by no more
+// than the hop times the kernel could not record.
+func (r *benignRun) atLeast(n, want uint64) bool { return n+r.unrecorded >= want }
 
 // control reports the closed-port drops in b.
 func (r *benignRun) control(p latency.PairStat) bool {
@@ -137,7 +146,7 @@ func TestMulticastNotJoinedIsNoDrop(t *testing.T) {
 	for _, h := range []*testnet.Host{b, c} {
 		n := r.consumedAfterIngress(h)
 		t.Logf("%d frames consumed in %s after its eth0", n, h.Name)
-		if n < mcasts {
+		if !r.atLeast(n, mcasts) {
 			logReport(t, &r.final)
 			t.Errorf("%d frames consumed in %s after its eth0, want at least the %d multicasts (not flooded?)", n, h.Name, mcasts)
 		}
@@ -190,7 +199,7 @@ func TestFloodCopiesAreNoDrops(t *testing.T) {
 	}
 	// every echo request and every datagram was flooded to c
 	t.Logf("%d OTHERHOST discards in %s", discards, c.Name)
-	if discards < pings+controlDrops {
+	if !r.atLeast(discards, pings+controlDrops) {
 		logReport(t, &r.final)
 		t.Errorf("%d OTHERHOST discards in %s, want at least %d (the bridge did not flood?)", discards, c.Name, pings+controlDrops)
 	}
@@ -231,7 +240,7 @@ func TestTimeWaitSegmentIsNoDrop(t *testing.T) {
 	for _, p := range r.drops() {
 		t.Errorf("a drop in a run of connections closed through TIME_WAIT: %s (%d)", p.Label, p.Count)
 	}
-	if n := r.consumedAfterIngress(a); n < conns {
+	if n := r.consumedAfterIngress(a); !r.atLeast(n, conns) {
 		logReport(t, &r.final)
 		t.Errorf("%d segments consumed in %s after its eth0, want at least the %d FINs that reached TIME_WAIT", n, a.Name, conns)
 	}
