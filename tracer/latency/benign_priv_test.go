@@ -28,8 +28,9 @@ const controlDrops = 10
 type benignRun struct {
 	final latency.Report
 	// unrecorded are the hop times the kernel could not record (histogram
-	// map full: on 6.1 the first new pairs of a session can fail to
-	// allocate): a count may fall short by that much, and no more.
+	// map full: in the kernel-matrix VMs, 5.10 and 6.1 alike, the first
+	// pairs of the first session in a fresh VM can fail to allocate): a
+	// count may fall short by that much, and no more.
 	unrecorded uint64
 	body     string // the metrics page
 	b        *testnet.Host
