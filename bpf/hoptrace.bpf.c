@@ -900,7 +900,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 		if (prev_ts && now >= prev_ts) {
 			struct hop_key to = cur;
 			if (hook == HOOK_KFREE_SKB && benign_drop(location, reason, &meta)) {
-				/* no failure of the packet (tracer/benign): consumed */
+				/* the reply was delivered to a raw socket's clone */
 				to.hook = HOOK_CONSUME_SKB;
 			} else if (hook == HOOK_KFREE_SKB) {
 				to.drop_reason[0] = reason;
