@@ -57,27 +57,30 @@ volatile const __u32 filter_flags = 0;
 volatile const __u64 stale_ns = 1000000000ULL;  /* a hop this much later is a new packet */
 volatile const __u64 wakeup_bytes = 1 << 20;     /* wake the reader past this much data */
 /*
- * Latency mode: a kfree_skb from ping_rcv is no drop: the echo reply went to
- * a raw socket's clone. Before 6.3 icmp_rcv/icmpv6_rcv free it, with the
- * NO_SOCKET reason ping_rcv returned. Set by the loader (kallsyms, BTF).
+ * Latency mode: kfree_skb calls that are no drop (an echo reply a raw socket
+ * took, multicast of a group nobody joined, a late TCP segment, ...). The
+ * rules are tracer/benign's; the loader compiles them for this kernel
+ * (kallsyms, BTF) into benign_count entries: a free at
+ * [benign_start, benign_end) (0, ~0: anywhere) with one of benign_reason's
+ * two values (any when benign_any_reason) of a packet benign_packet_of says
+ * is no drop: it counts as consumed.
  */
-volatile const __u64 benign_drop_start = 0;
-volatile const __u64 benign_drop_end = 0;
-volatile const __u64 icmp_rcv_start = 0;
-volatile const __u64 icmp_rcv_end = 0;
-volatile const __u64 icmpv6_rcv_start = 0;
-volatile const __u64 icmpv6_rcv_end = 0;
-volatile const __u32 no_socket_reason = 0;
-/*
- * Latency mode: multicast of a group this namespace has not joined (a bridge
- * floods it to every port, IGMP reports included) is freed by ip6_mc_input
- * (IPv6) or, its input route refused, in ip_rcv_finish_core (IPv4): not for
- * this host, like OTHERHOST, no drop. Set by the loader (kallsyms).
- */
-volatile const __u64 ip6_mc_input_start = 0;
-volatile const __u64 ip6_mc_input_end = 0;
-volatile const __u64 ip_rcv_finish_core_start = 0;
-volatile const __u64 ip_rcv_finish_core_end = 0;
+#define BENIGN_MAX 24
+
+enum benign_packet {
+	BENIGN_ANY_PACKET = 0,
+	BENIGN_ECHO_REPLY = 1,      /* ICMP or ICMPv6 echo reply */
+	BENIGN_IPV4_MULTICAST = 2,  /* to 224.0.0.0/4 */
+	BENIGN_IPV6_MULTICAST = 3,  /* to ff00::/8 */
+	BENIGN_TCP_NO_SYN = 4,      /* a TCP segment without SYN */
+};
+
+volatile const __u32 benign_count = 0;
+volatile const __u64 benign_start[BENIGN_MAX] = {};
+volatile const __u64 benign_end[BENIGN_MAX] = {};
+volatile const __u32 benign_reason[BENIGN_MAX][2] = {};
+volatile const __u8 benign_any_reason[BENIGN_MAX] = {};
+volatile const enum benign_packet benign_packet_of[BENIGN_MAX] = {};
 volatile const __u32 expr_filter = 0; /* a filter expression's program replaces pcap_filter's body */
 volatile const __u32 snap_len = 0;    /* a packet capture: bytes of each frame after each event */
 
@@ -696,24 +699,37 @@ static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, 
 
 /* ---- latency histograms ---- */
 
-/* A drop that is no failure (see benign_drop_start). */
+static __always_inline bool benign_packet_is(enum benign_packet p, const struct pkt_meta *m)
+{
+	switch (p) {
+	case BENIGN_ANY_PACKET:
+		return true;
+	case BENIGN_ECHO_REPLY:
+		return (m->l4_proto == IPPROTO_ICMP_ && m->icmp_type == 0) ||
+		       (m->l4_proto == IPPROTO_ICMPV6_ && m->icmp_type == 129);
+	case BENIGN_IPV4_MULTICAST:
+		return m->eth_proto == ETH_P_IP && (m->daddr[0] & 0xf0) == 0xe0;
+	case BENIGN_IPV6_MULTICAST:
+		return m->eth_proto == ETH_P_IPV6 && m->daddr[0] == 0xff;
+	case BENIGN_TCP_NO_SYN:
+		return m->l4_proto == IPPROTO_TCP_ && !(m->tcp_flags & 0x02);
+	}
+	return false;
+}
+
+/* A drop that is no failure (see benign_count). */
 static __always_inline bool benign_drop(__u64 location, __u32 reason, const struct pkt_meta *m)
 {
-	if (location >= benign_drop_start && location < benign_drop_end)
-		return true;
-	if (location >= ip6_mc_input_start && location < ip6_mc_input_end)
-		return true;
-	if (m->eth_proto == ETH_P_IP && (m->daddr[0] & 0xf0) == 0xe0 && location >= ip_rcv_finish_core_start &&
-	    location < ip_rcv_finish_core_end)
-		return true;
-	/* before 5.17 the kernel passes no reason (0): the function and the
-	 * packet (an echo reply) say it alone */
-	if (no_socket_reason ? reason != no_socket_reason : reason != 0)
-		return false;
-	if (m->l4_proto == IPPROTO_ICMP_ && m->icmp_type == 0)
-		return location >= icmp_rcv_start && location < icmp_rcv_end;
-	if (m->l4_proto == IPPROTO_ICMPV6_ && m->icmp_type == 129)
-		return location >= icmpv6_rcv_start && location < icmpv6_rcv_end;
+	for (__u32 i = 0; i < BENIGN_MAX; i++) {
+		if (i >= benign_count)
+			break;
+		if (location < benign_start[i] || location >= benign_end[i])
+			continue;
+		if (!benign_any_reason[i] && reason != benign_reason[i][0] && reason != benign_reason[i][1])
+			continue;
+		if (benign_packet_is(benign_packet_of[i], m))
+			return true;
+	}
 	return false;
 }
 

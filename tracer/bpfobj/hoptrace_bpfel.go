@@ -24,6 +24,16 @@ type HoptraceAddrKey struct {
 	Addr   [16]uint8
 }
 
+type HoptraceBenignPacket uint32
+
+const (
+	HoptraceBenignPacketBENIGN_ANY_PACKET    HoptraceBenignPacket = 0
+	HoptraceBenignPacketBENIGN_ECHO_REPLY    HoptraceBenignPacket = 1
+	HoptraceBenignPacketBENIGN_IPV4MULTICAST HoptraceBenignPacket = 2
+	HoptraceBenignPacketBENIGN_IPV6MULTICAST HoptraceBenignPacket = 3
+	HoptraceBenignPacketBENIGN_TCP_NO_SYN    HoptraceBenignPacket = 4
+)
+
 type HoptraceDevKey struct {
 	_       structs.HostLayout
 	Netns   uint32
@@ -218,20 +228,15 @@ const (
 	HoptraceProgOnSkbCopyDatagramIovec = "on_skb_copy_datagram_iovec"
 	HoptraceProgOnTcxEgress            = "on_tcx_egress"
 	HoptraceProgOnTcxIngress           = "on_tcx_ingress"
-	HoptraceVarBenignDropEnd           = "benign_drop_end"
-	HoptraceVarBenignDropStart         = "benign_drop_start"
+	HoptraceVarBenignAnyReason         = "benign_any_reason"
+	HoptraceVarBenignCount             = "benign_count"
+	HoptraceVarBenignEnd               = "benign_end"
+	HoptraceVarBenignPacketOf          = "benign_packet_of"
+	HoptraceVarBenignReason            = "benign_reason"
+	HoptraceVarBenignStart             = "benign_start"
 	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
-	HoptraceVarIcmpRcvEnd              = "icmp_rcv_end"
-	HoptraceVarIcmpRcvStart            = "icmp_rcv_start"
-	HoptraceVarIcmpv6RcvEnd            = "icmpv6_rcv_end"
-	HoptraceVarIcmpv6RcvStart          = "icmpv6_rcv_start"
-	HoptraceVarIp6McInputEnd           = "ip6_mc_input_end"
-	HoptraceVarIp6McInputStart         = "ip6_mc_input_start"
-	HoptraceVarIpRcvFinishCoreEnd      = "ip_rcv_finish_core_end"
-	HoptraceVarIpRcvFinishCoreStart    = "ip_rcv_finish_core_start"
 	HoptraceVarMode                    = "mode"
-	HoptraceVarNoSocketReason          = "no_socket_reason"
 	HoptraceVarNrCpus                  = "nr_cpus"
 	HoptraceVarSampleN                 = "sample_n"
 	HoptraceVarSnapLen                 = "snap_len"
@@ -330,34 +335,29 @@ type HoptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceVariableSpecs struct {
-	BenignDropEnd        *ebpf.VariableSpec `ebpf:"benign_drop_end"`
-	BenignDropStart      *ebpf.VariableSpec `ebpf:"benign_drop_start"`
-	ExprFilter           *ebpf.VariableSpec `ebpf:"expr_filter"`
-	FilterFlags          *ebpf.VariableSpec `ebpf:"filter_flags"`
-	IcmpRcvEnd           *ebpf.VariableSpec `ebpf:"icmp_rcv_end"`
-	IcmpRcvStart         *ebpf.VariableSpec `ebpf:"icmp_rcv_start"`
-	Icmpv6RcvEnd         *ebpf.VariableSpec `ebpf:"icmpv6_rcv_end"`
-	Icmpv6RcvStart       *ebpf.VariableSpec `ebpf:"icmpv6_rcv_start"`
-	Ip6McInputEnd        *ebpf.VariableSpec `ebpf:"ip6_mc_input_end"`
-	Ip6McInputStart      *ebpf.VariableSpec `ebpf:"ip6_mc_input_start"`
-	IpRcvFinishCoreEnd   *ebpf.VariableSpec `ebpf:"ip_rcv_finish_core_end"`
-	IpRcvFinishCoreStart *ebpf.VariableSpec `ebpf:"ip_rcv_finish_core_start"`
-	Mode                 *ebpf.VariableSpec `ebpf:"mode"`
-	NoSocketReason       *ebpf.VariableSpec `ebpf:"no_socket_reason"`
-	NrCpus               *ebpf.VariableSpec `ebpf:"nr_cpus"`
-	SampleN              *ebpf.VariableSpec `ebpf:"sample_n"`
-	SnapLen              *ebpf.VariableSpec `ebpf:"snap_len"`
-	StaleNs              *ebpf.VariableSpec `ebpf:"stale_ns"`
-	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFilter         *ebpf.VariableSpec `ebpf:"unused_filter"`
-	UnusedFlag           *ebpf.VariableSpec `ebpf:"unused_flag"`
-	UnusedHist           *ebpf.VariableSpec `ebpf:"unused_hist"`
-	UnusedHook           *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedMode           *ebpf.VariableSpec `ebpf:"unused_mode"`
-	UnusedPair           *ebpf.VariableSpec `ebpf:"unused_pair"`
-	UnusedSnap           *ebpf.VariableSpec `ebpf:"unused_snap"`
-	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
-	WakeupBytes          *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	BenignAnyReason *ebpf.VariableSpec `ebpf:"benign_any_reason"`
+	BenignCount     *ebpf.VariableSpec `ebpf:"benign_count"`
+	BenignEnd       *ebpf.VariableSpec `ebpf:"benign_end"`
+	BenignPacketOf  *ebpf.VariableSpec `ebpf:"benign_packet_of"`
+	BenignReason    *ebpf.VariableSpec `ebpf:"benign_reason"`
+	BenignStart     *ebpf.VariableSpec `ebpf:"benign_start"`
+	ExprFilter      *ebpf.VariableSpec `ebpf:"expr_filter"`
+	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
+	Mode            *ebpf.VariableSpec `ebpf:"mode"`
+	NrCpus          *ebpf.VariableSpec `ebpf:"nr_cpus"`
+	SampleN         *ebpf.VariableSpec `ebpf:"sample_n"`
+	SnapLen         *ebpf.VariableSpec `ebpf:"snap_len"`
+	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFilter    *ebpf.VariableSpec `ebpf:"unused_filter"`
+	UnusedFlag      *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedHist      *ebpf.VariableSpec `ebpf:"unused_hist"`
+	UnusedHook      *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedMode      *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedPair      *ebpf.VariableSpec `ebpf:"unused_pair"`
+	UnusedSnap      *ebpf.VariableSpec `ebpf:"unused_snap"`
+	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
+	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // HoptraceObjects contains all objects after they have been loaded into the kernel.
@@ -421,34 +421,29 @@ func (m *HoptraceMaps) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceVariables struct {
-	BenignDropEnd        *ebpf.Variable `ebpf:"benign_drop_end"`
-	BenignDropStart      *ebpf.Variable `ebpf:"benign_drop_start"`
-	ExprFilter           *ebpf.Variable `ebpf:"expr_filter"`
-	FilterFlags          *ebpf.Variable `ebpf:"filter_flags"`
-	IcmpRcvEnd           *ebpf.Variable `ebpf:"icmp_rcv_end"`
-	IcmpRcvStart         *ebpf.Variable `ebpf:"icmp_rcv_start"`
-	Icmpv6RcvEnd         *ebpf.Variable `ebpf:"icmpv6_rcv_end"`
-	Icmpv6RcvStart       *ebpf.Variable `ebpf:"icmpv6_rcv_start"`
-	Ip6McInputEnd        *ebpf.Variable `ebpf:"ip6_mc_input_end"`
-	Ip6McInputStart      *ebpf.Variable `ebpf:"ip6_mc_input_start"`
-	IpRcvFinishCoreEnd   *ebpf.Variable `ebpf:"ip_rcv_finish_core_end"`
-	IpRcvFinishCoreStart *ebpf.Variable `ebpf:"ip_rcv_finish_core_start"`
-	Mode                 *ebpf.Variable `ebpf:"mode"`
-	NoSocketReason       *ebpf.Variable `ebpf:"no_socket_reason"`
-	NrCpus               *ebpf.Variable `ebpf:"nr_cpus"`
-	SampleN              *ebpf.Variable `ebpf:"sample_n"`
-	SnapLen              *ebpf.Variable `ebpf:"snap_len"`
-	StaleNs              *ebpf.Variable `ebpf:"stale_ns"`
-	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFilter         *ebpf.Variable `ebpf:"unused_filter"`
-	UnusedFlag           *ebpf.Variable `ebpf:"unused_flag"`
-	UnusedHist           *ebpf.Variable `ebpf:"unused_hist"`
-	UnusedHook           *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedMode           *ebpf.Variable `ebpf:"unused_mode"`
-	UnusedPair           *ebpf.Variable `ebpf:"unused_pair"`
-	UnusedSnap           *ebpf.Variable `ebpf:"unused_snap"`
-	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
-	WakeupBytes          *ebpf.Variable `ebpf:"wakeup_bytes"`
+	BenignAnyReason *ebpf.Variable `ebpf:"benign_any_reason"`
+	BenignCount     *ebpf.Variable `ebpf:"benign_count"`
+	BenignEnd       *ebpf.Variable `ebpf:"benign_end"`
+	BenignPacketOf  *ebpf.Variable `ebpf:"benign_packet_of"`
+	BenignReason    *ebpf.Variable `ebpf:"benign_reason"`
+	BenignStart     *ebpf.Variable `ebpf:"benign_start"`
+	ExprFilter      *ebpf.Variable `ebpf:"expr_filter"`
+	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
+	Mode            *ebpf.Variable `ebpf:"mode"`
+	NrCpus          *ebpf.Variable `ebpf:"nr_cpus"`
+	SampleN         *ebpf.Variable `ebpf:"sample_n"`
+	SnapLen         *ebpf.Variable `ebpf:"snap_len"`
+	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFilter    *ebpf.Variable `ebpf:"unused_filter"`
+	UnusedFlag      *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedHist      *ebpf.Variable `ebpf:"unused_hist"`
+	UnusedHook      *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedMode      *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedPair      *ebpf.Variable `ebpf:"unused_pair"`
+	UnusedSnap      *ebpf.Variable `ebpf:"unused_snap"`
+	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
+	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // HoptracePrograms contains all programs after they have been loaded into the kernel.

@@ -71,6 +71,16 @@ func LoadDropReasons(spec *btf.Spec) (DropReasons, error) {
 // Available reports whether this kernel has drop reasons (5.17+).
 func (d DropReasons) Available() bool { return len(d) > 0 }
 
+// Has reports whether this kernel has the named reason ("OTHERHOST").
+func (d DropReasons) Has(name string) bool {
+	for _, n := range d {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
 // Name returns the reason's name, "REASON_<n>" when this kernel has no name
 // for it, or "" when this kernel has no drop reasons at all.
 func (d DropReasons) Name(v uint32) string {

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hoptrace/hoptrace/tracer/benign"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 )
 
@@ -236,10 +237,13 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (net.Addr, <-chan erro
 
 // BenignDropReason reports drop reasons that are no failure of the packet:
 // their kfree_skb is a discard (StepDiscard), kept out of the drops counter.
-// QUEUE_PURGE frees what a closing socket still held (delivered, or TCP's
-// copy kept for retransmission); OTHERHOST a bridge's flood copy reaching a
-// namespace whose MAC it was not for (ip_rcv: not for this host), while the
-// packet went on to its real destination, as trace shows it. The other
-// benign free, ping_rcv's NO_SOCKET for an echo reply a raw socket took, is
-// counted as consumed by the kernel programs already.
-func BenignDropReason(reason string) bool { return reason == "QUEUE_PURGE" || reason == "OTHERHOST" }
+// They are tracer/benign's rules that hold for a reason anywhere
+// (benign.Rule.Discard): QUEUE_PURGE frees what a closing socket still held
+// (delivered, or TCP's copy kept for retransmission); OTHERHOST a bridge's
+// flood copy reaching a namespace whose MAC it was not for (ip_rcv: not for
+// this host), while the packet went on to its real destination, as trace
+// shows it. The other benign frees (an echo reply a raw socket took,
+// multicast not joined, a late TCP segment, ...) depend on where the kernel
+// freed the packet and what it was: the kernel programs count them as
+// consumed already.
+func BenignDropReason(reason string) bool { return benign.IsDiscard(reason) }

@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/hoptrace/hoptrace/tracer/benign"
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
@@ -97,36 +98,24 @@ type Options struct {
 	// same decision); 0 or 1: every packet.
 	Sample uint32
 	// BenignDrops, in latency mode, say which kfree_skb calls are no drop
-	// (an echo reply freed after raw sockets took their clone); such ends
-	// count as consumed. Nil: read from /proc/kallsyms.
-	BenignDrops *BenignDrops
+	// (tracer/benign's rules compiled for this kernel); such ends count as
+	// consumed. Nil: compiled from /proc/kallsyms and the kernel's BTF.
+	BenignDrops []benign.Entry
 }
 
-// BenignDrops are the code ranges of the functions that free an ICMP echo
-// reply nobody but a raw socket wanted: ping_rcv (any reason), and before
-// 6.3 icmp_rcv and icmpv6_rcv (with ping_rcv's NO_SOCKET).
-type BenignDrops struct {
-	PingRcv, IcmpRcv, Icmpv6Rcv kernel.Range
-	// IP6McInput and IPRcvFinishCore free multicast of a group the
-	// namespace has not joined (IPv6; IPv4, its input route refused): not
-	// for this host, no drop.
-	IP6McInput, IPRcvFinishCore kernel.Range
-}
-
-// LoadBenignDrops reads the ranges from /proc/kallsyms; zero ranges (never
-// matched) when it cannot be read.
-func LoadBenignDrops() BenignDrops {
-	var b BenignDrops
+// LoadBenignDrops compiles tracer/benign's rules for the running kernel:
+// code ranges from /proc/kallsyms (none when it cannot be read: only the
+// rules that hold anywhere remain), reasons from kspec.
+func LoadBenignDrops(kspec *btf.Spec) ([]benign.Entry, error) {
 	syms, err := kernel.LoadSymbols("/proc/kallsyms")
 	if err != nil {
-		return b
+		syms = nil
 	}
-	b.PingRcv, _ = syms.Range("ping_rcv")
-	b.IcmpRcv, _ = syms.Range("icmp_rcv")
-	b.Icmpv6Rcv, _ = syms.Range("icmpv6_rcv")
-	b.IP6McInput, _ = syms.Range("ip6_mc_input")
-	b.IPRcvFinishCore, _ = syms.Range("ip_rcv_finish_core")
-	return b
+	reasons, err := kernel.LoadDropReasons(kspec)
+	if err != nil {
+		return nil, fmt.Errorf("benign drops: %w", err)
+	}
+	return benign.Compile(syms, reasons)
 }
 
 // The in-flight maps have one LRU list per possible CPU (BPF_F_NO_COMMON_LRU,
@@ -340,28 +329,38 @@ func Load(opts Options) (*Tracer, error) {
 	return t, nil
 }
 
-func setBenignDrops(spec *ebpf.CollectionSpec, b *BenignDrops, kspec *btf.Spec) error {
-	if b == nil {
-		l := LoadBenignDrops()
-		b = &l
+func setBenignDrops(spec *ebpf.CollectionSpec, entries []benign.Entry, kspec *btf.Spec) error {
+	if entries == nil {
+		var err error
+		if entries, err = LoadBenignDrops(kspec); err != nil {
+			return err
+		}
 	}
-	var noSocket uint32
-	if reasons, err := kernel.LoadDropReasons(kspec); err == nil {
-		for v, name := range reasons {
-			if name == "NO_SOCKET" {
-				noSocket = v
-			}
+	if len(entries) > benign.MaxEntries {
+		return fmt.Errorf("%d benign drop entries, at most %d", len(entries), benign.MaxEntries)
+	}
+	var (
+		start, end [benign.MaxEntries]uint64
+		reason     [benign.MaxEntries][2]uint32
+		anyReason  [benign.MaxEntries]uint8
+		packet     [benign.MaxEntries]benign.Packet
+	)
+	for i, e := range entries {
+		start[i], end[i], reason[i], packet[i] = e.Start, e.End, e.Reasons, e.Packet
+		if e.AnyReason {
+			anyReason[i] = 1
 		}
 	}
 	for name, v := range map[string]any{
-		"benign_drop_start": b.PingRcv.Start, "benign_drop_end": b.PingRcv.End,
-		"icmp_rcv_start": b.IcmpRcv.Start, "icmp_rcv_end": b.IcmpRcv.End,
-		"icmpv6_rcv_start": b.Icmpv6Rcv.Start, "icmpv6_rcv_end": b.Icmpv6Rcv.End,
-		"no_socket_reason":   noSocket,
-		"ip6_mc_input_start": b.IP6McInput.Start, "ip6_mc_input_end": b.IP6McInput.End,
-		"ip_rcv_finish_core_start": b.IPRcvFinishCore.Start, "ip_rcv_finish_core_end": b.IPRcvFinishCore.End,
+		"benign_count": uint32(len(entries)),
+		"benign_start": start, "benign_end": end,
+		"benign_reason": reason, "benign_any_reason": anyReason, "benign_packet_of": packet,
 	} {
-		if err := spec.Variables[name].Set(v); err != nil {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("set %s: no such variable in the BPF object", name)
+		}
+		if err := vs.Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}

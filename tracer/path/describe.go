@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	ben "github.com/hoptrace/hoptrace/tracer/benign"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
@@ -103,8 +105,9 @@ type EndEvent struct {
 	// NAT is a rewrite first seen at this end (a drop right after DNAT).
 	NAT string `json:"nat,omitempty"`
 
-	echoReply bool // the packet is an ICMP or ICMPv6 echo reply
-	mcast4    bool // to an IPv4 multicast group
+	// benign is the rule (tracer/benign) a kfree_skb matches: no failure
+	// of the packet. Nil for a drop and for other ends.
+	benign *ben.Rule
 }
 
 // Describer turns packets into paths.
@@ -114,6 +117,9 @@ type Describer struct {
 	Drops   DropNamer  // may be nil
 	// WallOffset converts event times (CLOCK_MONOTONIC ns) to wall clock.
 	WallOffset time.Duration
+
+	benignOnce sync.Once
+	benign     *ben.Set
 }
 
 // consumeNotEnd are kernel functions that consume an skb without ending the
@@ -184,8 +190,6 @@ func (d *Describer) Describe(p *Packet) Path {
 		if event.IsEnd(h) {
 			end := d.EndEvent(e)
 			end.Copy = len(hopSkbs) > 0 && !hopSkbs[e.Skb]
-			end.echoReply = isEchoReply(&e.Meta)
-			end.mcast4 = e.Meta.EthProto == event.EthIPv4 && e.Meta.Daddr[0]&0xf0 == 0xe0
 			end.NAT = nat
 			if e.Netns == 0 && len(path.Hops) > 0 {
 				// Freed after the stack dropped its device and socket
@@ -319,66 +323,42 @@ func (d *Describer) EndEvent(e *event.Event) EndEvent {
 		} else {
 			end.Reason = fmt.Sprintf("REASON_%d", e.DropReason)
 		}
+		end.benign = d.benignRules().Match(end.Location, end.Reason, &e.Meta)
 	}
 	return end
 }
 
-// benignDrop reports kfree_skb events that are not a failure of the path:
-// a flood clone reaching a host it was not for, the ICMP echo reply that
-// ping_rcv frees after raw sockets took their clone of it, a packet still
-// queued on a socket when it closed (it had been delivered), and packet
-// sockets' copies.
-func benignDrop(end EndEvent) bool {
-	switch {
-	case end.Reason == "OTHERHOST":
-		return true
-	case multicastNotJoined(end):
-		return true
-	case lateTCPSegment(end):
-		return true
-	case rawSocketReply(end):
-		return true
-	case end.Reason == "QUEUE_PURGE":
-		return true
-	case copyConsumers[end.Location]:
-		return true
-	}
-	return false
+// benignRules are tracer/benign's rules for the kernel d.Drops names the
+// reasons of (a DropNamer that says which it has, as kernel.DropReasons
+// does; else one whose reasons are all unnamed).
+func (d *Describer) benignRules() *ben.Set {
+	d.benignOnce.Do(func() {
+		k, ok := d.Drops.(ben.Reasons)
+		if !ok {
+			k = unnamedReasons{}
+		}
+		d.benign = ben.For(k)
+	})
+	return d.benign
 }
 
-// multicastNotJoined reports multicast freed because this namespace has not
-// joined its group (a bridge floods multicast to every port, IGMP reports
-// included): not for this host, like OTHERHOST. IPv6: ip6_mc_input's
-// discard; IPv4: the input route refused in ip_rcv_finish_core.
-func multicastNotJoined(end EndEvent) bool {
-	fn := kernel.BaseName(end.Location)
-	return fn == "ip6_mc_input" || end.mcast4 && fn == "ip_rcv_finish_core"
-}
+// unnamedReasons: reasons passed but named by number only.
+type unnamedReasons struct{}
 
-// lateTCPSegment reports a TCP segment tcp_v4_rcv or tcp_v6_rcv freed with
-// no reason: one for a connection already in TIME_WAIT (the closing
-// handshake's last FIN or ACK, answered from there) or not addressed to
-// this host; its real drops there carry a reason (NO_SOCKET, TCP_CSUM,
-// XFRM_POLICY, ...). Before 5.17 no free has a reason: none matches.
-func lateTCPSegment(end EndEvent) bool {
-	fn := kernel.BaseName(end.Location)
-	return end.Reason == "NOT_SPECIFIED" && (fn == "tcp_v4_rcv" || fn == "tcp_v6_rcv")
-}
+func (unnamedReasons) Available() bool { return true }
+func (unnamedReasons) Has(string) bool { return false }
 
-// rawSocketReply reports the NO_SOCKET drop of an echo reply that no ping
-// socket wanted after raw sockets took their clone: freed by ping_rcv, or
-// (before 6.3) by icmp_rcv / icmpv6_rcv with the reason ping_rcv returned.
-func rawSocketReply(end EndEvent) bool {
-	// Before 5.17 the kernel passes no reason: the function and the
-	// packet (an echo reply) say it alone.
-	if end.Reason != "NO_SOCKET" && end.Reason != "" {
-		return false
-	}
-	return end.Location == "ping_rcv" || end.echoReply && (end.Location == "icmp_rcv" || end.Location == "icmpv6_rcv")
-}
+// benignDrop reports kfree_skb events that are not a failure of the path
+// (tracer/benign's rules): a flood copy reaching a host it was not for,
+// multicast of a group not joined, the ICMP echo reply that ping_rcv frees
+// after raw sockets took their clone of it, a late TCP segment, a packet
+// still queued on a socket when it closed (it had been delivered), and
+// packet sockets' copies.
+func benignDrop(end EndEvent) bool { return end.benign != nil }
 
-func isEchoReply(m *event.Meta) bool {
-	return m.L4Proto == event.ProtoICMP && m.IcmpType == 0 || m.L4Proto == event.ProtoICMPv6 && m.IcmpType == 129
+// benignEnding reports whether a benign drop ends as the rule says.
+func benignEnding(end *EndEvent, e ben.Ending) bool {
+	return end != nil && end.benign != nil && end.benign.Ending == e
 }
 
 // where names a namespace the way hop rows do: the container, else the label.
@@ -441,19 +421,19 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 		} else {
 			o.end = "consumed in " + delivered.Netns
 		}
-	case benign != nil && rawSocketReply(*benign):
+	case benignEnding(benign, ben.RawSocket):
 		o = outcome{verdict: Delivered, end: "delivered to a raw socket in " + benign.Netns}
-	case benign != nil && lateTCPSegment(*benign):
-		o = outcome{verdict: Delivered, end: fmt.Sprintf("consumed by %s in %s (a late segment of a closed connection)", kernel.BaseName(benign.Location), benign.Netns)}
-	case benign != nil && benign.Reason == "QUEUE_PURGE":
+	case benignEnding(benign, ben.Consumed):
+		o = outcome{verdict: Delivered, end: fmt.Sprintf("consumed by %s in %s (%s)", kernel.BaseName(benign.Location), benign.Netns, benign.benign.Note)}
+	case benignEnding(benign, ben.Queued):
 		o = outcome{verdict: Delivered, end: "delivered to a socket in " + benign.Netns + " (still queued when it closed)"}
 	case lastHop.Direction == event.Local:
 		o = outcome{verdict: Delivered, end: "delivered to the host stack through " + lastHop.Ifname}
 	case lastHop.Direction == event.Ingress:
 		o = outcome{verdict: Delivered, end: fmt.Sprintf("received by the stack of %s %s", hopWhere, lastHop.Ifname)}
 		switch {
-		case benign != nil && multicastNotJoined(*benign):
-			o.end += " (multicast of a group it has not joined)"
+		case benign != nil && benign.benign.Note != "":
+			o.end += " (" + benign.benign.Note + ")"
 		case benign != nil:
 			o.end += " (" + benign.Reason + " drop of a copy)"
 		}

@@ -36,6 +36,17 @@ type fakeDrops map[uint32]string
 
 func (f fakeDrops) Name(r uint32) string { return f[r] }
 
+func (f fakeDrops) Available() bool { return true }
+
+func (f fakeDrops) Has(name string) bool {
+	for _, n := range f {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
 const (
 	locIcmpRcv = 0x1000
 	locNft     = 0x2000
