@@ -140,14 +140,6 @@ struct {
 	__type(value, struct pkt_track);
 } by_head SEC(".maps");
 
-/* Where a new entry of by_skb/by_head is built (too big for the stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pkt_track);
-} track_scratch SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -286,12 +278,35 @@ struct hdr_buf {
 	__u8 spill[64]; /* a header past b, read on its own */
 };
 
+/*
+ * An observation's working memory, per CPU and per nesting level: a program
+ * in process context (a socket read's end) can be interrupted on its CPU by
+ * one in softirq (a device hop), which must not overwrite its headers. The
+ * stack is no place for them: it is shared with the filter expression's
+ * program, and the kernel bounds both frames together at 512 bytes.
+ */
+#define NEST_LEVELS 3 /* process, softirq, hard interrupt */
+
+struct obs_scratch {
+	struct hdr_buf hb;
+	struct pkt_meta meta;
+	struct pkt_track fresh; /* a new by_skb/by_head entry */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NEST_LEVELS);
+	__type(key, __u32);
+	__type(value, struct obs_scratch);
+} obs_scratch SEC(".maps");
+
+/* How deep observations are nested on this CPU now. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct hdr_buf);
-} hdr_scratch SEC(".maps");
+	__type(value, __u32);
+} obs_nest SEC(".maps");
 
 /*
  * The size bytes at src + off: in the buffer when they are among its n bytes
@@ -410,12 +425,8 @@ static __always_inline void parse_l4(struct hdr_buf *hb, __u32 n, __u32 off, con
 }
 
 /* ether: the device is an Ethernet device (or unknown) */
-static __always_inline void parse(struct sk_buff *skb, bool ether, struct pkt_meta *m)
+static __always_inline void parse(struct sk_buff *skb, bool ether, struct hdr_buf *hb, struct pkt_meta *m)
 {
-	__u32 zero = 0;
-	struct hdr_buf *hb = bpf_map_lookup_elem(&hdr_scratch, &zero);
-	if (!hb)
-		return;
 	unsigned char *head = skb->head;
 	__u16 eth_proto = 0;
 	__u32 n = 0, start = 0;
@@ -901,9 +912,10 @@ enum dev_source {
  * One observation. looked_up: the caller (a tcx hop) already looked the skb
  * up, t in by_skb and, for a cloned skb not found there, h in by_head.
  */
-static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
-					 __u64 location, __u32 reason, enum dev_source dev_src,
-					 struct pkt_track *t, struct pkt_track *h, bool looked_up, __u64 now)
+static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
+				      __u64 location, __u32 reason, enum dev_source dev_src,
+				      struct pkt_track *t, struct pkt_track *h, bool looked_up, __u64 now,
+				      struct obs_scratch *sc)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
@@ -949,7 +961,8 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	if (dev_src == DEV_END)
 		dev = end_dev(skb);
 
-	struct pkt_meta meta = {};
+	struct pkt_meta *meta = &sc->meta;
+	__builtin_memset(meta, 0, sizeof(*meta));
 	struct hop_key cur = {.hook = hook};
 	__u8 flags = 0;
 	bool ether = true;
@@ -964,15 +977,15 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	}
 	/* namespace/device filters need no header parsing to say no */
 	if (untracked && filter_flags && !(filter_flags & (FILTER_ADDR | FILTER_PORT)) &&
-	    !selected(cur.netns, cur.ifindex, &meta))
+	    !selected(cur.netns, cur.ifindex, meta))
 		return 0;
 	/* so does a filter expression: an untracked packet it rejects costs one run */
 	if (untracked && expr_filter && !expr_matches(skb, dev))
 		return 0;
 
-	parse(skb, ether, &meta);
-	__u64 fp = fingerprint(&meta);
-	__u64 nat_fp = nat_fingerprint(&meta);
+	parse(skb, ether, &sc->hb, meta);
+	__u64 fp = fingerprint(meta);
+	__u64 nat_fp = nat_fingerprint(meta);
 	__u64 pkt_id = 0;
 	struct hop_key prev = {};
 	__u64 prev_ts = 0;
@@ -1021,7 +1034,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 			prev_ts = src->last_ts;
 			flags |= EVENT_F_CLONE;
 		} else {
-			if (!may_start || !selected(cur.netns, cur.ifindex, &meta) ||
+			if (!may_start || !selected(cur.netns, cur.ifindex, meta) ||
 			    (!untracked && expr_filter && !expr_matches(skb, dev)) || !sampled(nat_fp ? nat_fp : fp))
 				return 0;
 			pkt_id = new_pkt_id();
@@ -1030,11 +1043,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 			flags |= EVENT_F_NEW;
 			stat_inc(STAT_PACKETS);
 		}
-		/* built in a per-CPU slot: the stack is shared with the filter expression's program */
-		__u32 zero = 0;
-		struct pkt_track *fresh = bpf_map_lookup_elem(&track_scratch, &zero);
-		if (!fresh)
-			return 0;
+		struct pkt_track *fresh = &sc->fresh;
 		fresh->pkt_id = pkt_id;
 		fresh->fp = fp;
 		fresh->head = head;
@@ -1057,7 +1066,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	if (mode == MODE_LATENCY) {
 		if (prev_ts && now >= prev_ts) {
 			struct hop_key to = cur;
-			if (hook == HOOK_KFREE_SKB && benign_drop(location, reason, &meta)) {
+			if (hook == HOOK_KFREE_SKB && benign_drop(location, reason, meta)) {
 				/* the reply was delivered to a raw socket's clone */
 				to.hook = HOOK_CONSUME_SKB;
 			} else if (hook == HOOK_KFREE_SKB) {
@@ -1091,7 +1100,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 				bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
 			else
 				__builtin_memset(e->ifname, 0, sizeof(e->ifname));
-			e->meta = meta;
+			e->meta = *meta;
 			if (snap_len) {
 				struct frame_snap *s = (void *)(e + 1);
 				if (end)
@@ -1128,6 +1137,32 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 		}
 	}
 	return 0;
+}
+
+/*
+ * observe_in() with this nesting level's working memory. An observation
+ * interrupted on its CPU by another keeps its own; one nested deeper than
+ * NEST_LEVELS (never seen: it would need a program in a hard interrupt
+ * interrupted again) is not made.
+ */
+static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
+					 __u64 location, __u32 reason, enum dev_source dev_src,
+					 struct pkt_track *t, struct pkt_track *h, bool looked_up, __u64 now)
+{
+	__u32 zero = 0;
+	__u32 *nest = bpf_map_lookup_elem(&obs_nest, &zero);
+	if (!nest)
+		return 0;
+	__u32 level = *nest;
+	if (level >= NEST_LEVELS)
+		return 0;
+	struct obs_scratch *sc = bpf_map_lookup_elem(&obs_scratch, &level);
+	if (!sc)
+		return 0;
+	*nest = level + 1;
+	int r = observe_in(ctx, skb, dev, hook, location, reason, dev_src, t, h, looked_up, now, sc);
+	*nest = level;
+	return r;
 }
 
 /* A tracepoint's observation: observe_found() looking the skb up itself. */

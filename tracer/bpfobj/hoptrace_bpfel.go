@@ -94,12 +94,6 @@ type HoptraceFrameSnap struct {
 	Pad    uint8
 }
 
-type HoptraceHdrBuf struct {
-	_     structs.HostLayout
-	B     [192]uint8
-	Spill [64]uint8
-}
-
 type HoptraceHist struct {
 	_       structs.HostLayout
 	Count   uint64
@@ -136,6 +130,18 @@ type HoptraceHopPair struct {
 	_    structs.HostLayout
 	From HoptraceHopKey
 	To   HoptraceHopKey
+}
+
+type HoptraceObsScratch struct {
+	_  structs.HostLayout
+	Hb struct {
+		_     structs.HostLayout
+		B     [192]uint8
+		Spill [64]uint8
+	}
+	Meta  HoptracePktMeta
+	_     [4]byte
+	Fresh HoptracePktTrack
 }
 
 type HoptracePktMeta struct {
@@ -209,12 +215,12 @@ const (
 	HoptraceMapFilterDev               = "filter_dev"
 	HoptraceMapFilterNetns             = "filter_netns"
 	HoptraceMapFilterPort              = "filter_port"
-	HoptraceMapHdrScratch              = "hdr_scratch"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
+	HoptraceMapObsNest                 = "obs_nest"
+	HoptraceMapObsScratch              = "obs_scratch"
 	HoptraceMapPktSeq                  = "pkt_seq"
 	HoptraceMapStats                   = "stats"
-	HoptraceMapTrackScratch            = "track_scratch"
 	HoptraceProgOnConsumeSkb           = "on_consume_skb"
 	HoptraceProgOnConsumeSkbNoloc      = "on_consume_skb_noloc"
 	HoptraceProgOnKfreeSkb             = "on_kfree_skb"
@@ -314,21 +320,21 @@ type HoptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceMapSpecs struct {
-	Activity     *ebpf.MapSpec `ebpf:"activity"`
-	ByHead       *ebpf.MapSpec `ebpf:"by_head"`
-	BySkb        *ebpf.MapSpec `ebpf:"by_skb"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	FilterAddr   *ebpf.MapSpec `ebpf:"filter_addr"`
-	FilterBloom  *ebpf.MapSpec `ebpf:"filter_bloom"`
-	FilterDev    *ebpf.MapSpec `ebpf:"filter_dev"`
-	FilterNetns  *ebpf.MapSpec `ebpf:"filter_netns"`
-	FilterPort   *ebpf.MapSpec `ebpf:"filter_port"`
-	HdrScratch   *ebpf.MapSpec `ebpf:"hdr_scratch"`
-	HistZero     *ebpf.MapSpec `ebpf:"hist_zero"`
-	Hists        *ebpf.MapSpec `ebpf:"hists"`
-	PktSeq       *ebpf.MapSpec `ebpf:"pkt_seq"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	TrackScratch *ebpf.MapSpec `ebpf:"track_scratch"`
+	Activity    *ebpf.MapSpec `ebpf:"activity"`
+	ByHead      *ebpf.MapSpec `ebpf:"by_head"`
+	BySkb       *ebpf.MapSpec `ebpf:"by_skb"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	FilterAddr  *ebpf.MapSpec `ebpf:"filter_addr"`
+	FilterBloom *ebpf.MapSpec `ebpf:"filter_bloom"`
+	FilterDev   *ebpf.MapSpec `ebpf:"filter_dev"`
+	FilterNetns *ebpf.MapSpec `ebpf:"filter_netns"`
+	FilterPort  *ebpf.MapSpec `ebpf:"filter_port"`
+	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
+	Hists       *ebpf.MapSpec `ebpf:"hists"`
+	ObsNest     *ebpf.MapSpec `ebpf:"obs_nest"`
+	ObsScratch  *ebpf.MapSpec `ebpf:"obs_scratch"`
+	PktSeq      *ebpf.MapSpec `ebpf:"pkt_seq"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // HoptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -380,21 +386,21 @@ func (o *HoptraceObjects) Close() error {
 //
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceMaps struct {
-	Activity     *ebpf.Map `ebpf:"activity"`
-	ByHead       *ebpf.Map `ebpf:"by_head"`
-	BySkb        *ebpf.Map `ebpf:"by_skb"`
-	Events       *ebpf.Map `ebpf:"events"`
-	FilterAddr   *ebpf.Map `ebpf:"filter_addr"`
-	FilterBloom  *ebpf.Map `ebpf:"filter_bloom"`
-	FilterDev    *ebpf.Map `ebpf:"filter_dev"`
-	FilterNetns  *ebpf.Map `ebpf:"filter_netns"`
-	FilterPort   *ebpf.Map `ebpf:"filter_port"`
-	HdrScratch   *ebpf.Map `ebpf:"hdr_scratch"`
-	HistZero     *ebpf.Map `ebpf:"hist_zero"`
-	Hists        *ebpf.Map `ebpf:"hists"`
-	PktSeq       *ebpf.Map `ebpf:"pkt_seq"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	TrackScratch *ebpf.Map `ebpf:"track_scratch"`
+	Activity    *ebpf.Map `ebpf:"activity"`
+	ByHead      *ebpf.Map `ebpf:"by_head"`
+	BySkb       *ebpf.Map `ebpf:"by_skb"`
+	Events      *ebpf.Map `ebpf:"events"`
+	FilterAddr  *ebpf.Map `ebpf:"filter_addr"`
+	FilterBloom *ebpf.Map `ebpf:"filter_bloom"`
+	FilterDev   *ebpf.Map `ebpf:"filter_dev"`
+	FilterNetns *ebpf.Map `ebpf:"filter_netns"`
+	FilterPort  *ebpf.Map `ebpf:"filter_port"`
+	HistZero    *ebpf.Map `ebpf:"hist_zero"`
+	Hists       *ebpf.Map `ebpf:"hists"`
+	ObsNest     *ebpf.Map `ebpf:"obs_nest"`
+	ObsScratch  *ebpf.Map `ebpf:"obs_scratch"`
+	PktSeq      *ebpf.Map `ebpf:"pkt_seq"`
+	Stats       *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *HoptraceMaps) Close() error {
@@ -408,12 +414,12 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterDev,
 		m.FilterNetns,
 		m.FilterPort,
-		m.HdrScratch,
 		m.HistZero,
 		m.Hists,
+		m.ObsNest,
+		m.ObsScratch,
 		m.PktSeq,
 		m.Stats,
-		m.TrackScratch,
 	)
 }
 
