@@ -17,7 +17,6 @@ import (
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
 )
@@ -103,14 +102,6 @@ func TestLoopbackUDPOneIdentity(t *testing.T) {
 // frame's first bytes (on lo: a blank Ethernet header, then IPv4).
 func TestFilterAndSnapshot(t *testing.T) {
 	privtest.RequireRoot(t)
-	if _, v, err := kernel.Release(); err == nil && !v.AtLeast(5, 11) {
-		// Known and open: Debian's 5.10.0-30 panics during this test (a
-		// fault taken in an interrupt, then a crash searching a BPF
-		// program's exception table). The filter and the snapshot are
-		// covered on 5.10 by tracer/e2e's TestFilterMatchesTcpdump and the
-		// pcapng drop-comment test, which pass there.
-		t.Skip("SKIP on Linux < 5.11: the kernel panics during this test (open; see docs/kernels.md)")
-	}
 	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
