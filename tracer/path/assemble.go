@@ -18,6 +18,9 @@ type Packet struct {
 	first  uint64
 	last   uint64
 	ended  bool // an end event (drop, consume, copy to a socket) arrived
+	// own is the room for the first events the Assembler gave the packet
+	// (nil for a packet it did not open): Release hands it back.
+	own []event.Event
 }
 
 // First returns the earliest event's time.
@@ -56,6 +59,10 @@ type Assembler struct {
 	// events come in runs, so many events skip the map.
 	recent int32
 	slab   []packetAlloc
+	// spare holds released packets for reuse (see Release): at full rate
+	// packets are opened and finished by the tens of thousands a second,
+	// and reusing them keeps the garbage collector out of the hot path.
+	spare []*Packet
 }
 
 // slot is one open packet as Flush sees it.
@@ -74,6 +81,11 @@ type packetAlloc struct {
 
 const packetSlab = 32
 
+// maxSpare bounds the released packets kept for reuse (about 1.2 kB each):
+// enough for the packets finished between two flushes at full rate, while
+// the memory of a burst's high-water mark goes back to the heap.
+const maxSpare = 16384
+
 // NewAssembler returns an Assembler with the given timings in nanoseconds.
 func NewAssembler(linger, idle uint64) *Assembler {
 	return &Assembler{
@@ -89,14 +101,22 @@ func NewAssembler(linger, idle uint64) *Assembler {
 
 // open starts a packet for e's id and returns its slot.
 func (a *Assembler) open(e *event.Event) int32 {
-	if len(a.slab) == 0 {
-		a.slab = make([]packetAlloc, packetSlab)
+	var p *Packet
+	if n := len(a.spare); n > 0 {
+		p = a.spare[n-1]
+		a.spare[n-1] = nil
+		a.spare = a.spare[:n-1]
+	} else {
+		if len(a.slab) == 0 {
+			a.slab = make([]packetAlloc, packetSlab)
+		}
+		pa := &a.slab[0]
+		a.slab = a.slab[1:]
+		p = &pa.p
+		p.own = pa.buf[:0:len(pa.buf)]
 	}
-	pa := &a.slab[0]
-	a.slab = a.slab[1:]
-	p := &pa.p
 	p.ID, p.first, p.last = e.PktId, e.TsNs, e.TsNs
-	p.Events = pa.buf[:0]
+	p.Events = p.own[:0]
 	var i int32
 	if n := len(a.free); n > 0 {
 		i = a.free[n-1]
@@ -148,6 +168,19 @@ func (a *Assembler) Add(e *event.Event) {
 	if event.IsEnd(event.Hook(e.Hook)) {
 		p.ended, s.ended = true, true
 	}
+}
+
+// Release hands back a packet returned by Flush once the caller is done
+// with it (its path described and written): the Assembler reuses its
+// memory for a later packet, so neither p nor its Events may be used after.
+// Releasing is optional; a packet not released is garbage collected.
+func (a *Assembler) Release(p *Packet) {
+	if p == nil || p.own == nil || len(a.spare) >= maxSpare {
+		return
+	}
+	own := p.own
+	*p = Packet{own: own}
+	a.spare = append(a.spare, p)
 }
 
 // Late counts events that arrived for packets already finished.
