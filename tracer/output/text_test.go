@@ -83,8 +83,8 @@ func TestPathTextMatchesTable(t *testing.T) {
 	for i := 0; i < 3000; i++ {
 		p := path.Path{
 			ID: uint64(i), Time: time.Date(2026, 12, 2, 4, 5, 6, rng.IntN(1e9), time.UTC),
-			Summary: pick("UDP 10.77.0.2:40000 > 10.77.0.3:5201 len=92", "", "ICMP a > b"),
-			Verdict: pick(path.Delivered, path.Dropped, path.Forwarded, path.Unfinished),
+			Summary:    pick("UDP 10.77.0.2:40000 > 10.77.0.3:5201 len=92", "", "ICMP a > b"),
+			Verdict:    pick(path.Delivered, path.Dropped, path.Forwarded, path.Unfinished),
 			DropReason: pick("", "NETFILTER_DROP"), End: pick("delivered to a socket in ns-b", "", "lost from sight"),
 		}
 		for j := rng.IntN(7); j > 0; j-- {
@@ -92,8 +92,8 @@ func TestPathTextMatchesTable(t *testing.T) {
 				Netns: pick("ns-a", "host", "netns:4026532200", ""), Container: pick("", "", "web"),
 				Ifname: pick("eth0", "veth-a", "br0", "", "a-very-long-nam"), Kind: resolve.Kind(pick("veth", "bridge", "unknown", "")),
 				Direction: event.Direction(pick("egress", "ingress", "forward", "local")),
-				SinceNs: uint64(rng.IntN(3)) * uint64(rng.Int64N(1e12)), DeltaNs: uint64(rng.Int64N(1e7)),
-				Note: pick("", "port of br0", "veth-a -> veth-b", " padded ", "up to the host stack"),
+				SinceNs:   uint64(rng.IntN(3)) * uint64(rng.Int64N(1e12)), DeltaNs: uint64(rng.Int64N(1e7)),
+				Note:     pick("", "port of br0", "veth-a -> veth-b", " padded ", "up to the host stack"),
 				Inferred: rng.IntN(3) == 0, Clone: rng.IntN(4) == 0, NAT: pick("", "", "DNAT 10.213.9.1:18080 -> 172.17.0.2:80"),
 			})
 		}
