@@ -115,8 +115,56 @@ type Describer struct {
 	Drops   DropNamer  // may be nil
 	// WallOffset converts event times (CLOCK_MONOTONIC ns) to wall clock.
 	WallOffset time.Duration
+	// CacheNames keeps the names of the places looked up in Names until
+	// ForgetNames: a caller that describes many paths in a row (trace, at
+	// every flush) asks Names once per place instead of at every hop, and
+	// calls ForgetNames whenever the names may have changed since.
+	CacheNames bool
 
 	s *scratch
+}
+
+// ForgetNames drops the names kept since the last call (see CacheNames).
+func (d *Describer) ForgetNames() {
+	if d.s != nil {
+		clear(d.s.places)
+	}
+}
+
+// place is what a path needs to know about one (namespace, interface):
+// the place's names and, when Names knows the interface, its name and
+// its master's ifindex.
+type place struct {
+	resolve.Place
+	link   bool // Names knows the interface
+	name   string
+	master int
+}
+
+// place names the interface with ifindex in the namespace netns (0: the
+// namespace alone), from the cache when CacheNames is set.
+func (d *Describer) place(s *scratch, netns uint32, ifindex int) *place {
+	key := uint64(netns)<<32 | uint64(uint32(ifindex))
+	if d.CacheNames {
+		if pl, ok := s.places[key]; ok {
+			return pl
+		}
+	}
+	pl := &s.lookup
+	if d.CacheNames {
+		if len(s.places) >= maxShared {
+			clear(s.places)
+		}
+		pl = new(place)
+		s.places[key] = pl
+	}
+	*pl = place{Place: resolve.PlaceOf(d.Names, netns, ifindex)}
+	if ifindex != 0 && d.Names != nil {
+		if l, ok := d.Names.Link(netns, ifindex); ok {
+			pl.link, pl.name, pl.master = true, l.Name, l.MasterIndex
+		}
+	}
+	return pl
 }
 
 func (d *Describer) scratch() *scratch {
@@ -254,7 +302,7 @@ func (d *Describer) DescribeInto(p *Packet, path *Path) {
 				note := s.join(in.Ifname, " -> ", hop.Ifname)
 				path.Hops = append(path.Hops, Hop{
 					Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
-					Ifindex: d.bridgeIndex(&hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
+					Ifindex: d.bridgeIndex(s, &hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
 					Bridge: hop.Bridge, Hook: event.BridgeForward, TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
 					Note: note,
 				})
@@ -304,7 +352,7 @@ func (d *Describer) Hop(e *event.Event) Hop { return d.hop(e, d.scratch()) }
 
 func (d *Describer) hop(e *event.Event, s *scratch) Hop {
 	h := event.Hook(e.Hook)
-	pl := resolve.PlaceOf(d.Names, e.Netns, int(e.Ifindex))
+	pl := d.place(s, e.Netns, int(e.Ifindex))
 	hop := Hop{
 		Netns:      pl.Netns,
 		NetnsInode: e.Netns,
@@ -331,9 +379,9 @@ func (d *Describer) hop(e *event.Event, s *scratch) Hop {
 	return hop
 }
 
-func (d *Describer) bridgeIndex(hop *Hop) int {
-	if l, ok := d.Names.Link(hop.NetnsInode, hop.Ifindex); ok {
-		return l.MasterIndex
+func (d *Describer) bridgeIndex(s *scratch, hop *Hop) int {
+	if pl := d.place(s, hop.NetnsInode, hop.Ifindex); pl.link {
+		return pl.master
 	}
 	return 0
 }
@@ -349,14 +397,14 @@ func (d *Describer) endEvent(e *event.Event, s *scratch) EndEvent {
 		TsNs:       e.TsNs,
 		Skb:        s.skb(e.Skb),
 	}
-	label, owner := resolve.NetnsLabel(d.Names, e.Netns)
-	end.Netns = label
-	if owner != "" {
-		end.Netns = owner
+	pl := d.place(s, e.Netns, int(e.Ifindex))
+	end.Netns = pl.Netns
+	if pl.Container != "" {
+		end.Netns = pl.Container
 	}
 	if e.Ifindex != 0 {
-		if l, ok := d.Names.Link(e.Netns, int(e.Ifindex)); ok {
-			end.Ifname = l.Name
+		if pl.link {
+			end.Ifname = pl.name
 		} else {
 			end.Ifname = s.ifname(e)
 		}

@@ -22,6 +22,8 @@ type scratch struct {
 	lastMeta []skbMeta
 	branches []branch
 	ends     []*EndEvent
+	places   map[uint64]*place // see Describer.CacheNames
+	lookup   place             // the place looked up last, when not cached
 }
 
 // skbMeta is the headers last seen on one skb.
@@ -43,9 +45,10 @@ const maxShared = 4096
 
 func newScratch() *scratch {
 	return &scratch{
-		texts: make(map[string]string),
-		skbs:  make(map[uint64]string),
-		addrs: make(map[netip.Addr]string),
+		texts:  make(map[string]string),
+		skbs:   make(map[uint64]string),
+		addrs:  make(map[netip.Addr]string),
+		places: make(map[uint64]*place),
 	}
 }
 

@@ -164,7 +164,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 
 	w := output.NewWriter(cfg.Out, cfg.Format)
 	defer w.Flush()
-	desc := &path.Describer{Names: names, Symbols: cfg.Symbols, Drops: cfg.Drops, WallOffset: wallOffset()}
+	// Names are kept from one path to the next within a flush (or between
+	// two ticks with --events), and asked for again after.
+	desc := &path.Describer{Names: names, Symbols: cfg.Symbols, Drops: cfg.Drops, WallOffset: wallOffset(), CacheNames: true}
 	asm := path.NewAssembler(uint64(linger), uint64(idle))
 	sum := output.Summary{Verdicts: map[string]uint64{}}
 	unknownNetns := map[uint32]bool{}
@@ -211,6 +213,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return nil
 	}
 	flush := func(force bool) error {
+		desc.ForgetNames()
 		for _, p := range asm.Flush(force) {
 			if done() {
 				break
@@ -242,6 +245,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			asm.Advance(monotonicNow())
 		}
 		if cfg.Events {
+			desc.ForgetNames()
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("write output: %w", err)
 			}
