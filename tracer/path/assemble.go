@@ -84,7 +84,7 @@ const packetSlab = 32
 // maxSpare bounds the released packets kept for reuse (about 1.2 kB each):
 // enough for the packets finished between two flushes at full rate, while
 // the memory of a burst's high-water mark goes back to the heap.
-const maxSpare = 16384
+const maxSpare = 4096
 
 // NewAssembler returns an Assembler with the given timings in nanoseconds.
 func NewAssembler(linger, idle uint64) *Assembler {
