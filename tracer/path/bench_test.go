@@ -258,3 +258,54 @@ func BenchmarkDescribe(b *testing.B) {
 		_ = d.Describe(p)
 	}
 }
+
+// BenchmarkDecodeStitchDescribeInto is the trace loop's own pattern: names
+// cached within a flush, each packet described into one reused path and
+// released after. One op is one event.
+func BenchmarkDecodeStitchDescribeInto(b *testing.B) {
+	raw := encode(b, udpStream())
+	asm := NewAssembler(benchLinger, benchIdle)
+	d := &Describer{Names: newBenchNames(), Symbols: fakeSyms{locUDPRecv: "udp_recvmsg"}, CacheNames: true}
+	st := newStreamer(len(raw))
+	var ev event.Event
+	var pa Path
+	hops := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		idx, idOff, tsOff := st.next()
+		if err := event.Decode(raw[idx], &ev); err != nil {
+			b.Fatal(err)
+		}
+		ev.PktId += idOff
+		ev.TsNs += tsOff
+		asm.Add(&ev)
+		if st.flushDue(ev.TsNs) {
+			d.ForgetNames()
+			for _, p := range asm.Flush(false) {
+				d.DescribeInto(p, &pa)
+				hops += len(pa.Hops)
+				asm.Release(p)
+			}
+		}
+	}
+	reportEvents(b, b.N)
+	if b.N > 100_000 && hops == 0 {
+		b.Fatal("no path described")
+	}
+}
+
+// BenchmarkDescribeInto describes one finished five-hop packet per op into
+// a reused path, names cached, as trace does.
+func BenchmarkDescribeInto(b *testing.B) {
+	d := &Describer{Names: newBenchNames(), Symbols: fakeSyms{locUDPRecv: "udp_recvmsg"}, WallOffset: time.Duration(time.Now().UnixNano()), CacheNames: true}
+	p := &Packet{ID: 1, Events: udpPacket(1, 1_000_000_000), ended: true}
+	var pa Path
+	if d.DescribeInto(p, &pa); len(pa.Hops) != 5 {
+		b.Fatalf("path has %d hops, want 5", len(pa.Hops))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		d.DescribeInto(p, &pa)
+	}
+}

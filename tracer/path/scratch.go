@@ -22,6 +22,8 @@ type scratch struct {
 	lastMeta []skbMeta
 	branches []branch
 	ends     []*EndEvent
+	lastSkb  uint64 // the skb address rendered last, and its text
+	skbText  string
 	places   map[uint64]*place // see Describer.CacheNames
 	lookup   place             // the place looked up last, when not cached
 }
@@ -77,7 +79,11 @@ func (s *scratch) join(parts ...string) string {
 
 // skb is SkbString(addr), shared.
 func (s *scratch) skb(addr uint64) string {
+	if addr == s.lastSkb && s.skbText != "" {
+		return s.skbText // a packet's events are mostly of one skb
+	}
 	if t, ok := s.skbs[addr]; ok {
+		s.lastSkb, s.skbText = addr, t
 		return t
 	}
 	if len(s.skbs) >= maxShared {
@@ -88,6 +94,7 @@ func (s *scratch) skb(addr uint64) string {
 	s.buf = b
 	t := string(b)
 	s.skbs[addr] = t
+	s.lastSkb, s.skbText = addr, t
 	return t
 }
 
