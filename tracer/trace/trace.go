@@ -150,6 +150,10 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return res, fmt.Errorf("open ring buffer: %w", err)
 	}
 	defer rd.Close()
+	waiter, err := newRingWaiter(tr.Events(), rd)
+	if err == nil {
+		defer waiter.Close()
+	} // else the reader waits itself
 
 	if cfg.Drops == nil {
 		if d := kernel.KernelDropReasons(); d != nil {
@@ -309,7 +313,19 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 					return res, err
 				}
 			}
-			rd.SetDeadline(now.Add(poll))
+			if waiter == nil {
+				rd.SetDeadline(now.Add(poll))
+			} else {
+				err = nil
+				if rec.Remaining == 0 {
+					err = waiter.wait(now.Add(poll))
+				}
+				if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					return res, fmt.Errorf("wait for the ring buffer: %w", err)
+				}
+				// data waits (or the deadline passed): read without waiting
+				rd.SetDeadline(now)
+			}
 		}
 		run++
 		err := rd.ReadInto(&rec)
