@@ -39,9 +39,13 @@ type Writer struct {
 	buf    []byte // reused for each JSON path
 }
 
+// writeBuffer is how much output is buffered before a write: a busy trace
+// writes tens of MB/s of JSON, and the trace flushes at every poll anyway.
+const writeBuffer = 256 << 10
+
 // NewWriter returns a Writer on w.
 func NewWriter(w io.Writer, f Format) *Writer {
-	bw := bufio.NewWriterSize(w, 64*1024)
+	bw := bufio.NewWriterSize(w, writeBuffer)
 	return &Writer{w: bw, format: f, enc: json.NewEncoder(bw)}
 }
 
