@@ -316,12 +316,10 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			if waiter == nil {
 				rd.SetDeadline(now.Add(poll))
 			} else {
-				err = nil
 				if rec.Remaining == 0 {
-					err = waiter.wait(now.Add(poll))
-				}
-				if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-					return res, fmt.Errorf("wait for the ring buffer: %w", err)
+					if err := waiter.wait(now.Add(poll)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+						return res, fmt.Errorf("wait for the ring buffer: %w", err)
+					}
 				}
 				// data waits (or the deadline passed): read without waiting
 				rd.SetDeadline(now)
