@@ -289,7 +289,11 @@ func (r *Results) Markdown() string {
 			return GoBench{}, false
 		}
 		ds, ok1 := bench("BenchmarkDecodeStitch")
-		dsd, ok2 := bench("BenchmarkDecodeStitchDescribe")
+		// trace's own pattern (a reused path, cached names), else Describe
+		dsd, ok2 := bench("BenchmarkDecodeStitchDescribeInto")
+		if !ok2 {
+			dsd, ok2 = bench("BenchmarkDecodeStitchDescribe")
+		}
 		js, ok3 := bench("BenchmarkPathJSON")
 		if ok1 && ok2 {
 			p("Decode + stitch: **%s hop events/s** on one core (%.0f ns per event). With Describe of every finished packet: %s events/s.",

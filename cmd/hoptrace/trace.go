@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -79,7 +80,29 @@ func openRules(cfg trace.Config) *nftrace.Tracer {
 	return rules
 }
 
+// traceMemoryLimit is the Go runtime's soft memory limit while tracing.
+//
+// A busy trace holds tens of MB live (packets waiting for their end, the
+// ids finished in the last seconds, the kernel's symbols), and with the
+// default GOGC the heap grows to twice its live size between collections:
+// that, not the live data, took the process past 100 MB of RSS. Little is
+// allocated per path, so collecting more often once the heap nears the
+// limit costs little CPU; below it GOGC decides as usual. The limit is
+// soft: a live heap above it is not an error, the collector then runs as
+// often as the runtime lets it (at most about half the CPU). The ring
+// buffer's mapping and the binary come on top (about 35 MB with the
+// default --ring-size), hence 60 MiB for an RSS under 100 MB. GOMEMLIMIT,
+// when set, takes precedence.
+const traceMemoryLimit = 60 << 20
+
+func limitTraceMemory() {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(traceMemoryLimit)
+	}
+}
+
 func runTrace(c *cli.Context) error {
+	limitTraceMemory()
 	format, err := output.ParseFormat(c.String("output"))
 	if err != nil {
 		return usageError{err}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"unsafe"
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
@@ -208,36 +209,102 @@ func Ports(m *Meta) (sport, dport uint16) {
 
 // Summary describes the packet in one line, tcpdump-like:
 // "ICMP 10.77.0.2 > 10.77.0.3 echo request id=7 seq=1 len=84".
-func Summary(m *Meta) string {
+func Summary(m *Meta) string { return string(AppendSummary(nil, m)) }
+
+// AppendSummary appends Summary(m) to b: the trace describes every packet
+// with it, without formatting through fmt.
+func AppendSummary(b []byte, m *Meta) []byte {
 	src, dst := Src(m), Dst(m)
 	switch m.EthProto {
 	case EthARP:
 		switch m.ArpOp {
 		case 1:
-			return fmt.Sprintf("ARP who-has %s tell %s", dst, src)
+			b = append(b, "ARP who-has "...)
+			b = appendAddr(b, dst)
+			b = append(b, " tell "...)
+			return appendAddr(b, src)
 		case 2:
-			return fmt.Sprintf("ARP reply %s is-at (to %s)", src, dst)
+			b = append(b, "ARP reply "...)
+			b = appendAddr(b, src)
+			b = append(b, " is-at (to "...)
+			b = appendAddr(b, dst)
+			return append(b, ')')
 		}
-		return fmt.Sprintf("ARP op %d %s > %s", m.ArpOp, src, dst)
+		b = append(b, "ARP op "...)
+		b = strconv.AppendUint(b, uint64(m.ArpOp), 10)
+		b = append(b, ' ')
+		b = appendAddr(b, src)
+		b = append(b, " > "...)
+		return appendAddr(b, dst)
 	case EthIPv4, EthIPv6:
 	default:
-		return Proto(m)
+		return append(b, Proto(m)...)
 	}
-	p := Proto(m)
 	switch m.L4Proto {
 	case ProtoTCP:
-		return fmt.Sprintf("TCP %s > %s [%s] seq=%d ack=%d len=%d",
-			netip.AddrPortFrom(src, m.Sport), netip.AddrPortFrom(dst, m.Dport), TCPFlags(m.TcpFlags), m.TcpSeq, m.TcpAck, m.IpLen)
+		b = append(b, "TCP "...)
+		b = appendAddrPort(b, src, m.Sport)
+		b = append(b, " > "...)
+		b = appendAddrPort(b, dst, m.Dport)
+		b = append(b, " ["...)
+		b = AppendTCPFlags(b, m.TcpFlags)
+		b = append(b, "] seq="...)
+		b = strconv.AppendUint(b, uint64(m.TcpSeq), 10)
+		b = append(b, " ack="...)
+		b = strconv.AppendUint(b, uint64(m.TcpAck), 10)
 	case ProtoUDP:
-		return fmt.Sprintf("UDP %s > %s len=%d", netip.AddrPortFrom(src, m.Sport), netip.AddrPortFrom(dst, m.Dport), m.IpLen)
+		b = append(b, "UDP "...)
+		b = appendAddrPort(b, src, m.Sport)
+		b = append(b, " > "...)
+		b = appendAddrPort(b, dst, m.Dport)
 	case ProtoICMP, ProtoICMPv6:
-		return fmt.Sprintf("%s %s > %s %s len=%d", p, src, dst, icmpText(m), m.IpLen)
+		b = append(b, Proto(m)...)
+		b = append(b, ' ')
+		b = appendAddr(b, src)
+		b = append(b, " > "...)
+		b = appendAddr(b, dst)
+		b = append(b, ' ')
+		b = appendICMP(b, m)
+	default:
+		b = append(b, Proto(m)...)
+		b = append(b, ' ')
+		b = appendAddr(b, src)
+		b = append(b, " > "...)
+		b = appendAddr(b, dst)
 	}
-	return fmt.Sprintf("%s %s > %s len=%d", p, src, dst, m.IpLen)
+	b = append(b, " len="...)
+	return strconv.AppendUint(b, uint64(m.IpLen), 10)
 }
 
-func icmpText(m *Meta) string {
-	echo := func(what string) string { return fmt.Sprintf("echo %s id=%d seq=%d", what, m.IcmpId, m.IcmpSeq) }
+// appendAddr appends a.String().
+func appendAddr(b []byte, a netip.Addr) []byte {
+	if !a.IsValid() {
+		return append(b, "invalid IP"...)
+	}
+	return a.AppendTo(b)
+}
+
+// appendAddrPort appends netip.AddrPortFrom(a, port).String().
+func appendAddrPort(b []byte, a netip.Addr, port uint16) []byte {
+	if !a.IsValid() {
+		return append(b, "invalid AddrPort"...)
+	}
+	return netip.AddrPortFrom(a, port).AppendTo(b)
+}
+
+func appendICMP(b []byte, m *Meta) []byte {
+	echo := func(what string) []byte {
+		b = append(b, "echo "...)
+		b = append(b, what...)
+		b = append(b, " id="...)
+		b = strconv.AppendUint(b, uint64(m.IcmpId), 10)
+		b = append(b, " seq="...)
+		return strconv.AppendUint(b, uint64(m.IcmpSeq), 10)
+	}
+	unreachable := func() []byte {
+		b = append(b, "unreachable code="...)
+		return strconv.AppendUint(b, uint64(m.IcmpCode), 10)
+	}
 	if m.L4Proto == ProtoICMP {
 		switch m.IcmpType {
 		case 8:
@@ -245,9 +312,9 @@ func icmpText(m *Meta) string {
 		case 0:
 			return echo("reply")
 		case 3:
-			return fmt.Sprintf("unreachable code=%d", m.IcmpCode)
+			return unreachable()
 		case 11:
-			return "time exceeded"
+			return append(b, "time exceeded"...)
 		}
 	} else {
 		switch m.IcmpType {
@@ -256,39 +323,47 @@ func icmpText(m *Meta) string {
 		case 129:
 			return echo("reply")
 		case 1:
-			return fmt.Sprintf("unreachable code=%d", m.IcmpCode)
+			return unreachable()
 		case 130:
-			return "multicast listener query"
+			return append(b, "multicast listener query"...)
 		case 131, 143:
-			return "multicast listener report"
+			return append(b, "multicast listener report"...)
 		case 133:
-			return "router solicitation"
+			return append(b, "router solicitation"...)
 		case 134:
-			return "router advertisement"
+			return append(b, "router advertisement"...)
 		case 135:
-			return "neighbor solicitation"
+			return append(b, "neighbor solicitation"...)
 		case 136:
-			return "neighbor advertisement"
+			return append(b, "neighbor advertisement"...)
 		}
 	}
-	return fmt.Sprintf("type=%d code=%d", m.IcmpType, m.IcmpCode)
+	b = append(b, "type="...)
+	b = strconv.AppendUint(b, uint64(m.IcmpType), 10)
+	b = append(b, " code="...)
+	return strconv.AppendUint(b, uint64(m.IcmpCode), 10)
 }
 
+// tcpFlagLetters are the TCP flags in tcpdump's order.
+var tcpFlagLetters = [...]struct {
+	bit uint8
+	c   byte
+}{{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x20, 'U'}, {0x40, 'E'}, {0x80, 'W'}, {0x10, '.'}}
+
 // TCPFlags renders TCP flags tcpdump-style: "S", "S.", "P.", "F.", "R".
-func TCPFlags(f uint8) string {
-	var b []byte
-	for _, x := range []struct {
-		bit uint8
-		c   byte
-	}{{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x20, 'U'}, {0x40, 'E'}, {0x80, 'W'}, {0x10, '.'}} {
+func TCPFlags(f uint8) string { return string(AppendTCPFlags(nil, f)) }
+
+// AppendTCPFlags appends TCPFlags(f) to b.
+func AppendTCPFlags(b []byte, f uint8) []byte {
+	if f == 0 {
+		return append(b, "none"...)
+	}
+	for _, x := range tcpFlagLetters {
 		if f&x.bit != 0 {
 			b = append(b, x.c)
 		}
 	}
-	if len(b) == 0 {
-		return "none"
-	}
-	return string(b)
+	return b
 }
 
 // Snap describes the frame bytes that follow an event in a record when the

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -29,38 +30,42 @@ func LoadSymbols(path string) (*Symbols, error) {
 }
 
 // ParseSymbols reads kallsyms-formatted text: "ffffffff81000000 T name [module]".
+// The names share one block of memory (a tracer holds the table for its
+// whole run: a string per line would keep every line's bytes).
 func ParseSymbols(r io.Reader) (*Symbols, error) {
 	type sym struct {
-		addr uint64
-		name string
+		addr     uint64
+		off, end int
 	}
 	var syms []sym
+	var block []byte
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
-		line := sc.Text()
-		f := strings.Fields(line)
-		if len(f) < 3 {
+		f := bytes.Fields(sc.Bytes())
+		if len(f) < 3 || len(f[1]) != 1 {
 			continue
 		}
-		switch f[1] {
-		case "t", "T", "w", "W":
+		switch f[1][0] {
+		case 't', 'T', 'w', 'W':
 		default:
 			continue
 		}
-		addr, err := strconv.ParseUint(f[0], 16, 64)
+		addr, err := strconv.ParseUint(string(f[0]), 16, 64)
 		if err != nil || addr == 0 {
 			continue
 		}
-		syms = append(syms, sym{addr, f[2]})
+		syms = append(syms, sym{addr, len(block), len(block) + len(f[2])})
+		block = append(block, f[2]...)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read kallsyms: %w", err)
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
+	all := string(block)
 	s := &Symbols{addrs: make([]uint64, len(syms)), names: make([]string, len(syms))}
 	for i, y := range syms {
-		s.addrs[i], s.names[i] = y.addr, y.name
+		s.addrs[i], s.names[i] = y.addr, all[y.off:y.end]
 	}
 	return s, nil
 }

@@ -4,10 +4,11 @@ package output
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/path"
@@ -38,9 +39,13 @@ type Writer struct {
 	buf    []byte // reused for each JSON path
 }
 
+// writeBuffer is how much output is buffered before a write: a busy trace
+// writes tens of MB/s of JSON, and the trace flushes at every poll anyway.
+const writeBuffer = 256 << 10
+
 // NewWriter returns a Writer on w.
 func NewWriter(w io.Writer, f Format) *Writer {
-	bw := bufio.NewWriterSize(w, 64*1024)
+	bw := bufio.NewWriterSize(w, writeBuffer)
 	return &Writer{w: bw, format: f, enc: json.NewEncoder(bw)}
 }
 
@@ -55,7 +60,8 @@ func (w *Writer) Path(p *path.Path) error {
 		_, err := w.w.Write(w.buf)
 		return err
 	}
-	_, err := io.WriteString(w.w, FormatPath(p))
+	w.buf = appendPathText(w.buf[:0], p)
+	_, err := w.w.Write(w.buf)
 	return err
 }
 
@@ -66,74 +72,145 @@ func (w *Writer) Path(p *path.Path) error {
 //	   +8.913us  (+8.913)  host   veth-a   veth    ingress   port of br0
 //	  ...
 //	  => delivered: consumed by icmp_rcv in ns-b
-func FormatPath(p *path.Path) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s  %s\n", p.Time.Format("15:04:05.000000"), p.Summary)
-	rows := make([][]string, 0, len(p.Hops))
-	for i, h := range p.Hops {
-		delta := ""
-		if i > 0 {
-			delta = "(+" + micros(h.DeltaNs) + ")"
+func FormatPath(p *path.Path) string { return string(appendPathText(nil, p)) }
+
+// hopColumns is the number of aligned columns of a hop row (the note,
+// last, is not padded).
+const hopColumns = 6
+
+// appendPathText appends FormatPath(p) to b, building the rows in place.
+func appendPathText(b []byte, p *path.Path) []byte {
+	b = p.Time.AppendFormat(b, "15:04:05.000000")
+	b = append(b, "  "...)
+	b = append(b, p.Summary...)
+	b = append(b, '\n')
+	if len(p.Hops) > 0 {
+		var widths [hopColumns]int
+		for i := range p.Hops {
+			cols := hopCellsOf(&p.Hops[i], i)
+			for c := range widths {
+				if n := cols.width(c); n > widths[c] {
+					widths[c] = n
+				}
+			}
 		}
-		where := h.Netns
-		if h.Container != "" {
-			where = h.Container
+		for i := range p.Hops {
+			b = appendHopRow(b, &p.Hops[i], i, &widths)
 		}
-		note := h.Note
-		if h.Inferred {
-			note = strings.TrimSpace(note + " (inferred)")
-		}
-		if h.Clone {
-			note = strings.TrimSpace(note + " [clone]")
-		}
-		if h.NAT != "" {
-			note = strings.TrimSpace("* " + h.NAT + "  " + note)
-		}
-		rows = append(rows, []string{"+" + micros(h.SinceNs) + "us", delta, where, h.Ifname, string(h.Kind), string(h.Direction), note})
 	}
-	writeTable(&b, "  ", rows)
-	verdict := p.Verdict
+	b = append(b, "  => "...)
+	b = append(b, p.Verdict...)
 	if p.DropReason != "" && p.Verdict == path.Dropped {
-		verdict += " (" + p.DropReason + ")"
+		b = append(b, " ("...)
+		b = append(b, p.DropReason...)
+		b = append(b, ')')
 	}
-	fmt.Fprintf(&b, "  => %s: %s\n", verdict, p.End)
-	return b.String()
+	b = append(b, ": "...)
+	b = append(b, p.End...)
+	return append(b, '\n')
 }
 
-// micros renders nanoseconds as microseconds with three decimals.
-func micros(ns uint64) string {
-	return fmt.Sprintf("%.3f", float64(ns)/1000)
+// hopCells are a hop row's cells but for the note: the times as numbers,
+// the others as they are printed.
+type hopCells struct {
+	since, delta uint64
+	first        bool
+	text         [4]string // where, ifname, kind, direction
 }
 
-// writeTable left-aligns columns (the last column is not padded).
-func writeTable(b *strings.Builder, indent string, rows [][]string) {
-	if len(rows) == 0 {
-		return
+func hopCellsOf(h *path.Hop, i int) hopCells {
+	where := h.Netns
+	if h.Container != "" {
+		where = h.Container
 	}
-	widths := make([]int, len(rows[0]))
-	for _, r := range rows {
-		for i, c := range r {
-			if len(c) > widths[i] {
-				widths[i] = len(c)
-			}
+	return hopCells{since: h.SinceNs, delta: h.DeltaNs, first: i == 0,
+		text: [4]string{where, h.Ifname, string(h.Kind), string(h.Direction)}}
+}
+
+// width is the printed width of column c.
+func (h hopCells) width(c int) int {
+	var buf [32]byte
+	switch c {
+	case 0: // "+1.234us"
+		return len(appendMicros(buf[:0], h.since)) + 3
+	case 1: // "(+1.234)", empty on the first hop
+		if h.first {
+			return 0
 		}
+		return len(appendMicros(buf[:0], h.delta)) + 3
 	}
-	for _, r := range rows {
-		var row strings.Builder
-		row.WriteString(indent)
-		for i, c := range r {
-			switch {
-			case i == len(r)-1:
-				row.WriteString(c)
-			case i == 0: // right-align the time column
-				row.WriteString(strings.Repeat(" ", widths[i]-len(c)) + c + "  ")
-			default:
-				row.WriteString(c + strings.Repeat(" ", widths[i]-len(c)) + "  ")
-			}
-		}
-		b.WriteString(strings.TrimRight(row.String(), " "))
-		b.WriteString("\n")
+	return len(h.text[c-2])
+}
+
+// appendHopRow appends one hop row: the time column right-aligned, the
+// others left-aligned, two spaces apart, trailing spaces trimmed.
+func appendHopRow(b []byte, h *path.Hop, i int, widths *[hopColumns]int) []byte {
+	cells := hopCellsOf(h, i)
+	start := len(b)
+	b = append(b, "  "...)
+	for range widths[0] - cells.width(0) {
+		b = append(b, ' ')
 	}
+	b = append(b, '+')
+	b = appendMicros(b, cells.since)
+	b = append(b, "us  "...)
+	n := len(b)
+	if !cells.first {
+		b = append(b, "(+"...)
+		b = appendMicros(b, cells.delta)
+		b = append(b, ')')
+	}
+	b = pad(b, widths[1]-(len(b)-n))
+	for c := 2; c < hopColumns; c++ {
+		b = append(b, cells.text[c-2]...)
+		b = pad(b, widths[c]-len(cells.text[c-2]))
+	}
+	b = appendNote(b, h)
+	// the row's trailing spaces go (an empty note, short last cells)
+	end := len(b)
+	for end > start && b[end-1] == ' ' {
+		end--
+	}
+	return append(b[:end], '\n')
+}
+
+// pad appends n spaces and the two between columns.
+func pad(b []byte, n int) []byte {
+	for range n + 2 {
+		b = append(b, ' ')
+	}
+	return b
+}
+
+// appendNote appends the note column: the hop's note, marked inferred or
+// clone, after the NAT it saw.
+func appendNote(b []byte, h *path.Hop) []byte {
+	if !h.Inferred && !h.Clone && h.NAT == "" {
+		return append(b, h.Note...)
+	}
+	note := h.Note
+	var buf [128]byte
+	nb := append(buf[:0], note...)
+	if h.Inferred {
+		nb = bytes.TrimSpace(append(nb, " (inferred)"...))
+	}
+	if h.Clone {
+		nb = bytes.TrimSpace(append(nb, " [clone]"...))
+	}
+	if h.NAT != "" {
+		var nat [128]byte
+		x := append(nat[:0], "* "...)
+		x = append(x, h.NAT...)
+		x = append(x, "  "...)
+		x = append(x, nb...)
+		nb = bytes.TrimSpace(x)
+	}
+	return append(b, nb...)
+}
+
+// appendMicros appends nanoseconds as microseconds with three decimals.
+func appendMicros(b []byte, ns uint64) []byte {
+	return strconv.AppendFloat(b, float64(ns)/1000, 'f', 3, 64)
 }
 
 // HopEvent is one observation in --events mode.

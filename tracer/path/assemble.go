@@ -18,6 +18,9 @@ type Packet struct {
 	first  uint64
 	last   uint64
 	ended  bool // an end event (drop, consume, copy to a socket) arrived
+	// own is the room for the first events the Assembler gave the packet
+	// (nil for a packet it did not open): Release hands it back.
+	own []event.Event
 }
 
 // First returns the earliest event's time.
@@ -46,7 +49,7 @@ type Assembler struct {
 	// ids finished in this generation and in the one before; a generation
 	// lasts doneGeneration of event time, so an id is remembered for 3 to
 	// 6 s, and forgetting costs no walk over the set.
-	done, doneOld map[uint64]struct{}
+	done, doneOld idSet
 	doneSince     uint64
 	late          uint64
 	capped        uint64
@@ -56,6 +59,10 @@ type Assembler struct {
 	// events come in runs, so many events skip the map.
 	recent int32
 	slab   []packetAlloc
+	// spare holds released packets for reuse (see Release): at full rate
+	// packets are opened and finished by the tens of thousands a second,
+	// and reusing them keeps the garbage collector out of the hot path.
+	spare []*Packet
 }
 
 // slot is one open packet as Flush sees it.
@@ -74,14 +81,19 @@ type packetAlloc struct {
 
 const packetSlab = 32
 
+// maxSpare bounds the released packets kept for reuse (about 1.2 kB each):
+// enough for the packets finished between two flushes at full rate, while
+// the memory of a burst's high-water mark goes back to the heap.
+const maxSpare = 4096
+
 // NewAssembler returns an Assembler with the given timings in nanoseconds.
 func NewAssembler(linger, idle uint64) *Assembler {
 	return &Assembler{
 		Linger:   linger,
 		Idle:     idle,
 		pending:  make(map[uint64]int32),
-		done:     make(map[uint64]struct{}),
-		doneOld:  make(map[uint64]struct{}),
+		done:     make(idSet),
+		doneOld:  make(idSet),
 		maxEvent: 256,
 		recent:   -1,
 	}
@@ -89,14 +101,22 @@ func NewAssembler(linger, idle uint64) *Assembler {
 
 // open starts a packet for e's id and returns its slot.
 func (a *Assembler) open(e *event.Event) int32 {
-	if len(a.slab) == 0 {
-		a.slab = make([]packetAlloc, packetSlab)
+	var p *Packet
+	if n := len(a.spare); n > 0 {
+		p = a.spare[n-1]
+		a.spare[n-1] = nil
+		a.spare = a.spare[:n-1]
+	} else {
+		if len(a.slab) == 0 {
+			a.slab = make([]packetAlloc, packetSlab)
+		}
+		pa := &a.slab[0]
+		a.slab = a.slab[1:]
+		p = &pa.p
+		p.own = pa.buf[:0:len(pa.buf)]
 	}
-	pa := &a.slab[0]
-	a.slab = a.slab[1:]
-	p := &pa.p
 	p.ID, p.first, p.last = e.PktId, e.TsNs, e.TsNs
-	p.Events = pa.buf[:0]
+	p.Events = p.own[:0]
 	var i int32
 	if n := len(a.free); n > 0 {
 		i = a.free[n-1]
@@ -150,6 +170,19 @@ func (a *Assembler) Add(e *event.Event) {
 	}
 }
 
+// Release hands back a packet returned by Flush once the caller is done
+// with it (its path described and written): the Assembler reuses its
+// memory for a later packet, so neither p nor its Events may be used after.
+// Releasing is optional; a packet not released is garbage collected.
+func (a *Assembler) Release(p *Packet) {
+	if p == nil || p.own == nil || len(a.spare) >= maxSpare {
+		return
+	}
+	own := p.own
+	*p = Packet{own: own}
+	a.spare = append(a.spare, p)
+}
+
 // Late counts events that arrived for packets already finished.
 func (a *Assembler) Late() uint64 { return a.late }
 
@@ -189,7 +222,7 @@ func (a *Assembler) Flush(force bool) []*Packet {
 		if force || (s.ended && quiet >= a.Linger) || quiet >= a.Idle {
 			p := s.p
 			delete(a.pending, p.ID)
-			a.done[p.ID] = struct{}{}
+			a.done.add(p.ID)
 			sortEvents(p.Events)
 			out = append(out, p)
 			*s = slot{}
@@ -232,12 +265,18 @@ const doneGeneration = 3_000_000_000
 
 // finished reports whether id belongs to a packet finished recently.
 func (a *Assembler) finished(id uint64) bool {
-	if _, ok := a.done[id]; ok {
-		return true
-	}
-	_, ok := a.doneOld[id]
-	return ok
+	return a.done.has(id) || a.doneOld.has(id)
 }
+
+// idSet is a set of packet ids, 64 consecutive ids to an entry: the kernel
+// numbers packets densely (a sequence per CPU, interleaved), so a set of
+// the hundreds of thousands of ids finished in a few seconds takes a
+// fraction of the entries, and of the cache misses, of one entry per id.
+type idSet map[uint64]uint64
+
+func (s idSet) add(id uint64) { s[id>>6] |= 1 << (id & 63) }
+
+func (s idSet) has(id uint64) bool { return s[id>>6]&(1<<(id&63)) != 0 }
 
 // sortEvents orders a packet's events by time, equal times in arrival
 // order. They mostly arrive in order already (a packet's events are out of

@@ -196,36 +196,31 @@ func BenchmarkAssemble(b *testing.B) {
 // the periodic Flush: what the trace loop does with every event before the
 // packet is described. One op is one event.
 func BenchmarkDecodeStitch(b *testing.B) {
-	raw := encode(b, udpStream())
-	asm := NewAssembler(benchLinger, benchIdle)
-	st := newStreamer(len(raw))
-	var ev event.Event
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		idx, idOff, tsOff := st.next()
-		if err := event.Decode(raw[idx], &ev); err != nil {
-			b.Fatal(err)
-		}
-		ev.PktId += idOff
-		ev.TsNs += tsOff
-		asm.Add(&ev)
-		if st.flushDue(ev.TsNs) {
-			asm.Flush(false)
-		}
-	}
-	reportEvents(b, b.N)
+	decodeStitchFlush(b, func(asm *Assembler) { asm.Flush(false) })
 }
 
 // BenchmarkDecodeStitchDescribe adds Describe of every finished packet: the
 // whole per-event userspace cost except writing the output.
 func BenchmarkDecodeStitchDescribe(b *testing.B) {
+	d := &Describer{Names: newBenchNames(), Symbols: fakeSyms{locUDPRecv: "udp_recvmsg"}}
+	hops := 0
+	decodeStitchFlush(b, func(asm *Assembler) {
+		for _, p := range asm.Flush(false) {
+			hops += len(d.Describe(p).Hops)
+		}
+	})
+	if b.N > 100_000 && hops == 0 {
+		b.Fatal("no path described")
+	}
+}
+
+// decodeStitchFlush decodes and stitches b.N events of the stream, calling
+// flush at every flush time; it reports events/s.
+func decodeStitchFlush(b *testing.B, flush func(*Assembler)) {
 	raw := encode(b, udpStream())
 	asm := NewAssembler(benchLinger, benchIdle)
-	d := &Describer{Names: newBenchNames(), Symbols: fakeSyms{locUDPRecv: "udp_recvmsg"}}
 	st := newStreamer(len(raw))
 	var ev event.Event
-	hops := 0
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -237,13 +232,10 @@ func BenchmarkDecodeStitchDescribe(b *testing.B) {
 		ev.TsNs += tsOff
 		asm.Add(&ev)
 		if st.flushDue(ev.TsNs) {
-			for _, p := range asm.Flush(false) {
-				hops += len(d.Describe(p).Hops)
-			}
+			flush(asm)
 		}
 	}
 	reportEvents(b, b.N)
-	_ = hops
 }
 
 // BenchmarkDescribe describes one finished five-hop packet per op.
@@ -256,5 +248,40 @@ func BenchmarkDescribe(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = d.Describe(p)
+	}
+}
+
+// BenchmarkDecodeStitchDescribeInto is the trace loop's own pattern: names
+// cached within a flush, each packet described into one reused path and
+// released after. One op is one event.
+func BenchmarkDecodeStitchDescribeInto(b *testing.B) {
+	d := &Describer{Names: newBenchNames(), Symbols: fakeSyms{locUDPRecv: "udp_recvmsg"}, CacheNames: true}
+	var pa Path
+	hops := 0
+	decodeStitchFlush(b, func(asm *Assembler) {
+		d.ForgetNames()
+		for _, p := range asm.Flush(false) {
+			d.DescribeInto(p, &pa)
+			hops += len(pa.Hops)
+			asm.Release(p)
+		}
+	})
+	if b.N > 100_000 && hops == 0 {
+		b.Fatal("no path described")
+	}
+}
+
+// BenchmarkDescribeInto describes one finished five-hop packet per op into
+// a reused path, names cached, as trace does.
+func BenchmarkDescribeInto(b *testing.B) {
+	d := &Describer{Names: newBenchNames(), Symbols: fakeSyms{locUDPRecv: "udp_recvmsg"}, WallOffset: time.Duration(time.Now().UnixNano()), CacheNames: true}
+	p := &Packet{ID: 1, Events: udpPacket(1, 1_000_000_000), ended: true}
+	var pa Path
+	if d.DescribeInto(p, &pa); len(pa.Hops) != 5 {
+		b.Fatalf("path has %d hops, want 5", len(pa.Hops))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		d.DescribeInto(p, &pa)
 	}
 }

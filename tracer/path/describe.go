@@ -110,16 +110,74 @@ type EndEvent struct {
 	benign *ben.Rule
 }
 
-// Describer turns packets into paths.
+// Describer turns packets into paths. It keeps working memory from one
+// path to the next: it is not safe for concurrent use.
 type Describer struct {
 	Names   Names
 	Symbols Symbolizer // may be nil
 	Drops   DropNamer  // may be nil
 	// WallOffset converts event times (CLOCK_MONOTONIC ns) to wall clock.
 	WallOffset time.Duration
+	// CacheNames keeps the names of the places looked up in Names until
+	// ForgetNames: a caller that describes many paths in a row (trace, at
+	// every flush) asks Names once per place instead of at every hop, and
+	// calls ForgetNames whenever the names may have changed since.
+	CacheNames bool
+
+	s *scratch
 
 	benignOnce sync.Once
 	benign     *ben.Set
+}
+
+// ForgetNames drops the names kept since the last call (see CacheNames).
+func (d *Describer) ForgetNames() {
+	if d.s != nil {
+		clear(d.s.places)
+	}
+}
+
+// place is what a path needs to know about one (namespace, interface):
+// the place's names and, when Names knows the interface, its name and
+// its master's ifindex.
+type place struct {
+	resolve.Place
+	link   bool // Names knows the interface
+	name   string
+	master int
+}
+
+// place names the interface with ifindex in the namespace netns (0: the
+// namespace alone), from the cache when CacheNames is set.
+func (d *Describer) place(s *scratch, netns uint32, ifindex int) *place {
+	key := uint64(netns)<<32 | uint64(uint32(ifindex))
+	if d.CacheNames {
+		if pl, ok := s.places[key]; ok {
+			return pl
+		}
+	}
+	pl := &s.lookup
+	if d.CacheNames {
+		if len(s.places) >= maxShared {
+			clear(s.places)
+		}
+		pl = new(place)
+		s.places[key] = pl
+	}
+	*pl = place{Place: resolve.PlaceOf(d.Names, netns, ifindex)}
+	if ifindex != 0 && d.Names != nil {
+		if l, ok := d.Names.Link(netns, ifindex); ok {
+			pl.link, pl.name, pl.master = true, l.Name, l.MasterIndex
+		}
+	}
+	return pl
+}
+
+func (d *Describer) scratch() *scratch {
+	if d.s == nil {
+		d.s = newScratch()
+	}
+	return d.s
 }
 
 // consumeNotEnd are kernel functions that consume an skb without ending the
@@ -149,52 +207,65 @@ var copyConsumers = map[string]bool{
 // Describe builds the path of a finished packet.
 func (d *Describer) Describe(p *Packet) Path {
 	var path Path
-	path.ID = p.ID
+	d.DescribeInto(p, &path)
+	return path
+}
+
+// DescribeInto builds the path of a finished packet into *path, which it
+// overwrites, reusing the memory of its Hops and Ends: a caller that is
+// done with one path before describing the next allocates little.
+func (d *Describer) DescribeInto(p *Packet, path *Path) {
+	hops, ends := path.Hops[:0], path.Ends[:0]
+	*path = Path{ID: p.ID}
 	if len(p.Events) == 0 {
 		path.Verdict = Unfinished
-		return path
+		return
 	}
+	s := d.scratch()
 	first := &p.Events[0]
-	meta := first.Meta
+	meta := &first.Meta
 	path.Time = time.Unix(0, int64(first.TsNs)+int64(d.WallOffset))
-	path.Proto = event.Proto(&meta)
-	if a := event.Src(&meta); a.IsValid() {
-		path.Src = a.String()
+	path.Proto = event.Proto(meta)
+	if a := event.Src(meta); a.IsValid() {
+		path.Src = s.addr(a)
 	}
-	if a := event.Dst(&meta); a.IsValid() {
-		path.Dst = a.String()
+	if a := event.Dst(meta); a.IsValid() {
+		path.Dst = s.addr(a)
 	}
-	path.Sport, path.Dport = event.Ports(&meta)
+	path.Sport, path.Dport = event.Ports(meta)
 	path.Len = uint32(meta.IpLen)
-	path.Summary = event.Summary(&meta)
+	s.buf = event.AppendSummary(s.buf[:0], meta)
+	path.Summary = string(s.buf)
 
-	path.Hops = make([]Hop, 0, len(p.Events)+2)
-	var lastIngress *Hop // most recent ingress at a bridge port: forwarding is inferred from it
+	if hops == nil {
+		hops = make([]Hop, 0, len(p.Events)+2)
+	}
+	path.Hops, path.Ends = hops, ends
+	lastIngress := -1 // index of the most recent ingress at a bridge port: forwarding is inferred from it
 	var prevTs uint64
 	origSkb := first.Skb
-	hopSkbs := map[uint64]bool{}
+	s.hopSkbs = s.hopSkbs[:0]
 	for i := range p.Events {
-		if !event.IsEnd(event.Hook(p.Events[i].Hook)) {
-			hopSkbs[p.Events[i].Skb] = true
+		if e := &p.Events[i]; !event.IsEnd(event.Hook(e.Hook)) && !hasSkb(s.hopSkbs, e.Skb) {
+			s.hopSkbs = append(s.hopSkbs, e.Skb)
 		}
 	}
-	lastMeta := map[uint64]*event.Meta{} // per skb: the headers last seen
+	s.lastMeta = s.lastMeta[:0] // per skb: the headers last seen
 	for i := range p.Events {
 		e := &p.Events[i]
 		h := event.Hook(e.Hook)
 		nat := ""
-		if prev := lastMeta[e.Skb]; prev != nil {
+		if prev := s.swapMeta(e.Skb, &e.Meta); prev != nil {
 			nat = NATChange(prev, &e.Meta)
 		}
-		lastMeta[e.Skb] = &e.Meta
 		if event.IsEnd(h) {
-			end := d.EndEvent(e)
-			end.Copy = len(hopSkbs) > 0 && !hopSkbs[e.Skb]
+			end := d.endEvent(e, s)
+			end.Copy = len(s.hopSkbs) > 0 && !hasSkb(s.hopSkbs, e.Skb)
 			end.NAT = nat
 			if e.Netns == 0 && len(path.Hops) > 0 {
 				// Freed after the stack dropped its device and socket
 				// references: it ended where it was last seen.
-				last := path.Hops[len(path.Hops)-1]
+				last := &path.Hops[len(path.Hops)-1]
 				end.NetnsInode, end.Netns = last.NetnsInode, last.Netns
 				if last.Container != "" {
 					end.Netns = last.Container
@@ -203,42 +274,47 @@ func (d *Describer) Describe(p *Packet) Path {
 			path.Ends = append(path.Ends, end)
 			continue
 		}
-		hop := d.Hop(e)
+		hop := d.hop(e, s)
 		hop.NAT = nat
 		hop.Clone = e.Skb != origSkb && e.Flags&event.FlagClone != 0
-		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.NetnsInode == hop.NetnsInode &&
-			(lastIngress.Ifindex != hop.Ifindex && (lastIngress.Bridge == "" || hop.Bridge != lastIngress.Bridge) ||
-				lastIngress.Ifindex == hop.Ifindex && lastIngress.Direction == event.Local) {
-			// Received on one device, sent out of another that is not a
-			// port of the same bridge (or back out of the bridge it came
-			// up from, hairpin NAT): the namespace's stack routed it.
-			path.Hops = append(path.Hops, Hop{
-				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
-				Kind: KindRouted, Direction: event.Forward, Hook: Routed, TsNs: e.TsNs,
-				Inferred: true, Skb: hop.Skb, Note: lastIngress.Ifname + " -> " + hop.Ifname,
-			})
-			lastIngress = nil
-		}
-		if h == event.HookNetDevQueue && lastIngress != nil && lastIngress.Bridge != "" &&
-			lastIngress.NetnsInode == hop.NetnsInode && hop.Bridge == lastIngress.Bridge && lastIngress.Ifindex != hop.Ifindex &&
-			hop.Kind != resolve.KindBridge {
-			// The bridge forwarded the packet from one port to another: no
-			// tracepoint fires inside the bridge, the two ports prove it.
-			// (The bridge device sending it is no forward: br_netfilter's
-			// DNAT to a neighbour not yet resolved goes out of the bridge
-			// device and back in, then on from the port it came in on.)
-			fwd := Hop{
-				Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
-				Ifindex: d.bridgeIndex(hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
-				Bridge: hop.Bridge, Hook: event.BridgeForward, TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
-				Note: lastIngress.Ifname + " -> " + hop.Ifname,
+		if h == event.HookNetDevQueue && lastIngress >= 0 {
+			in := &path.Hops[lastIngress]
+			if in.NetnsInode == hop.NetnsInode &&
+				(in.Ifindex != hop.Ifindex && (in.Bridge == "" || hop.Bridge != in.Bridge) ||
+					in.Ifindex == hop.Ifindex && in.Direction == event.Local) {
+				// Received on one device, sent out of another that is not a
+				// port of the same bridge (or back out of the bridge it came
+				// up from, hairpin NAT): the namespace's stack routed it.
+				note := s.join(in.Ifname, " -> ", hop.Ifname)
+				path.Hops = append(path.Hops, Hop{
+					Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
+					Kind: KindRouted, Direction: event.Forward, Hook: Routed, TsNs: e.TsNs,
+					Inferred: true, Skb: hop.Skb, Note: note,
+				})
+				lastIngress = -1
 			}
-			path.Hops = append(path.Hops, fwd)
+		}
+		if h == event.HookNetDevQueue && lastIngress >= 0 {
+			in := &path.Hops[lastIngress]
+			if in.Bridge != "" && in.NetnsInode == hop.NetnsInode && hop.Bridge == in.Bridge && in.Ifindex != hop.Ifindex &&
+				hop.Kind != resolve.KindBridge {
+				// The bridge forwarded the packet from one port to another: no
+				// tracepoint fires inside the bridge, the two ports prove it.
+				// (The bridge device sending it is no forward: br_netfilter's
+				// DNAT to a neighbour not yet resolved goes out of the bridge
+				// device and back in, then on from the port it came in on.)
+				note := s.join(in.Ifname, " -> ", hop.Ifname)
+				path.Hops = append(path.Hops, Hop{
+					Netns: hop.Netns, NetnsInode: hop.NetnsInode, Container: hop.Container,
+					Ifindex: d.bridgeIndex(s, &hop), Ifname: hop.Bridge, Kind: resolve.KindBridge, Direction: event.Forward,
+					Bridge: hop.Bridge, Hook: event.BridgeForward, TsNs: e.TsNs, Inferred: true, Skb: hop.Skb,
+					Note: note,
+				})
+			}
 		}
 		path.Hops = append(path.Hops, hop)
 		if event.HookDirection(h) == event.Ingress && h == event.HookNetifReceiveSkb {
-			cp := hop
-			lastIngress = &cp
+			lastIngress = len(path.Hops) - 1
 		}
 	}
 	for i := range path.Hops {
@@ -249,70 +325,93 @@ func (d *Describer) Describe(p *Packet) Path {
 		hp.SinceNs = hp.TsNs - first.TsNs
 		prevTs = hp.TsNs
 	}
-	d.verdict(&path)
-	return path
+	d.verdict(path, s)
+}
+
+func hasSkb(skbs []uint64, skb uint64) bool {
+	for _, x := range skbs {
+		if x == skb {
+			return true
+		}
+	}
+	return false
+}
+
+// swapMeta records m as the headers last seen on skb and returns the ones
+// seen before, if any.
+func (s *scratch) swapMeta(skb uint64, m *event.Meta) *event.Meta {
+	for i := range s.lastMeta {
+		if s.lastMeta[i].skb == skb {
+			prev := s.lastMeta[i].meta
+			s.lastMeta[i].meta = m
+			return prev
+		}
+	}
+	s.lastMeta = append(s.lastMeta, skbMeta{skb, m})
+	return nil
 }
 
 // Hop describes one hop event with names.
-func (d *Describer) Hop(e *event.Event) Hop {
+func (d *Describer) Hop(e *event.Event) Hop { return d.hop(e, d.scratch()) }
+
+func (d *Describer) hop(e *event.Event, s *scratch) Hop {
 	h := event.Hook(e.Hook)
-	pl := resolve.PlaceOf(d.Names, e.Netns, int(e.Ifindex))
+	pl := d.place(s, e.Netns, int(e.Ifindex))
 	hop := Hop{
 		Netns:      pl.Netns,
 		NetnsInode: e.Netns,
 		Container:  pl.Container,
 		Ifindex:    int(e.Ifindex),
-		Ifname:     event.Ifname(e),
-		Kind:       resolve.KindUnknown,
+		Ifname:     pl.Ifname,
+		Kind:       pl.Kind,
 		Direction:  event.HookDirection(h),
 		Bridge:     pl.Bridge,
 		Hook:       event.TracepointOf(h),
 		TsNs:       e.TsNs,
-		Skb:        SkbString(e.Skb),
+		Skb:        s.skb(e.Skb),
 	}
-	if pl.Ifname != "" {
-		hop.Ifname, hop.Kind = pl.Ifname, pl.Kind
+	if pl.Ifname == "" {
+		hop.Ifname, hop.Kind = s.ifname(e), resolve.KindUnknown
 	}
 	switch {
 	case pl.IsBridge && h == event.HookNetifReceiveSkb:
 		hop.Direction = event.Local
 		hop.Note = "up to the host stack"
 	case pl.Bridge != "" && !pl.IsBridge:
-		hop.Note = "port of " + pl.Bridge
+		hop.Note = s.join("port of ", pl.Bridge)
 	}
 	return hop
 }
 
-func (d *Describer) nameNetns(label, container *string, inode uint32) {
-	*label, *container = resolve.NetnsLabel(d.Names, inode)
-}
-
-func (d *Describer) bridgeIndex(hop Hop) int {
-	if l, ok := d.Names.Link(hop.NetnsInode, hop.Ifindex); ok {
-		return l.MasterIndex
+func (d *Describer) bridgeIndex(s *scratch, hop *Hop) int {
+	if pl := d.place(s, hop.NetnsInode, hop.Ifindex); pl.link {
+		return pl.master
 	}
 	return 0
 }
 
 // EndEvent describes one end-of-life event with names.
-func (d *Describer) EndEvent(e *event.Event) EndEvent {
+func (d *Describer) EndEvent(e *event.Event) EndEvent { return d.endEvent(e, d.scratch()) }
+
+func (d *Describer) endEvent(e *event.Event, s *scratch) EndEvent {
 	h := event.Hook(e.Hook)
 	end := EndEvent{
 		Hook:       event.TracepointOf(h),
 		NetnsInode: e.Netns,
-		Ifname:     event.Ifname(e),
 		TsNs:       e.TsNs,
-		Skb:        SkbString(e.Skb),
+		Skb:        s.skb(e.Skb),
 	}
-	var owner string
-	d.nameNetns(&end.Netns, &owner, e.Netns)
-	if owner != "" {
-		end.Netns = owner
+	pl := d.place(s, e.Netns, int(e.Ifindex))
+	end.Netns = pl.Netns
+	if pl.Container != "" {
+		end.Netns = pl.Container
 	}
-	if l, ok := d.Names.Link(e.Netns, int(e.Ifindex)); ok && e.Ifindex != 0 {
-		end.Ifname = l.Name
-	} else if e.Ifindex == 0 {
-		end.Ifname = ""
+	if e.Ifindex != 0 {
+		if pl.link {
+			end.Ifname = pl.name
+		} else {
+			end.Ifname = s.ifname(e)
+		}
 	}
 	if d.Symbols != nil && e.Location != 0 {
 		end.Location = d.Symbols.Name(e.Location)
@@ -376,7 +475,7 @@ type outcome struct {
 }
 
 // branchOutcome decides how the skb of lastHop ended, from its own ends.
-func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
+func branchOutcome(lastHop *Hop, ends []*EndEvent, s *scratch) outcome {
 	var delivered, dropped, benign *EndEvent
 	for _, end := range ends {
 		switch end.Hook {
@@ -408,43 +507,44 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 	var o outcome
 	switch {
 	case dropped != nil && (delivered == nil || delivered.TsNs < dropped.TsNs):
-		o = outcome{verdict: Dropped, reason: dropped.Reason, location: dropped.Location, end: dropText(dropped)}
+		o = outcome{verdict: Dropped, reason: dropped.Reason, location: dropped.Location, end: dropText(dropped, s)}
 	case delivered != nil && sentOut && delivered.Hook == event.TPConsumeSkb:
 		// freed on transmit completion: the device sent it
-		o = outcome{verdict: Forwarded, end: fmt.Sprintf("sent out of %s %s (%s)", hopWhere, lastHop.Ifname, lastHop.Kind)}
+		o = outcome{verdict: Forwarded, end: s.join("sent out of ", hopWhere, " ", lastHop.Ifname, " (", string(lastHop.Kind), ")")}
 	case delivered != nil:
 		o.verdict = Delivered
 		if delivered.Hook == event.TPCopyDatagram {
-			o.end = "delivered to a socket in " + delivered.Netns
+			o.end = s.join("delivered to a socket in ", delivered.Netns)
 		} else if delivered.Location != "" {
-			o.end = fmt.Sprintf("consumed by %s in %s", delivered.Location, delivered.Netns)
+			o.end = s.join("consumed by ", delivered.Location, " in ", delivered.Netns)
 		} else {
-			o.end = "consumed in " + delivered.Netns
+			o.end = s.join("consumed in ", delivered.Netns)
 		}
 	case benignEnding(benign, ben.RawSocket):
-		o = outcome{verdict: Delivered, end: "delivered to a raw socket in " + benign.Netns}
+		o = outcome{verdict: Delivered, end: s.join("delivered to a raw socket in ", benign.Netns)}
 	case benignEnding(benign, ben.Consumed):
-		o = outcome{verdict: Delivered, end: fmt.Sprintf("consumed by %s in %s (%s)", kernel.BaseName(benign.Location), benign.Netns, benign.benign.Note)}
+		o = outcome{verdict: Delivered, end: s.join("consumed by ", kernel.BaseName(benign.Location), " in ", benign.Netns, " (", benign.benign.Note, ")")}
 	case benignEnding(benign, ben.Queued):
-		o = outcome{verdict: Delivered, end: "delivered to a socket in " + benign.Netns + " (still queued when it closed)"}
+		o = outcome{verdict: Delivered, end: s.join("delivered to a socket in ", benign.Netns, " (still queued when it closed)")}
 	case lastHop.Direction == event.Local:
-		o = outcome{verdict: Delivered, end: "delivered to the host stack through " + lastHop.Ifname}
+		o = outcome{verdict: Delivered, end: s.join("delivered to the host stack through ", lastHop.Ifname)}
 	case lastHop.Direction == event.Ingress:
-		o = outcome{verdict: Delivered, end: fmt.Sprintf("received by the stack of %s %s", hopWhere, lastHop.Ifname)}
+		received := s.join("received by the stack of ", hopWhere, " ", lastHop.Ifname)
+		o = outcome{verdict: Delivered, end: received}
 		switch {
 		case benign != nil && benign.benign.Note != "":
-			o.end += " (" + benign.benign.Note + ")"
+			o.end = s.join(received, " (", benign.benign.Note, ")")
 		case benign != nil:
-			o.end += " (" + benign.Reason + " drop of a copy)"
+			o.end = s.join(received, " (", benign.Reason, " drop of a copy)")
 		}
 	case sentOut:
-		o = outcome{verdict: Forwarded, end: fmt.Sprintf("sent out of %s %s (%s)", hopWhere, lastHop.Ifname, lastHop.Kind)}
+		o = outcome{verdict: Forwarded, end: s.join("sent out of ", hopWhere, " ", lastHop.Ifname, " (", string(lastHop.Kind), ")")}
 	case benign != nil:
-		o = outcome{verdict: Dropped, reason: benign.Reason, location: benign.Location, end: dropText(benign), benign: true}
+		o = outcome{verdict: Dropped, reason: benign.Reason, location: benign.Location, end: dropText(benign, s), benign: true}
 	default:
 		o.verdict = Unfinished
 		if lastHop.Ifname != "" {
-			o.end = fmt.Sprintf("lost from sight after %s %s %s: no further event and no drop", hopWhere, lastHop.Ifname, lastHop.Direction)
+			o.end = s.join("lost from sight after ", hopWhere, " ", lastHop.Ifname, " ", string(lastHop.Direction), ": no further event and no drop")
 		} else {
 			o.end = "lost from sight"
 		}
@@ -452,52 +552,65 @@ func branchOutcome(lastHop Hop, ends []*EndEvent) outcome {
 	return o
 }
 
-func dropText(e *EndEvent) string {
-	at := e.Netns
+func dropText(e *EndEvent, s *scratch) string {
+	b := append(s.buf[:0], "dropped in "...)
+	b = append(b, e.Netns...)
 	if e.Ifname != "" {
-		at += " " + e.Ifname
+		b = append(b, ' ')
+		b = append(b, e.Ifname...)
 	}
-	reason := e.Reason
-	if reason == "" {
-		reason = NoDropReason
+	b = append(b, ": "...)
+	if e.Reason == "" {
+		b = append(b, NoDropReason...)
+	} else {
+		b = append(b, e.Reason...)
 	}
-	s := fmt.Sprintf("dropped in %s: %s", at, reason)
 	if e.Location != "" {
-		s += " at " + e.Location
+		b = append(b, " at "...)
+		b = append(b, e.Location...)
 	}
 	if e.NAT != "" {
-		s += ", after " + e.NAT
+		b = append(b, ", after "...)
+		b = append(b, e.NAT...)
 	}
-	return s
+	s.buf = b
+	return s.text(b)
 }
 
 // verdict decides how the path ended. Every skb that made hops (the packet
 // and its flood clones) is a branch with its own end; the path is delivered
 // when a branch was, else dropped when a branch was, else forwarded, else
 // lost from sight. Ends of copies that made no hop never decide it.
-func (d *Describer) verdict(p *Path) {
+func (d *Describer) verdict(p *Path, s *scratch) {
 	if len(p.Hops) == 0 {
-		d.earlyVerdict(p)
+		d.earlyVerdict(p, s)
 		return
 	}
-	var order []string
-	last := map[string]Hop{}
-	for _, h := range p.Hops {
-		if _, ok := last[h.Skb]; !ok {
-			order = append(order, h.Skb)
+	// the skbs in the order of their first hop, each with its last hop
+	s.branches = s.branches[:0]
+	for i := range p.Hops {
+		skb := p.Hops[i].Skb
+		found := false
+		for j := range s.branches {
+			if s.branches[j].skb == skb {
+				s.branches[j].last, found = i, true
+				break
+			}
 		}
-		last[h.Skb] = h
-	}
-	ends := map[string][]*EndEvent{}
-	for i := range p.Ends {
-		if e := &p.Ends[i]; !e.Copy {
-			ends[e.Skb] = append(ends[e.Skb], e)
+		if !found {
+			s.branches = append(s.branches, branch{skb: skb, last: i})
 		}
 	}
 	var best outcome
 	bestRank, lostCopy := -1, ""
-	for _, skb := range order {
-		o := branchOutcome(last[skb], ends[skb])
+	for _, br := range s.branches {
+		s.ends = s.ends[:0]
+		for i := range p.Ends {
+			if e := &p.Ends[i]; !e.Copy && e.Skb == br.skb {
+				s.ends = append(s.ends, e)
+			}
+		}
+		o := branchOutcome(&p.Hops[br.last], s.ends, s)
 		r := o.rank()
 		if o.verdict == Dropped && !o.benign && lostCopy == "" {
 			lostCopy = o.end
@@ -506,9 +619,10 @@ func (d *Describer) verdict(p *Path) {
 			best, bestRank = o, r // lost from sight: after the branch seen last
 		}
 	}
+	clear(s.ends)
 	p.Verdict, p.DropReason, p.DropLocation, p.End = best.verdict, best.reason, best.location, best.end
 	if best.verdict == Delivered && lostCopy != "" {
-		p.End += "; a flooded copy was " + lostCopy
+		p.End = s.join(p.End, "; a flooded copy was ", lostCopy)
 	}
 }
 
@@ -532,12 +646,12 @@ func (o outcome) rank() int {
 // earlyVerdict ends a path that has no hop: a drop before the packet's first
 // selected hop (a packet queued for a neighbour that never answered, a drop
 // in the OUTPUT chain, a FORWARD drop right after DNAT).
-func (d *Describer) earlyVerdict(p *Path) {
+func (d *Describer) earlyVerdict(p *Path, s *scratch) {
 	for i := range p.Ends {
 		e := &p.Ends[i]
 		if e.Hook == event.TPKfreeSkb {
 			p.Verdict, p.DropReason, p.DropLocation = Dropped, e.Reason, e.Location
-			p.End = "dropped before its first hop: " + strings.TrimPrefix(dropText(e), "dropped ")
+			p.End = s.join("dropped before its first hop: ", strings.TrimPrefix(dropText(e, s), "dropped "))
 			return
 		}
 	}

@@ -1,6 +1,7 @@
 package path
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -95,7 +96,55 @@ func assemble(t *testing.T, evs ...event.Event) Path {
 	if len(ps) != 1 {
 		t.Fatalf("got %d packets, want 1", len(ps))
 	}
-	return describer().Describe(ps[0])
+	got := describer().Describe(ps[0])
+	// The trace describes into one path reused from packet to packet,
+	// with names cached: that must describe every packet the same.
+	reusedDescriber.DescribeInto(ps[0], &reusedPath)
+	reusedDescriber.ForgetNames()
+	if !samePath(got, reusedPath) {
+		t.Fatalf("described into a reused path:\n%+v\nfresh:\n%+v", reusedPath, got)
+	}
+	return got
+}
+
+var (
+	reusedDescriber = func() *Describer { d := describer(); d.CacheNames = true; return d }()
+	reusedPath      Path
+)
+
+// samePath compares paths, an empty list of ends the same as none.
+func samePath(a, b Path) bool {
+	if len(a.Ends) == 0 {
+		a.Ends = nil
+	}
+	if len(b.Ends) == 0 {
+		b.Ends = nil
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+func TestCachedNamesUntilForgotten(t *testing.T) {
+	names := resolve.NewStatic(hostNS, []resolve.Namespace{{Inode: nsA, Label: "ns-a"}, {Inode: hostNS, Label: "host"}},
+		resolve.Link{Netns: nsA, Index: 2, Name: "eth0", Kind: "veth"})
+	d := &Describer{Names: names, CacheNames: true}
+	e := ev(1, 100, event.HookNetDevQueue, nsA, 2)
+	if h := d.Hop(&e); h.Ifname != "eth0" || h.Netns != "ns-a" {
+		t.Fatalf("hop named %s:%s, want ns-a:eth0", h.Netns, h.Ifname)
+	}
+	names.Namespaces[nsA] = resolve.Namespace{Inode: nsA, Label: "ns-renamed"}
+	names.Links[nsA][2] = resolve.Link{Netns: nsA, Index: 2, Name: "eth9", Kind: "veth"}
+	if h := d.Hop(&e); h.Ifname != "eth0" || h.Netns != "ns-a" {
+		t.Fatalf("hop named %s:%s before ForgetNames, want the cached ns-a:eth0", h.Netns, h.Ifname)
+	}
+	d.ForgetNames()
+	if h := d.Hop(&e); h.Ifname != "eth9" || h.Netns != "ns-renamed" {
+		t.Fatalf("hop named %s:%s after ForgetNames, want ns-renamed:eth9", h.Netns, h.Ifname)
+	}
+	d.CacheNames = false
+	names.Links[nsA][2] = resolve.Link{Netns: nsA, Index: 2, Name: "eth7", Kind: "veth"}
+	if h := d.Hop(&e); h.Ifname != "eth7" {
+		t.Fatalf("hop named %s without CacheNames, want eth7", h.Ifname)
+	}
 }
 
 type hopWant struct{ netns, ifname, kind, dir, bridge string }

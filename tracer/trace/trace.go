@@ -150,6 +150,10 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		return res, fmt.Errorf("open ring buffer: %w", err)
 	}
 	defer rd.Close()
+	waiter, err := newRingWaiter(tr.Events(), rd)
+	if err == nil {
+		defer waiter.Close()
+	} // else the reader waits itself
 
 	if cfg.Drops == nil {
 		if d := kernel.KernelDropReasons(); d != nil {
@@ -164,46 +168,64 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 
 	w := output.NewWriter(cfg.Out, cfg.Format)
 	defer w.Flush()
-	desc := &path.Describer{Names: names, Symbols: cfg.Symbols, Drops: cfg.Drops, WallOffset: wallOffset()}
+	// Names are kept from one path to the next within a flush (or between
+	// two ticks with --events), and asked for again after.
+	desc := &path.Describer{Names: names, Symbols: cfg.Symbols, Drops: cfg.Drops, WallOffset: wallOffset(), CacheNames: true}
 	asm := path.NewAssembler(uint64(linger), uint64(idle))
 	sum := output.Summary{Verdicts: map[string]uint64{}}
 	unknownNetns := map[uint32]bool{}
 
 	emitted := 0
 	done := func() bool { return cfg.Count > 0 && emitted >= cfg.Count }
+	// pa is the path being written, its memory reused from one to the
+	// next: the writer and the capture are done with a path when they
+	// return (OnPath callers keep theirs, and get their own).
+	var pa path.Path
+	emit := func(p *path.Packet) error {
+		if cfg.OnPath != nil {
+			pa = path.Path{}
+		}
+		desc.DescribeInto(p, &pa)
+		if len(pa.Hops) == 0 && !path.EarlyDrop(&pa) {
+			if cfg.Capture != nil {
+				cfg.Capture.Discard(p.ID)
+			}
+			return nil // only end events: the packet's hops were not selected
+		}
+		if cfg.Rules != nil {
+			cfg.Rules.Annotate(&pa, &p.Events[0].Meta)
+		}
+		sum.Packets++
+		sum.Hops += uint64(len(pa.Hops))
+		sum.Verdicts[pa.Verdict]++
+		if pa.Verdict == path.Dropped {
+			sum.Dropped++
+		}
+		emitted++
+		if cfg.Capture != nil {
+			if err := cfg.Capture.Path(&pa); err != nil {
+				return err
+			}
+		}
+		if cfg.OnPath != nil {
+			cfg.OnPath(pa)
+			return nil
+		}
+		if err := w.Path(&pa); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+		return nil
+	}
 	flush := func(force bool) error {
+		desc.ForgetNames()
 		for _, p := range asm.Flush(force) {
 			if done() {
 				break
 			}
-			pa := desc.Describe(p)
-			if len(pa.Hops) == 0 && !path.EarlyDrop(&pa) {
-				if cfg.Capture != nil {
-					cfg.Capture.Discard(p.ID)
-				}
-				continue // only end events: the packet's hops were not selected
-			}
-			if cfg.Rules != nil {
-				cfg.Rules.Annotate(&pa, &p.Events[0].Meta)
-			}
-			sum.Packets++
-			sum.Hops += uint64(len(pa.Hops))
-			sum.Verdicts[pa.Verdict]++
-			if pa.Verdict == path.Dropped {
-				sum.Dropped++
-			}
-			emitted++
-			if cfg.Capture != nil {
-				if err := cfg.Capture.Path(&pa); err != nil {
-					return err
-				}
-			}
-			if cfg.OnPath != nil {
-				cfg.OnPath(pa)
-				continue
-			}
-			if err := w.Path(&pa); err != nil {
-				return fmt.Errorf("write output: %w", err)
+			err := emit(p)
+			asm.Release(p)
+			if err != nil {
+				return err
 			}
 		}
 		if cfg.Capture != nil {
@@ -227,6 +249,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			asm.Advance(monotonicNow())
 		}
 		if cfg.Events {
+			desc.ForgetNames()
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("write output: %w", err)
 			}
@@ -265,23 +288,49 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	}
 	var rec ringbuf.Record
 	var ev event.Event
-	for ctx.Err() == nil && !done() {
-		select {
-		case err := <-follow.Failed():
-			return res, err
-		default:
-		}
-
-		now := time.Now()
-		if now.Sub(lastTick) >= poll {
-			if err := tick(now, false); err != nil {
+	var known knownNetns
+	run := 0 // records read since the last check
+	for !done() {
+		// Before a read that may wait (the ring buffer looked empty), and
+		// every checkEvery records while it is not: look for cancellation
+		// and failed filters, tick, and set the read's deadline. In a run
+		// the next record is already there, so the deadline is not looked
+		// at and per-record clock reads and locks are saved.
+		if rec.Remaining == 0 || run >= checkEvery {
+			run = 0
+			if ctx.Err() != nil {
+				break
+			}
+			select {
+			case err := <-follow.Failed():
 				return res, err
+			default:
+			}
+			now := time.Now()
+			if now.Sub(lastTick) >= poll {
+				known.reset()
+				if err := tick(now, false); err != nil {
+					return res, err
+				}
+			}
+			if waiter == nil {
+				rd.SetDeadline(now.Add(poll))
+			} else {
+				if rec.Remaining == 0 {
+					if err := waiter.wait(now.Add(poll)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+						return res, fmt.Errorf("wait for the ring buffer: %w", err)
+					}
+				}
+				// data waits (or the deadline passed): read without waiting
+				rd.SetDeadline(now)
 			}
 		}
-		rd.SetDeadline(now.Add(poll))
+		run++
 		err := rd.ReadInto(&rec)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			rec.Remaining = 0
+			known.reset()
 			if err := tick(time.Now(), true); err != nil {
 				return res, err
 			}
@@ -298,10 +347,12 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 		if cfg.Capture != nil {
 			cfg.Capture.Keep(&ev, rec.RawSample)
 		}
-		if ev.Netns != 0 && !unknownNetns[ev.Netns] {
+		if ev.Netns != 0 && !known.has(ev.Netns) && !unknownNetns[ev.Netns] {
 			if _, ok := names.Namespace(ev.Netns); !ok && ev.Netns != names.HostInode() {
 				unknownNetns[ev.Netns] = true
 				names.Refresh()
+			} else {
+				known.add(ev.Netns)
 			}
 		}
 		if cfg.Events {
@@ -379,6 +430,36 @@ func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
 	he.Netns, he.Container, he.Ifname, he.Kind, he.Bridge, he.Direction = hop.Netns, hop.Container, hop.Ifname, string(hop.Kind), hop.Bridge, string(hop.Direction)
 	return he
 }
+
+// checkEvery is how many records in a run are read between two checks of
+// the clock and the context (a few µs of work at most).
+const checkEvery = 64
+
+// knownNetns remembers a few namespaces the resolver knew, so that most
+// events skip asking it again; it is emptied on every tick, so that a
+// namespace gone and its inode reused is asked about again soon.
+type knownNetns struct {
+	inodes [8]uint32
+	n      int
+}
+
+func (k *knownNetns) has(inode uint32) bool {
+	for _, x := range k.inodes[:k.n] {
+		if x == inode {
+			return true
+		}
+	}
+	return false
+}
+
+func (k *knownNetns) add(inode uint32) {
+	if k.n < len(k.inodes) {
+		k.inodes[k.n] = inode
+		k.n++
+	}
+}
+
+func (k *knownNetns) reset() { k.n = 0 }
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
