@@ -91,6 +91,19 @@ func findPair(r *latency.Report, from, to latency.HopKey) *latency.PairStat {
 	return nil
 }
 
+// deviceHops are the device hops of a datagram from a to b across the bridge:
+// a's eth0 egress, its host veth's ingress, b's host veth's egress, b's eth0
+// ingress.
+func deviceHops(topo *testnet.Topology, a, b *testnet.Host) []latency.HopKey {
+	host := topo.HostInode()
+	return []latency.HopKey{
+		hop(a.Inode, a.Ifindex, event.HookNetDevQueue),
+		hop(host, a.HostVethIndex, event.HookNetifReceiveSkb),
+		hop(host, b.HostVethIndex, event.HookNetDevQueue),
+		hop(b.Inode, b.Ifindex, event.HookNetifReceiveSkb),
+	}
+}
+
 func hop(netns uint32, ifindex int, h event.Hook) latency.HopKey {
 	return latency.HopKey{Netns: netns, Ifindex: uint32(ifindex), Hook: uint8(h)}
 }
@@ -744,13 +757,7 @@ func TestHopsOnlyByDefault(t *testing.T) {
 	sendBurst(t, a, dst, n, 100, got, 5*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	rep := s.stop()
-	host := topo.HostInode()
-	hops := []latency.HopKey{
-		hop(a.Inode, a.Ifindex, event.HookNetDevQueue),
-		hop(host, a.HostVethIndex, event.HookNetifReceiveSkb),
-		hop(host, b.HostVethIndex, event.HookNetDevQueue),
-		hop(b.Inode, b.Ifindex, event.HookNetifReceiveSkb),
-	}
+	hops := deviceHops(topo, a, b)
 	for i := 0; i+1 < len(hops); i++ {
 		p := findPair(&rep, hops[i], hops[i+1])
 		if p == nil || p.Count < n {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/latency"
 	"github.com/hoptrace/hoptrace/tracer/selection"
 )
@@ -39,13 +38,7 @@ func TestSampleOneInN(t *testing.T) {
 	if rep.Kernel.Packets < n/sample/2 || rep.Kernel.Packets > n/sample*2 {
 		t.Errorf("%d packets tracked of %d sent, want about %d (one in %d)", rep.Kernel.Packets, n, n/sample, sample)
 	}
-	host := topo.HostInode()
-	hops := []latency.HopKey{
-		hop(a.Inode, a.Ifindex, event.HookNetDevQueue),
-		hop(host, a.HostVethIndex, event.HookNetifReceiveSkb),
-		hop(host, b.HostVethIndex, event.HookNetDevQueue),
-		hop(b.Inode, b.Ifindex, event.HookNetifReceiveSkb),
-	}
+	hops := deviceHops(topo, a, b)
 	var first uint64
 	for i := 0; i+1 < len(hops); i++ {
 		p := findPair(&rep, hops[i], hops[i+1])
