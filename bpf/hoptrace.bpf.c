@@ -684,10 +684,31 @@ static __always_inline bool is_end(__u8 hook)
 	return hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB || hook == HOOK_COPY_DATAGRAM;
 }
 
+/*
+ * Whether a pointer field holds a kernel address, not a value the kernel
+ * packs into the same union (or NULL). The programs never load through
+ * anything else: a load from such a value faults, and on kernels without
+ * "bpf: ensure main program has an extable" (Debian's 5.10) the fault in a
+ * program with a subprogram (a filter expression's pcap_filter) can find
+ * the main program's kallsyms entry, whose exception table is NULL, and the
+ * kernel panics in the table search.
+ */
+#define KERNEL_ADDR_MIN 0xffff000000000000ULL
+#define kernel_addr(p)                                                                             \
+	({                                                                                         \
+		__u64 a_ = (__u64)(p);                                                             \
+		/* opaque to the compiler, so the caller's NULL check, which the     */           \
+		/* verifier needs on the pointer itself, is not folded into this test */           \
+		barrier_var(a_);                                                                   \
+		a_ >= KERNEL_ADDR_MIN;                                                             \
+	})
+
 static __always_inline __u32 sock_netns(struct sk_buff *skb)
 {
 	struct sock *sk = skb->sk;
-	if (!sk)
+	/* skb->sk shares a union with ip_defrag_offset: a queued IPv4 fragment
+	 * freed on its queue's expiry holds its offset there */
+	if (!sk || !kernel_addr(sk))
 		return 0;
 	return sk->__sk_common.skc_net.net->ns.inum;
 }
@@ -712,19 +733,18 @@ static __always_inline __u32 skb_len(struct sk_buff *skb, __u8 hook)
 
 /*
  * skb->dev shares a union with dev_scratch, which UDP uses while an skb waits
- * on a socket: at the end hooks the device is trusted only when the value is
- * a kernel address (dev_scratch packs a truesize, a length and two flags,
- * never one). Otherwise the namespace comes from the socket, with no device.
- * (A socket alone does not say where a packet was: an skb keeps its sending
- * socket across a veth into another namespace.)
+ * on a socket's queue (and the queued skb has no skb->sk: UDP passes the
+ * socket along itself): at the end hooks the device is trusted only when the
+ * value is a kernel address (dev_scratch packs a truesize, a length and two
+ * flags, never one). Otherwise the namespace comes from the socket, with no
+ * device. (A socket alone does not say where a packet was: an skb keeps its
+ * sending socket across a veth into another namespace.) Every end hook, with
+ * or without the drop reason, takes its device from here.
  */
-#define KERNEL_ADDR_MIN 0xffff000000000000ULL
 static __always_inline struct net_device *end_dev(struct sk_buff *skb)
 {
 	struct net_device *dev = skb->dev;
-	if (dev && skb->sk && (__u64)dev < KERNEL_ADDR_MIN)
-		return NULL;
-	return dev;
+	return dev && kernel_addr(dev) ? dev : NULL;
 }
 
 /* Where observe() takes the device from. */
@@ -1007,7 +1027,7 @@ int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(on_kfree_skb_noreason, struct sk_buff *skb, void *location)
 {
-	return observe(ctx, skb, skb->dev, HOOK_KFREE_SKB, (__u64)location, 0, DEV_ARG);
+	return observe(ctx, skb, NULL, HOOK_KFREE_SKB, (__u64)location, 0, DEV_END);
 }
 
 /* consume_skb gained its location argument in 6.3; the loader picks one of these. */
