@@ -516,13 +516,14 @@ static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pk
 
 /*
  * The frame as the device holds it, from its Ethernet header: the address of
- * its first byte (0 if the device has no Ethernet header or none is set), the
- * bytes readable there (the linear part) and its length on the wire.
+ * its first byte (0 if the device, of ARPHRD type dev_type, 0 for none, has no
+ * Ethernet header or none is set), the bytes readable there (the linear part)
+ * and its length on the wire.
  */
-static __always_inline __u64 frame_at(struct sk_buff *skb, struct net_device *dev, __u32 *linear, __u32 *wire)
+static __always_inline __u64 frame_at(struct sk_buff *skb, __u16 dev_type, __u32 *linear, __u32 *wire)
 {
 	__u16 mac = skb->mac_header;
-	if (mac == MAC_HEADER_UNSET || !dev || (dev->type != ARPHRD_ETHER && dev->type != ARPHRD_LOOPBACK))
+	if (mac == MAC_HEADER_UNSET || (dev_type != ARPHRD_ETHER && dev_type != ARPHRD_LOOPBACK))
 		return 0;
 	unsigned char *head = skb->head;
 	__u32 data = skb->data - head;
@@ -546,18 +547,18 @@ static __noinline __u32 pcap_filter(__u64 frame, __u64 linear, __u64 wire)
 }
 
 /* Whether the frame matches the filter expression (called only with one). */
-static __always_inline bool expr_matches(struct sk_buff *skb, struct net_device *dev)
+static __always_inline bool expr_matches(struct sk_buff *skb, __u16 dev_type)
 {
 	__u32 linear = 0, wire = 0;
-	__u64 frame = frame_at(skb, dev, &linear, &wire);
+	__u64 frame = frame_at(skb, dev_type, &linear, &wire);
 	return frame && pcap_filter(frame, linear, wire);
 }
 
 /* Copies the frame's first snap_len bytes after an event (packet capture). */
-static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, struct net_device *dev)
+static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, __u16 dev_type)
 {
 	__u32 linear = 0, wire = 0;
-	__u64 frame = frame_at(skb, dev, &linear, &wire);
+	__u64 frame = frame_at(skb, dev_type, &linear, &wire);
 	s->l3 = 0;
 	s->pad = 0;
 	if (!frame) {
@@ -754,6 +755,34 @@ enum dev_source {
 };
 
 /*
+ * The device's namespace, index and type. A hop's device is the kernel's
+ * (direct loads). At an end hook skb->dev may be whatever the kernel left in
+ * the union it shares: a kernel address passes end_dev() and still need not
+ * be a device (an skb taken off an rbtree, a TCP out-of-order queue or an
+ * IPv4 fragment queue, keeps its rb_node's left child there). Probe reads,
+ * which fail instead of faulting, read it: a faulting load in these programs
+ * can panic 5.10 (see kernel_addr()).
+ */
+static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source dev_src, struct hop_key *cur)
+{
+	if (dev_src == DEV_ARG) {
+		cur->netns = dev->nd_net.net->ns.inum;
+		cur->ifindex = dev->ifindex;
+		return dev->type;
+	}
+	/* straight into cur: the stack is shared with the filter expression's program */
+	struct net *net = NULL;
+	__u16 type = 0;
+	bpf_core_read(&net, sizeof(net), &dev->nd_net.net);
+	if (bpf_core_read(&cur->netns, sizeof(cur->netns), &net->ns.inum))
+		cur->netns = 0;
+	if (bpf_core_read(&cur->ifindex, sizeof(cur->ifindex), &dev->ifindex))
+		cur->ifindex = 0;
+	bpf_core_read(&type, sizeof(type), &dev->type);
+	return type;
+}
+
+/*
  * One observation. looked_up: the caller (a tcx hop) already looked the skb
  * up, t in by_skb and, for a cloned skb not found there, h in by_head.
  */
@@ -803,10 +832,10 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	struct hop_key cur = {.hook = hook};
 	__u8 flags = 0;
 	bool ether = true;
+	__u16 dev_type = 0; /* ARPHRD_*; 0: no device */
 	if (dev) {
-		cur.netns = dev->nd_net.net->ns.inum;
-		cur.ifindex = dev->ifindex;
-		ether = dev->type == ARPHRD_ETHER;
+		dev_type = dev_read(dev, dev_src, &cur);
+		ether = dev_type == ARPHRD_ETHER;
 	} else {
 		cur.netns = sock_netns(skb);
 		if (cur.netns)
@@ -817,7 +846,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	    !selected(cur.netns, cur.ifindex, &meta))
 		return 0;
 	/* so does a filter expression: an untracked packet it rejects costs one run */
-	if (untracked && expr_filter && !expr_matches(skb, dev))
+	if (untracked && expr_filter && !expr_matches(skb, dev_type))
 		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
@@ -870,7 +899,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 			flags |= EVENT_F_CLONE;
 		} else {
 			if (!may_start || !selected(cur.netns, cur.ifindex, &meta) ||
-			    (!untracked && expr_filter && !expr_matches(skb, dev)))
+			    (!untracked && expr_filter && !expr_matches(skb, dev_type)))
 				return 0;
 			pkt_id = new_pkt_id();
 			if (!pkt_id)
@@ -943,7 +972,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 				if (end)
 					s->caplen = s->len = s->l3 = s->pad = 0;
 				else
-					snapshot(s, skb, dev);
+					snapshot(s, skb, dev_type);
 			}
 			/*
 			 * The reader polls every few milliseconds; a wake-up is only
