@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
@@ -113,14 +114,7 @@ func TestFilterAndSnapshot(t *testing.T) {
 	}
 	defer other.Close()
 	dport := srv.LocalAddr().(*net.UDPAddr).Port
-	prog, err := pktfilter.Compile(context.Background(), fmt.Sprintf("udp dst port %d", dport))
-	if err != nil {
-		if errors.Is(err, pktfilter.ErrNoCompiler) && os.Getenv("CI") != "true" {
-			t.Skip("SKIPPED: tcpdump is not installed")
-		}
-		t.Fatal(err)
-	}
-	_, rd := loadReading(t, loader.Options{Filter: prog.Insns, SnapLen: 64})
+	_, rd := loadReading(t, loader.Options{Filter: compileFilter(t, fmt.Sprintf("udp dst port %d", dport)), SnapLen: 64})
 	for _, dst := range []*net.UDPConn{other, srv, other} {
 		c, err := net.DialUDP("udp4", nil, dst.LocalAddr().(*net.UDPAddr))
 		if err != nil {
@@ -187,14 +181,7 @@ func TestQueuedDatagramFreedOnClose(t *testing.T) {
 		}
 	}()
 	dport := uint16(sink.LocalAddr().(*net.UDPAddr).Port)
-	prog, err := pktfilter.Compile(context.Background(), fmt.Sprintf("udp dst port %d", dport))
-	if err != nil {
-		if errors.Is(err, pktfilter.ErrNoCompiler) && os.Getenv("CI") != "true" {
-			t.Skip("SKIPPED: tcpdump is not installed")
-		}
-		t.Fatal(err)
-	}
-	_, rd := loadReading(t, loader.Options{Filter: prog.Insns})
+	_, rd := loadReading(t, loader.Options{Filter: compileFilter(t, fmt.Sprintf("udp dst port %d", dport))})
 	c, err := net.DialUDP("udp4", nil, sink.LocalAddr().(*net.UDPAddr))
 	if err != nil {
 		t.Fatal(err)
@@ -234,6 +221,20 @@ func TestQueuedDatagramFreedOnClose(t *testing.T) {
 		t.Errorf("%s of the queued datagram: packet %d on ifindex %d %q, want packet %d with no device",
 			event.HookName(event.Hook(end.Hook)), end.PktId, end.Ifindex, event.Ifname(end), id)
 	}
+}
+
+// compileFilter compiles a filter expression for loader.Options.Filter; the
+// test skips without tcpdump, except under CI=true.
+func compileFilter(t *testing.T, expr string) asm.Instructions {
+	t.Helper()
+	prog, err := pktfilter.Compile(context.Background(), expr)
+	if err != nil {
+		if errors.Is(err, pktfilter.ErrNoCompiler) && os.Getenv("CI") != "true" {
+			t.Skip("SKIPPED: tcpdump is not installed")
+		}
+		t.Fatal(err)
+	}
+	return prog.Insns
 }
 
 // loadReading loads a tracer and opens a reader of its ring buffer, both
