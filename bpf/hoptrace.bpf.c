@@ -641,13 +641,14 @@ static __always_inline bool selected(__u32 netns, __u32 ifindex, const struct pk
 
 /*
  * The frame as the device holds it, from its Ethernet header: the address of
- * its first byte (0 if the device has no Ethernet header or none is set), the
- * bytes readable there (the linear part) and its length on the wire.
+ * its first byte (0 if the device, of ARPHRD type dev_type, 0 for none, has no
+ * Ethernet header or none is set), the bytes readable there (the linear part)
+ * and its length on the wire.
  */
-static __always_inline __u64 frame_at(struct sk_buff *skb, struct net_device *dev, __u32 *linear, __u32 *wire)
+static __always_inline __u64 frame_at(struct sk_buff *skb, __u16 dev_type, __u32 *linear, __u32 *wire)
 {
 	__u16 mac = skb->mac_header;
-	if (mac == MAC_HEADER_UNSET || !dev || (dev->type != ARPHRD_ETHER && dev->type != ARPHRD_LOOPBACK))
+	if (mac == MAC_HEADER_UNSET || (dev_type != ARPHRD_ETHER && dev_type != ARPHRD_LOOPBACK))
 		return 0;
 	unsigned char *head = skb->head;
 	__u32 data = skb->data - head;
@@ -671,18 +672,18 @@ static __noinline __u32 pcap_filter(__u64 frame, __u64 linear, __u64 wire)
 }
 
 /* Whether the frame matches the filter expression (called only with one). */
-static __always_inline bool expr_matches(struct sk_buff *skb, struct net_device *dev)
+static __always_inline bool expr_matches(struct sk_buff *skb, __u16 dev_type)
 {
 	__u32 linear = 0, wire = 0;
-	__u64 frame = frame_at(skb, dev, &linear, &wire);
+	__u64 frame = frame_at(skb, dev_type, &linear, &wire);
 	return frame && pcap_filter(frame, linear, wire);
 }
 
 /* Copies the frame's first snap_len bytes after an event (packet capture). */
-static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, struct net_device *dev)
+static __always_inline void snapshot(struct frame_snap *s, struct sk_buff *skb, __u16 dev_type)
 {
 	__u32 linear = 0, wire = 0;
-	__u64 frame = frame_at(skb, dev, &linear, &wire);
+	__u64 frame = frame_at(skb, dev_type, &linear, &wire);
 	s->l3 = 0;
 	s->pad = 0;
 	if (!frame) {
@@ -857,10 +858,31 @@ static __always_inline bool is_end(__u8 hook)
 	return hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB || hook == HOOK_COPY_DATAGRAM;
 }
 
+/*
+ * Whether a pointer field holds a kernel address, not a value the kernel
+ * packs into the same union (or NULL). The programs never load through
+ * anything else: a load from such a value faults, and on kernels without
+ * "bpf: ensure main program has an extable" (Debian's 5.10) the fault in a
+ * program with a subprogram (a filter expression's pcap_filter) can find
+ * the main program's kallsyms entry, whose exception table is NULL, and the
+ * kernel panics in the table search.
+ */
+#define KERNEL_ADDR_MIN 0xffff000000000000ULL
+#define kernel_addr(p)                                                                             \
+	({                                                                                         \
+		__u64 a_ = (__u64)(p);                                                             \
+		/* opaque to the compiler, so the caller's NULL check, which the     */           \
+		/* verifier needs on the pointer itself, is not folded into this test */           \
+		barrier_var(a_);                                                                   \
+		a_ >= KERNEL_ADDR_MIN;                                                             \
+	})
+
 static __always_inline __u32 sock_netns(struct sk_buff *skb)
 {
 	struct sock *sk = skb->sk;
-	if (!sk)
+	/* skb->sk shares a union with ip_defrag_offset: a queued IPv4 fragment
+	 * freed on its queue's expiry holds its offset there */
+	if (!sk || !kernel_addr(sk))
 		return 0;
 	return sk->__sk_common.skc_net.net->ns.inum;
 }
@@ -884,22 +906,18 @@ static __always_inline __u32 skb_len(struct sk_buff *skb, __u8 hook)
 
 /*
  * skb->dev shares a union with dev_scratch, which UDP uses while an skb waits
- * on a socket (with no owner socket: skb->sk is NULL then): at the end hooks
- * the device is trusted only when the value is a kernel address
- * (dev_scratch packs a truesize, a length and two flags, never one).
- * Otherwise the namespace comes from the socket, if any, with no device. (A
- * socket alone does not say where a packet was: an skb keeps its sending
- * socket across a veth into another namespace.) Reading through dev_scratch
- * would fault in the program, caught by its exception table: a general
- * protection fault and a table search per freed datagram.
+ * on a socket's queue (and the queued skb has no skb->sk: UDP passes the
+ * socket along itself): at the end hooks the device is trusted only when the
+ * value is a kernel address (dev_scratch packs a truesize, a length and two
+ * flags, never one). Otherwise the namespace comes from the socket, with no
+ * device. (A socket alone does not say where a packet was: an skb keeps its
+ * sending socket across a veth into another namespace.) Every end hook, with
+ * or without the drop reason, takes its device from here.
  */
-#define KERNEL_ADDR_MIN 0xffff000000000000ULL
 static __always_inline struct net_device *end_dev(struct sk_buff *skb)
 {
 	struct net_device *dev = skb->dev;
-	if ((__u64)dev < KERNEL_ADDR_MIN)
-		return NULL;
-	return dev;
+	return dev && kernel_addr(dev) ? dev : NULL;
 }
 
 /* Where observe() takes the device from. */
@@ -907,6 +925,34 @@ enum dev_source {
 	DEV_ARG = 0, /* the dev argument */
 	DEV_END = 1, /* end_dev(skb), read only once the skb is known to be ours */
 };
+
+/*
+ * The device's namespace, index and type. A hop's device is the kernel's
+ * (direct loads). At an end hook skb->dev may be whatever the kernel left in
+ * the union it shares: a kernel address passes end_dev() and still need not
+ * be a device (an skb taken off an rbtree, a TCP out-of-order queue or an
+ * IPv4 fragment queue, keeps its rb_node's left child there). Probe reads,
+ * which fail instead of faulting, read it: a faulting load in these programs
+ * can panic 5.10 (see kernel_addr()).
+ */
+static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source dev_src, struct hop_key *cur)
+{
+	if (dev_src == DEV_ARG) {
+		cur->netns = dev->nd_net.net->ns.inum;
+		cur->ifindex = dev->ifindex;
+		return dev->type;
+	}
+	/* straight into cur: the stack is shared with the filter expression's program */
+	struct net *net = NULL;
+	__u16 type = 0;
+	bpf_core_read(&net, sizeof(net), &dev->nd_net.net);
+	if (bpf_core_read(&cur->netns, sizeof(cur->netns), &net->ns.inum))
+		cur->netns = 0;
+	if (bpf_core_read(&cur->ifindex, sizeof(cur->ifindex), &dev->ifindex))
+		cur->ifindex = 0;
+	bpf_core_read(&type, sizeof(type), &dev->type);
+	return type;
+}
 
 /*
  * One observation. looked_up: the caller (a tcx hop) already looked the skb
@@ -966,10 +1012,10 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 	struct hop_key cur = {.hook = hook};
 	__u8 flags = 0;
 	bool ether = true;
+	__u16 dev_type = 0; /* ARPHRD_*; 0: no device */
 	if (dev) {
-		cur.netns = dev->nd_net.net->ns.inum;
-		cur.ifindex = dev->ifindex;
-		ether = dev->type == ARPHRD_ETHER;
+		dev_type = dev_read(dev, dev_src, &cur);
+		ether = dev_type == ARPHRD_ETHER;
 	} else {
 		cur.netns = sock_netns(skb);
 		if (cur.netns)
@@ -980,7 +1026,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 	    !selected(cur.netns, cur.ifindex, meta))
 		return 0;
 	/* so does a filter expression: an untracked packet it rejects costs one run */
-	if (untracked && expr_filter && !expr_matches(skb, dev))
+	if (untracked && expr_filter && !expr_matches(skb, dev_type))
 		return 0;
 
 	parse(skb, ether, &sc->hb, meta);
@@ -1035,7 +1081,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 			flags |= EVENT_F_CLONE;
 		} else {
 			if (!may_start || !selected(cur.netns, cur.ifindex, meta) ||
-			    (!untracked && expr_filter && !expr_matches(skb, dev)) || !sampled(nat_fp ? nat_fp : fp))
+			    (!untracked && expr_filter && !expr_matches(skb, dev_type)) || !sampled(nat_fp ? nat_fp : fp))
 				return 0;
 			pkt_id = new_pkt_id();
 			if (!pkt_id)
@@ -1106,7 +1152,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 				if (end)
 					s->caplen = s->len = s->l3 = s->pad = 0;
 				else
-					snapshot(s, skb, dev);
+					snapshot(s, skb, dev_type);
 			}
 			/*
 			 * The reader polls every few milliseconds; a wake-up is only

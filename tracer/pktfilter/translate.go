@@ -31,8 +31,11 @@ const (
 
 	stackRead = -8  // bpf_probe_read_kernel's destination
 	stackWire = -16 // the wire length
-	stackMem  = -24 // M[i] at stackMem - 8*i
-	memWords  = 16
+	// M[i] (32 bits) at stackMem - 4*i, down to -80: the frame adds to
+	// the calling program's on the 512-byte combined stack (5.10 counts
+	// each frame in 32-byte steps: 96 bytes here, 160 with 8-byte words)
+	stackMem = -20
+	memWords = 16
 )
 
 // label names the eBPF instruction where classic instruction i starts;
@@ -56,7 +59,7 @@ func Translate(prog []bpf.RawInstruction) (asm.Instructions, error) {
 		asm.Mov.Imm(regX, 0),
 	}
 	for i := 0; i < memWords; i++ {
-		insns = append(insns, asm.StoreImm(asm.RFP, int16(stackMem-8*i), 0, asm.Word))
+		insns = append(insns, asm.StoreImm(asm.RFP, int16(stackMem-4*i), 0, asm.Word))
 	}
 	// The verifier refuses unreachable instructions: translate only what
 	// the program can reach, and the failure exit only when it is used.
@@ -221,12 +224,12 @@ func translateOne(i, n int, ins bpf.Instruction) (asm.Instructions, error) {
 		if in.N < 0 || in.N >= memWords {
 			return nil, fmt.Errorf("scratch slot %d", in.N)
 		}
-		return asm.Instructions{asm.LoadMem(reg(in.Dst), asm.RFP, int16(stackMem-8*in.N), asm.Word)}, nil
+		return asm.Instructions{asm.LoadMem(reg(in.Dst), asm.RFP, int16(stackMem-4*in.N), asm.Word)}, nil
 	case bpf.StoreScratch:
 		if in.N < 0 || in.N >= memWords {
 			return nil, fmt.Errorf("scratch slot %d", in.N)
 		}
-		return asm.Instructions{asm.StoreMem(asm.RFP, int16(stackMem-8*in.N), reg(in.Src), asm.Word)}, nil
+		return asm.Instructions{asm.StoreMem(asm.RFP, int16(stackMem-4*in.N), reg(in.Src), asm.Word)}, nil
 	case bpf.LoadExtension:
 		if in.Num != bpf.ExtLen {
 			return nil, fmt.Errorf("Linux ancillary data (extension %d) is not available here", in.Num)
