@@ -466,7 +466,7 @@ func TestFloodDoesNotFillTracking(t *testing.T) {
 		if err := srv.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(300 * time.Millisecond)
+		waitListening(t, b, 5201)
 		cli := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", a.Name, iperf}, args...)...)
 		out, err := cli.CombinedOutput()
 		srv.Wait()
@@ -775,4 +775,22 @@ func TestHopsOnlyByDefault(t *testing.T) {
 			}
 		}
 	}
+}
+
+// waitListening waits until a TCP socket listens on port in h's namespace
+// (a server just started takes its time under emulation).
+func waitListening(t *testing.T, h *testnet.Host, port int) {
+	t.Helper()
+	want := fmt.Sprintf(":%04X 00000000:0000 0A ", port)
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		var tcp []byte
+		// the thread's own view: Do runs on a thread in h's namespace
+		if err := h.Do(func() (err error) { tcp, err = os.ReadFile("/proc/thread-self/net/tcp"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(tcp), want) {
+			return
+		}
+	}
+	t.Fatalf("nothing listens on TCP port %d in %s", port, h.Name)
 }
