@@ -32,9 +32,9 @@ type benignRun struct {
 	// pairs of the first session in a fresh VM can fail to allocate): a
 	// count may fall short by that much, and no more.
 	unrecorded uint64
-	body     string // the metrics page
-	b        *testnet.Host
-	noSocket string // the control's reason: NO_SOCKET, "" before 5.17
+	body       string // the metrics page
+	b          *testnet.Host
+	noSocket   string // the control's reason: NO_SOCKET, "" before 5.17
 }
 
 // runBenign measures a's namespace while traffic runs, then sends the
