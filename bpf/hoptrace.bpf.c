@@ -801,19 +801,29 @@ static __always_inline void hist_add(const struct hop_key *from, const struct ho
 /* ---- the observation ---- */
 
 /*
- * When a packet was last tracked at a hop, refreshed at most every
- * stale_ns / 8 (a store to a line all CPUs read, a few times a second). An
- * entry older than stale_ns matches nothing, at a hop or at an end, so when
- * nothing was tracked for stale_ns + stale_ns / 8 no entry can match: an
- * untracked skb is known as one without a lookup. This is what the traffic
+ * When a packet was last tracked at a hop, and whether nothing was tracked
+ * for long enough that no entry can match (an entry older than stale_ns
+ * matches nothing, at a hop or at an end): an untracked skb is then known as
+ * one without a lookup and without a clock read. This is what the traffic
  * of containers nobody selected pays while the selected ones are idle.
+ *
+ * One word: bit 0 set is "quiet", the other bits the last tracked time (ns).
+ * The programs store the time, at most every stale_ns / 8 (a store to a line
+ * all CPUs read, a few times a second), and so leave the quiet state; the
+ * loader (tracer/loader/quiet.go) reads the word through its mapping and
+ * sets the bit with a compare-and-swap once the time is stale_ns + stale_ns /
+ * 8 old, so a store made meanwhile wins. A clock read costs more than the
+ * rest of an untracked packet's run at a device.
  */
 struct activity {
-	__u64 last_ns;
+	__u64 word;
 };
+
+#define ACTIVITY_QUIET 1ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct activity);
@@ -823,16 +833,19 @@ static __always_inline void note_activity(__u64 now)
 {
 	__u32 zero = 0;
 	struct activity *a = bpf_map_lookup_elem(&activity, &zero);
-	if (a && (__s64)(now - a->last_ns) > (__s64)(stale_ns / 8))
-		a->last_ns = now;
+	if (!a)
+		return;
+	__u64 w = a->word;
+	if ((w & ACTIVITY_QUIET) || (__s64)(now - w) > (__s64)(stale_ns / 8))
+		a->word = now & ~ACTIVITY_QUIET;
 }
 
-/* Whether no entry can match (signed: another CPU may have stored a slightly later time). */
-static __always_inline bool quiet(__u64 now)
+/* Whether no entry can match. */
+static __always_inline bool quiet(void)
 {
 	__u32 zero = 0;
 	struct activity *a = bpf_map_lookup_elem(&activity, &zero);
-	return a && (__s64)(now - a->last_ns) >= (__s64)(stale_ns + stale_ns / 8);
+	return a && (a->word & ACTIVITY_QUIET);
 }
 
 /*
@@ -979,7 +992,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 	__u64 head;
 	/* each branch decides on its own: the verifier refuses t | h */
 	bool untracked = false;
-	if (!looked_up && quiet(now)) {
+	if (!looked_up && quiet()) {
 		/* nothing tracked lately: no entry can match */
 		t = h = NULL;
 		if (!may_start)
@@ -1142,7 +1155,10 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 			e->flags = flags;
 			e->pkt_type = BPF_CORE_READ_BITFIELD(skb, pkt_type);
 			__builtin_memset(e->pad, 0, sizeof(e->pad));
-			if (dev)
+			if (dev && dev_src == DEV_ARG)
+				/* the kernel's device: its name array, zero-padded, by direct loads */
+				__builtin_memcpy(e->ifname, dev->name, sizeof(e->ifname));
+			else if (dev)
 				bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
 			else
 				__builtin_memset(e->ifname, 0, sizeof(e->ifname));
@@ -1211,10 +1227,16 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	return r;
 }
 
-/* A tracepoint's observation: observe_found() looking the skb up itself. */
+/*
+ * A tracepoint's observation: observe_found() looking the skb up itself. In
+ * the quiet state an end that cannot start a path is over before the clock
+ * is read.
+ */
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
 {
+	if (is_end(hook) && hook != HOOK_KFREE_SKB && quiet())
+		return 0;
 	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, false, bpf_ktime_get_ns());
 }
 
@@ -1451,8 +1473,8 @@ static __always_inline __u64 tcx_sample_key(struct __sk_buff *ctx)
 /*
  * A tcx hop. The cheap rejection at a device: a packet neither tracked (by
  * address, or by head for a clone) nor selected here costs one or two
- * lookups and no header parsing; a tracked one goes on to observe() with
- * its entries already found.
+ * lookups (none in the quiet state), no header parsing and no clock read; a
+ * tracked one goes on to observe() with its entries already found.
  */
 static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 {
@@ -1460,11 +1482,23 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	struct net_device *dev = skb->dev;
 	if (!dev)
 		return;
+	/*
+	 * Not sampled: decided from the packet before any lookup. A tracked
+	 * packet keeps its sampling key at every hop (NAT leaves it alone, and
+	 * a packet whose key changed would not match its entry either), except
+	 * an skb GRO merged segments into after it was tracked (a --detail
+	 * hop): its length changed, and a merged skb carries a GSO size. A key
+	 * of 0 is unsure: observe() decides from the parsed headers.
+	 */
+	if (sample_n > 1 && !ctx->gso_size) {
+		__u64 key = tcx_sample_key(ctx);
+		if (key && !sampled(key))
+			return;
+	}
 	__u64 addr = (__u64)skb;
-	__u64 now = bpf_ktime_get_ns();
 	struct pkt_track *t = NULL;
 	struct pkt_track *h = NULL;
-	bool q = quiet(now); /* nothing tracked lately: no entry can match */
+	bool q = quiet(); /* nothing tracked lately: no entry can match */
 	if (!q)
 		t = bpf_map_lookup_elem(&by_skb, &addr);
 	if (!t && !q && BPF_CORE_READ_BITFIELD(skb, cloned)) {
@@ -1474,14 +1508,14 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	if (!t && !h) {
 		if (!tcx_selected(ctx, dev))
 			return;
-		/* not sampled: decided without parsing (0: unsure, observe() decides) */
-		if (sample_n > 1) {
+		/* a GSO packet's key, now that it is known untracked */
+		if (sample_n > 1 && ctx->gso_size) {
 			__u64 key = tcx_sample_key(ctx);
 			if (key && !sampled(key))
 				return;
 		}
 	}
-	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true, now);
+	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true, bpf_ktime_get_ns());
 }
 
 /* tcx egress fires just before net_dev_queue: it is that hop. */

@@ -14,8 +14,8 @@ import (
 )
 
 type HoptraceActivity struct {
-	_      structs.HostLayout
-	LastNs uint64
+	_    structs.HostLayout
+	Word uint64
 }
 
 type HoptraceAddrKey struct {

@@ -151,6 +151,7 @@ type Tracer struct {
 	engine     Engine
 	tcx        *tcxState // EngineTCX only
 	bloom      bloom
+	quiet      *quietKeeper
 }
 
 // Load loads and attaches the programs. On error nothing stays loaded.
@@ -301,6 +302,10 @@ func Load(opts Options) (*Tracer, error) {
 	defer coll.Close() // closes whatever t did not take over
 	if err := coll.Assign(&t.maps); err != nil {
 		return nil, fmt.Errorf("assign BPF maps: %w", err)
+	}
+	if t.quiet, err = startQuietKeeper(t.maps.Activity, stale); err != nil {
+		t.Close()
+		return nil, err
 	}
 	if engine == EngineTCX {
 		t.tcx = &tcxState{devs: map[DevKey]*devLinks{}}
@@ -460,6 +465,10 @@ func (t *Tracer) RingBytes() int { return t.ringBytes }
 // struct hist per possible CPU (latency.Snapshot sums them).
 func (t *Tracer) Hists() *ebpf.Map { return t.maps.Hists }
 
+// Quiet reports whether the programs are in their quiet state: nothing was
+// tracked for StaleAfter + StaleAfter/8, so no in-flight entry can match.
+func (t *Tracer) Quiet() bool { return t.quiet != nil && t.quiet.Quiet() }
+
 // InFlight is the map of tracked skb addresses.
 func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
 
@@ -475,6 +484,9 @@ func (t *Tracer) Close() error {
 		}
 	}
 	t.links = nil
+	if t.quiet != nil {
+		errs = append(errs, t.quiet.close())
+	}
 	if err := t.maps.Close(); err != nil {
 		errs = append(errs, err)
 	}

@@ -115,3 +115,49 @@ func keepBusy(t *testing.T, d time.Duration) {
 		}
 	}
 }
+
+// The quiet state is entered StaleAfter + StaleAfter/8 after the last
+// tracked packet, never sooner, and left by the next one, which is tracked
+// from its first hop.
+func TestQuietState(t *testing.T) {
+	privtest.RequireRoot(t)
+	const stale = 100 * time.Millisecond
+	tr, rd := loadReading(t, loader.Options{StaleAfter: stale})
+	if !tr.Quiet() {
+		t.Fatal("not quiet after the load: nothing was tracked yet")
+	}
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	for round := range 2 {
+		sent := time.Now()
+		if _, err := pc.WriteTo([]byte("q"), pc.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		if tr.Quiet() {
+			t.Fatalf("round %d: quiet right after a tracked datagram", round)
+		}
+		var hooks []event.Hook
+		readEvents(t, rd, time.Second, func(e *event.Event) bool {
+			if e.Meta.L4Proto == event.ProtoUDP && e.Meta.Dport == port {
+				hooks = append(hooks, event.Hook(e.Hook))
+			}
+			return slices.Contains(hooks, event.HookNetifReceiveSkb)
+		})
+		if !slices.Contains(hooks, event.HookNetDevQueue) || !slices.Contains(hooks, event.HookNetifReceiveSkb) {
+			t.Fatalf("round %d: datagram hooks %v, want its hops on lo from the first", round, hooks)
+		}
+		for !tr.Quiet() {
+			if time.Since(sent) > 2*time.Second {
+				t.Fatalf("round %d: not quiet %v after the last tracked packet", round, time.Since(sent))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if d := time.Since(sent); d < stale+stale/8 {
+			t.Fatalf("round %d: quiet %v after the last tracked packet, want at least %v", round, d, stale+stale/8)
+		}
+	}
+}
