@@ -31,6 +31,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_ARP 0x0806
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
+#define ENOMEM_ 12 /* errno.h: not in vmlinux.h */
 #define ARPHRD_ETHER 1
 #define ARPHRD_LOOPBACK 772
 #define IPPROTO_ICMP_ 1
@@ -778,10 +779,12 @@ static __always_inline void hist_add(const struct hop_key *from, const struct ho
 		struct hist *z = bpf_map_lookup_elem(&hist_zero, &zero);
 		if (!z)
 			return;
-		bpf_map_update_elem(&hists, &pair, z, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&hists, &pair, z, BPF_NOEXIST);
 		h = bpf_map_lookup_elem(&hists, &pair);
 		if (!h) {
-			stat_inc(STAT_HIST_FULL);
+			/* -E2BIG: max_entries reached; -ENOMEM: the per-CPU
+			 * copies could not be allocated (memory cgroup limit) */
+			stat_inc(err == -ENOMEM_ ? STAT_HIST_NOMEM : STAT_HIST_FULL);
 			return;
 		}
 	}

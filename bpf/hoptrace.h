@@ -97,6 +97,7 @@ enum stat_counter {
 	STAT_REUSED = 3,      /* skb addresses reused by a different packet */
 	STAT_HIST_UPDATES = 4, /* hop pairs added to latency histograms */
 	STAT_HIST_FULL = 5,   /* hop pairs not recorded: histogram map full */
+	STAT_HIST_NOMEM = 6,  /* hop pairs not recorded: no kernel memory for a new histogram */
 	STAT_MAX = 8,
 };
 

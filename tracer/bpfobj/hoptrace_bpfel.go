@@ -199,6 +199,7 @@ const (
 	HoptraceStatCounterSTAT_REUSED       HoptraceStatCounter = 3
 	HoptraceStatCounterSTAT_HIST_UPDATES HoptraceStatCounter = 4
 	HoptraceStatCounterSTAT_HIST_FULL    HoptraceStatCounter = 5
+	HoptraceStatCounterSTAT_HIST_NOMEM   HoptraceStatCounter = 6
 	HoptraceStatCounterSTAT_MAX          HoptraceStatCounter = 8
 )
 

@@ -16,8 +16,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/tracer/event"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 )
 
@@ -508,5 +512,60 @@ func BenchmarkBucket(b *testing.B) {
 	v := uint64(12345)
 	for b.Loop() {
 		v += uint64(Bucket(v)) + 7
+	}
+}
+
+// A pair unrecorded because the map is full and one unrecorded for want of
+// kernel memory are told apart in the text header, the JSON and the metrics.
+func TestUnrecordedCauses(t *testing.T) {
+	k := kernelDelta(loader.Stats{HistFull: 5, HistNoMem: 9}, loader.Stats{HistFull: 2, HistNoMem: 1}, 0)
+	if k.HistFull != 3 || k.HistNoMem != 8 {
+		t.Fatalf("interval counts: full %d, no memory %d; want 3 and 8", k.HistFull, k.HistNoMem)
+	}
+	r := BuildReport(map[Pair]*Hist{}, testNames(), nil)
+	r.Kernel = k
+	var buf bytes.Buffer
+	w, _ := NewWriter(&buf, "text")
+	if err := w.Write(&r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"3 pair(s) unrecorded: histogram map full", "8 pair(s) unrecorded: no kernel memory for a new histogram"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("text header lacks %q:\n%s", want, buf.String())
+		}
+	}
+	buf.Reset()
+	w, _ = NewWriter(&buf, "json")
+	if err := w.Write(&r); err != nil {
+		t.Fatal(err)
+	}
+	var back struct {
+		Kernel map[string]uint64 `json:"kernel"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Kernel["hist_full"] != 3 || back.Kernel["hist_nomem"] != 8 {
+		t.Errorf("JSON kernel counters %v, want hist_full 3 and hist_nomem 8", back.Kernel)
+	}
+	m := NewMetrics()
+	m.update(testNames(), nil, map[Pair]*Hist{}, loader.Stats{HistFull: 5, HistNoMem: 9}, &Sweeper{}, 0, 0, 1)
+	got := map[string]float64{}
+	ch := make(chan prometheus.Metric, 64)
+	m.Collect(ch)
+	close(ch)
+	for pm := range ch {
+		var d dto.Metric
+		if err := pm.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{MetricHistFull, MetricHistNoMem} {
+			if d.Counter != nil && strings.Contains(pm.Desc().String(), `"`+n+`"`) {
+				got[n] = d.Counter.GetValue()
+			}
+		}
+	}
+	if got[MetricHistFull] != 5 || got[MetricHistNoMem] != 9 {
+		t.Errorf("metrics %v, want %s 5 and %s 9", got, MetricHistFull, MetricHistNoMem)
 	}
 }

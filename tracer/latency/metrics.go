@@ -24,6 +24,7 @@ const (
 	MetricPackets        = "hoptrace_packets_total"
 	MetricHistUpdates    = "hoptrace_hop_pairs_recorded_total"
 	MetricHistFull       = "hoptrace_hop_pairs_unrecorded_total"
+	MetricHistNoMem      = "hoptrace_hop_pairs_alloc_failed_total"
 	MetricLost           = "hoptrace_events_lost_total"
 	MetricExpired        = "hoptrace_tracking_expired_total"
 	MetricTrackEntries   = "hoptrace_tracking_entries"
@@ -55,7 +56,7 @@ type Metrics struct {
 	evicted  uint64
 	sample   uint32 // one packet in sample measured (1: all)
 
-	hist, dropsDesc, packets, updates, full, lost, exp, ents, capDesc, evict, sampleDesc *prometheus.Desc
+	hist, dropsDesc, packets, updates, full, nomem, lost, exp, ents, capDesc, evict, sampleDesc *prometheus.Desc
 }
 
 type dropKey struct{ container, netns, iface, reason string }
@@ -75,6 +76,7 @@ func NewMetrics() *Metrics {
 		packets:    prometheus.NewDesc(MetricPackets, "Packets the kernel started tracking.", nil, nil),
 		updates:    prometheus.NewDesc(MetricHistUpdates, "Hop-to-hop times added to the kernel histograms.", nil, nil),
 		full:       prometheus.NewDesc(MetricHistFull, "Hop-to-hop times not recorded because the histogram map was full.", nil, nil),
+		nomem:      prometheus.NewDesc(MetricHistNoMem, "Hop-to-hop times not recorded because the kernel could not allocate a new histogram (memory cgroup limit).", nil, nil),
 		lost:       prometheus.NewDesc(MetricLost, "Events lost because the ring buffer was full.", nil, nil),
 		exp:        prometheus.NewDesc(MetricExpired, "In-flight tracking entries expired: packets that never reached a next hop.", nil, nil),
 		ents:       prometheus.NewDesc(MetricTrackEntries, "Entries in the kernel's in-flight packet map.", nil, nil),
@@ -87,7 +89,7 @@ func NewMetrics() *Metrics {
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.hist, m.dropsDesc, m.packets, m.updates, m.full, m.lost, m.exp, m.ents, m.capDesc, m.evict, m.sampleDesc} {
+	for _, d := range []*prometheus.Desc{m.hist, m.dropsDesc, m.packets, m.updates, m.full, m.nomem, m.lost, m.exp, m.ents, m.capDesc, m.evict, m.sampleDesc} {
 		ch <- d
 	}
 }
@@ -107,6 +109,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.packets, prometheus.CounterValue, float64(m.stats.Packets))
 	ch <- prometheus.MustNewConstMetric(m.updates, prometheus.CounterValue, float64(m.stats.HistUpdates))
 	ch <- prometheus.MustNewConstMetric(m.full, prometheus.CounterValue, float64(m.stats.HistFull))
+	ch <- prometheus.MustNewConstMetric(m.nomem, prometheus.CounterValue, float64(m.stats.HistNoMem))
 	ch <- prometheus.MustNewConstMetric(m.lost, prometheus.CounterValue, float64(m.stats.Lost))
 	ch <- prometheus.MustNewConstMetric(m.exp, prometheus.CounterValue, float64(m.expired))
 	ch <- prometheus.MustNewConstMetric(m.ents, prometheus.GaugeValue, float64(m.entries))

@@ -55,6 +55,9 @@ func (w *Writer) text(r *Report) error {
 	if r.Kernel.HistFull > 0 {
 		fmt.Fprintf(&b, " ── %d pair(s) unrecorded: histogram map full", r.Kernel.HistFull)
 	}
+	if r.Kernel.HistNoMem > 0 {
+		fmt.Fprintf(&b, " ── %d pair(s) unrecorded: no kernel memory for a new histogram", r.Kernel.HistNoMem)
+	}
 	if r.Sample > 1 {
 		fmt.Fprintf(&b, " ── sampled: 1 packet in %d, counts ×%d", r.Sample, r.Sample)
 	}

@@ -56,6 +56,7 @@ type Kernel struct {
 	Packets      uint64 `json:"packets"`       // packet identities created
 	HistUpdates  uint64 `json:"hist_updates"`  // hop pairs recorded
 	HistFull     uint64 `json:"hist_full"`     // hop pairs not recorded: histogram map full
+	HistNoMem    uint64 `json:"hist_nomem"`    // hop pairs not recorded: no kernel memory for a new histogram
 	Lost         uint64 `json:"lost"`          // events lost (ring buffer full; 0 in latency mode)
 	PairsEvicted uint64 `json:"pairs_evicted"` // idle histograms removed to make room
 }

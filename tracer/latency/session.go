@@ -219,6 +219,7 @@ func kernelDelta(cur, prev loader.Stats, evicted uint64) Kernel {
 		Packets:      cur.Packets - prev.Packets,
 		HistUpdates:  cur.HistUpdates - prev.HistUpdates,
 		HistFull:     cur.HistFull - prev.HistFull,
+		HistNoMem:    cur.HistNoMem - prev.HistNoMem,
 		Lost:         cur.Lost - prev.Lost,
 		PairsEvicted: evicted,
 	}

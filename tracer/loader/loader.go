@@ -506,7 +506,8 @@ type Stats struct {
 	Packets     uint64 // packet identities created
 	Reused      uint64 // skb addresses found reused by another packet
 	HistUpdates uint64
-	HistFull    uint64
+	HistFull    uint64 // hop pairs not recorded: histogram map full
+	HistNoMem   uint64 // hop pairs not recorded: no kernel memory for a new histogram
 }
 
 // Stats reads the counters.
@@ -533,6 +534,7 @@ func (t *Tracer) Stats() (Stats, error) {
 		{bpfobj.HoptraceStatCounterSTAT_REUSED, &s.Reused},
 		{bpfobj.HoptraceStatCounterSTAT_HIST_UPDATES, &s.HistUpdates},
 		{bpfobj.HoptraceStatCounterSTAT_HIST_FULL, &s.HistFull},
+		{bpfobj.HoptraceStatCounterSTAT_HIST_NOMEM, &s.HistNoMem},
 	} {
 		if *f.dst, err = read(f.idx); err != nil {
 			return s, err
