@@ -874,6 +874,12 @@ static __always_inline bool is_end(__u8 hook)
 	return hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB || hook == HOOK_COPY_DATAGRAM;
 }
 
+/* Whether an untracked skb may start a path here: at a hop, or dropped before its first selected hop. */
+static __always_inline bool can_start(__u8 hook)
+{
+	return !is_end(hook) || hook == HOOK_KFREE_SKB;
+}
+
 /*
  * Whether a pointer field holds a kernel address, not a value the kernel
  * packs into the same union (or NULL). The programs never load through
@@ -971,8 +977,9 @@ static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source de
 }
 
 /*
- * One observation. looked_up: the caller (a tcx hop) already looked the skb
- * up, t in by_skb and, for a cloned skb not found there, h in by_head.
+ * One observation. looked_up: the caller already looked the skb up (a tcx
+ * hop: t in by_skb and, for a cloned skb not found there, h in by_head), or
+ * knows that no entry can match (the quiet state: both NULL).
  */
 static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				      __u64 location, __u32 reason, enum dev_source dev_src,
@@ -981,8 +988,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
-	/* a drop may start a path of its own: dropped before its first selected hop */
-	bool may_start = !end || hook == HOOK_KFREE_SKB;
+	bool may_start = can_start(hook);
 
 	/*
 	 * Cheapest rejection first: most skbs freed on a host are not ours. An
@@ -995,13 +1001,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 	__u64 head;
 	/* each branch decides on its own: the verifier refuses t | h */
 	bool untracked = false;
-	if (!looked_up && quiet()) {
-		/* nothing tracked lately: no entry can match */
-		t = h = NULL;
-		if (!may_start)
-			return 0;
-		untracked = true;
-	} else if (!looked_up) {
+	if (!looked_up) {
 		t = bpf_map_lookup_elem(&by_skb, &skb_addr);
 		if (!t) {
 			h = NULL;
@@ -1231,16 +1231,18 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 }
 
 /*
- * A tracepoint's observation: observe_found() looking the skb up itself. In
- * the quiet state an end that cannot start a path is over before the clock
- * is read.
+ * A tracepoint's observation: observe_found() looking the skb up itself,
+ * except in the quiet state, where no entry can match (looked up: none
+ * found) and an end that cannot start a path is over before the clock is
+ * read.
  */
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
 {
-	if (is_end(hook) && hook != HOOK_KFREE_SKB && quiet())
+	bool q = quiet();
+	if (q && !can_start(hook))
 		return 0;
-	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, false, bpf_ktime_get_ns());
+	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, q, bpf_ktime_get_ns());
 }
 
 SEC("tp_btf/net_dev_queue")
@@ -1473,6 +1475,15 @@ static __always_inline __u64 tcx_sample_key(struct __sk_buff *ctx)
 	return nat_mix(eth_proto, ip_len, ip_id, proto, 0, 0, 0, 0, 0, 0);
 }
 
+/* Whether sampling turns this packet away, decided from the packet (a key of 0 is unsure: observe() decides). */
+static __always_inline bool tcx_unsampled(struct __sk_buff *ctx)
+{
+	if (sample_n <= 1)
+		return false;
+	__u64 key = tcx_sample_key(ctx);
+	return key && !sampled(key);
+}
+
 /*
  * A tcx hop. The cheap rejection at a device: a packet neither tracked (by
  * address, or by head for a clone) nor selected here costs one or two
@@ -1490,14 +1501,10 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	 * packet keeps its sampling key at every hop (NAT leaves it alone, and
 	 * a packet whose key changed would not match its entry either), except
 	 * an skb GRO merged segments into after it was tracked (a --detail
-	 * hop): its length changed, and a merged skb carries a GSO size. A key
-	 * of 0 is unsure: observe() decides from the parsed headers.
+	 * hop): its length changed, and a merged skb carries a GSO size.
 	 */
-	if (sample_n > 1 && !ctx->gso_size) {
-		__u64 key = tcx_sample_key(ctx);
-		if (key && !sampled(key))
-			return;
-	}
+	if (!ctx->gso_size && tcx_unsampled(ctx))
+		return;
 	__u64 addr = (__u64)skb;
 	struct pkt_track *t = NULL;
 	struct pkt_track *h = NULL;
@@ -1512,11 +1519,8 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 		if (!tcx_selected(ctx, dev))
 			return;
 		/* a GSO packet's key, now that it is known untracked */
-		if (sample_n > 1 && ctx->gso_size) {
-			__u64 key = tcx_sample_key(ctx);
-			if (key && !sampled(key))
-				return;
-		}
+		if (ctx->gso_size && tcx_unsampled(ctx))
+			return;
 	}
 	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true, bpf_ktime_get_ns());
 }

@@ -467,7 +467,7 @@ func (t *Tracer) Hists() *ebpf.Map { return t.maps.Hists }
 
 // Quiet reports whether the programs are in their quiet state: nothing was
 // tracked for StaleAfter + StaleAfter/8, so no in-flight entry can match.
-func (t *Tracer) Quiet() bool { return t.quiet != nil && t.quiet.Quiet() }
+func (t *Tracer) Quiet() bool { return t.quiet != nil && t.quiet.isQuiet() }
 
 // InFlight is the map of tracked skb addresses.
 func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }

@@ -69,8 +69,8 @@ func (q *quietKeeper) check(quietAfter uint64) {
 	}
 }
 
-// Quiet reports whether the programs are in their quiet state.
-func (q *quietKeeper) Quiet() bool { return atomic.LoadUint64(q.word())&activityQuiet != 0 }
+// isQuiet reports whether the programs are in their quiet state.
+func (q *quietKeeper) isQuiet() bool { return atomic.LoadUint64(q.word())&activityQuiet != 0 }
 
 // close stops the goroutine and unmaps the word. Safe to call twice.
 func (q *quietKeeper) close() error {
