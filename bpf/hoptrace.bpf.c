@@ -983,7 +983,7 @@ static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source de
  */
 static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				      __u64 location, __u32 reason, enum dev_source dev_src,
-				      struct pkt_track *t, struct pkt_track *h, bool looked_up, __u64 now,
+				      struct pkt_track *t, struct pkt_track *h, bool looked_up,
 				      struct obs_scratch *sc)
 {
 	__u64 skb_addr = (__u64)skb;
@@ -1045,6 +1045,8 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 	if (untracked && expr_filter && !expr_matches(skb, dev_type))
 		return 0;
 
+	/* the clock is read once the skb is known to matter: it costs more than the rejections above */
+	__u64 now = bpf_ktime_get_ns();
 	parse(skb, ether, &sc->hb, meta);
 	__u64 fp = fingerprint(meta);
 	__u64 nat_fp = nat_fingerprint(meta);
@@ -1212,7 +1214,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
  */
 static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 					 __u64 location, __u32 reason, enum dev_source dev_src,
-					 struct pkt_track *t, struct pkt_track *h, bool looked_up, __u64 now)
+					 struct pkt_track *t, struct pkt_track *h, bool looked_up)
 {
 	__u32 zero = 0;
 	__u32 *nest = bpf_map_lookup_elem(&obs_nest, &zero);
@@ -1225,7 +1227,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	if (!sc)
 		return 0;
 	*nest = level + 1;
-	int r = observe_in(ctx, skb, dev, hook, location, reason, dev_src, t, h, looked_up, now, sc);
+	int r = observe_in(ctx, skb, dev, hook, location, reason, dev_src, t, h, looked_up, sc);
 	*nest = level;
 	return r;
 }
@@ -1233,8 +1235,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 /*
  * A tracepoint's observation: observe_found() looking the skb up itself,
  * except in the quiet state, where no entry can match (looked up: none
- * found) and an end that cannot start a path is over before the clock is
- * read.
+ * found) and an end that cannot start a path is over after one array load.
  */
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
@@ -1242,7 +1243,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	bool q = quiet();
 	if (q && !can_start(hook))
 		return 0;
-	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, q, bpf_ktime_get_ns());
+	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, q);
 }
 
 SEC("tp_btf/net_dev_queue")
@@ -1522,7 +1523,7 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 		if (ctx->gso_size && tcx_unsampled(ctx))
 			return;
 	}
-	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true, bpf_ktime_get_ns());
+	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
 }
 
 /* tcx egress fires just before net_dev_queue: it is that hop. */
