@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -153,17 +154,18 @@ type NetnsAttached struct {
 
 // tcxWorkers bounds the tcx links created or closed at once. Each create
 // and close commits a new program list for its hook and waits for an RCU
-// grace period, tens of ms on a busy host. The kernel holds the rtnl lock
-// across that wait (tcx_link_attach, tcx_link_release), so the commits still
-// run one at a time, a few thousand of them for 500 veth pairs; what the
-// workers overlap is the rest: entering namespaces, the placement queries
-// and program lookups, the syscalls' own work.
-const tcxWorkers = 48
+// grace period (about 10 ms on this kind of VM, more on a busy host), and
+// the kernel holds the rtnl lock across that wait (tcx_link_attach,
+// tcx_link_release): the commits run one at a time whatever the number of
+// workers (306 devices took 5.9 s with 4 workers and with 48). A few
+// workers overlap the rest (entering namespaces, the placement queries);
+// more would only make a cancelled attach wait for more of them.
+const tcxWorkers = 4
 
 // AttachDevices attaches the tcx programs to these devices of one
 // namespace; see AttachNetns.
 func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
-	res := t.AttachNetns([]NetnsDevices{{ns, ifindexes}})
+	res := t.AttachNetns(context.Background(), []NetnsDevices{{ns, ifindexes}})
 	return res[0].Ifindexes, res[0].Err
 }
 
@@ -172,8 +174,9 @@ func (t *Tracer) AttachDevices(ns NetnsRef, ifindexes []int) ([]int, error) {
 // each on a locked thread that entered its device's namespace when it is
 // not this process's. Devices already carrying them are skipped; devices
 // (and namespaces) that are gone by now are left out of the result, whose
-// element i lists the ifindexes attached in sets[i].
-func (t *Tracer) AttachNetns(sets []NetnsDevices) []NetnsAttached {
+// element i lists the ifindexes attached in sets[i]. Once ctx is done no
+// further device is attached: the result lists those that were.
+func (t *Tracer) AttachNetns(ctx context.Context, sets []NetnsDevices) []NetnsAttached {
 	res := make([]NetnsAttached, len(sets))
 	if t.tcx == nil {
 		for i := range res {
@@ -216,7 +219,9 @@ func (t *Tracer) AttachNetns(sets []NetnsDevices) []NetnsAttached {
 	}
 	inParallel(len(jobs), func(i int) {
 		j := jobs[i]
-		j.done, j.devs, j.err = t.attachIn(sets[j.set].Netns, j.todo)
+		if ctx.Err() == nil {
+			j.done, j.devs, j.err = t.attachIn(ctx, sets[j.set].Netns, j.todo)
+		}
 	})
 	// The device map is written here only, by the caller's goroutine.
 	for _, j := range jobs {
@@ -235,7 +240,7 @@ func (t *Tracer) AttachNetns(sets []NetnsDevices) []NetnsAttached {
 // attachIn attaches the tcx programs to devices of one namespace, entering
 // it on a locked thread when it is not this thread's, and returns the
 // ifindexes attached with their links.
-func (t *Tracer) attachIn(ns NetnsRef, todo []int) ([]int, []*devLinks, error) {
+func (t *Tracer) attachIn(ctx context.Context, ns NetnsRef, todo []int) ([]int, []*devLinks, error) {
 	var done []int
 	var devs []*devLinks
 	entered := false
@@ -247,6 +252,9 @@ func (t *Tracer) attachIn(ns NetnsRef, todo []int) ([]int, []*devLinks, error) {
 			return fmt.Errorf("%s is netns %d now, not %d: %w", ns.Path, ino, ns.Inode, errNetnsGone)
 		}
 		for _, idx := range todo {
+			if ctx.Err() != nil {
+				return nil // stopped: what is attached stays listed
+			}
 			d, err := t.attachDevice(idx)
 			if errors.Is(err, unix.ENODEV) || errors.Is(err, os.ErrNotExist) {
 				continue // gone since it was listed

@@ -1,6 +1,7 @@
 package loader_test
 
 import (
+	"context"
 	"os"
 	"slices"
 	"testing"
@@ -41,7 +42,7 @@ func TestTCXAttachNetnsMany(t *testing.T) {
 	sets = append(sets,
 		loader.NetnsDevices{Netns: host, Ifindexes: hostIdx},
 		loader.NetnsDevices{Netns: loader.NetnsRef{Inode: 1, Path: "/var/run/netns/hoptrace-gone-" + topo.Bridge}, Ifindexes: []int{1}})
-	res := tr.AttachNetns(sets)
+	res := tr.AttachNetns(context.Background(), sets)
 	if len(res) != len(sets) {
 		t.Fatalf("%d results for %d namespaces", len(res), len(sets))
 	}
@@ -56,7 +57,7 @@ func TestTCXAttachNetnsMany(t *testing.T) {
 	if r := res[n+1]; r.Err != nil || len(r.Ifindexes) != 0 {
 		t.Errorf("gone namespace: attached %v, %v; want nothing, no error", r.Ifindexes, r.Err)
 	}
-	if again := tr.AttachNetns(sets); slices.ContainsFunc(again, func(r loader.NetnsAttached) bool { return r.Err != nil || len(r.Ifindexes) != 0 }) {
+	if again := tr.AttachNetns(context.Background(), sets); slices.ContainsFunc(again, func(r loader.NetnsAttached) bool { return r.Err != nil || len(r.Ifindexes) != 0 }) {
 		t.Errorf("second attach: %v", again)
 	}
 	if got := len(tr.AttachedDevices()); got != 2*n+1 {

@@ -7,6 +7,7 @@ package selection
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -90,12 +91,25 @@ type Options struct {
 	// of every namespace the resolver knows, attached before the filters
 	// follow each change (nil with the tracepoint engine).
 	Devices Devices
-	// Warn receives attach failures after the first (which Follow returns).
+	// Warn receives attach failures after the first (which Follow returns),
+	// and says when devices are attached after Follow returns.
 	Warn func(string)
+	// ForegroundDevices bounds the devices Follow attaches before it
+	// returns beyond those a selected packet crosses first (see
+	// firstDevices); when more are waiting, they are attached after it
+	// returns, by the Follower's goroutine. The kernel commits tcx links one
+	// at a time with an RCU grace period each (~15 ms here): a host with
+	// hundreds of containers would otherwise wait many seconds before the
+	// first selected packet is seen. 0: DefaultForegroundDevices.
+	ForegroundDevices int
 	// OnAddrs, when set, receives the selection's addresses whenever they
 	// change (trace --rules keeps its nftables sets equal to them).
 	OnAddrs func([]netip.Addr) error
 }
+
+// DefaultForegroundDevices is Options.ForegroundDevices' default: one to
+// two seconds of tcx commits.
+const DefaultForegroundDevices = 64
 
 // TracerOptions are the options for following a selection on tr: its
 // devices carry the programs under the tcx engine.
@@ -125,6 +139,7 @@ type Follower struct {
 	failed chan error
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	warn   func(string)
 }
 
 // Follow sets the filters to the selection and, until ctx is done or Close,
@@ -139,12 +154,7 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 		inKernelAddrs: map[netip.Addr]bool{},
 		inKernelPorts: map[Port]bool{},
 		failed:        make(chan error, 1),
-	}
-	if opts.Devices != nil {
-		fl.att = &attachments{devs: opts.Devices, names: names, have: map[loader.DevKey]attachedAs{}, warnFn: opts.Warn}
-		if err := fl.att.sync(); err != nil {
-			return nil, err
-		}
+		warn:          opts.Warn,
 	}
 	for _, d := range sel.Devices {
 		if err := f.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
@@ -155,13 +165,61 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 		fl.set(ns, true, nil)
 	}
 	dynamic := fl.initial(ctx, sel.Dynamic)
+	ctx, fl.cancel = context.WithCancel(ctx)
+	deferred := 0
+	if opts.Devices != nil {
+		var err error
+		if deferred, err = fl.attachFirst(ctx, opts, sel); err != nil {
+			fl.cancel()
+			return nil, err
+		}
+	}
 	if err := fl.sync(); err != nil {
+		fl.cancel()
 		return nil, err
 	}
-	ctx, fl.cancel = context.WithCancel(ctx)
 	fl.wg.Add(1)
-	go fl.run(ctx, dynamic)
+	go fl.run(ctx, dynamic, deferred)
 	return fl, nil
+}
+
+// attachFirst carries the programs to the devices the selected packets
+// cross first and, unless more than opts.ForegroundDevices others wait,
+// to all the others too. It returns how many it left for the goroutine.
+func (fl *Follower) attachFirst(ctx context.Context, opts Options, sel Selection) (int, error) {
+	fl.att = &attachments{devs: opts.Devices, names: fl.names, have: map[loader.DevKey]attachedAs{}, warnFn: opts.Warn}
+	selected := map[uint32]bool{}
+	for ns := range fl.netns {
+		selected[ns] = true
+	}
+	for _, d := range sel.Devices {
+		selected[d.Netns] = true
+	}
+	if err := fl.att.sync(ctx, fl.att.firstDevices(selected)); err != nil {
+		return 0, err
+	}
+	limit := opts.ForegroundDevices
+	if limit <= 0 {
+		limit = DefaultForegroundDevices
+	}
+	if n := int(fl.att.unattached.Load()); n > limit {
+		fl.att.synced = true // failures from here on are warnings
+		if fl.warn != nil {
+			fl.warn(fmt.Sprintf("%d more devices (other namespaces') get the tcx programs from now on: "+
+				"the kernel takes them one at a time; until then a path into them lacks their hops", n))
+		}
+		return n, nil
+	}
+	return 0, fl.att.sync(ctx, nil)
+}
+
+// Unattached is how many devices the resolver knows that do not carry the
+// tcx programs yet (0 with the tracepoint engine).
+func (fl *Follower) Unattached() int {
+	if fl.att == nil {
+		return 0
+	}
+	return int(fl.att.unattached.Load())
 }
 
 // initial takes the dynamic feed's first changes (the containers running
@@ -189,8 +247,16 @@ func (fl *Follower) initial(ctx context.Context, dynamic <-chan NetnsChange) <-c
 	}
 }
 
-func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange) {
+func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange, deferred int) {
 	defer fl.wg.Done()
+	if deferred > 0 {
+		start, before := time.Now(), len(fl.att.have)
+		_ = fl.att.sync(ctx, nil) // failures are warnings
+		if ctx.Err() == nil && fl.warn != nil {
+			fl.warn(fmt.Sprintf("%d more devices carry the tcx programs now (%.1fs): paths through them are whole from here",
+				len(fl.att.have)-before, time.Since(start).Seconds()))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -204,7 +270,7 @@ func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange) {
 		case <-fl.names.Changes():
 		}
 		if fl.att != nil {
-			_ = fl.att.sync() // after the first sync, failures are warnings
+			_ = fl.att.sync(ctx, nil) // after the first sync, failures are warnings
 		}
 		if err := fl.sync(); err != nil {
 			fl.failed <- err
