@@ -14,16 +14,21 @@ import (
 // ScaleResult is one scale measurement: hoptrace trace selecting N
 // namespaces, each with a veth pair on one bridge.
 type ScaleResult struct {
-	Pairs      int     `json:"pairs"`
-	CreateS    float64 `json:"create_s"`
-	ReadyS     float64 `json:"ready_s"`      // start -> ready line, or BPF links attached
-	ReadyLine  bool    `json:"ready_line"`   // ReadyS came from a ready line
+	Pairs     int       `json:"pairs"`
+	CreateS   float64   `json:"create_s"`
+	TeardownS float64   `json:"teardown_s"`
+	scaleRun            // every namespace selected
+	One       *scaleRun `json:"one,omitempty"` // only the last pair's namespace selected
+}
+
+// scaleRun is one trace over a scale topology.
+type scaleRun struct {
+	ReadyS     float64 `json:"ready_s"`      // start -> ready line
 	FirstPathS float64 `json:"first_path_s"` // start -> first path of a packet from the last pair written out
 	LastTraced bool    `json:"last_traced"`  // a later packet on the last pair was traced too
 	DetachS    float64 `json:"detach_s"`     // SIGINT -> exit
 	HWMMB      float64 `json:"hwm_mb"`
 	CPUS       float64 `json:"cpu_s"` // CPU time until SIGINT
-	TeardownS  float64 `json:"teardown_s"`
 	Summary    string  `json:"summary"`
 	Error      string  `json:"error,omitempty"`
 }
@@ -61,20 +66,36 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 	}
 	defer probe2.Close()
 
-	argv := []string{hoptrace, "trace", "--output", "json"}
+	all := []string{hoptrace, "trace", "--output", "json"}
 	for _, h := range nt.Hosts {
-		argv = append(argv, "--netns", h.Name)
+		all = append(all, "--netns", h.Name)
 	}
+	r.scaleRun = traceScale(ctx, all, last.Addr.Addr(), probe1, probe2, firstPort, laterPort)
+	fmt.Fprintf(log, "scale %d: create %.2fs ready %.3fs first path %.3fs later traced %v detach %.3fs HWM %.1f MB %s\n",
+		n, r.CreateS, r.ReadyS, r.FirstPathS, r.LastTraced, r.DetachS, r.HWMMB, r.Error)
+	if r.Error != "" {
+		return r
+	}
+	one := traceScale(ctx, []string{hoptrace, "trace", "--output", "json", "--netns", last.Name}, last.Addr.Addr(), probe1, probe2, firstPort, laterPort)
+	r.One = &one
+	fmt.Fprintf(log, "scale %d, the last selected: ready %.3fs first path %.3fs later traced %v detach %.3fs HWM %.1f MB %s\n",
+		n, one.ReadyS, one.FirstPathS, one.LastTraced, one.DetachS, one.HWMMB, one.Error)
+	return r
+}
+
+// traceScale runs one trace (argv) over a scale topology: start to ready
+// line, to the first path of a probe from the last pair, whether a later
+// probe is traced too, and SIGINT to exit.
+func traceScale(ctx context.Context, argv []string, lastAddr netip.Addr, probe1, probe2 io.Writer, firstPort, laterPort uint16) (r scaleRun) {
 	pr, pw := io.Pipe()
-	p, err := StartProc("hoptrace trace", argv, pw, hoptraceReady, 5)
+	p, err := StartProc("hoptrace trace", argv, pw, hoptraceReady, 0)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
 	defer p.Kill()
-
 	// Read paths; note when one from the last pair (to each probe port) appears.
-	src := `"src":"` + last.Addr.Addr().String() + `"`
+	src := `"src":"` + lastAddr.String() + `"`
 	var mu sync.Mutex
 	seen := map[uint16]time.Time{}
 	go func() {
@@ -106,9 +127,10 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 
 	readyc := make(chan struct{})
 	go func() {
-		d, line, err := p.WaitReady(ctx, 120*time.Second, 5*time.Second) // the ready line wins if hoptrace prints one
-		if err == nil {
-			r.ReadyS, r.ReadyLine = d.Seconds(), line
+		if d, _, err := p.WaitReady(ctx, 180*time.Second, 0); err == nil { // the ready line only
+			r.ReadyS = d.Seconds()
+		} else {
+			r.Error = err.Error()
 		}
 		close(readyc)
 	}()
@@ -133,6 +155,9 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 		time.Sleep(10 * time.Millisecond)
 	}
 	<-readyc
+	if r.Error != "" {
+		return r
+	}
 	// Later, the last pair is still traced.
 	time.Sleep(500 * time.Millisecond)
 	for i := 0; i < 100; i++ {
@@ -155,7 +180,5 @@ func Scale(ctx context.Context, hoptrace string, n int, log io.Writer) (r ScaleR
 		r.Error = err.Error()
 	}
 	r.Summary = ParseSummary(p.Stderr()).Line
-	fmt.Fprintf(log, "scale %d: create %.2fs ready %.3fs (line: %v) first path %.3fs later traced %v detach %.3fs HWM %.1f MB\n",
-		n, r.CreateS, r.ReadyS, r.ReadyLine, r.FirstPathS, r.LastTraced, r.DetachS, r.HWMMB)
 	return r
 }
