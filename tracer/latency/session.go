@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	if err != nil {
 		return err
 	}
-	defer tr.Close()
+	defer tr.CloseNoting(cfg.Warn)
 
 	follow, err := selection.Follow(ctx, tr, names, cfg.Selection, selection.TracerOptions(tr, cfg.Warn))
 	if err != nil {

@@ -472,6 +472,22 @@ func (t *Tracer) Quiet() bool { return t.quiet != nil && t.quiet.isQuiet() }
 // InFlight is the map of tracked skb addresses.
 func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
 
+// slowDetachLinks is how many tcx links take long enough to close (about
+// 10 ms each, one at a time: see tcxWorkers) for CloseNoting to say so.
+const slowDetachLinks = 128
+
+// CloseNoting is Close, first telling note when closing the tcx links will
+// take more than a second or so, so that a Ctrl-C that seems to hang is
+// explained.
+func (t *Tracer) CloseNoting(note func(string)) error {
+	if t.tcx != nil && note != nil {
+		if n := t.tcx.links(); n >= slowDetachLinks {
+			note(fmt.Sprintf("detaching %d tcx links: the kernel takes them one at a time", n))
+		}
+	}
+	return t.Close()
+}
+
 // Close detaches every program and frees every map. Safe to call twice.
 func (t *Tracer) Close() error {
 	var errs []error

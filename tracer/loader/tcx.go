@@ -295,6 +295,15 @@ func inParallel(n int, fn func(i int)) {
 	wg.Wait()
 }
 
+// links counts the tcx links held.
+func (s *tcxState) links() int {
+	n := len(s.moved)
+	for _, d := range s.devs {
+		n += len(d.links)
+	}
+	return n
+}
+
 // closeLinks closes the tcx links, up to tcxWorkers at once (see
 // tcxWorkers), and waits for all of them.
 func (s *tcxState) closeLinks() error {

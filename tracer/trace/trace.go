@@ -132,7 +132,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	defer tr.Close()
+	defer tr.CloseNoting(cfg.Warn)
 	res.Hooks, res.Engine = tr.Hooks(), tr.Engine()
 
 	fopts := selection.TracerOptions(tr, cfg.Warn)
