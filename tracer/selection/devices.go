@@ -37,6 +37,8 @@ type attachments struct {
 	// unattached counts the devices the resolver knew and the last sync
 	// left without the programs (any goroutine may read it)
 	unattached atomic.Int64
+	// known is what the resolver listed at the last sync
+	known map[loader.DevKey]bool
 }
 
 type attachedAs struct {
@@ -103,7 +105,9 @@ func (a *attachments) sync(ctx context.Context, only func(loader.DevKey) bool) e
 		}
 	}
 	left := 0
+	a.known = make(map[loader.DevKey]bool, len(want))
 	for k := range want {
+		a.known[k] = true
 		if _, ok := a.have[k]; !ok {
 			left++
 		}
@@ -142,6 +146,12 @@ func (a *attachments) firstDevices(selected map[uint32]bool) func(loader.DevKey)
 		}
 	}
 	return func(k loader.DevKey) bool { return first[k] }
+}
+
+// fresh takes the devices the resolver did not list at the last sync.
+func (a *attachments) fresh() func(loader.DevKey) bool {
+	known := a.known
+	return func(k loader.DevKey) bool { return !known[k] }
 }
 
 func (a *attachments) warn(msg string) {

@@ -23,6 +23,7 @@ type fakeDevices struct {
 	attached map[loader.DevKey]bool
 	block    bool
 	stopped  chan struct{}
+	onCall   func(i int) // called at the start of call i, before it attaches
 }
 
 func newFakeDevices() *fakeDevices {
@@ -40,6 +41,9 @@ func (d *fakeDevices) AttachNetns(ctx context.Context, sets []loader.NetnsDevice
 	}
 	d.calls = append(d.calls, call)
 	d.mu.Unlock()
+	if d.onCall != nil {
+		d.onCall(n)
+	}
 	res := make([]loader.NetnsAttached, len(sets))
 	if d.block && n > 0 {
 		select {
@@ -146,8 +150,20 @@ func TestFollowAttachesTheSelectedPathFirst(t *testing.T) {
 			return len(attached) == all && fl.Unattached() == 0
 		})
 		calls, _ = devs.snapshot()
-		if len(calls) != 2 || len(calls[1]) != all-len(wantFirst) {
-			t.Errorf("attach calls %v: want the selected path's, then the %d others in one call", calls, all-len(wantFirst))
+		seen := map[loader.DevKey]bool{}
+		for _, c := range calls[1:] {
+			if len(c) > restChunk {
+				t.Errorf("a call of %d devices after Follow returned, want at most %d", len(c), restChunk)
+			}
+			for _, k := range c {
+				if seen[k] || slices.Contains(wantFirst, k) {
+					t.Errorf("%v attached twice", k)
+				}
+				seen[k] = true
+			}
+		}
+		if len(seen) != all-len(wantFirst) {
+			t.Errorf("%d devices attached after Follow returned, want the %d others", len(seen), all-len(wantFirst))
 		}
 		eventually(t, "the warnings", func() bool {
 			wmu.Lock()
@@ -173,9 +189,55 @@ func TestFollowAttachesTheSelectedPathFirst(t *testing.T) {
 		calls, attached := devs.snapshot()
 		unattached := fl.Unattached()
 		fl.Close()
-		if len(attached) != all || unattached != 0 || len(calls) != 2 || !slices.Equal(sortedKeys(calls[0]), wantFirst) {
+		if len(attached) != all || unattached != 0 || len(calls) != 2 || !slices.Equal(sortedKeys(calls[0]), wantFirst) || len(calls[1]) != all-len(wantFirst) {
 			t.Errorf("when Follow returned: %d of %d attached (%d unattached), calls %v; want all, the selected path first",
 				len(attached), all, unattached, calls)
+		}
+	})
+
+	// A container that starts while the rest is being attached is served
+	// first: its devices and its host veth are attached before the next
+	// chunk, and, selected by the dynamic feed, its namespace is in the
+	// filters then.
+	t.Run("a new container first", func(t *testing.T) {
+		names := hostWithContainers(containers)
+		names.changes = make(chan struct{}, 1)
+		devs := newFakeDevices()
+		dyn := make(chan NetnsChange, 1)
+		const newNs, newVeth = 99, 199
+		f := newFakeFilters()
+		devs.onCall = func(i int) {
+			if i != 1 { // the first chunk of the rest
+				return
+			}
+			names.mu.Lock()
+			names.Static.Namespaces[newNs] = resolve.Namespace{Inode: newNs, Path: "/run/netns/new"}
+			names.Static.AddLink(resolve.Link{Netns: hostNs, Index: newVeth, Name: "vethnew", Kind: resolve.KindVeth, PeerNetns: newNs, PeerIndex: 2})
+			names.Static.AddLink(resolve.Link{Netns: newNs, Index: 1, Name: "lo", Kind: resolve.KindDevice})
+			names.Static.AddLink(resolve.Link{Netns: newNs, Index: 2, Name: "eth0", Kind: resolve.KindVeth, PeerNetns: hostNs, PeerIndex: newVeth})
+			names.mu.Unlock()
+			names.changes <- struct{}{}
+			dyn <- NetnsChange{Inode: newNs, Selected: true}
+		}
+		fl, err := Follow(context.Background(), f, names, Selection{Netns: []uint32{webNs}, Dynamic: dyn},
+			Options{Devices: devs, ForegroundDevices: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fl.Close()
+		eventually(t, "every device attached", func() bool {
+			_, attached := devs.snapshot()
+			return len(attached) == all+3 && fl.Unattached() == 0
+		})
+		calls, _ := devs.snapshot()
+		want := []loader.DevKey{dk(hostNs, newVeth), dk(newNs, 1), dk(newNs, 2)}
+		if len(calls) < 3 || !slices.Equal(sortedKeys(calls[2]), want) {
+			t.Fatalf("attach calls %v: want the new container's devices %v right after the first chunk", calls, want)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if !f.netns[newNs] || !f.netns[webNs] {
+			t.Errorf("selected namespaces %v, want %d and %d", f.netns, webNs, newNs)
 		}
 	})
 

@@ -130,7 +130,9 @@ type Follower struct {
 	att     *attachments
 	onAddrs func([]netip.Addr) error
 	netns   map[uint32]bool
-	ports   map[uint32][]Port // published ports, by the namespace they lead to
+	// the namespaces of the selected devices
+	devNetns map[uint32]bool
+	ports    map[uint32][]Port // published ports, by the namespace they lead to
 	// what the kernel maps hold
 	inKernelNetns map[uint32]bool
 	inKernelAddrs map[netip.Addr]bool
@@ -149,6 +151,7 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 	fl := &Follower{
 		f: f, names: names, onAddrs: opts.OnAddrs,
 		netns:         map[uint32]bool{},
+		devNetns:      map[uint32]bool{},
 		ports:         map[uint32][]Port{},
 		inKernelNetns: map[uint32]bool{},
 		inKernelAddrs: map[netip.Addr]bool{},
@@ -188,14 +191,10 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 // to all the others too. It returns how many it left for the goroutine.
 func (fl *Follower) attachFirst(ctx context.Context, opts Options, sel Selection) (int, error) {
 	fl.att = &attachments{devs: opts.Devices, names: fl.names, have: map[loader.DevKey]attachedAs{}, warnFn: opts.Warn}
-	selected := map[uint32]bool{}
-	for ns := range fl.netns {
-		selected[ns] = true
-	}
 	for _, d := range sel.Devices {
-		selected[d.Netns] = true
+		fl.devNetns[d.Netns] = true
 	}
-	if err := fl.att.sync(ctx, fl.att.firstDevices(selected)); err != nil {
+	if err := fl.att.sync(ctx, fl.att.firstDevices(fl.selected())); err != nil {
 		return 0, err
 	}
 	limit := opts.ForegroundDevices
@@ -250,11 +249,9 @@ func (fl *Follower) initial(ctx context.Context, dynamic <-chan NetnsChange) <-c
 func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange, deferred int) {
 	defer fl.wg.Done()
 	if deferred > 0 {
-		start, before := time.Now(), len(fl.att.have)
-		_ = fl.att.sync(ctx, nil) // failures are warnings
-		if ctx.Err() == nil && fl.warn != nil {
-			fl.warn(fmt.Sprintf("%d more devices carry the tcx programs now (%.1fs): paths through them are whole from here",
-				len(fl.att.have)-before, time.Since(start).Seconds()))
+		var ok bool
+		if dynamic, ok = fl.attachRest(ctx, dynamic); !ok {
+			return
 		}
 	}
 	for {
@@ -277,6 +274,70 @@ func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange, deferre
 			return
 		}
 	}
+}
+
+// restChunk is how many of the devices Follow left attachRest attaches
+// before it looks for changes again (about a second of tcx commits).
+const restChunk = 32
+
+// attachRest attaches the devices Follow left, restChunk at a time.
+// Between chunks it takes the selection's and the resolver's changes and
+// serves them first: a container that starts meanwhile has its devices
+// attached, and its namespace selected, before the rest goes on, so it is
+// traced from its first packet as at any other time. It returns the
+// dynamic feed (nil once closed), and false when the following stopped.
+func (fl *Follower) attachRest(ctx context.Context, dynamic <-chan NetnsChange) (<-chan NetnsChange, bool) {
+	start, before := time.Now(), len(fl.att.have)
+	for fl.att.unattached.Load() > 0 && ctx.Err() == nil {
+		changed := true
+		select {
+		case ch, ok := <-dynamic:
+			if !ok {
+				dynamic = nil
+				break
+			}
+			fl.set(ch.Inode, ch.Selected, ch.Ports)
+		case <-fl.names.Changes():
+		default:
+			changed = false
+		}
+		if changed {
+			first, fresh := fl.att.firstDevices(fl.selected()), fl.att.fresh()
+			_ = fl.att.sync(ctx, func(k loader.DevKey) bool { return first(k) || fresh(k) })
+			if err := fl.sync(); err != nil {
+				fl.failed <- err
+				return dynamic, false
+			}
+			continue
+		}
+		n, had := 0, len(fl.att.have)
+		_ = fl.att.sync(ctx, func(loader.DevKey) bool { n++; return n <= restChunk })
+		if len(fl.att.have) == had {
+			break // no progress (failures were warned): the full sync below tries once more
+		}
+	}
+	_ = fl.att.sync(ctx, nil) // and detaches what went away meanwhile
+	if ctx.Err() != nil {
+		return dynamic, false
+	}
+	if fl.warn != nil {
+		fl.warn(fmt.Sprintf("%d more devices carry the tcx programs now (%.1fs): paths through them are whole from here",
+			len(fl.att.have)-before, time.Since(start).Seconds()))
+	}
+	return dynamic, true
+}
+
+// selected lists the namespaces selected now, those of selected devices
+// included.
+func (fl *Follower) selected() map[uint32]bool {
+	out := map[uint32]bool{}
+	for ns := range fl.netns {
+		out[ns] = true
+	}
+	for ns := range fl.devNetns {
+		out[ns] = true
+	}
+	return out
 }
 
 // Failed delivers the error that stopped the following (a filter map that
