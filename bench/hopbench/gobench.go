@@ -19,8 +19,9 @@ type GoBench struct {
 	Metrics map[string]float64 `json:"metrics"` // ns/op, B/op, allocs/op, custom units
 }
 
-// goBenchPackages hold the userspace hot path benchmarks.
-var goBenchPackages = []string{"./tracer/event", "./tracer/path", "./tracer/resolve", "./tracer/output", "./tracer/latency"}
+// goBenchPackages hold the userspace hot path benchmarks, and tracer/loader
+// the tcx program's (BPF_PROG_TEST_RUN: root).
+var goBenchPackages = []string{"./tracer/event", "./tracer/path", "./tracer/resolve", "./tracer/output", "./tracer/latency", "./tracer/loader"}
 
 // RunGoBench runs the hot path benchmarks on one core (GOMAXPROCS=1, so the
 // garbage collector shares that core too).

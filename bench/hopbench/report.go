@@ -273,8 +273,9 @@ func (r *Results) Markdown() string {
 	}
 
 	if len(r.GoBench) > 0 {
-		p("## Userspace hot path (`go test -bench`, one core)\n\n")
-		p("GOMAXPROCS=1 (`-cpu 1`): the garbage collector runs on the same core.\n\n")
+		p("## Userspace hot path and the tcx program alone (`go test -bench`, one core)\n\n")
+		p("GOMAXPROCS=1 (`-cpu 1`): the garbage collector runs on the same core. ")
+		p("tracer/loader's benchmarks run the tcx egress program on one skb with BPF_PROG_TEST_RUN, 10000 runs per call (*ns/run*: the time per program run, the syscall and skb allocation of each call included), free of the traffic's noise: a tracked packet's hop under latency and under trace (its ring buffer drained between calls; *lost/run* counts records that found it full), and an unselected packet in the quiet state.\n\n")
 		p("| Package | Benchmark | ns/op | B/op | allocs/op | other |\n|---|---|---|---|---|---|\n")
 		for _, g := range r.GoBench {
 			var other []string
