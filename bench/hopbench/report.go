@@ -125,6 +125,7 @@ var condTitle = map[string]string{
 	"baseline":         "baseline",
 	"empty":            "empty tp_btf programs",
 	"tcx_floor":        "count-only tcx on both host veths",
+	"tcx_floor4":       "count-only tcx on all four veth ends",
 	"tcpdump":          "tcpdump",
 	"trace":            "hoptrace trace",
 	"trace_idle":       "hoptrace trace of an idle third namespace",
@@ -168,7 +169,7 @@ func (r *Results) Markdown() string {
 
 	if len(r.Samples) > 0 {
 		p("## Overhead on traffic between two namespaces\n\n")
-		p("Three network namespaces, each with a veth pair on one Linux bridge; the client runs in the first, the server in the second, the third stays idle (the *idle third namespace* conditions select only it: the measured traffic is unselected). The count-only tcx condition is a tiny tcx program (one per-CPU counter increment) at ingress and egress of the measured pair's host veths, the floor of any per-device tracer. hoptrace runs with its default engine (tcx on kernels that have it). ")
+		p("Three network namespaces, each with a veth pair on one Linux bridge; the client runs in the first, the server in the second, the third stays idle (the *idle third namespace* conditions select only it: the measured traffic is unselected). The count-only tcx condition is a tiny tcx program (one per-CPU counter increment) at ingress and egress of the measured pair's host veths, the floor of any per-device tracer; the four-end variant adds the same program inside the two namespaces, on their eth0 (a packet between the two crosses all four ends, and hoptrace's tcx engine carries its programs on each). hoptrace runs with its default engine (tcx on kernels that have it). ")
 		p("Conditions alternate within each round (%s), %d rounds of %s per workload. ", strings.Join(conds, ", "), r.Rounds, r.Duration)
 		p("The tool under test is started before each workload, waited for until attached, and stopped (SIGINT) after it. ")
 		p("Each cell is the ratio to the baseline of the same round — median (min–max) over the rounds; latency rows show the difference in µs instead.\n\n")

@@ -15,7 +15,14 @@ import (
 // increment, then TCX_NEXT) at ingress and egress of the measured pair's
 // host veths: the floor of any per-device tracer, hoptrace's tcx engine
 // included.
-func attachTCXFloor(nt *Net) (io.Closer, error) {
+func attachTCXFloor(nt *Net) (io.Closer, error) { return attachCountOnly(nt, false) }
+
+// attachTCXFloor4 is attachTCXFloor on both ends of both veth pairs (the
+// namespaces' eth0 too): the four devices a packet between the two
+// crosses, each of which carries hoptrace's tcx programs.
+func attachTCXFloor4(nt *Net) (io.Closer, error) { return attachCountOnly(nt, true) }
+
+func attachCountOnly(nt *Net, bothEnds bool) (io.Closer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, err
 	}
@@ -61,6 +68,23 @@ func attachTCXFloor(nt *Net) (io.Closer, error) {
 				return nil, fmt.Errorf("attach tcx floor to %s: %w", h.HostVeth, err)
 			}
 			c = append(c, l)
+		}
+		if !bothEnds {
+			continue
+		}
+		err = h.Do(func() error {
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				l, err := link.AttachTCX(link.TCXOptions{Program: prog, Attach: at, Interface: h.Ifindex})
+				if err != nil {
+					return fmt.Errorf("attach tcx floor to %s in %s: %w", h.IfName, h.Name, err)
+				}
+				c = append(c, l)
+			}
+			return nil
+		})
+		if err != nil {
+			c.Close()
+			return nil, err
 		}
 	}
 	return c, nil
