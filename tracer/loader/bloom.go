@@ -8,7 +8,7 @@ import (
 )
 
 // The filter_bloom map (see bpf/hoptrace.bpf.c): one bit per hashed
-// selected namespace and address, so that the tcx programs say "not
+// selected namespace, address and device, so that the tcx programs say "not
 // selected" to most packets without a hash lookup. A set bit only sends the
 // packet on to the exact filter maps.
 const (
@@ -22,11 +22,13 @@ type bloomKind int
 const (
 	bloomNetns bloomKind = iota // words [0, bloomWords)
 	bloomAddr                   // words [bloomWords, 2*bloomWords)
+	bloomDev                    // words [2*bloomWords, 3*bloomWords)
+	bloomKinds
 )
 
 // bloom keeps what is selected, to rebuild the bits after a removal.
 type bloom struct {
-	keys [2]map[uint32]bool // per kind: the selected keys
+	keys [bloomKinds]map[uint32]bool // per kind: the selected keys
 }
 
 // bloomIndex mirrors bloom_has.
@@ -41,6 +43,9 @@ func addrFold(family uint32, a [16]uint8) uint32 {
 	}
 	return w(0) ^ w(1) ^ w(2) ^ w(3)
 }
+
+// devFold mirrors dev_fold: a device's namespace and index in 32 bits.
+func devFold(netns uint32, ifindex uint32) uint32 { return netns ^ (ifindex * 0x85EBCA77) }
 
 // set records a selection change and writes the bits to the map.
 func (b *bloom) set(m *ebpf.Map, kind bloomKind, key uint32, on bool) error {
@@ -58,7 +63,7 @@ func (b *bloom) set(m *ebpf.Map, kind bloomKind, key uint32, on bool) error {
 		}
 		delete(b.keys[kind], key)
 	}
-	var val [2 * bloomWords]uint64
+	var val [bloomKinds * bloomWords]uint64
 	for k := range b.keys {
 		for key := range b.keys[k] {
 			i := bloomIndex(key)

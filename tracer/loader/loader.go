@@ -218,6 +218,9 @@ func Load(opts Options) (*Tracer, error) {
 	if err := specs.StaleNs.Set(uint64(stale.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("set stale_ns: %w", err)
 	}
+	if err := specs.MarkTtl.Set(markTTL(stale)); err != nil {
+		return nil, fmt.Errorf("set mark_ttl: %w", err)
+	}
 	if err := specs.WakeupBytes.Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
@@ -570,7 +573,10 @@ func (t *Tracer) SelectNetns(inode uint32, on bool) error {
 // SelectDevice starts or stops tracking packets seen on a device.
 func (t *Tracer) SelectDevice(netns uint32, ifindex int, on bool) error {
 	k := bpfobj.HoptraceDevKey{Netns: netns, Ifindex: uint32(ifindex)}
-	return setKey(t.maps.FilterDev, k, on, "device filter")
+	if err := setKey(t.maps.FilterDev, k, on, "device filter"); err != nil {
+		return err
+	}
+	return t.bloom.set(t.maps.FilterBloom, bloomDev, devFold(k.Netns, k.Ifindex), on)
 }
 
 // SelectAddr starts or stops tracking packets from or to an address.
