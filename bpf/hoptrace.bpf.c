@@ -292,7 +292,6 @@ struct obs_scratch {
 	struct hdr_buf hb;
 	struct pkt_meta meta;
 	struct pkt_track fresh; /* a new by_skb/by_head entry */
-	__u64 addr;             /* an skb pointer turned into a number (see addr_scratch) */
 };
 
 struct {
@@ -840,8 +839,6 @@ static __always_inline void hist_add(const struct hop_key *from, const struct ho
  */
 struct activity {
 	__u64 word;
-	__u32 epoch; /* see marks */
-	__u32 pad;
 };
 
 #define ACTIVITY_QUIET 1ULL
@@ -854,135 +851,24 @@ struct {
 	__type(value, struct activity);
 } activity SEC(".maps");
 
-/*
- * Which in-flight entries may still match, per slot of a hash of their key
- * (an skb or a head address): the quiet state, one slot at a time. Each
- * slot holds the epoch at which an entry with a key hashing there was last
- * written or matched at a hop; the loader's keeper (tracer/loader/quiet.go)
- * adds one to activity.epoch at most once per period, and mark_ttl periods
- * cover stale_ns with room for a store that raced an increment. A slot
- * older than that has no entry that can match: an untracked skb (most skbs
- * freed on a host, every unsampled one) is known as one with two array
- * loads, no hash lookup. A slot shared with a live entry only costs the
- * lookup it costs today; slots need no clearing (they age), and the keeper
- * stalling only makes them look younger. The stores are plain, and made
- * only when the epoch moved: a line all CPUs write only a few times a
- * second.
- */
-#define MARK_BITS 16
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1 << MARK_BITS);
-	__type(key, __u32);
-	__type(value, __u32);
-} marks SEC(".maps");
-
-volatile const __u32 mark_ttl = 12; /* set by the loader */
-
-static __always_inline __u32 mark_slot(__u64 addr)
-{
-	return (__u32)((addr * 0x9E3779B97F4A7C15ULL) >> (64 - MARK_BITS));
-}
-
-static __always_inline void mark_at(__u32 i, __u32 epoch)
-{
-	__u32 *m = bpf_map_lookup_elem(&marks, &i);
-	if (m && *m != epoch)
-		*m = epoch;
-}
-
-/* Whether an entry of slot i may still match (true when unsure). */
-static __always_inline bool marked_at(__u32 i, __u32 epoch)
-{
-	__u32 *m = bpf_map_lookup_elem(&marks, &i);
-	return !m || epoch - *m < mark_ttl;
-}
-
-/*
- * The verifier allows no arithmetic on an skb pointer, and hashing it for a
- * slot is arithmetic; a value loaded from a map is a number. So the pointer
- * is stored into map memory of this CPU's and loaded back. Before an
- * observation has its nesting level's scratch (observe_found), a program
- * nested on this CPU between the store and the load could store its own:
- * the load is checked against the pointer, and a mismatch (never seen) is
- * "unsure", 0.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} addr_scratch SEC(".maps");
-
-/*
- * The marks slot of an address held as a pointer (an skb, or skb->head,
- * which newer verifiers type as memory): true when known, false when
- * unsure.
- */
-static __always_inline bool addr_slot(volatile __u64 *scratch, __u64 p, __u32 *slot)
-{
-	*scratch = p;
-	__u64 v = *scratch;
-	/* hashed before the check: once v is known equal, the compiler would hash the pointer */
-	*slot = mark_slot(v);
-	barrier_var(v);
-	return v == p;
-}
-
-static __always_inline struct activity *activity_get(void)
+static __always_inline void note_activity(__u64 now)
 {
 	__u32 zero = 0;
-	return bpf_map_lookup_elem(&activity, &zero);
-}
-
-/*
- * Whether the skb may have a live entry: by its address, or as a clone (only
- * a cloned skb can be one, see observe_in) by its head. In the quiet state
- * none can.
- */
-static __always_inline bool maybe_tracked(const struct activity *a, struct sk_buff *skb)
-{
-	if (!a)
-		return true;
-	if (a->word & ACTIVITY_QUIET)
-		return false;
-	__u32 zero = 0;
-	__u64 *scratch = bpf_map_lookup_elem(&addr_scratch, &zero);
-	__u32 i;
-	__u32 epoch = a->epoch;
-	if (!scratch || !addr_slot(scratch, (__u64)skb, &i) || marked_at(i, epoch))
-		return true;
-	if (!BPF_CORE_READ_BITFIELD(skb, cloned))
-		return false;
-	return !addr_slot(scratch, (__u64)skb->head, &i) || marked_at(i, epoch);
-}
-
-/*
- * A packet tracked at a hop at time now: its entry keyed skb was just
- * matched or is about to be written, and so is the by_head entry keyed head
- * that it owns (0: none). Called before the entries are written, so a slot
- * is never older than its entry.
- */
-static __always_inline void note_tracked(__u64 now, struct obs_scratch *sc, struct sk_buff *skb, __u64 head)
-{
-	struct activity *a = activity_get();
+	struct activity *a = bpf_map_lookup_elem(&activity, &zero);
 	if (!a)
 		return;
-	__u32 epoch = a->epoch;
-	/* this level's scratch: no other program stores there meanwhile */
-	__u32 i;
-	addr_slot(&sc->addr, (__u64)skb, &i);
-	mark_at(i, epoch);
-	if (head) {
-		addr_slot(&sc->addr, head, &i);
-		mark_at(i, epoch);
-	}
 	__u64 w = a->word;
 	if ((w & ACTIVITY_QUIET) || (__s64)(now - w) > (__s64)(stale_ns / 8))
 		a->word = now & ~ACTIVITY_QUIET;
 }
 
+/* Whether no entry can match. */
+static __always_inline bool quiet(void)
+{
+	__u32 zero = 0;
+	struct activity *a = bpf_map_lookup_elem(&activity, &zero);
+	return a && (a->word & ACTIVITY_QUIET);
+}
 
 /*
  * A new packet id, or 0 when the sequence map cannot be read (never). The
@@ -1112,7 +998,7 @@ static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source de
 /*
  * One observation. looked_up: the caller already looked the skb up (a tcx
  * hop: t in by_skb and, for a cloned skb not found there, h in by_head), or
- * knows that no entry can match (maybe_tracked() said no: both NULL).
+ * knows that no entry can match (the quiet state: both NULL).
  */
 static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				      __u64 location, __u32 reason, enum dev_source dev_src,
@@ -1203,9 +1089,9 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 			t->nat_fp = nat_fp;
 		}
 		if (!end) {
-			note_tracked(now, sc, skb, t->owns_head ? t->head : 0);
 			t->last = cur;
 			t->last_ts = now;
+			note_activity(now);
 		}
 		/* a clone made from here on finds this entry through by_head */
 		if (end && t->owns_head)
@@ -1250,7 +1136,7 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 		fresh->skb = skb_addr;
 		fresh->owns_head = !!(flags & EVENT_F_NEW);
 		if (!end) {
-			note_tracked(now, sc, skb, (flags & EVENT_F_NEW) ? head : 0);
+			note_activity(now);
 			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
 			if (flags & EVENT_F_NEW)
 				bpf_map_update_elem(&by_head, &head, fresh, BPF_ANY);
@@ -1367,16 +1253,16 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 
 /*
  * A tracepoint's observation: observe_found() looking the skb up itself,
- * unless its marks say no entry can match (looked up: none found), when an
- * end that cannot start a path is over after two or three array loads.
+ * except in the quiet state, where no entry can match (looked up: none
+ * found) and an end that cannot start a path is over after one array load.
  */
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
 {
-	bool untracked = !maybe_tracked(activity_get(), skb);
-	if (untracked && !can_start(hook))
+	bool q = quiet();
+	if (q && !can_start(hook))
 		return 0;
-	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, untracked);
+	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, q);
 }
 
 SEC("tp_btf/net_dev_queue")
@@ -1617,9 +1503,8 @@ static __always_inline bool tcx_unsampled(struct __sk_buff *ctx)
 
 /*
  * A tcx hop. The cheap rejection at a device: a packet neither tracked (by
- * address, or by head for a clone) nor selected here costs array loads
- * (its marks, or the quiet state), a hash lookup only when a mark is young,
- * no header parsing and no clock read; a
+ * address, or by head for a clone) nor selected here costs one or two
+ * lookups (none in the quiet state), no header parsing and no clock read; a
  * tracked one goes on to observe() with its entries already found.
  */
 static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
@@ -1640,11 +1525,10 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	__u64 addr = (__u64)skb;
 	struct pkt_track *t = NULL;
 	struct pkt_track *h = NULL;
-	/* nothing tracked lately here (or anywhere: the quiet state): no entry can match */
-	bool maybe = maybe_tracked(activity_get(), skb);
-	if (maybe)
+	bool q = quiet(); /* nothing tracked lately: no entry can match */
+	if (!q)
 		t = bpf_map_lookup_elem(&by_skb, &addr);
-	if (!t && maybe && BPF_CORE_READ_BITFIELD(skb, cloned)) {
+	if (!t && !q && BPF_CORE_READ_BITFIELD(skb, cloned)) {
 		__u64 head = (__u64)skb->head;
 		h = bpf_map_lookup_elem(&by_head, &head);
 	}

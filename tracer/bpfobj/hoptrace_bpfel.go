@@ -14,10 +14,8 @@ import (
 )
 
 type HoptraceActivity struct {
-	_     structs.HostLayout
-	Word  uint64
-	Epoch uint32
-	Pad   uint32
+	_    structs.HostLayout
+	Word uint64
 }
 
 type HoptraceAddrKey struct {
@@ -145,7 +143,6 @@ type HoptraceObsScratch struct {
 	Meta  HoptracePktMeta
 	_     [4]byte
 	Fresh HoptracePktTrack
-	Addr  uint64
 }
 
 type HoptracePktMeta struct {
@@ -212,7 +209,6 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	HoptraceMapActivity                = "activity"
-	HoptraceMapAddrScratch             = "addr_scratch"
 	HoptraceMapByHead                  = "by_head"
 	HoptraceMapBySkb                   = "by_skb"
 	HoptraceMapEvents                  = "events"
@@ -223,7 +219,6 @@ const (
 	HoptraceMapFilterPort              = "filter_port"
 	HoptraceMapHistZero                = "hist_zero"
 	HoptraceMapHists                   = "hists"
-	HoptraceMapMarks                   = "marks"
 	HoptraceMapObsNest                 = "obs_nest"
 	HoptraceMapObsScratch              = "obs_scratch"
 	HoptraceMapPktSeq                  = "pkt_seq"
@@ -249,7 +244,6 @@ const (
 	HoptraceVarBenignStart             = "benign_start"
 	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
-	HoptraceVarMarkTtl                 = "mark_ttl"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNrCpus                  = "nr_cpus"
 	HoptraceVarSampleN                 = "sample_n"
@@ -329,7 +323,6 @@ type HoptraceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type HoptraceMapSpecs struct {
 	Activity    *ebpf.MapSpec `ebpf:"activity"`
-	AddrScratch *ebpf.MapSpec `ebpf:"addr_scratch"`
 	ByHead      *ebpf.MapSpec `ebpf:"by_head"`
 	BySkb       *ebpf.MapSpec `ebpf:"by_skb"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
@@ -340,7 +333,6 @@ type HoptraceMapSpecs struct {
 	FilterPort  *ebpf.MapSpec `ebpf:"filter_port"`
 	HistZero    *ebpf.MapSpec `ebpf:"hist_zero"`
 	Hists       *ebpf.MapSpec `ebpf:"hists"`
-	Marks       *ebpf.MapSpec `ebpf:"marks"`
 	ObsNest     *ebpf.MapSpec `ebpf:"obs_nest"`
 	ObsScratch  *ebpf.MapSpec `ebpf:"obs_scratch"`
 	PktSeq      *ebpf.MapSpec `ebpf:"pkt_seq"`
@@ -359,7 +351,6 @@ type HoptraceVariableSpecs struct {
 	BenignStart     *ebpf.VariableSpec `ebpf:"benign_start"`
 	ExprFilter      *ebpf.VariableSpec `ebpf:"expr_filter"`
 	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
-	MarkTtl         *ebpf.VariableSpec `ebpf:"mark_ttl"`
 	Mode            *ebpf.VariableSpec `ebpf:"mode"`
 	NrCpus          *ebpf.VariableSpec `ebpf:"nr_cpus"`
 	SampleN         *ebpf.VariableSpec `ebpf:"sample_n"`
@@ -398,7 +389,6 @@ func (o *HoptraceObjects) Close() error {
 // It can be passed to LoadHoptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HoptraceMaps struct {
 	Activity    *ebpf.Map `ebpf:"activity"`
-	AddrScratch *ebpf.Map `ebpf:"addr_scratch"`
 	ByHead      *ebpf.Map `ebpf:"by_head"`
 	BySkb       *ebpf.Map `ebpf:"by_skb"`
 	Events      *ebpf.Map `ebpf:"events"`
@@ -409,7 +399,6 @@ type HoptraceMaps struct {
 	FilterPort  *ebpf.Map `ebpf:"filter_port"`
 	HistZero    *ebpf.Map `ebpf:"hist_zero"`
 	Hists       *ebpf.Map `ebpf:"hists"`
-	Marks       *ebpf.Map `ebpf:"marks"`
 	ObsNest     *ebpf.Map `ebpf:"obs_nest"`
 	ObsScratch  *ebpf.Map `ebpf:"obs_scratch"`
 	PktSeq      *ebpf.Map `ebpf:"pkt_seq"`
@@ -419,7 +408,6 @@ type HoptraceMaps struct {
 func (m *HoptraceMaps) Close() error {
 	return _HoptraceClose(
 		m.Activity,
-		m.AddrScratch,
 		m.ByHead,
 		m.BySkb,
 		m.Events,
@@ -430,7 +418,6 @@ func (m *HoptraceMaps) Close() error {
 		m.FilterPort,
 		m.HistZero,
 		m.Hists,
-		m.Marks,
 		m.ObsNest,
 		m.ObsScratch,
 		m.PktSeq,
@@ -450,7 +437,6 @@ type HoptraceVariables struct {
 	BenignStart     *ebpf.Variable `ebpf:"benign_start"`
 	ExprFilter      *ebpf.Variable `ebpf:"expr_filter"`
 	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
-	MarkTtl         *ebpf.Variable `ebpf:"mark_ttl"`
 	Mode            *ebpf.Variable `ebpf:"mode"`
 	NrCpus          *ebpf.Variable `ebpf:"nr_cpus"`
 	SampleN         *ebpf.Variable `ebpf:"sample_n"`

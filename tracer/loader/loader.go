@@ -218,9 +218,6 @@ func Load(opts Options) (*Tracer, error) {
 	if err := specs.StaleNs.Set(uint64(stale.Nanoseconds())); err != nil {
 		return nil, fmt.Errorf("set stale_ns: %w", err)
 	}
-	if err := specs.MarkTtl.Set(markTTL(stale)); err != nil {
-		return nil, fmt.Errorf("set mark_ttl: %w", err)
-	}
 	if err := specs.WakeupBytes.Set(uint64(wakeup)); err != nil {
 		return nil, fmt.Errorf("set wakeup_bytes: %w", err)
 	}
