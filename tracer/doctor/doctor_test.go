@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -61,7 +62,7 @@ func TestDoctorOnThisKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := Run()
+	r := sharedRun()
 	var text bytes.Buffer
 	if err := r.WriteText(&text); err != nil {
 		t.Fatal(err)
@@ -277,7 +278,7 @@ func TestProblemNamesWhatIsMissing(t *testing.T) {
 // table behind.
 func TestDoctorRuleNaming(t *testing.T) {
 	privtest.RequireRoot(t)
-	r := Run()
+	r := sharedRun()
 	for _, name := range []string{"nf_tables", "nft_table_owner", "iptables_backend", "nft_command"} {
 		c := check(t, r, name)
 		if c.Group != GroupRules || c.Required || c.Detail == "" {
@@ -375,3 +376,7 @@ func fentryWorks(t *testing.T) (bool, string) {
 	l.Close()
 	return true, "an fentry program on kfree_skb_partial"
 }
+
+// sharedRun is one Run() for the tests that only read its report: a run
+// loads every program variant, over a minute in an emulated matrix VM.
+var sharedRun = sync.OnceValue(Run)
