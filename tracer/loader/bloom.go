@@ -26,9 +26,11 @@ const (
 	bloomKinds
 )
 
-// bloom keeps what is selected, to rebuild the bits after a removal.
+// bloom keeps what is selected, to rebuild the bits after a removal: each
+// kind's exact keys (a namespace inode, an addr_key, a dev_key) and their
+// folds. Two keys may fold alike; removing one keeps the other's bit.
 type bloom struct {
-	keys [bloomKinds]map[uint32]bool // per kind: the selected keys
+	keys [bloomKinds]map[any]uint32
 }
 
 // bloomIndex mirrors bloom_has.
@@ -47,30 +49,42 @@ func addrFold(family uint32, a [16]uint8) uint32 {
 // devFold mirrors dev_fold: a device's namespace and index in 32 bits.
 func devFold(netns uint32, ifindex uint32) uint32 { return netns ^ (ifindex * 0x85EBCA77) }
 
-// set records a selection change and writes the bits to the map.
-func (b *bloom) set(m *ebpf.Map, kind bloomKind, key uint32, on bool) error {
+// change records a selection change; false when it changes nothing
+// (SelectX is idempotent).
+func (b *bloom) change(kind bloomKind, key any, fold uint32, on bool) bool {
 	if b.keys[kind] == nil {
-		b.keys[kind] = map[uint32]bool{}
+		b.keys[kind] = map[any]uint32{}
+	}
+	_, had := b.keys[kind][key]
+	if on == had {
+		return false
 	}
 	if on {
-		if b.keys[kind][key] {
-			return nil // selected already: SelectX is idempotent
-		}
-		b.keys[kind][key] = true
+		b.keys[kind][key] = fold
 	} else {
-		if !b.keys[kind][key] {
-			return nil
-		}
 		delete(b.keys[kind], key)
 	}
+	return true
+}
+
+// bits is the map's value: every kind's bits, from the folds of its keys.
+func (b *bloom) bits() [bloomKinds * bloomWords]uint64 {
 	var val [bloomKinds * bloomWords]uint64
 	for k := range b.keys {
-		for key := range b.keys[k] {
-			i := bloomIndex(key)
+		for _, fold := range b.keys[k] {
+			i := bloomIndex(fold)
 			val[k*bloomWords+int(i/64)] |= 1 << (i % 64)
 		}
 	}
-	if err := m.Update(uint32(0), val, ebpf.UpdateAny); err != nil {
+	return val
+}
+
+// set records a selection change and writes the bits to the map.
+func (b *bloom) set(m *ebpf.Map, kind bloomKind, key any, fold uint32, on bool) error {
+	if !b.change(kind, key, fold, on) {
+		return nil
+	}
+	if err := m.Update(uint32(0), b.bits(), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("update filter bloom: %w", err)
 	}
 	return nil

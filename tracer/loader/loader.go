@@ -564,7 +564,7 @@ func (t *Tracer) SelectNetns(inode uint32, on bool) error {
 	if err := setKey(t.maps.FilterNetns, inode, on, "netns filter"); err != nil {
 		return err
 	}
-	return t.bloom.set(t.maps.FilterBloom, bloomNetns, inode, on)
+	return t.bloom.set(t.maps.FilterBloom, bloomNetns, inode, inode, on)
 }
 
 // SelectDevice starts or stops tracking packets seen on a device.
@@ -573,7 +573,7 @@ func (t *Tracer) SelectDevice(netns uint32, ifindex int, on bool) error {
 	if err := setKey(t.maps.FilterDev, k, on, "device filter"); err != nil {
 		return err
 	}
-	return t.bloom.set(t.maps.FilterBloom, bloomDev, devFold(k.Netns, k.Ifindex), on)
+	return t.bloom.set(t.maps.FilterBloom, bloomDev, k, devFold(k.Netns, k.Ifindex), on)
 }
 
 // SelectAddr starts or stops tracking packets from or to an address.
@@ -591,7 +591,7 @@ func (t *Tracer) SelectAddr(a netip.Addr, on bool) error {
 	if err := setKey(t.maps.FilterAddr, k, on, "address filter"); err != nil {
 		return err
 	}
-	return t.bloom.set(t.maps.FilterBloom, bloomAddr, addrFold(k.Family, k.Addr), on)
+	return t.bloom.set(t.maps.FilterBloom, bloomAddr, k, addrFold(k.Family, k.Addr), on)
 }
 
 // SelectPort starts or stops tracking packets to a TCP or UDP port (proto
