@@ -84,6 +84,7 @@ volatile const __u8 benign_any_reason[BENIGN_MAX] = {};
 volatile const enum benign_packet benign_packet_of[BENIGN_MAX] = {};
 volatile const __u32 expr_filter = 0; /* a filter expression's program replaces pcap_filter's body */
 volatile const __u32 snap_len = 0;    /* a packet capture: bytes of each frame after each event */
+volatile const __u32 tcx_probe_parse = 0; /* tcx hops parse as the tracepoints do (tests compare the two) */
 
 /*
  * A packet in flight. by_skb holds one per skb address and is the packet's
@@ -484,6 +485,125 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct hdr_bu
 			__builtin_memcpy(m->daddr, arp->tip, 4);
 		}
 	}
+}
+
+/*
+ * parse() at a tcx hook, from the packet itself: direct packet access (loads
+ * checked against the linear data's end) instead of a probe read into the
+ * scratch buffer. It fills the same fields parse() would, or says false when
+ * it cannot be sure of that (a header past the linear data, stacked VLAN
+ * tags, an ethertype that disagrees with skb->protocol, a frame not at its
+ * Ethernet header): parse() then decides, from a zeroed meta. The
+ * fingerprints of a packet's tcx hops and its tracepoint hops must agree, so
+ * any change here is a change to parse() too.
+ */
+struct ethhdr_ {
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+static __always_inline bool tcx_parse_l4(void *l4, void *end, __u8 proto, struct pkt_meta *m)
+{
+	m->l4_proto = proto;
+	if (proto == IPPROTO_TCP_) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return false;
+		m->sport = bpf_ntohs(th->source);
+		m->dport = bpf_ntohs(th->dest);
+		m->tcp_seq = bpf_ntohl(th->seq);
+		m->tcp_ack = bpf_ntohl(th->ack_seq);
+		m->tcp_flags = ((__u8 *)th)[13];
+	} else if (proto == IPPROTO_UDP_) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return false;
+		m->sport = bpf_ntohs(uh->source);
+		m->dport = bpf_ntohs(uh->dest);
+	} else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
+		struct icmp_echo *ih = l4;
+		if ((void *)(ih + 1) > end)
+			return false;
+		m->icmp_type = ih->type;
+		m->icmp_code = ih->code;
+		m->icmp_id = bpf_ntohs(ih->id);
+		m->icmp_seq = bpf_ntohs(ih->seq);
+	}
+	return true;
+}
+
+static __always_inline bool tcx_parse(struct __sk_buff *ctx, struct sk_buff *skb, struct pkt_meta *m)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u16 mac = skb->mac_header;
+	/* parse() starts at the MAC header: so must this */
+	if (mac == MAC_HEADER_UNSET || (__u64)skb->data != (__u64)skb->head + mac)
+		return false;
+	struct ethhdr_ *eth = data;
+	if ((void *)(eth + 1) > end)
+		return false;
+	__be16 proto = eth->proto;
+	void *l3 = eth + 1;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_tag *tag = l3;
+		if ((void *)(tag + 1) > end)
+			return false;
+		proto = tag->proto;
+		l3 = tag + 1;
+		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+			return false;
+	}
+	if (proto != ctx->protocol && ctx->protocol != bpf_htons(ETH_P_8021Q))
+		return false;
+	m->eth_proto = bpf_ntohs(proto);
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end)
+			return false;
+		__builtin_memcpy(m->saddr, &ip->saddr, 4);
+		__builtin_memcpy(m->daddr, &ip->daddr, 4);
+		m->ip_len = bpf_ntohs(ip->tot_len);
+		m->ip_id = bpf_ntohs(ip->id);
+		m->l4_proto = ip->protocol;
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return true;
+		return tcx_parse_l4((void *)ip + (ip->ihl & 0xf) * 4, end, ip->protocol, m);
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			return false;
+		__builtin_memcpy(m->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(m->daddr, &ip6->daddr, 16);
+		m->ip_len = bpf_ntohs(ip6->payload_len) + 40;
+		m->ip_id = bpf_ntohs(*(__be16 *)&ip6->flow_lbl[1]);
+		__u8 next = ip6->nexthdr;
+		void *l4 = ip6 + 1;
+#pragma unroll
+		for (int i = 0; i < 3; i++) {
+			if (next != 0 && next != 43 && next != 60)
+				break;
+			__u8 *ext = l4;
+			if ((void *)(ext + 2) > end)
+				return false;
+			next = ext[0];
+			l4 += (ext[1] + 1) * 8;
+		}
+		return tcx_parse_l4(l4, end, next, m);
+	}
+	if (proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_ipv4 *arp = l3;
+		if ((void *)(arp + 1) > end)
+			return false;
+		m->arp_op = bpf_ntohs(arp->op);
+		if (arp->ptype == bpf_htons(ETH_P_IP) && arp->plen == 4) {
+			__builtin_memcpy(m->saddr, arp->sip, 4);
+			__builtin_memcpy(m->daddr, arp->tip, 4);
+		}
+	}
+	return true;
 }
 
 /* FNV-1a style mix over the parsed headers: equal headers, equal packets. */
@@ -998,10 +1118,11 @@ static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source de
 /*
  * One observation. looked_up: the caller already looked the skb up (a tcx
  * hop: t in by_skb and, for a cloned skb not found there, h in by_head), or
- * knows that no entry can match (the quiet state: both NULL).
+ * knows that no entry can match (the quiet state: both NULL). tcx: a tcx
+ * hop's context (its headers are read from the packet), NULL at a tracepoint.
  */
-static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
-				      __u64 location, __u32 reason, enum dev_source dev_src,
+static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct sk_buff *skb,
+				      struct net_device *dev, __u8 hook, __u64 location, __u32 reason, enum dev_source dev_src,
 				      struct pkt_track *t, struct pkt_track *h, bool looked_up,
 				      struct obs_scratch *sc)
 {
@@ -1066,7 +1187,11 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
 
 	/* the clock is read once the skb is known to matter: it costs more than the rejections above */
 	__u64 now = bpf_ktime_get_ns();
-	parse(skb, ether, &sc->hb, meta);
+	if (!tcx || tcx_probe_parse || dev_type != ARPHRD_ETHER || !tcx_parse(tcx, skb, meta)) {
+		if (tcx)
+			__builtin_memset(meta, 0, sizeof(*meta));
+		parse(skb, ether, &sc->hb, meta);
+	}
 	__u64 fp = fingerprint(meta);
 	__u64 nat_fp = nat_fingerprint(meta);
 	__u64 pkt_id = 0;
@@ -1231,8 +1356,8 @@ static __always_inline int observe_in(void *ctx, struct sk_buff *skb, struct net
  * NEST_LEVELS (never seen: it would need a program in a hard interrupt
  * interrupted again) is not made.
  */
-static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
-					 __u64 location, __u32 reason, enum dev_source dev_src,
+static __always_inline int observe_found(void *ctx, struct __sk_buff *tcx, struct sk_buff *skb,
+					 struct net_device *dev, __u8 hook, __u64 location, __u32 reason, enum dev_source dev_src,
 					 struct pkt_track *t, struct pkt_track *h, bool looked_up)
 {
 	__u32 zero = 0;
@@ -1246,7 +1371,7 @@ static __always_inline int observe_found(void *ctx, struct sk_buff *skb, struct 
 	if (!sc)
 		return 0;
 	*nest = level + 1;
-	int r = observe_in(ctx, skb, dev, hook, location, reason, dev_src, t, h, looked_up, sc);
+	int r = observe_in(ctx, tcx, skb, dev, hook, location, reason, dev_src, t, h, looked_up, sc);
 	*nest = level;
 	return r;
 }
@@ -1262,7 +1387,7 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 	bool q = quiet();
 	if (q && !can_start(hook))
 		return 0;
-	return observe_found(ctx, skb, dev, hook, location, reason, dev_src, NULL, NULL, q);
+	return observe_found(ctx, NULL, skb, dev, hook, location, reason, dev_src, NULL, NULL, q);
 }
 
 SEC("tp_btf/net_dev_queue")
@@ -1336,12 +1461,6 @@ int BPF_PROG(on_skb_copy_datagram_iovec, struct sk_buff *skb, int len)
 /* ---- the tcx engine ---- */
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
-
-struct ethhdr_ {
-	__u8 dst[6];
-	__u8 src[6];
-	__be16 proto;
-};
 
 /*
  * Whether the selection may take this untracked packet, read from the packet
@@ -1539,7 +1658,7 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 		if (ctx->gso_size && tcx_unsampled(ctx))
 			return;
 	}
-	observe_found(ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
+	observe_found(ctx, ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
 }
 
 /* tcx egress fires just before net_dev_queue: it is that hop. */

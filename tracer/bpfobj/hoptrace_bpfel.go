@@ -249,6 +249,7 @@ const (
 	HoptraceVarSampleN                 = "sample_n"
 	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
+	HoptraceVarTcxProbeParse           = "tcx_probe_parse"
 	HoptraceVarUnusedEvent             = "unused_event"
 	HoptraceVarUnusedFilter            = "unused_filter"
 	HoptraceVarUnusedFlag              = "unused_flag"
@@ -356,6 +357,7 @@ type HoptraceVariableSpecs struct {
 	SampleN         *ebpf.VariableSpec `ebpf:"sample_n"`
 	SnapLen         *ebpf.VariableSpec `ebpf:"snap_len"`
 	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
+	TcxProbeParse   *ebpf.VariableSpec `ebpf:"tcx_probe_parse"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFilter    *ebpf.VariableSpec `ebpf:"unused_filter"`
 	UnusedFlag      *ebpf.VariableSpec `ebpf:"unused_flag"`
@@ -442,6 +444,7 @@ type HoptraceVariables struct {
 	SampleN         *ebpf.Variable `ebpf:"sample_n"`
 	SnapLen         *ebpf.Variable `ebpf:"snap_len"`
 	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
+	TcxProbeParse   *ebpf.Variable `ebpf:"tcx_probe_parse"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFilter    *ebpf.Variable `ebpf:"unused_filter"`
 	UnusedFlag      *ebpf.Variable `ebpf:"unused_flag"`

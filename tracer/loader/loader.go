@@ -101,6 +101,11 @@ type Options struct {
 	// (tracer/benign's rules compiled for this kernel); such ends count as
 	// consumed. Nil: compiled from /proc/kallsyms and the kernel's BTF.
 	BenignDrops []benign.Entry
+
+	// probeParse makes the tcx programs read headers with probe reads, as
+	// the tracepoint programs do, instead of from the packet (tests
+	// compare the two).
+	probeParse bool
 }
 
 // LoadBenignDrops compiles tracer/benign's rules for the running kernel:
@@ -237,6 +242,11 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	if err := specs.SnapLen.Set(uint32(opts.SnapLen)); err != nil {
 		return nil, fmt.Errorf("set snap_len: %w", err)
+	}
+	if opts.probeParse {
+		if err := specs.TcxProbeParse.Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set tcx_probe_parse: %w", err)
+		}
 	}
 	if opts.Filter != nil {
 		if err := specs.ExprFilter.Set(uint32(1)); err != nil {
