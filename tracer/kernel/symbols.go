@@ -13,9 +13,25 @@ import (
 
 // Symbols maps kernel text addresses to function names (from /proc/kallsyms).
 // It names where a packet was freed or dropped ("icmp_rcv", "nft_do_chain").
+//
+// The table holds no pointer per symbol: the names lie end to end in one
+// string, in address order, and ends says where each one ends. A tracer
+// keeps the table (over 100k symbols) for its whole run, and the garbage
+// collector would otherwise follow a string header per symbol on every
+// cycle.
 type Symbols struct {
 	addrs []uint64
-	names []string
+	ends  []uint32 // names[i] is all[ends[i-1]:ends[i]] (from 0 for i = 0)
+	all   string
+}
+
+// name is the i-th symbol's name.
+func (s *Symbols) name(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = s.ends[i-1]
+	}
+	return s.all[start:s.ends[i]]
 }
 
 // LoadSymbols reads a kallsyms file. When addresses are hidden
@@ -30,8 +46,6 @@ func LoadSymbols(path string) (*Symbols, error) {
 }
 
 // ParseSymbols reads kallsyms-formatted text: "ffffffff81000000 T name [module]".
-// The names share one block of memory (a tracer holds the table for its
-// whole run: a string per line would keep every line's bytes).
 func ParseSymbols(r io.Reader) (*Symbols, error) {
 	type sym struct {
 		addr     uint64
@@ -62,11 +76,13 @@ func ParseSymbols(r io.Reader) (*Symbols, error) {
 		return nil, fmt.Errorf("read kallsyms: %w", err)
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	all := string(block)
-	s := &Symbols{addrs: make([]uint64, len(syms)), names: make([]string, len(syms))}
+	s := &Symbols{addrs: make([]uint64, len(syms)), ends: make([]uint32, len(syms))}
+	sorted := make([]byte, 0, len(block))
 	for i, y := range syms {
-		s.addrs[i], s.names[i] = y.addr, all[y.off:y.end]
+		sorted = append(sorted, block[y.off:y.end]...)
+		s.addrs[i], s.ends[i] = y.addr, uint32(len(sorted))
 	}
+	s.all = string(sorted)
 	return s, nil
 }
 
@@ -79,16 +95,16 @@ func (s *Symbols) Range(name string) (Range, bool) {
 	if s == nil {
 		return Range{}, false
 	}
-	for i, n := range s.names {
-		if n == name && i+1 < len(s.addrs) {
+	for i := range s.addrs {
+		if s.name(i) == name && i+1 < len(s.addrs) {
 			return Range{Start: s.addrs[i], End: s.addrs[i+1]}, true
 		}
 	}
 	// A static function the compiler specialised is named with a suffix
 	// (ip_rcv_finish_core.constprop.0 on Debian's kernels); its cold part
 	// (.cold) is not the function.
-	for i, n := range s.names {
-		if base, suffix, ok := strings.Cut(n, "."); ok && base == name && suffix != "cold" && i+1 < len(s.addrs) {
+	for i := range s.addrs {
+		if base, suffix, ok := strings.Cut(s.name(i), "."); ok && base == name && suffix != "cold" && i+1 < len(s.addrs) {
 			return Range{Start: s.addrs[i], End: s.addrs[i+1]}, true
 		}
 	}
@@ -111,5 +127,5 @@ func (s *Symbols) Name(addr uint64) string {
 	if i < 0 {
 		return ""
 	}
-	return s.names[i]
+	return s.name(i)
 }

@@ -37,7 +37,11 @@ bogus line
 	if r, ok := s.Range("ip_rcv_finish_core"); !ok || r.Start != 0xffffffff81000400 || r.End != 0xffffffffc0000000 {
 		t.Errorf("Range(ip_rcv_finish_core) = %+v, %v", r, ok)
 	}
-	if len(s.names) != 6 {
-		t.Errorf("%d symbols kept, want 6 (text and weak, nonzero addresses): %v", len(s.names), s.names)
+	if len(s.addrs) != 6 {
+		names := make([]string, len(s.addrs))
+		for i := range names {
+			names[i] = s.name(i)
+		}
+		t.Errorf("%d symbols kept, want 6 (text and weak, nonzero addresses): %v", len(s.addrs), names)
 	}
 }
