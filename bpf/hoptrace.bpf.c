@@ -1638,8 +1638,10 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	 * a packet whose key changed would not match its entry either), except
 	 * an skb GRO merged segments into after it was tracked (a --detail
 	 * hop): its length changed, and a merged skb carries a GSO size.
+	 * sample_n comes first: without sampling the verifier then drops the
+	 * GSO size's load, from the shared info at the data buffer's end.
 	 */
-	if (!ctx->gso_size && tcx_unsampled(ctx))
+	if (sample_n > 1 && !ctx->gso_size && tcx_unsampled(ctx))
 		return;
 	__u64 addr = (__u64)skb;
 	struct pkt_track *t = NULL;
@@ -1655,7 +1657,7 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 		if (!tcx_selected(ctx, dev))
 			return;
 		/* a GSO packet's key, now that it is known untracked */
-		if (ctx->gso_size && tcx_unsampled(ctx))
+		if (sample_n > 1 && ctx->gso_size && tcx_unsampled(ctx))
 			return;
 	}
 	observe_found(ctx, ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
