@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -48,5 +50,27 @@ func TestPairedRatios(t *testing.T) {
 	st, ok := summarize(r.paired("trace", "udp64", "rx_pps", ratio))
 	if !ok || math.Abs(st.med-0.7) > 1e-9 || st.lo != 0.5 || st.hi != 0.9 {
 		t.Fatalf("got %+v", st)
+	}
+}
+
+// A target line names the count-only floor on the same four veth ends,
+// and says when that floor alone misses the target.
+func TestTargetsNameTheFloor(t *testing.T) {
+	var samples []Sample
+	add := func(cond string, pps float64) {
+		samples = append(samples, Sample{Round: 1, Condition: cond, Workload: "udp64", Metrics: map[string]float64{"rx_pps": pps}})
+	}
+	add("baseline", 1000)
+	add("trace_idle", 930)
+	add("tcx_floor4", 970)
+	lines := (&Results{Samples: samples}).Targets()
+	want := "unselected traffic under trace, UDP 64 B packets/s received (iperf3 -u -l 64 -b 1G) ≥ 0.98x baseline: **NOT met** (0.930x, range 0.930–0.930; count-only tcx on the same four veth ends: 0.970x, itself short of the target)"
+	if !slices.Contains(lines, want) {
+		t.Errorf("targets %q\nwant the line %q", lines, want)
+	}
+	samples[2].Metrics["rx_pps"] = 990
+	lines = (&Results{Samples: samples}).Targets()
+	if !slices.Contains(lines, strings.Replace(want, "0.970x, itself short of the target", "0.990x", 1)) {
+		t.Errorf("with the floor above the target: %q", lines)
 	}
 }
