@@ -533,29 +533,43 @@ static __always_inline bool tcx_parse_l4(void *l4, void *end, __u8 proto, struct
 	return true;
 }
 
+/*
+ * A tcx hook's frame past its Ethernet header and at most one VLAN tag: the
+ * layer-3 header, its ethertype in *proto; NULL where parse() would read
+ * the frame otherwise (a frame too short, stacked tags, an ethertype that
+ * disagrees with skb->protocol).
+ */
+static __always_inline void *tcx_l3(struct __sk_buff *ctx, void *end, __be16 *proto)
+{
+	struct ethhdr_ *eth = (void *)(long)ctx->data;
+	if ((void *)(eth + 1) > end)
+		return NULL;
+	__be16 p = eth->proto;
+	void *l3 = eth + 1;
+	if (p == bpf_htons(ETH_P_8021Q) || p == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_tag *tag = l3;
+		if ((void *)(tag + 1) > end)
+			return NULL;
+		p = tag->proto;
+		l3 = tag + 1;
+	}
+	if (p == bpf_htons(ETH_P_8021Q) || p == bpf_htons(ETH_P_8021AD) ||
+	    (p != ctx->protocol && ctx->protocol != bpf_htons(ETH_P_8021Q)))
+		return NULL;
+	*proto = p;
+	return l3;
+}
+
 static __always_inline bool tcx_parse(struct __sk_buff *ctx, struct sk_buff *skb, struct pkt_meta *m)
 {
-	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u16 mac = skb->mac_header;
 	/* parse() starts at the MAC header: so must this */
 	if (mac == MAC_HEADER_UNSET || (__u64)skb->data != (__u64)skb->head + mac)
 		return false;
-	struct ethhdr_ *eth = data;
-	if ((void *)(eth + 1) > end)
-		return false;
-	__be16 proto = eth->proto;
-	void *l3 = eth + 1;
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_tag *tag = l3;
-		if ((void *)(tag + 1) > end)
-			return false;
-		proto = tag->proto;
-		l3 = tag + 1;
-		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
-			return false;
-	}
-	if (proto != ctx->protocol && ctx->protocol != bpf_htons(ETH_P_8021Q))
+	__be16 proto;
+	void *l3 = tcx_l3(ctx, end, &proto);
+	if (!l3)
 		return false;
 	m->eth_proto = bpf_ntohs(proto);
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -1481,23 +1495,11 @@ static __always_inline bool tcx_port_maybe(void *l4, __u8 proto, void *end)
 
 static __always_inline bool tcx_addr_selected(struct __sk_buff *ctx)
 {
-	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr_ *eth = data;
-	if ((void *)(eth + 1) > end)
-		return true;
-	__be16 proto = eth->proto;
-	void *l3 = eth + 1;
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_tag *tag = l3;
-		if ((void *)(tag + 1) > end)
-			return true;
-		proto = tag->proto;
-		l3 = tag + 1;
-	}
-	/* stacked tags, or headers parse() would read elsewhere: let observe() decide */
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) ||
-	    (proto != ctx->protocol && ctx->protocol != bpf_htons(ETH_P_8021Q)))
+	__be16 proto;
+	void *l3 = tcx_l3(ctx, end, &proto);
+	/* a short frame, stacked tags, or headers parse() would read elsewhere: let observe() decide */
+	if (!l3)
 		return true;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = l3;
