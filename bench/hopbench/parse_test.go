@@ -74,3 +74,28 @@ func TestTargetsNameTheFloor(t *testing.T) {
 		t.Errorf("with the floor above the target: %q", lines)
 	}
 }
+
+// The 300k events/s target is judged by the measurements near that rate;
+// faster ones are reported beside it.
+func TestLossTargetNearItsRate(t *testing.T) {
+	s := func(round int, work string, rate, lost float64) Sample {
+		return Sample{Round: round, Condition: "trace", Workload: work, Metrics: map[string]float64{"events_per_s": rate, "events_lost": lost}}
+	}
+	line := func(r *Results) string {
+		for _, l := range r.Targets() {
+			if strings.HasPrefix(l, "trace mode, zero lost events") {
+				return l
+			}
+		}
+		return ""
+	}
+	r := &Results{Samples: []Sample{s(1, "udp64_300kev", 300e3, 0), s(1, "udp64", 860e3, 4e5), s(1, "tcp_rr", 970e3, 0)}}
+	want := "trace mode, zero lost events at 300k events/s: **met** (1 measurements at 300k to 360k events/s, none lost an event); faster than 360k events/s, 1 of 2 measurements lost events (the slowest of them at 860k events/s), the fastest without a loss made 970k events/s"
+	if got := line(r); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	r.Samples = append(r.Samples, s(2, "udp64", 320e3, 5))
+	if got := line(r); !strings.Contains(got, "**NOT met** (1 of 2 measurements at 285k to 360k events/s lost events, up to 5)") {
+		t.Errorf("a loss at 320k events/s: %s", got)
+	}
+}

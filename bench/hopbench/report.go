@@ -439,30 +439,54 @@ func (r *Results) Targets() []string {
 			}
 			out = append(out, line)
 		}
-		// Every trace measurement at (about) 300k events/s or more counts,
-		// whichever workload made the events.
+		// Every trace measurement at about 300k events/s (285k to 360k)
+		// counts, whichever workload made the events; faster ones are
+		// reported beside the target, not judged by it.
 		n, lossy, maxLost, minRate := 0, 0, 0.0, math.Inf(1)
+		above, aboveLossy, aboveLossMin, aboveMax := 0, 0, math.Inf(1), 0.0
 		for _, s := range r.Samples {
 			rate := s.Metrics["events_per_s"]
 			if s.Condition != "trace" || s.Error != "" || rate < 0.95*eventRate {
 				continue
 			}
+			lost := s.Metrics["events_lost"]
+			if rate > 1.2*eventRate {
+				above++
+				if lost > 0 {
+					aboveLossy++
+					aboveLossMin = math.Min(aboveLossMin, rate)
+				} else {
+					aboveMax = math.Max(aboveMax, rate)
+				}
+				continue
+			}
 			n++
 			minRate = math.Min(minRate, rate)
-			if l := s.Metrics["events_lost"]; l > 0 {
+			if lost > 0 {
 				lossy++
-				maxLost = math.Max(maxLost, l)
+				maxLost = math.Max(maxLost, lost)
 			}
 		}
 		rate, _ := summarize(r.all("trace", "udp64_300kev", "events_per_s"))
+		line := ""
 		switch {
 		case n == 0:
-			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **not demonstrated** (no measurement reached 285k events/s; the fixed-rate workload made %.0fk, median)", rate.med/1e3))
+			line = fmt.Sprintf("trace mode, zero lost events at 300k events/s: **not demonstrated** (no measurement made 285k to 360k events/s; the fixed-rate workload made %.0fk, median)", rate.med/1e3)
 		case lossy > 0:
-			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **NOT met** (%d of %d measurements at ≥ 285k events/s lost events, up to %.0f)", lossy, n, maxLost))
+			line = fmt.Sprintf("trace mode, zero lost events at 300k events/s: **NOT met** (%d of %d measurements at 285k to 360k events/s lost events, up to %.0f)", lossy, n, maxLost)
 		default:
-			out = append(out, fmt.Sprintf("trace mode, zero lost events at 300k events/s: **met** (%d measurements at %.0fk events/s or more, none lost an event)", n, minRate/1e3))
+			line = fmt.Sprintf("trace mode, zero lost events at 300k events/s: **met** (%d measurements at %.0fk to 360k events/s, none lost an event)", n, minRate/1e3)
 		}
+		if above > 0 {
+			line += fmt.Sprintf("; faster than 360k events/s, %d of %d measurements lost events", aboveLossy, above)
+			if aboveLossy > 0 {
+				line += fmt.Sprintf(" (the slowest of them at %.0fk events/s)", aboveLossMin/1e3)
+			}
+			if aboveMax > 0 {
+				line += fmt.Sprintf(", the fastest without a loss made %.0fk events/s", aboveMax/1e3)
+			}
+		}
+		out = append(out, line)
 	}
 	// 4. latency sampling one packet in 16.
 	if has("latency_sample16") {
