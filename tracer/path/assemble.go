@@ -36,7 +36,7 @@ func (p *Packet) First() uint64 { return p.first }
 // Advance), so a reader that lags behind the kernel does not cut paths.
 type Assembler struct {
 	Linger uint64 // ns to wait after an end event for clones' events
-	Idle   uint64 // ns of silence after which a path without an end is over
+	Idle   uint64 // ns of silence after which a path without an end is over (less above openSoftMax open packets)
 
 	// pending maps the id of each open packet to its slot. Flush walks the
 	// slots, a dense array holding what it decides by, instead of the map
@@ -204,11 +204,32 @@ func (a *Assembler) Watermark() uint64 { return a.watermark }
 // Pending is the number of packets still open.
 func (a *Assembler) Pending() int { return len(a.pending) }
 
+// openSoftMax is how many packets may wait out Idle. A packet that ends
+// unseen (a UDP datagram freed without a tracepoint, a lost end event)
+// waits Idle for nothing, and at tens of thousands of such packets a
+// second the waiting ones fill the heap: the collector then works without
+// pause, the reader falls behind, more events are lost and more packets
+// wait. Above openSoftMax open packets a path without an end is over
+// after Idle * openSoftMax / open (not less than Linger), which keeps
+// about openSoftMax open (some 11 MB).
+const openSoftMax = 8192
+
+// idleNow is how long a path without an end waits at the current number of
+// open packets.
+func (a *Assembler) idleNow() uint64 {
+	open := uint64(len(a.pending))
+	if open <= openSoftMax {
+		return a.Idle
+	}
+	return max(a.Idle*openSoftMax/open, a.Linger)
+}
+
 // Flush returns the packets whose paths are over at the watermark (all of
 // them when force is set), oldest first, each with its events sorted.
 func (a *Assembler) Flush(force bool) []*Packet {
 	var out []*Packet
 	now := a.watermark
+	idle := a.idleNow()
 	a.recent = -1
 	for i := range a.slots {
 		s := &a.slots[i]
@@ -219,7 +240,7 @@ func (a *Assembler) Flush(force bool) []*Packet {
 		if now < s.last {
 			quiet = 0
 		}
-		if force || (s.ended && quiet >= a.Linger) || quiet >= a.Idle {
+		if force || (s.ended && quiet >= a.Linger) || quiet >= idle {
 			p := s.p
 			delete(a.pending, p.ID)
 			a.done.add(p.ID)

@@ -49,12 +49,16 @@ func (a *refAssembler) add(e *event.Event) {
 func (a *refAssembler) flush(force bool) []*Packet {
 	var out []*Packet
 	now := a.watermark
+	idle := a.idle
+	if open := uint64(len(a.pending)); open > openSoftMax {
+		idle = max(a.idle*openSoftMax/open, a.linger)
+	}
 	for id, p := range a.pending {
 		quiet := uint64(0)
 		if now > p.last {
 			quiet = now - p.last
 		}
-		if force || (p.ended && quiet >= a.linger) || quiet >= a.idle {
+		if force || (p.ended && quiet >= a.linger) || quiet >= idle {
 			delete(a.pending, id)
 			a.done[id] = true
 			sort.SliceStable(p.Events, func(i, j int) bool { return p.Events[i].TsNs < p.Events[j].TsNs })
@@ -245,5 +249,34 @@ func TestFinishedIDsRemembered(t *testing.T) {
 	a.Add(&again)
 	if a.Pending() != 1 {
 		t.Errorf("id still remembered after two generations")
+	}
+}
+
+// Packets that end unseen wait out Idle; above openSoftMax of them they wait
+// less, in proportion, so that the open ones stay about openSoftMax.
+func TestManyOpenPacketsWaitLess(t *testing.T) {
+	const ms = 1_000_000
+	for _, c := range []struct {
+		open     int
+		quiet    uint64
+		finished bool
+	}{
+		{open: openSoftMax / 2, quiet: 200 * ms, finished: false},     // Idle 300 ms as ever
+		{open: openSoftMax / 2, quiet: 300 * ms, finished: true},      // Idle reached
+		{open: openSoftMax * 5 / 2, quiet: 130 * ms, finished: true},  // 300 ms * 2/5 = 120 ms
+		{open: openSoftMax * 5 / 2, quiet: 110 * ms, finished: false}, // not yet
+		{open: openSoftMax * 8, quiet: 60 * ms, finished: true},       // 37.5 ms, but never below Linger...
+		{open: openSoftMax * 8, quiet: 40 * ms, finished: false},      // ...50 ms
+	} {
+		a := NewAssembler(50*ms, 300*ms)
+		for i := 0; i < c.open; i++ {
+			e := event.Event{PktId: uint64(i + 1), TsNs: 1000, Hook: uint8(event.HookNetDevQueue)}
+			a.Add(&e)
+		}
+		a.Advance(1000 + c.quiet)
+		got := len(a.Flush(false))
+		if want := map[bool]int{true: c.open, false: 0}[c.finished]; got != want {
+			t.Errorf("%d open, quiet %d ms: %d finished, want %d", c.open, c.quiet/ms, got, want)
+		}
 	}
 }
