@@ -394,6 +394,62 @@ static __always_inline __u32 l3_offset(struct sk_buff *skb, bool ether, unsigned
 	return 0;
 }
 
+/*
+ * The fields each header gives, wherever it was read from: parse() (the
+ * scratch buffer) and tcx_parse() (the packet) both fill pkt_meta through
+ * these, so a packet's tcx hops and tracepoint hops fingerprint alike.
+ */
+static __always_inline void meta_tcp(struct pkt_meta *m, const struct tcphdr *th)
+{
+	m->sport = bpf_ntohs(th->source);
+	m->dport = bpf_ntohs(th->dest);
+	m->tcp_seq = bpf_ntohl(th->seq);
+	m->tcp_ack = bpf_ntohl(th->ack_seq);
+	/* flags live in byte 13 of the TCP header */
+	m->tcp_flags = ((const __u8 *)th)[13];
+}
+
+static __always_inline void meta_udp(struct pkt_meta *m, const struct udphdr *uh)
+{
+	m->sport = bpf_ntohs(uh->source);
+	m->dport = bpf_ntohs(uh->dest);
+}
+
+static __always_inline void meta_icmp(struct pkt_meta *m, const struct icmp_echo *ih)
+{
+	m->icmp_type = ih->type;
+	m->icmp_code = ih->code;
+	m->icmp_id = bpf_ntohs(ih->id);
+	m->icmp_seq = bpf_ntohs(ih->seq);
+}
+
+static __always_inline void meta_ipv4(struct pkt_meta *m, const struct iphdr *ip)
+{
+	__builtin_memcpy(m->saddr, &ip->saddr, 4);
+	__builtin_memcpy(m->daddr, &ip->daddr, 4);
+	m->ip_len = bpf_ntohs(ip->tot_len);
+	m->ip_id = bpf_ntohs(ip->id);
+	m->l4_proto = ip->protocol;
+}
+
+static __always_inline void meta_ipv6(struct pkt_meta *m, const struct ipv6hdr *ip6)
+{
+	__builtin_memcpy(m->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(m->daddr, &ip6->daddr, 16);
+	m->ip_len = bpf_ntohs(ip6->payload_len) + 40;
+	/* the low flow-label bits stand in for IPv4's id in the fingerprint */
+	m->ip_id = bpf_ntohs(*(const __be16 *)&ip6->flow_lbl[1]);
+}
+
+static __always_inline void meta_arp(struct pkt_meta *m, const struct arp_ipv4 *arp)
+{
+	m->arp_op = bpf_ntohs(arp->op);
+	if (arp->ptype == bpf_htons(ETH_P_IP) && arp->plen == 4) {
+		__builtin_memcpy(m->saddr, arp->sip, 4);
+		__builtin_memcpy(m->daddr, arp->tip, 4);
+	}
+}
+
 /* The layer-4 header at off (bytes of the buffer, or read from src + off). */
 static __always_inline void parse_l4(struct hdr_buf *hb, __u32 n, __u32 off, const unsigned char *src, __u8 proto,
 				     struct pkt_meta *m)
@@ -401,28 +457,16 @@ static __always_inline void parse_l4(struct hdr_buf *hb, __u32 n, __u32 off, con
 	m->l4_proto = proto;
 	if (proto == IPPROTO_TCP_) {
 		const struct tcphdr *th = (const void *)hdr_at(hb, n, off, sizeof(*th), src);
-		if (!th)
-			return;
-		m->sport = bpf_ntohs(th->source);
-		m->dport = bpf_ntohs(th->dest);
-		m->tcp_seq = bpf_ntohl(th->seq);
-		m->tcp_ack = bpf_ntohl(th->ack_seq);
-		/* flags live in byte 13 of the TCP header */
-		m->tcp_flags = ((const __u8 *)th)[13];
+		if (th)
+			meta_tcp(m, th);
 	} else if (proto == IPPROTO_UDP_) {
 		const struct udphdr *uh = (const void *)hdr_at(hb, n, off, sizeof(*uh), src);
-		if (!uh)
-			return;
-		m->sport = bpf_ntohs(uh->source);
-		m->dport = bpf_ntohs(uh->dest);
+		if (uh)
+			meta_udp(m, uh);
 	} else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
 		const struct icmp_echo *ih = (const void *)hdr_at(hb, n, off, sizeof(*ih), src);
-		if (!ih)
-			return;
-		m->icmp_type = ih->type;
-		m->icmp_code = ih->code;
-		m->icmp_id = bpf_ntohs(ih->id);
-		m->icmp_seq = bpf_ntohs(ih->seq);
+		if (ih)
+			meta_icmp(m, ih);
 	}
 }
 
@@ -442,12 +486,8 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct hdr_bu
 		const struct iphdr *ip = (const void *)hdr_at(hb, n, off, sizeof(*ip), src);
 		if (!ip)
 			return;
-		__builtin_memcpy(m->saddr, &ip->saddr, 4);
-		__builtin_memcpy(m->daddr, &ip->daddr, 4);
-		m->ip_len = bpf_ntohs(ip->tot_len);
-		m->ip_id = bpf_ntohs(ip->id);
+		meta_ipv4(m, ip);
 		__u8 proto = ip->protocol;
-		m->l4_proto = proto;
 		/* only the first fragment carries the layer-4 header */
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return;
@@ -456,11 +496,7 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct hdr_bu
 		const struct ipv6hdr *ip6 = (const void *)hdr_at(hb, n, off, sizeof(*ip6), src);
 		if (!ip6)
 			return;
-		__builtin_memcpy(m->saddr, &ip6->saddr, 16);
-		__builtin_memcpy(m->daddr, &ip6->daddr, 16);
-		m->ip_len = bpf_ntohs(ip6->payload_len) + 40;
-		/* the low flow-label bits stand in for IPv4's id in the fingerprint */
-		m->ip_id = bpf_ntohs(*(const __be16 *)&ip6->flow_lbl[1]);
+		meta_ipv6(m, ip6);
 		__u8 next = ip6->nexthdr;
 		__u32 l4 = off + sizeof(*ip6);
 		/* skip a few extension headers (MLD reports carry hop-by-hop options) */
@@ -479,11 +515,7 @@ static __always_inline void parse(struct sk_buff *skb, bool ether, struct hdr_bu
 		const struct arp_ipv4 *arp = (const void *)hdr_at(hb, n, off, sizeof(*arp), src);
 		if (!arp)
 			return;
-		m->arp_op = bpf_ntohs(arp->op);
-		if (arp->ptype == bpf_htons(ETH_P_IP) && arp->plen == 4) {
-			__builtin_memcpy(m->saddr, arp->sip, 4);
-			__builtin_memcpy(m->daddr, arp->tip, 4);
-		}
+		meta_arp(m, arp);
 	}
 }
 
@@ -510,25 +542,17 @@ static __always_inline bool tcx_parse_l4(void *l4, void *end, __u8 proto, struct
 		struct tcphdr *th = l4;
 		if ((void *)(th + 1) > end)
 			return false;
-		m->sport = bpf_ntohs(th->source);
-		m->dport = bpf_ntohs(th->dest);
-		m->tcp_seq = bpf_ntohl(th->seq);
-		m->tcp_ack = bpf_ntohl(th->ack_seq);
-		m->tcp_flags = ((__u8 *)th)[13];
+		meta_tcp(m, th);
 	} else if (proto == IPPROTO_UDP_) {
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > end)
 			return false;
-		m->sport = bpf_ntohs(uh->source);
-		m->dport = bpf_ntohs(uh->dest);
+		meta_udp(m, uh);
 	} else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
 		struct icmp_echo *ih = l4;
 		if ((void *)(ih + 1) > end)
 			return false;
-		m->icmp_type = ih->type;
-		m->icmp_code = ih->code;
-		m->icmp_id = bpf_ntohs(ih->id);
-		m->icmp_seq = bpf_ntohs(ih->seq);
+		meta_icmp(m, ih);
 	}
 	return true;
 }
@@ -576,11 +600,7 @@ static __always_inline bool tcx_parse(struct __sk_buff *ctx, struct sk_buff *skb
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return false;
-		__builtin_memcpy(m->saddr, &ip->saddr, 4);
-		__builtin_memcpy(m->daddr, &ip->daddr, 4);
-		m->ip_len = bpf_ntohs(ip->tot_len);
-		m->ip_id = bpf_ntohs(ip->id);
-		m->l4_proto = ip->protocol;
+		meta_ipv4(m, ip);
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return true;
 		return tcx_parse_l4((void *)ip + (ip->ihl & 0xf) * 4, end, ip->protocol, m);
@@ -589,10 +609,7 @@ static __always_inline bool tcx_parse(struct __sk_buff *ctx, struct sk_buff *skb
 		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > end)
 			return false;
-		__builtin_memcpy(m->saddr, &ip6->saddr, 16);
-		__builtin_memcpy(m->daddr, &ip6->daddr, 16);
-		m->ip_len = bpf_ntohs(ip6->payload_len) + 40;
-		m->ip_id = bpf_ntohs(*(__be16 *)&ip6->flow_lbl[1]);
+		meta_ipv6(m, ip6);
 		__u8 next = ip6->nexthdr;
 		void *l4 = ip6 + 1;
 #pragma unroll
@@ -611,11 +628,7 @@ static __always_inline bool tcx_parse(struct __sk_buff *ctx, struct sk_buff *skb
 		struct arp_ipv4 *arp = l3;
 		if ((void *)(arp + 1) > end)
 			return false;
-		m->arp_op = bpf_ntohs(arp->op);
-		if (arp->ptype == bpf_htons(ETH_P_IP) && arp->plen == 4) {
-			__builtin_memcpy(m->saddr, arp->sip, 4);
-			__builtin_memcpy(m->daddr, arp->tip, 4);
-		}
+		meta_arp(m, arp);
 	}
 	return true;
 }
