@@ -22,7 +22,8 @@ generate:
 
 # Fails when the committed BPF objects or bindings differ from a fresh generate.
 check-generated: generate
-	git diff --exit-code -- tracer/bpfobj
+	git diff --exit-code -- tracer/bpfobj bench/hopbench/statefloor_bpfel.go bench/hopbench/statefloor_bpfel.o
+	@test -z "$$(git status --porcelain -- tracer/bpfobj bench/hopbench/statefloor_bpfel.go bench/hopbench/statefloor_bpfel.o)" || { echo "generated files not committed"; exit 1; }
 
 # Installs missing Debian packages, starts dockerd, builds the test image.
 setup:

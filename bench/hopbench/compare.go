@@ -68,6 +68,7 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 		{Name: "empty", InProc: func(*Net) (io.Closer, error) { return attachEmpty() }},
 		{Name: "tcx_floor", InProc: attachTCXFloor},
 		{Name: "tcx_floor4", InProc: attachTCXFloor4},
+		{Name: "state_floor", InProc: attachStateFloor},
 		{
 			Name:    "tcpdump",
 			Argv:    func(*Net) []string { return []string{"tcpdump", "-i", "any", "-w", "/dev/null", "-s", "96"} },

@@ -73,6 +73,20 @@ func TestTargetsNameTheFloor(t *testing.T) {
 	if !slices.Contains(lines, strings.Replace(want, "0.970x, itself short of the target", "0.990x", 1)) {
 		t.Errorf("with the floor above the target: %q", lines)
 	}
+
+	// latency mode times every hop: its line names the state floor when
+	// that was measured, the count-only floor when not
+	add("latency", 600)
+	latency := "latency mode, UDP 64 B packets/s received (iperf3 -u -l 64 -b 1G) ≥ 0.95x baseline: **NOT met** (0.600x, range 0.600–0.600; "
+	lines = (&Results{Samples: samples}).Targets()
+	if !slices.Contains(lines, latency+"count-only tcx on the same four veth ends: 0.990x)") {
+		t.Errorf("latency without the state floor: %q", lines)
+	}
+	add("state_floor", 800)
+	lines = (&Results{Samples: samples}).Targets()
+	if !slices.Contains(lines, latency+"the per-packet-state floor on the same ends: 0.800x, itself short of the target)") {
+		t.Errorf("latency with the state floor: %q", lines)
+	}
 }
 
 // The 300k events/s target is judged by the measurements near that rate;

@@ -55,33 +55,40 @@ func attachCountOnly(nt *Net, bothEnds bool) (io.Closer, error) {
 		return nil, fmt.Errorf("tcx floor program: %w", err)
 	}
 	c = append(c, prog)
-	for _, h := range nt.Hosts[:2] {
-		ifi, err := net.InterfaceByName(h.HostVeth)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-			l, err := link.AttachTCX(link.TCXOptions{Program: prog, Attach: at, Interface: ifi.Index})
+	links, err := attachTCXEnds(nt, prog, prog, bothEnds)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tcx floor: %w", err)
+	}
+	return append(c, links...), nil
+}
+
+// attachTCXEnds attaches egress and ingress at both directions of the
+// measured pair's host veths and, with bothEnds, of their eth0 inside the
+// namespaces too. On error, what it attached is detached.
+func attachTCXEnds(nt *Net, egress, ingress *ebpf.Program, bothEnds bool) (closers, error) {
+	var c closers
+	attach := func(ifindex int, where string) error {
+		for _, a := range []struct {
+			at   ebpf.AttachType
+			prog *ebpf.Program
+		}{{ebpf.AttachTCXIngress, ingress}, {ebpf.AttachTCXEgress, egress}} {
+			l, err := link.AttachTCX(link.TCXOptions{Program: a.prog, Attach: a.at, Interface: ifindex})
 			if err != nil {
-				c.Close()
-				return nil, fmt.Errorf("attach tcx floor to %s: %w", h.HostVeth, err)
+				return fmt.Errorf("attach to %s: %w", where, err)
 			}
 			c = append(c, l)
 		}
-		if !bothEnds {
-			continue
+		return nil
+	}
+	for _, h := range nt.Hosts[:2] {
+		ifi, err := net.InterfaceByName(h.HostVeth)
+		if err == nil {
+			err = attach(ifi.Index, h.HostVeth)
 		}
-		err = h.Do(func() error {
-			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-				l, err := link.AttachTCX(link.TCXOptions{Program: prog, Attach: at, Interface: h.Ifindex})
-				if err != nil {
-					return fmt.Errorf("attach tcx floor to %s in %s: %w", h.IfName, h.Name, err)
-				}
-				c = append(c, l)
-			}
-			return nil
-		})
+		if err == nil && bothEnds {
+			err = h.Do(func() error { return attach(h.Ifindex, h.IfName+" in "+h.Name) })
+		}
 		if err != nil {
 			c.Close()
 			return nil, err
