@@ -11,7 +11,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 // The state floor does the work it stands for: every segment of a
@@ -20,12 +19,7 @@ import (
 // peer's eth0) and where it is delivered; and its Close leaves no program or
 // link behind.
 func TestStateFloorTimesEveryHop(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		// make bench measures on the host, which has tcx; the matrix's
-		// older kernels have no tcx for the floor to attach to
-		t.Skip("SKIP: no tcx on this kernel (the state floor is a bench condition for tcx hosts)")
-	}
+	privtest.RequireTCX(t, "the state floor is a bench condition for tcx hosts")
 	nt := testnet.New(t, testnet.Options{Hosts: 2})
 	disableIPv6(nt)
 	f, err := newStateFloor(nt)

@@ -50,3 +50,19 @@ func SameOnEveryKernel(t testing.TB, why string) {
 		t.Skip("SKIP in the kernel-matrix VMs (the host runs it): " + why)
 	}
 }
+
+// RequireTCX is RequireRoot for a test of the tcx engine or of tcx links: on
+// a kernel without tcx (before 6.6, the matrix's older kernels) it skips,
+// saying why with why ("" when the skip needs no more words), since the
+// tracepoint engine attaches nothing per device there.
+func RequireTCX(t testing.TB, why string) {
+	t.Helper()
+	RequireRoot(t)
+	if !kernel.ProbeTCX().Available {
+		msg := "SKIP: no tcx on this kernel"
+		if why != "" {
+			msg += " (" + why + ")"
+		}
+		t.Skip(msg)
+	}
+}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 func TestTraceUsageErrors(t *testing.T) {
@@ -233,10 +232,7 @@ func TestTraceSIGKILLLeavesNothing(t *testing.T) {
 // host veth and the bridge) carry its tcx programs; after a SIGKILL no tcx
 // link of it is left. With --engine tracepoint there is none to begin with.
 func TestTraceSIGKILLLeavesNoTCXLink(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel (the tracepoint engine is used; TestTraceSIGKILLLeavesNothing covers it)")
-	}
+	privtest.RequireTCX(t, "the tracepoint engine is used; TestTraceSIGKILLLeavesNothing covers it")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a := topo.Hosts[0]
 

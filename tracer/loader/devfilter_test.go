@@ -10,7 +10,6 @@ import (
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 // A selected device starts a path at the tcx program and another device
@@ -18,10 +17,7 @@ import (
 // the program tests (dev_fold), agree, and a clear bit turns the packet
 // away. A test run of the egress program on each device.
 func TestDeviceSelectionAtTCX(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel")
-	}
+	privtest.RequireTCX(t, "")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	sel, other := topo.Hosts[0].HostVethIndex, topo.Hosts[1].HostVethIndex
 	tr, err := Load(Options{Engine: EngineTCX, Mode: ModeEvents, FilterKinds: FilterDev})

@@ -10,7 +10,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 // skbCtx is the head of struct __sk_buff up to ifindex, the one field a
@@ -49,10 +48,7 @@ func udpFrame() []byte {
 // away. drain, when set, empties the ring buffer between calls, so that
 // every record is reserved rather than lost.
 func benchTCX(b *testing.B, opts Options, drain bool) {
-	privtest.RequireRoot(b)
-	if !kernel.ProbeTCX().Available {
-		b.Skip("SKIP: no tcx on this kernel")
-	}
+	privtest.RequireTCX(b, "")
 	topo := testnet.New(b, testnet.Options{Hosts: 1})
 	opts.Engine = EngineTCX
 	tr, err := Load(opts)

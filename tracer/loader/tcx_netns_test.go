@@ -11,7 +11,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 )
 
@@ -21,10 +20,7 @@ import (
 // reports each namespace's devices against its own request, and Close
 // leaves no tcx link, having said that closing so many takes a while.
 func TestTCXAttachNetnsMany(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel")
-	}
+	privtest.RequireTCX(t, "")
 	const n = 64 // 129 devices, 258 links: enough for CloseNoting's note
 	topo := testnet.New(t, testnet.Options{Hosts: n})
 	tr, err := loader.Load(loader.Options{Engine: loader.EngineTCX})

@@ -72,10 +72,7 @@ func TestEngineOnThisKernel(t *testing.T) {
 // identity, ingress length without the Ethernet header), a device is never
 // attached twice, and Close leaves no tcx link.
 func TestTCXAttachDevices(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel")
-	}
+	privtest.RequireTCX(t, "")
 	topo := testnet.New(t, testnet.Options{Hosts: 2})
 	a, b := topo.Hosts[0], topo.Hosts[1]
 	tr, err := loader.Load(loader.Options{Engine: loader.EngineTCX, FilterKinds: loader.FilterNetns})
@@ -179,10 +176,7 @@ func TestTCXAttachDevices(t *testing.T) {
 // device is not attached again (no second copy of the programs), the old
 // key's links are kept while the device lives and closed once it is gone.
 func TestTCXLinkFollowsMovedDevice(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel")
-	}
+	privtest.RequireTCX(t, "")
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	tr, err := loader.Load(loader.Options{Engine: loader.EngineTCX})
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
 	"github.com/hoptrace/hoptrace/tracer/event"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 )
 
 // parseFrame is a test frame and what its headers must give.
@@ -113,10 +112,7 @@ func parseFrames() []parseFrame {
 // program twice, once parsed from the packet and once as the tracepoints
 // parse it (tcx_probe_parse), and the two records' headers must be equal.
 func TestTCXParseMatchesProbeParse(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel")
-	}
+	privtest.RequireTCX(t, "")
 	topo := testnet.New(t, testnet.Options{Hosts: 1})
 	ifindex := uint32(topo.Hosts[0].HostVethIndex)
 	metas := func(probe bool) map[string]event.Meta {

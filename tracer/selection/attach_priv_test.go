@@ -13,7 +13,6 @@ import (
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
 	"github.com/hoptrace/hoptrace/internal/testnet"
-	"github.com/hoptrace/hoptrace/tracer/kernel"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/resolve"
 	"github.com/hoptrace/hoptrace/tracer/selection"
@@ -24,10 +23,7 @@ import (
 // programs when Follow returns, the other namespaces' devices follow while
 // the session runs, and closing the Follower and the tracer leaves no link.
 func TestFollowAttachesTheRestWhileTracing(t *testing.T) {
-	privtest.RequireRoot(t)
-	if !kernel.ProbeTCX().Available {
-		t.Skip("SKIP: no tcx on this kernel (the tracepoint engine attaches nothing per device)")
-	}
+	privtest.RequireTCX(t, "the tracepoint engine attaches nothing per device")
 	const n = 6
 	topo := testnet.New(t, testnet.Options{Hosts: n})
 	sel, far := topo.Hosts[0], topo.Hosts[n-1]
