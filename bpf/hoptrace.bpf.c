@@ -39,6 +39,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IPPROTO_UDP_ 17
 #define IPPROTO_ICMPV6_ 58
 #define MAC_HEADER_UNSET ((__u16)~0U)
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
 enum run_mode {
 	MODE_EVENTS = 0,  /* every observation goes to the ring buffer */
@@ -89,7 +90,7 @@ volatile const __u32 tcx_probe_parse = 0; /* tcx hops parse as the tracepoints d
 /*
  * A packet in flight. by_skb holds one per skb address and is the packet's
  * live state (last hop, current headers). by_head holds one per packet, made
- * at its first hop and keyed by its data head, for clones: it names its
+ * at its first hop in the slot of its data head, for clones: it names its
  * owner skb, whose by_skb entry has the state a clone continues from, so a
  * hop updates one entry, not two; its own fields are the first hop's, the
  * fallback when the owner's entry is gone.
@@ -101,6 +102,7 @@ struct pkt_track {
 	__u64 last_ts;
 	struct hop_key last;
 	__u32 owns_head; /* by_skb: this skb made the packet's by_head entry */
+			 /* by_head: head is the slot's key, 0 when free */
 	__u64 nat_fp;    /* fingerprint of the headers NAT leaves alone */
 	__u64 skb;       /* by_head: the skb that created the entry (its owner) */
 };
@@ -134,13 +136,30 @@ struct {
 	__type(value, struct pkt_track);
 } by_skb SEC(".maps");
 
+/*
+ * The clone table: direct-mapped, one slot per hash of a data head, the
+ * head itself stored in the slot and compared on every lookup. A new packet
+ * writes its slot with plain stores, and its owner's end clears it with one:
+ * no hash-table insert, no LRU free list, no delete (an LRU hash here cost a
+ * fifth of latency mode's BPF time). Two packets in flight whose heads share
+ * a slot overwrite each other: the older one's clones, if any are made and
+ * seen after that, are then untracked skbs, as if the table were full.
+ * With the default 65536 slots and a thousand packets in flight that is one
+ * packet in 65, and only a packet that gets cloned later (a bridge flooding
+ * a broadcast, a packet socket's or a raw socket's copy) can tell. Readers
+ * check what they find (the owner's entry must carry the same packet id,
+ * the headers the same fingerprint), so a slot caught being rewritten by
+ * another CPU is no match. head_mask is the slot count less one (a power
+ * of two), set by the loader.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, __u32);
 	__type(value, struct pkt_track);
 } by_head SEC(".maps");
+
+volatile const __u32 head_mask = 65535;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -1035,6 +1054,53 @@ static __always_inline __u64 new_pkt_id(void)
 	return n * nr_cpus + bpf_get_smp_processor_id() + 1;
 }
 
+/* The clone table's slot for a data head (Fibonacci hashing; heads are
+ * at least 64-byte aligned). */
+static __always_inline struct pkt_track *head_slot(__u64 head)
+{
+	/*
+	 * A 64-bit index whose low half is the key: newer verifiers keep a
+	 * value computed from skb->head typed as a pointer, which may be
+	 * spilled to the stack only whole (and, as the programs run with
+	 * CAP_PERFMON, read there as a key).
+	 */
+	__u64 i = ((head >> 6) * 0x9E3779B97F4A7C15ULL >> 32) & head_mask;
+	return bpf_map_lookup_elem(&by_head, &i);
+}
+
+/* The clone table's entry for a data head, NULL when its slot holds another. */
+static __always_inline struct pkt_track *head_find(__u64 head)
+{
+	struct pkt_track *s = head_slot(head);
+	return s && s->head == head ? s : NULL;
+}
+
+/* A new packet's clone entry: the key last, so a reader that sees it sees the rest. */
+static __always_inline void head_put(const struct pkt_track *t)
+{
+	struct pkt_track *s = head_slot(t->head);
+	if (!s)
+		return;
+	WRITE_ONCE(s->head, 0);
+	s->pkt_id = t->pkt_id;
+	s->fp = t->fp;
+	s->last_ts = t->last_ts;
+	s->last = t->last;
+	s->owns_head = t->owns_head;
+	s->nat_fp = t->nat_fp;
+	s->skb = t->skb;
+	barrier();
+	WRITE_ONCE(s->head, t->head);
+}
+
+/* The owner's end: its clone entry freed, unless another packet took the slot. */
+static __always_inline void head_drop(__u64 head, __u64 owner)
+{
+	struct pkt_track *s = head_slot(head);
+	if (s && s->head == head && s->skb == owner)
+		WRITE_ONCE(s->head, 0);
+}
+
 static __always_inline bool is_end(__u8 hook)
 {
 	return hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB || hook == HOOK_COPY_DATAGRAM;
@@ -1174,7 +1240,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 			h = NULL;
 			if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
 				head = (__u64)skb->head;
-				h = bpf_map_lookup_elem(&by_head, &head);
+				h = head_find(head);
 			}
 			if (!h) {
 				if (!may_start)
@@ -1253,7 +1319,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 		if (t)
 			stat_inc(STAT_REUSED);
 		if (t) /* a stale entry: by_head was not looked up yet */
-			h = bpf_map_lookup_elem(&by_head, &head);
+			h = head_find(head);
 		/* the packet's live state: its owner skb's entry, while it is that packet's */
 		struct pkt_track *src = h;
 		if (h) {
@@ -1291,7 +1357,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 			note_activity(now);
 			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
 			if (flags & EVENT_F_NEW)
-				bpf_map_update_elem(&by_head, &head, fresh, BPF_ANY);
+				head_put(fresh);
 		}
 	}
 
@@ -1368,11 +1434,8 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 	 */
 	if (hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB) {
 		bpf_map_delete_elem(&by_skb, &skb_addr);
-		if (owner_end) {
-			struct pkt_track *o = bpf_map_lookup_elem(&by_head, &head);
-			if (o && o->skb == skb_addr)
-				bpf_map_delete_elem(&by_head, &head);
-		}
+		if (owner_end)
+			head_drop(head, skb_addr);
 	}
 	return 0;
 }
@@ -1665,8 +1728,7 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	if (!q)
 		t = bpf_map_lookup_elem(&by_skb, &addr);
 	if (!t && !q && BPF_CORE_READ_BITFIELD(skb, cloned)) {
-		__u64 head = (__u64)skb->head;
-		h = bpf_map_lookup_elem(&by_head, &head);
+		h = head_find((__u64)skb->head);
 	}
 	if (!t && !h) {
 		if (!tcx_selected(ctx, dev))

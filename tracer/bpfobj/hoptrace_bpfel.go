@@ -244,6 +244,7 @@ const (
 	HoptraceVarBenignStart             = "benign_start"
 	HoptraceVarExprFilter              = "expr_filter"
 	HoptraceVarFilterFlags             = "filter_flags"
+	HoptraceVarHeadMask                = "head_mask"
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNrCpus                  = "nr_cpus"
 	HoptraceVarSampleN                 = "sample_n"
@@ -352,6 +353,7 @@ type HoptraceVariableSpecs struct {
 	BenignStart     *ebpf.VariableSpec `ebpf:"benign_start"`
 	ExprFilter      *ebpf.VariableSpec `ebpf:"expr_filter"`
 	FilterFlags     *ebpf.VariableSpec `ebpf:"filter_flags"`
+	HeadMask        *ebpf.VariableSpec `ebpf:"head_mask"`
 	Mode            *ebpf.VariableSpec `ebpf:"mode"`
 	NrCpus          *ebpf.VariableSpec `ebpf:"nr_cpus"`
 	SampleN         *ebpf.VariableSpec `ebpf:"sample_n"`
@@ -439,6 +441,7 @@ type HoptraceVariables struct {
 	BenignStart     *ebpf.Variable `ebpf:"benign_start"`
 	ExprFilter      *ebpf.Variable `ebpf:"expr_filter"`
 	FilterFlags     *ebpf.Variable `ebpf:"filter_flags"`
+	HeadMask        *ebpf.Variable `ebpf:"head_mask"`
 	Mode            *ebpf.Variable `ebpf:"mode"`
 	NrCpus          *ebpf.Variable `ebpf:"nr_cpus"`
 	SampleN         *ebpf.Variable `ebpf:"sample_n"`

@@ -142,6 +142,16 @@ func TrackEntries(requested, ncpu int) int {
 	return max(defaultTrackEntries, minTrackPerCPU*ncpu)
 }
 
+// HeadSlots is the size of the clone table (by_head, direct-mapped) for
+// track in-flight entries: the power of two at or above it.
+func HeadSlots(track int) int {
+	n := 1
+	for n < track {
+		n <<= 1
+	}
+	return n
+}
+
 // MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
 const MaxSnapLen = 4096
 
@@ -202,7 +212,11 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	track := TrackEntries(opts.TrackEntries, ncpu)
 	specs.BySkb.MaxEntries = uint32(track)
-	specs.ByHead.MaxEntries = uint32(track)
+	slots := HeadSlots(track)
+	specs.ByHead.MaxEntries = uint32(slots)
+	if err := specs.HeadMask.Set(uint32(slots - 1)); err != nil {
+		return nil, fmt.Errorf("set head_mask: %w", err)
+	}
 	if opts.HistPairs > 0 {
 		specs.Hists.MaxEntries = uint32(opts.HistPairs)
 	}
