@@ -23,6 +23,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "hoptrace.h"
+#include "ptrhash.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -118,23 +119,40 @@ struct {
 } events SEC(".maps");
 
 /*
- * The in-flight tables. BPF_F_NO_COMMON_LRU gives each CPU its own LRU and
- * free lists: an insert (a new packet, at least one per packet) takes a
- * free node from this CPU's list under this CPU's lock, never the global
- * list's lock that the common LRU takes whenever a CPU's local free list
- * runs dry. It changes only eviction: the entries are one hash table, so a
- * packet whose hops change CPU (a socket read on the reader's CPU, a free
- * deferred to another) is found and deleted from any CPU. Each CPU evicts
- * only from its own nodes, max_entries / possible CPUs of them: the loader
- * sizes the maps so that every CPU has room for its packets in flight.
+ * The in-flight table, by skb address: set-associative, TRACK_WAYS entries
+ * per set, a set chosen by a hash of the address and its keys (the
+ * addresses, 0 for a free way) kept together in one cache line. A lookup
+ * is an array load and up to four compares; an insert and a delete are
+ * plain stores, with no lock, no free list and no allocation (an LRU hash
+ * here, insert and delete under its locks, took a third of latency mode's
+ * BPF time on a two-CPU host). An insert takes the way of its own address
+ * (a stale entry of an earlier skb at that address), else a free one, else
+ * one whose last hop is older than stale_ns (matching nothing any more),
+ * else the oldest, counted as STAT_EVICTED: a packet in flight whose next
+ * hop will then be a new packet's first. The entry is written key last,
+ * so a reader on another CPU that finds the key finds the rest; two CPUs
+ * inserting into one set at the same instant may take the same way, and
+ * one of the two packets is then lost from sight, like an evicted one.
+ * Userspace (tracer/loader/inflight.go) maps the table to count its
+ * entries and expire stale ones, by compare-and-swap on a key. set_mask is
+ * the set count less one (a power of two), set by the loader.
  */
+#define TRACK_WAYS 4
+
+struct track_set {
+	__u64 skb[TRACK_WAYS];
+	struct pkt_track t[TRACK_WAYS];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct pkt_track);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct track_set);
 } by_skb SEC(".maps");
+
+volatile const __u32 set_mask = 16383;
 
 /*
  * The clone table: direct-mapped, one slot per hash of a data head, the
@@ -248,6 +266,7 @@ const enum stat_counter *unused_stat __attribute__((unused));
 const struct hop_pair *unused_pair __attribute__((unused));
 const struct hist *unused_hist __attribute__((unused));
 const struct frame_snap *unused_snap __attribute__((unused));
+const struct track_set *unused_track_set __attribute__((unused));
 const enum run_mode *unused_mode __attribute__((unused));
 const enum filter_flag *unused_filter __attribute__((unused));
 
@@ -1054,6 +1073,85 @@ static __always_inline __u64 new_pkt_id(void)
 	return n * nr_cpus + bpf_get_smp_processor_id() + 1;
 }
 
+/* The in-flight table's set for an skb address. */
+static __always_inline struct track_set *track_set_of(__u64 addr)
+{
+	__u32 i = ptr_hash(addr) & set_mask;
+	return bpf_map_lookup_elem(&by_skb, &i);
+}
+
+/* An skb's in-flight entry, NULL when it has none. */
+static __always_inline struct pkt_track *track_find(__u64 addr)
+{
+	struct track_set *s = track_set_of(addr);
+	if (!s)
+		return NULL;
+	if (s->skb[0] == addr)
+		return &s->t[0];
+	if (s->skb[1] == addr)
+		return &s->t[1];
+	if (s->skb[2] == addr)
+		return &s->t[2];
+	if (s->skb[3] == addr)
+		return &s->t[3];
+	return NULL;
+}
+
+/* A new in-flight entry for an skb (see by_skb for the way it takes). */
+static __always_inline void track_put(__u64 addr, const struct pkt_track *f, __u64 now)
+{
+	struct track_set *s = track_set_of(addr);
+	if (!s)
+		return;
+	__u32 w = TRACK_WAYS, stale = TRACK_WAYS, oldest = 0;
+	__u64 oldest_ts = ~0ULL;
+#pragma unroll
+	for (__u32 k = 0; k < TRACK_WAYS; k++) {
+		__u64 key = s->skb[k];
+		if (key == addr) {
+			w = k;
+			break;
+		}
+		if (key == 0) {
+			if (w == TRACK_WAYS)
+				w = k;
+			continue;
+		}
+		__u64 ts = s->t[k].last_ts;
+		if (stale == TRACK_WAYS && (__s64)(now - ts) >= (__s64)stale_ns)
+			stale = k;
+		if (ts < oldest_ts) {
+			oldest_ts = ts;
+			oldest = k;
+		}
+	}
+	if (w == TRACK_WAYS)
+		w = stale;
+	if (w == TRACK_WAYS) {
+		w = oldest;
+		stat_inc(STAT_EVICTED);
+	}
+	/* a bound the verifier can see */
+	w &= TRACK_WAYS - 1;
+	WRITE_ONCE(s->skb[w], 0);
+	barrier();
+	s->t[w] = *f;
+	barrier();
+	WRITE_ONCE(s->skb[w], addr);
+}
+
+/* The skb is gone: its in-flight entry, if it has one, is freed. */
+static __always_inline void track_drop(__u64 addr)
+{
+	struct track_set *s = track_set_of(addr);
+	if (!s)
+		return;
+#pragma unroll
+	for (__u32 k = 0; k < TRACK_WAYS; k++)
+		if (s->skb[k] == addr)
+			WRITE_ONCE(s->skb[k], 0);
+}
+
 /* The clone table's slot for a data head (Fibonacci hashing; heads are
  * at least 64-byte aligned). */
 static __always_inline struct pkt_track *head_slot(__u64 head)
@@ -1235,7 +1333,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 	/* each branch decides on its own: the verifier refuses t | h */
 	bool untracked = false;
 	if (!looked_up) {
-		t = bpf_map_lookup_elem(&by_skb, &skb_addr);
+		t = track_find(skb_addr);
 		if (!t) {
 			h = NULL;
 			if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
@@ -1324,7 +1422,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 		struct pkt_track *src = h;
 		if (h) {
 			__u64 owner = h->skb;
-			struct pkt_track *o = bpf_map_lookup_elem(&by_skb, &owner);
+			struct pkt_track *o = track_find(owner);
 			if (o && o->pkt_id == h->pkt_id)
 				src = o;
 		}
@@ -1355,7 +1453,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 		fresh->owns_head = !!(flags & EVENT_F_NEW);
 		if (!end) {
 			note_activity(now);
-			bpf_map_update_elem(&by_skb, &skb_addr, fresh, BPF_ANY);
+			track_put(skb_addr, fresh, now);
 			if (flags & EVENT_F_NEW)
 				head_put(fresh);
 		}
@@ -1433,7 +1531,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 	 * packet.
 	 */
 	if (hook == HOOK_KFREE_SKB || hook == HOOK_CONSUME_SKB) {
-		bpf_map_delete_elem(&by_skb, &skb_addr);
+		track_drop(skb_addr);
 		if (owner_end)
 			head_drop(head, skb_addr);
 	}
@@ -1726,7 +1824,7 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	struct pkt_track *h = NULL;
 	bool q = quiet(); /* nothing tracked lately: no entry can match */
 	if (!q)
-		t = bpf_map_lookup_elem(&by_skb, &addr);
+		t = track_find(addr);
 	if (!t && !q && BPF_CORE_READ_BITFIELD(skb, cloned)) {
 		h = head_find((__u64)skb->head);
 	}

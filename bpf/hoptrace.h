@@ -98,6 +98,7 @@ enum stat_counter {
 	STAT_HIST_UPDATES = 4, /* hop pairs added to latency histograms */
 	STAT_HIST_FULL = 5,   /* hop pairs not recorded: histogram map full */
 	STAT_HIST_NOMEM = 6,  /* hop pairs not recorded: no kernel memory for a new histogram */
+	STAT_EVICTED = 7,     /* packets in flight pushed out of the in-flight table by a new one */
 	STAT_MAX = 8,
 };
 

@@ -11,8 +11,9 @@
  * kfree_skb, and skb_copy_datagram_iovec, its delivery to a TCP socket: TCP
  * frees its skbs where no tracepoint fires): the same lookup; found, one more
  * histogram update and the entry deleted. These are hoptrace's end hooks. The
- * table is the kind hoptrace uses (an LRU hash with per-CPU free lists),
- * because a packet freed where no hook fires must not fill it for good.
+ * table is the kind hoptrace uses: set-associative, four ways to a set, an
+ * insert taking a free way or else the oldest, so a packet freed where no
+ * hook fires does not fill it for good; keys and times share one cache line.
  *
  * The histogram is a per-CPU array indexed by hook, not hoptrace's per-CPU
  * hash keyed by hop pair: cheaper, and so still a floor.
@@ -20,6 +21,8 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+
+#include "ptrhash.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -38,12 +41,19 @@ struct sf_hist {
 	__u64 buckets[SF_BUCKETS];
 };
 
+#define SF_WAYS 4
+#define SF_SETS 16384 /* a power of two: 65536 entries */
+
+struct sf_set {
+	__u64 skb[SF_WAYS];
+	__u64 ts[SF_WAYS];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SF_SETS);
+	__type(key, __u32);
+	__type(value, struct sf_set);
 } sf_inflight SEC(".maps");
 
 struct {
@@ -71,27 +81,61 @@ static __always_inline void sf_add(__u32 slot, __u64 delta)
 	h->buckets[b] += 1;
 }
 
-static __always_inline void sf_hop(struct sk_buff *skb, __u32 slot)
+static __always_inline struct sf_set *sf_set_of(struct sk_buff *skb)
+{
+	__u32 i = ptr_hash((__u64)skb) & (SF_SETS - 1);
+	return bpf_map_lookup_elem(&sf_inflight, &i);
+}
+
+/* The way holding skb, or SF_WAYS. */
+static __always_inline __u32 sf_way(const struct sf_set *s, struct sk_buff *skb)
 {
 	__u64 key = (__u64)skb;
+#pragma unroll
+	for (__u32 w = 0; w < SF_WAYS; w++)
+		if (s->skb[w] == key)
+			return w;
+	return SF_WAYS;
+}
+
+static __always_inline void sf_hop(struct sk_buff *skb, __u32 slot)
+{
+	struct sf_set *s = sf_set_of(skb);
+	if (!s)
+		return;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 *last = bpf_map_lookup_elem(&sf_inflight, &key);
-	if (!last) {
-		bpf_map_update_elem(&sf_inflight, &key, &now, BPF_ANY);
+	__u32 w = sf_way(s, skb);
+	if (w < SF_WAYS) {
+		sf_add(slot, now - s->ts[w]);
+		s->ts[w] = now;
 		return;
 	}
-	sf_add(slot, now - *last);
-	*last = now;
+	/* a free way, else the oldest */
+	__u32 pick = 0;
+	__u64 oldest = ~0ULL;
+#pragma unroll
+	for (__u32 k = 0; k < SF_WAYS; k++) {
+		__u64 ts = s->skb[k] ? s->ts[k] : 0;
+		if (ts < oldest) {
+			oldest = ts;
+			pick = k;
+		}
+	}
+	pick &= SF_WAYS - 1;
+	s->ts[pick] = now;
+	s->skb[pick] = (__u64)skb;
 }
 
 static __always_inline void sf_end(struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb;
-	__u64 *last = bpf_map_lookup_elem(&sf_inflight, &key);
-	if (!last)
+	struct sf_set *s = sf_set_of(skb);
+	if (!s)
 		return;
-	sf_add(SF_END, bpf_ktime_get_ns() - *last);
-	bpf_map_delete_elem(&sf_inflight, &key);
+	__u32 w = sf_way(s, skb);
+	if (w >= SF_WAYS)
+		return;
+	sf_add(SF_END, bpf_ktime_get_ns() - s->ts[w]);
+	s->skb[w] = 0;
 }
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;

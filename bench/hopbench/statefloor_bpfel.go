@@ -20,6 +20,12 @@ type stateFloorSfHist struct {
 	Buckets [64]uint64
 }
 
+type stateFloorSfSet struct {
+	_   structs.HostLayout
+	Skb [4]uint64
+	Ts  [4]uint64
+}
+
 type stateFloorSfSlot uint32
 
 const (

@@ -201,8 +201,15 @@ const (
 	HoptraceStatCounterSTAT_HIST_UPDATES HoptraceStatCounter = 4
 	HoptraceStatCounterSTAT_HIST_FULL    HoptraceStatCounter = 5
 	HoptraceStatCounterSTAT_HIST_NOMEM   HoptraceStatCounter = 6
+	HoptraceStatCounterSTAT_EVICTED      HoptraceStatCounter = 7
 	HoptraceStatCounterSTAT_MAX          HoptraceStatCounter = 8
 )
+
+type HoptraceTrackSet struct {
+	_   structs.HostLayout
+	Skb [4]uint64
+	T   [4]HoptracePktTrack
+}
 
 // Names of all BPF objects in the ELF.
 //
@@ -248,6 +255,7 @@ const (
 	HoptraceVarMode                    = "mode"
 	HoptraceVarNrCpus                  = "nr_cpus"
 	HoptraceVarSampleN                 = "sample_n"
+	HoptraceVarSetMask                 = "set_mask"
 	HoptraceVarSnapLen                 = "snap_len"
 	HoptraceVarStaleNs                 = "stale_ns"
 	HoptraceVarTcxProbeParse           = "tcx_probe_parse"
@@ -260,6 +268,7 @@ const (
 	HoptraceVarUnusedPair              = "unused_pair"
 	HoptraceVarUnusedSnap              = "unused_snap"
 	HoptraceVarUnusedStat              = "unused_stat"
+	HoptraceVarUnusedTrackSet          = "unused_track_set"
 	HoptraceVarWakeupBytes             = "wakeup_bytes"
 )
 
@@ -357,6 +366,7 @@ type HoptraceVariableSpecs struct {
 	Mode            *ebpf.VariableSpec `ebpf:"mode"`
 	NrCpus          *ebpf.VariableSpec `ebpf:"nr_cpus"`
 	SampleN         *ebpf.VariableSpec `ebpf:"sample_n"`
+	SetMask         *ebpf.VariableSpec `ebpf:"set_mask"`
 	SnapLen         *ebpf.VariableSpec `ebpf:"snap_len"`
 	StaleNs         *ebpf.VariableSpec `ebpf:"stale_ns"`
 	TcxProbeParse   *ebpf.VariableSpec `ebpf:"tcx_probe_parse"`
@@ -369,6 +379,7 @@ type HoptraceVariableSpecs struct {
 	UnusedPair      *ebpf.VariableSpec `ebpf:"unused_pair"`
 	UnusedSnap      *ebpf.VariableSpec `ebpf:"unused_snap"`
 	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
+	UnusedTrackSet  *ebpf.VariableSpec `ebpf:"unused_track_set"`
 	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -445,6 +456,7 @@ type HoptraceVariables struct {
 	Mode            *ebpf.Variable `ebpf:"mode"`
 	NrCpus          *ebpf.Variable `ebpf:"nr_cpus"`
 	SampleN         *ebpf.Variable `ebpf:"sample_n"`
+	SetMask         *ebpf.Variable `ebpf:"set_mask"`
 	SnapLen         *ebpf.Variable `ebpf:"snap_len"`
 	StaleNs         *ebpf.Variable `ebpf:"stale_ns"`
 	TcxProbeParse   *ebpf.Variable `ebpf:"tcx_probe_parse"`
@@ -457,6 +469,7 @@ type HoptraceVariables struct {
 	UnusedPair      *ebpf.Variable `ebpf:"unused_pair"`
 	UnusedSnap      *ebpf.Variable `ebpf:"unused_snap"`
 	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
+	UnusedTrackSet  *ebpf.Variable `ebpf:"unused_track_set"`
 	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

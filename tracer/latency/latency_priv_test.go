@@ -536,7 +536,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("metrics do not parse: %v\n%s", err, body)
 	}
 	for _, name := range []string{latency.MetricHopLatency, latency.MetricPackets, latency.MetricExpired,
-		latency.MetricTrackEntries, latency.MetricTrackCapacity, latency.MetricLost, latency.MetricHistFull, latency.MetricHistNoMem} {
+		latency.MetricTrackEntries, latency.MetricTrackCapacity, latency.MetricTrackEvicted, latency.MetricLost, latency.MetricHistFull, latency.MetricHistNoMem} {
 		if fams[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}

@@ -13,52 +13,63 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/latency"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 )
 
-// trackMap is a map shaped like by_skb (the loader's in-flight map).
-func trackMap(t testing.TB, entries int) *ebpf.Map {
+// trackTable is a table shaped like by_skb (the loader's in-flight table):
+// sets of ways, mapped.
+func trackTable(t testing.TB, sets int) (*ebpf.Map, *loader.InFlight) {
 	t.Helper()
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
-		Type: ebpf.LRUHash, KeySize: 8, ValueSize: uint32(sizeOf(latency.Track{})), MaxEntries: uint32(entries),
+		Type: ebpf.Array, KeySize: 4, ValueSize: uint32(sizeOf(bpfobj.HoptraceTrackSet{})), MaxEntries: uint32(sets),
+		Flags: unix.BPF_F_MMAPABLE,
 	})
 	if err != nil {
 		t.Fatalf("create map: %v", err)
 	}
 	t.Cleanup(func() { m.Close() })
-	return m
+	table, err := loader.MapInFlight(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { table.Close() })
+	return m, table
 }
 
-// TestSweeperExpiresOldEntries fills an in-flight map with entries half of
-// which are older than the timeout and checks that one sweep deletes
-// exactly those, counts them by last hop, and is quick on a full-size map.
+// TestSweeperExpiresOldEntries fills an in-flight table with entries half
+// of which are older than the timeout, leaving some ways free, and checks
+// that one sweep frees exactly those, counts them by last hop, and is
+// quick on a full-size table.
 func TestSweeperExpiresOldEntries(t *testing.T) {
 	privtest.RequireRoot(t)
-	const n = 65536
-	m := trackMap(t, 2*n) // room to spare: a full LRU map evicts on insert
+	const sets = 16384
+	m, table := trackTable(t, sets)
+	if table.Capacity() != 4*sets {
+		t.Fatalf("capacity %d, want %d", table.Capacity(), 4*sets)
+	}
 	now := latency.MonotonicNow()
 	old := latency.HopKey{Netns: 1, Ifindex: 7, Hook: uint8(event.HookNetDevQueue)}
 	fresh := latency.HopKey{Netns: 1, Ifindex: 8, Hook: uint8(event.HookNetifRx)}
-	keys := make([]uint64, n)
-	vals := make([]latency.Track, n)
-	for i := range keys {
-		keys[i] = uint64(0xffff888000000000) + uint64(i)*256
-		vals[i] = latency.Track{PktId: uint64(i + 1), LastTs: 1, Last: old}
-		if i%2 == 1 {
-			vals[i].LastTs = now
-			vals[i].Last = fresh
-		}
-	}
-	if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
-		for i := range keys {
-			if err := m.Put(keys[i], vals[i]); err != nil {
-				t.Fatal(err)
+	n := 0
+	for i := 0; i < sets; i++ {
+		var set bpfobj.HoptraceTrackSet
+		for w := 0; w < 3; w++ { // the fourth way stays free
+			n++
+			set.Skb[w] = uint64(0xffff888000000000) + uint64(n)*256
+			set.T[w] = latency.Track{PktId: uint64(n), LastTs: 1, Last: old}
+			if n%2 == 1 {
+				set.T[w].LastTs = now
+				set.T[w].Last = fresh
 			}
+		}
+		if err := m.Put(uint32(i), set); err != nil {
+			t.Fatal(err)
 		}
 	}
 	// Old entries date from boot, fresh ones from now; half the uptime as
 	// the timeout keeps the fresh half fresh however slow the sweep (a VM
 	// may have booted seconds ago).
-	sw := latency.NewSweeper(m, time.Duration(now/2))
+	sw := latency.NewSweeper(table, time.Duration(now/2))
 	start := time.Now()
 	res, err := sw.Sweep()
 	if err != nil {
@@ -66,18 +77,44 @@ func TestSweeperExpiresOldEntries(t *testing.T) {
 	}
 	took := time.Since(start)
 	t.Logf("swept %d of %d entries in %s", res.Expired, n, took)
-	if res.Expired != n/2 || res.Entries != n/2 || sw.Expired() != n/2 {
-		t.Errorf("expired %d, left %d; want %d each", res.Expired, res.Entries, n/2)
+	fresher := (n + 1) / 2
+	if res.Expired != uint64(n-fresher) || res.Entries != fresher || sw.Expired() != uint64(n-fresher) {
+		t.Errorf("expired %d, left %d; want %d expired, %d left", res.Expired, res.Entries, n-fresher, fresher)
 	}
-	if sw.ExpiredAt()[old] != n/2 || sw.ExpiredAt()[fresh] != 0 {
+	if sw.ExpiredAt()[old] != uint64(n-fresher) || sw.ExpiredAt()[fresh] != 0 {
 		t.Errorf("expired by hop: %v", sw.ExpiredAt())
 	}
 	if took > 5*time.Second && os.Getenv("HOPTRACE_VM") == "" {
 		t.Errorf("a sweep of %d entries took %s", n, took)
 	}
+	// The freed ways are free in the kernel's copy too; the fresh stay.
+	var set bpfobj.HoptraceTrackSet
+	if err := m.Lookup(uint32(0), &set); err != nil {
+		t.Fatal(err)
+	}
+	if set.Skb[0] == 0 || set.Skb[1] != 0 || set.Skb[2] == 0 || set.Skb[3] != 0 {
+		t.Errorf("set 0 after the sweep: keys %#x, want the 1st and 3rd kept", set.Skb)
+	}
+	if got, ok := table.Find(set.Skb[2]); !ok || got.PktId != 3 {
+		t.Errorf("Find(%#x) = %+v, %v", set.Skb[2], got, ok)
+	}
 	res, err = sw.Sweep()
-	if err != nil || res.Expired != 0 || res.Entries != n/2 {
+	if err != nil || res.Expired != 0 || res.Entries != fresher {
 		t.Errorf("second sweep: %+v, %v", res, err)
+	}
+}
+
+// A map of another shape is refused, not misread.
+func TestMapInFlightRefusesOtherMaps(t *testing.T) {
+	privtest.RequireRoot(t)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 8, ValueSize: uint32(sizeOf(latency.Track{})), MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if table, err := loader.MapInFlight(m); err == nil {
+		table.Close()
+		t.Fatal("an LRU hash was mapped as the in-flight table")
 	}
 }
 

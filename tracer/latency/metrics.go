@@ -29,6 +29,7 @@ const (
 	MetricExpired        = "hoptrace_tracking_expired_total"
 	MetricTrackEntries   = "hoptrace_tracking_entries"
 	MetricTrackCapacity  = "hoptrace_tracking_capacity"
+	MetricTrackEvicted   = "hoptrace_tracking_evicted_total"
 	MetricPairsEvicted   = "hoptrace_hop_pairs_evicted_total"
 	MetricSample         = "hoptrace_latency_sample_one_in"
 	metricBucketMinPower = 8  // 256 ns
@@ -56,7 +57,7 @@ type Metrics struct {
 	evicted  uint64
 	sample   uint32 // one packet in sample measured (1: all)
 
-	hist, dropsDesc, packets, updates, full, nomem, lost, exp, ents, capDesc, evict, sampleDesc *prometheus.Desc
+	hist, dropsDesc, packets, updates, full, nomem, lost, exp, ents, capDesc, trackEvict, evict, sampleDesc *prometheus.Desc
 }
 
 type dropKey struct{ container, netns, iface, reason string }
@@ -79,8 +80,9 @@ func NewMetrics() *Metrics {
 		nomem:      prometheus.NewDesc(MetricHistNoMem, "Hop-to-hop times not recorded because the kernel could not allocate a new histogram (memory cgroup limit).", nil, nil),
 		lost:       prometheus.NewDesc(MetricLost, "Events lost because the ring buffer was full.", nil, nil),
 		exp:        prometheus.NewDesc(MetricExpired, "In-flight tracking entries expired: packets that never reached a next hop.", nil, nil),
-		ents:       prometheus.NewDesc(MetricTrackEntries, "Entries in the kernel's in-flight packet map.", nil, nil),
-		capDesc:    prometheus.NewDesc(MetricTrackCapacity, "Size of the kernel's in-flight packet map.", nil, nil),
+		ents:       prometheus.NewDesc(MetricTrackEntries, "Entries in the kernel's in-flight packet table.", nil, nil),
+		capDesc:    prometheus.NewDesc(MetricTrackCapacity, "Size of the kernel's in-flight packet table.", nil, nil),
+		trackEvict: prometheus.NewDesc(MetricTrackEvicted, "Packets in flight pushed out of the in-flight table by a new packet (its set was full of live entries): their next hop was timed as a new packet's first.", nil, nil),
 		evict:      prometheus.NewDesc(MetricPairsEvicted, "Idle hop-pair histograms removed from the kernel map.", nil, nil),
 		sampleDesc: prometheus.NewDesc(MetricSample, "One packet in this many is measured (1: every packet); hop latency counts and drops are scaled by it.", nil, nil),
 		sample:     1,
@@ -89,7 +91,7 @@ func NewMetrics() *Metrics {
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.hist, m.dropsDesc, m.packets, m.updates, m.full, m.nomem, m.lost, m.exp, m.ents, m.capDesc, m.evict, m.sampleDesc} {
+	for _, d := range []*prometheus.Desc{m.hist, m.dropsDesc, m.packets, m.updates, m.full, m.nomem, m.lost, m.exp, m.ents, m.capDesc, m.trackEvict, m.evict, m.sampleDesc} {
 		ch <- d
 	}
 }
@@ -114,6 +116,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.exp, prometheus.CounterValue, float64(m.expired))
 	ch <- prometheus.MustNewConstMetric(m.ents, prometheus.GaugeValue, float64(m.entries))
 	ch <- prometheus.MustNewConstMetric(m.capDesc, prometheus.GaugeValue, float64(m.capacity))
+	ch <- prometheus.MustNewConstMetric(m.trackEvict, prometheus.CounterValue, float64(m.stats.Evicted))
 	ch <- prometheus.MustNewConstMetric(m.evict, prometheus.CounterValue, float64(m.evicted))
 	ch <- prometheus.MustNewConstMetric(m.sampleDesc, prometheus.GaugeValue, float64(m.sample))
 }

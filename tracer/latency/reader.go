@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/tracer/bpfobj"
+	"github.com/hoptrace/hoptrace/tracer/loader"
 )
 
 // Reader turns the kernel's cumulative histograms into per-interval ones.
@@ -108,42 +109,43 @@ func (r *Reader) Read() (map[Pair]*Hist, error) {
 	return out, nil
 }
 
-// Track is one entry of the in-flight map (struct pkt_track).
+// Track is one entry of the in-flight table (struct pkt_track).
 type Track = bpfobj.HoptracePktTrack
 
-// Sweeper keeps the kernel's in-flight packet map from filling up.
+// Sweeper keeps the kernel's in-flight table from filling up.
 //
 // The kernel forgets a packet when its skb is freed (kfree_skb,
 // consume_skb). Packets freed where no tracepoint fires, or lost from sight
-// otherwise, stay in the map until LRU pressure pushes them out, and by
-// then the map is full and every new packet evicts one in flight. Each
-// Sweep deletes the entries whose last hop is older than Timeout and counts
-// them as expired: packets that never reached a next hop. Timeout should be
-// no shorter than the tracer's StaleAfter (1s by default): a hop later than
-// that is a new packet to the kernel anyway.
+// otherwise, keep their entries until a new packet takes the way (the
+// programs prefer free ways, then entries older than the tracer's
+// StaleAfter), and a table full of them makes every new packet push out one
+// in flight. Each Sweep frees the entries whose last hop is older than
+// Timeout and counts them as expired: packets that never reached a next
+// hop. Timeout should be no shorter than StaleAfter (1s by default): a hop
+// later than that is a new packet to the kernel anyway.
 type Sweeper struct {
-	m        *ebpf.Map
-	Timeout  time.Duration
-	capacity int
+	table   *loader.InFlight
+	Timeout time.Duration
 
 	expired   uint64
 	expiredAt map[HopKey]uint64
-	batch     bool
-	keys      []uint64
-	vals      []Track
-	stale     []uint64
 }
 
-// NewSweeper sweeps the in-flight map (loader.Tracer.InFlight()).
-func NewSweeper(m *ebpf.Map, timeout time.Duration) *Sweeper {
+// NewSweeper sweeps an in-flight table (loader.Tracer.InFlight()).
+func NewSweeper(table *loader.InFlight, timeout time.Duration) *Sweeper {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
-	return &Sweeper{m: m, Timeout: timeout, capacity: int(m.MaxEntries()), expiredAt: map[HopKey]uint64{}, batch: true}
+	return &Sweeper{table: table, Timeout: timeout, expiredAt: map[HopKey]uint64{}}
 }
 
-// Capacity is the map's size.
-func (s *Sweeper) Capacity() int { return s.capacity }
+// Capacity is the table's size.
+func (s *Sweeper) Capacity() int {
+	if s.table == nil {
+		return 0
+	}
+	return s.table.Capacity()
+}
 
 // Expired is the number of entries expired since the start.
 func (s *Sweeper) Expired() uint64 { return s.expired }
@@ -153,93 +155,22 @@ func (s *Sweeper) ExpiredAt() map[HopKey]uint64 { return s.expiredAt }
 
 // SweepResult is one sweep's outcome.
 type SweepResult struct {
-	Entries int    // entries left in the map
-	Expired uint64 // entries deleted by this sweep
+	Entries int    // entries left in the table
+	Expired uint64 // entries freed by this sweep
 }
 
-// Sweep reads the whole map, deletes stale entries and reports the fill level.
+// Sweep reads the whole table, frees stale entries and reports the fill level.
 func (s *Sweeper) Sweep() (SweepResult, error) {
 	var res SweepResult
-	now := MonotonicNow()
-	limit := uint64(s.Timeout.Nanoseconds())
-	s.stale = s.stale[:0]
-	n := 0
-	err := s.each(func(k uint64, t *Track) {
-		n++
-		if t.LastTs < now && now-t.LastTs > limit {
-			s.stale = append(s.stale, k)
-		}
-	})
-	if err != nil {
-		return res, err
+	if s.table == nil {
+		return res, errors.New("sweep: no in-flight table")
 	}
-	var t Track
-	for _, k := range s.stale {
-		// Look again just before deleting: a packet that moved on since
-		// the read keeps its entry.
-		if err := s.m.Lookup(&k, &t); err != nil {
-			n--
-			continue
-		}
-		if t.LastTs >= now || now-t.LastTs <= limit {
-			continue
-		}
-		if err := s.m.Delete(&k); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				n--
-				continue
-			}
-			return res, fmt.Errorf("expire in-flight entry: %w", err)
-		}
-		n--
+	res.Entries = s.table.Sweep(MonotonicNow(), uint64(s.Timeout.Nanoseconds()), func(last HopKey) {
 		res.Expired++
-		s.expiredAt[t.Last]++
-	}
+		s.expiredAt[last]++
+	})
 	s.expired += res.Expired
-	res.Entries = max(n, 0)
 	return res, nil
-}
-
-// each calls fn for every entry, in batches where the kernel supports it.
-func (s *Sweeper) each(fn func(uint64, *Track)) error {
-	if s.batch {
-		const chunk = 4096
-		if s.keys == nil {
-			s.keys = make([]uint64, chunk)
-			s.vals = make([]Track, chunk)
-		}
-		var cursor ebpf.MapBatchCursor
-		first := true
-		for {
-			n, err := s.m.BatchLookup(&cursor, s.keys, s.vals, nil)
-			for i := 0; i < n; i++ {
-				fn(s.keys[i], &s.vals[i])
-			}
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				return nil
-			}
-			if err != nil {
-				if first && n == 0 {
-					s.batch = false // not supported here: iterate one by one
-					break
-				}
-				return fmt.Errorf("read in-flight map: %w", err)
-			}
-			first = false
-		}
-	}
-	var (
-		k uint64
-		t Track
-	)
-	it := s.m.Iterate()
-	for it.Next(&k, &t) {
-		fn(k, &t)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read in-flight map: %w", err)
-	}
-	return nil
 }
 
 // MonotonicNow is CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.

@@ -121,7 +121,11 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	if expire <= 0 {
 		expire = 2 * time.Second
 	}
-	sw := NewSweeper(tr.InFlight(), expire)
+	table, err := tr.InFlight()
+	if err != nil {
+		return err
+	}
+	sw := NewSweeper(table, expire)
 	totals := map[Pair]*Hist{}
 	var prevStats loader.Stats
 	var startStats loader.Stats

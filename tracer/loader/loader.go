@@ -123,18 +123,17 @@ func LoadBenignDrops(kspec *btf.Spec) ([]benign.Entry, error) {
 	return benign.Compile(syms, reasons)
 }
 
-// The in-flight maps have one LRU list per possible CPU (BPF_F_NO_COMMON_LRU,
-// see bpf/hoptrace.bpf.c): a CPU evicts only from its own share of the
-// entries, so the default size gives every CPU at least minTrackPerCPU.
+// The default size of the in-flight table gives every possible CPU room for
+// at least minTrackPerCPU packets in flight.
 const (
 	defaultTrackEntries = 65536
 	minTrackPerCPU      = 2048
 )
 
-// TrackEntries is the size of the in-flight maps for a requested size (0:
+// TrackEntries is the size of the in-flight table for a requested size (0:
 // the default, 65536 or 2048 per possible CPU, whichever is larger) on a
-// machine with ncpu possible CPUs. The kernel rounds the size to a multiple
-// of ncpu.
+// machine with ncpu possible CPUs. The table rounds it up to a power of two
+// (TrackSets).
 func TrackEntries(requested, ncpu int) int {
 	if requested > 0 {
 		return requested
@@ -167,6 +166,7 @@ type Tracer struct {
 	tcx        *tcxState // EngineTCX only
 	bloom      bloom
 	quiet      *quietKeeper
+	inflight   *InFlight // mapped on first use
 }
 
 // Load loads and attaches the programs. On error nothing stays loaded.
@@ -211,7 +211,11 @@ func Load(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
 	track := TrackEntries(opts.TrackEntries, ncpu)
-	specs.BySkb.MaxEntries = uint32(track)
+	sets := TrackSets(track)
+	specs.BySkb.MaxEntries = uint32(sets)
+	if err := specs.SetMask.Set(uint32(sets - 1)); err != nil {
+		return nil, fmt.Errorf("set set_mask: %w", err)
+	}
 	slots := HeadSlots(track)
 	specs.ByHead.MaxEntries = uint32(slots)
 	if err := specs.HeadMask.Set(uint32(slots - 1)); err != nil {
@@ -493,8 +497,18 @@ func (t *Tracer) Hists() *ebpf.Map { return t.maps.Hists }
 // tracked for StaleAfter + StaleAfter/8, so no in-flight entry can match.
 func (t *Tracer) Quiet() bool { return t.quiet != nil && t.quiet.isQuiet() }
 
-// InFlight is the map of tracked skb addresses.
-func (t *Tracer) InFlight() *ebpf.Map { return t.maps.BySkb }
+// InFlight is the in-flight table of tracked skbs, mapped on first use
+// (Close unmaps it).
+func (t *Tracer) InFlight() (*InFlight, error) {
+	if t.inflight == nil {
+		f, err := MapInFlight(t.maps.BySkb)
+		if err != nil {
+			return nil, err
+		}
+		t.inflight = f
+	}
+	return t.inflight, nil
+}
 
 // slowDetachLinks is how many tcx links take long enough to close (about
 // 10 ms each, one at a time: see tcxWorkers) for CloseNoting to say so.
@@ -527,6 +541,8 @@ func (t *Tracer) Close() error {
 	if t.quiet != nil {
 		errs = append(errs, t.quiet.close())
 	}
+	errs = append(errs, t.inflight.Close())
+	t.inflight = nil
 	if err := t.maps.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -548,6 +564,7 @@ type Stats struct {
 	HistUpdates uint64
 	HistFull    uint64 // hop pairs not recorded: histogram map full
 	HistNoMem   uint64 // hop pairs not recorded: no kernel memory for a new histogram
+	Evicted     uint64 // packets in flight pushed out of the in-flight table by a new one
 }
 
 // Stats reads the counters.
@@ -575,6 +592,7 @@ func (t *Tracer) Stats() (Stats, error) {
 		{bpfobj.HoptraceStatCounterSTAT_HIST_UPDATES, &s.HistUpdates},
 		{bpfobj.HoptraceStatCounterSTAT_HIST_FULL, &s.HistFull},
 		{bpfobj.HoptraceStatCounterSTAT_HIST_NOMEM, &s.HistNoMem},
+		{bpfobj.HoptraceStatCounterSTAT_EVICTED, &s.Evicted},
 	} {
 		if *f.dst, err = read(f.idx); err != nil {
 			return s, err

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hoptrace/hoptrace/internal/privtest"
-	"github.com/hoptrace/hoptrace/tracer/bpfobj"
 	"github.com/hoptrace/hoptrace/tracer/event"
 	"github.com/hoptrace/hoptrace/tracer/loader"
 	"github.com/hoptrace/hoptrace/tracer/pktfilter"
@@ -359,8 +358,11 @@ func TestIdentityAcrossCPUs(t *testing.T) {
 		}
 		if p.freeCPU >= 0 && p.freeCPU != p.bornCPU {
 			crossFree++
-			var tr2 bpfobj.HoptracePktTrack
-			if err := tr.InFlight().Lookup(p.skb, &tr2); err == nil && tr2.PktId == id {
+			table, err := tr.InFlight()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tr2, ok := table.Find(p.skb); ok && tr2.PktId == id {
 				t.Errorf("packet %d freed on CPU %d, born on CPU %d: still in the in-flight map", id, p.freeCPU, p.bornCPU)
 			}
 		}
