@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,9 +135,32 @@ func (cs *containerSupport) Select(ctx context.Context, cfg *selection.Selection
 	case <-ctx.Done():
 	}
 	if pending := sel.Pending(); len(pending) > 0 {
-		fmt.Fprintf(os.Stderr, "hoptrace: waiting for container(s) %v to start\n", pending)
+		fmt.Fprintln(os.Stderr, waitingNote(ctx, cs.rt, pending))
 	}
 	return nil
+}
+
+// waitingNote says, on one line, why each selected container is not traced
+// yet: it does not exist (a typo, or one to be created), or it exists and
+// is not running.
+func waitingNote(ctx context.Context, rt runtime.Runtime, pending []string) string {
+	parts := make([]string, 0, len(pending))
+	for _, ref := range pending {
+		c, err := rt.Lookup(ctx, ref)
+		switch {
+		case errors.Is(err, runtime.ErrNotFound):
+			parts = append(parts, ref+" (no such container yet; see docker ps -a)")
+		case err != nil || c.Running:
+			parts = append(parts, ref) // starting, or the engine did not say
+		default:
+			state := c.State
+			if state == "" {
+				state = "not running"
+			}
+			parts = append(parts, fmt.Sprintf("%s (%s: docker start %s)", ref, state, ref))
+		}
+	}
+	return "hoptrace: waiting for container(s) to start: " + strings.Join(parts, ", ")
 }
 
 // Close stops following Docker and waits for the goroutines it started.

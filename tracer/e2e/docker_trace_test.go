@@ -161,6 +161,7 @@ func TestTraceContainerStartedDuringTrace(t *testing.T) {
 	name := testdocker.UniqueName("ht-late")
 	r := startCLI(t, "trace", "--container", name, "--output", "json", "--proto", "icmp")
 	waitAttached(t, r)
+	waitStderr(t, r, "waiting for container(s) to start: "+name+" (no such container yet")
 	t.Cleanup(func() { testdocker.DockerErr("rm", "-f", name) })
 	id := testdocker.Docker(t, "run", "-d", "--name", name, "--label", "hoptrace-test=1", testdocker.Image, "sleep", "3600")
 	c := box(t, testdocker.Container{Name: name, ID: id}, "")
@@ -178,6 +179,18 @@ func TestTraceContainerStartedDuringTrace(t *testing.T) {
 	if got, want := hopNames(first), toGateway(c, "docker0"); got != want {
 		t.Errorf("first packet:\n got %s\nwant %s", got, want)
 	}
+}
+
+// A container that exists but is not running is named as such while the
+// trace waits for it.
+func TestTraceWaitsForStoppedContainer(t *testing.T) {
+	testdocker.RequireDocker(t)
+	name := testdocker.UniqueName("ht-created")
+	t.Cleanup(func() { testdocker.DockerErr("rm", "-f", name) })
+	testdocker.Docker(t, "create", "--name", name, "--label", "hoptrace-test=1", testdocker.Image, "sleep", "3600")
+	r := startCLI(t, "trace", "--container", name)
+	waitAttached(t, r)
+	waitStderr(t, r, "waiting for container(s) to start: "+name+" (created: docker start "+name+")")
 }
 
 // Without --container every container's hops are named all the same.
