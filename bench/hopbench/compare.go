@@ -193,7 +193,7 @@ func Compare(ctx context.Context, nt *Net, opts CompareOptions) (samples, stats 
 	pass := func(name string, rounds int, keep func(Condition) bool) ([]Sample, error) {
 		var out []Sample
 		for round := 1; round <= rounds; round++ {
-			for _, c := range conds {
+			for _, c := range roundOrder(conds, round) {
 				if !keep(c) {
 					continue
 				}
@@ -431,4 +431,16 @@ func loadAvg1() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// roundOrder is the order of the conditions in a round (from 1): each round
+// starts one condition later than the one before, so a drift within a
+// round (a VM's neighbours, state the host builds up) weighs on every
+// condition alike over the rounds, not always on the last ones.
+func roundOrder[T any](conds []T, round int) []T {
+	if len(conds) == 0 {
+		return nil
+	}
+	k := (round - 1) % len(conds)
+	return append(slices.Clone(conds[k:]), conds[:k]...)
 }

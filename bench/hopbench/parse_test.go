@@ -113,3 +113,27 @@ func TestLossTargetNearItsRate(t *testing.T) {
 		t.Errorf("a loss at 320k events/s: %s", got)
 	}
 }
+
+// Every condition takes every position once in len(conds) rounds.
+func TestRoundOrderRotates(t *testing.T) {
+	conds := []string{"baseline", "a", "b", "c"}
+	first := map[string]int{}
+	for round := 1; round <= len(conds); round++ {
+		got := roundOrder(conds, round)
+		if len(got) != len(conds) {
+			t.Fatalf("round %d: %v", round, got)
+		}
+		first[got[0]]++
+		for i, c := range got {
+			if want := conds[(i+round-1)%len(conds)]; c != want {
+				t.Fatalf("round %d: %v", round, got)
+			}
+		}
+	}
+	if len(first) != len(conds) {
+		t.Errorf("first conditions over %d rounds: %v", len(conds), first)
+	}
+	if got := roundOrder(conds, 1); !slices.Equal(got, conds) {
+		t.Errorf("round 1: %v, want the given order", got)
+	}
+}
