@@ -1152,17 +1152,10 @@ static __always_inline void track_drop(__u64 addr)
 			WRITE_ONCE(s->skb[k], 0);
 }
 
-/* The clone table's slot for a data head (Fibonacci hashing; heads are
- * at least 64-byte aligned). */
+/* The clone table's slot for a data head. */
 static __always_inline struct pkt_track *head_slot(__u64 head)
 {
-	/*
-	 * A 64-bit index whose low half is the key: newer verifiers keep a
-	 * value computed from skb->head typed as a pointer, which may be
-	 * spilled to the stack only whole (and, as the programs run with
-	 * CAP_PERFMON, read there as a key).
-	 */
-	__u64 i = ((head >> 6) * 0x9E3779B97F4A7C15ULL >> 32) & head_mask;
+	__u32 i = ptr_hash(head) & head_mask;
 	return bpf_map_lookup_elem(&by_head, &i);
 }
 

@@ -19,7 +19,7 @@ const trackWays = len(trackSet{}.Skb)
 
 // TrackSets is the number of sets of the in-flight table for track entries
 // (a power of two, at least one).
-func TrackSets(track int) int { return HeadSlots((track + trackWays - 1) / trackWays) }
+func TrackSets(track int) int { return pow2Ceil((track + trackWays - 1) / trackWays) }
 
 // InFlight is the kernel's in-flight table (by_skb in bpf/hoptrace.bpf.c),
 // mapped into this process: sets of ways, each way an skb address (0: free)

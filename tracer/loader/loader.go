@@ -143,12 +143,15 @@ func TrackEntries(requested, ncpu int) int {
 
 // HeadSlots is the size of the clone table (by_head, direct-mapped) for
 // track in-flight entries: the power of two at or above it.
-func HeadSlots(track int) int {
-	n := 1
-	for n < track {
-		n <<= 1
+func HeadSlots(track int) int { return pow2Ceil(track) }
+
+// pow2Ceil is the least power of two at or above n (1 for n < 1).
+func pow2Ceil(n int) int {
+	p := 1
+	for p < n {
+		p <<= 1
 	}
-	return n
+	return p
 }
 
 // MaxSnapLen bounds Options.SnapLen (every event record carries that many bytes).
