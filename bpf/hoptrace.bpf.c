@@ -1340,6 +1340,9 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 			}
 		}
 	} else if (!t) {
+		/* tested apart: the verifier refuses t | h, which the compiler
+		 * would otherwise make of the two tests */
+		barrier_var(h);
 		if (!h)
 			untracked = true;
 	}
@@ -1558,17 +1561,37 @@ static __always_inline int observe_found(void *ctx, struct __sk_buff *tcx, struc
 }
 
 /*
- * A tracepoint's observation: observe_found() looking the skb up itself,
- * except in the quiet state, where no entry can match (looked up: none
- * found) and an end that cannot start a path is over after one array load.
+ * A tracepoint's observation. In the quiet state no entry can match (looked
+ * up: none found) and an end that cannot start a path is over after one
+ * array load. Otherwise such an end (a consume or a copy: most skbs freed on
+ * a host are not ours) looks the skb up here, before observe_found() takes
+ * its nesting level and working memory: an untracked one costs its one or
+ * two lookups and nothing more. Hooks that may start a path leave the
+ * lookup to observe_in().
  */
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
 {
 	bool q = quiet();
-	if (q && !can_start(hook))
+	bool may_start = can_start(hook);
+	if (q && !may_start)
 		return 0;
-	return observe_found(ctx, NULL, skb, dev, hook, location, reason, dev_src, NULL, NULL, q);
+	struct pkt_track *t = NULL;
+	struct pkt_track *h = NULL;
+	bool looked_up = q;
+	if (!may_start) {
+		t = track_find((__u64)skb);
+		if (!t) {
+			/* only a cloned skb can be a tracked packet's clone (see observe_in) */
+			if (!BPF_CORE_READ_BITFIELD(skb, cloned))
+				return 0;
+			h = head_find((__u64)skb->head);
+			if (!h)
+				return 0;
+		}
+		looked_up = true;
+	}
+	return observe_found(ctx, NULL, skb, dev, hook, location, reason, dev_src, t, h, looked_up);
 }
 
 SEC("tp_btf/net_dev_queue")
