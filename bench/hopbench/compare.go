@@ -68,6 +68,7 @@ func conditions(hoptrace string, withLatency bool) []Condition {
 		{Name: "empty", InProc: func(*Net) (io.Closer, error) { return attachEmpty() }},
 		{Name: "tcx_floor", InProc: attachTCXFloor},
 		{Name: "tcx_floor4", InProc: attachTCXFloor4},
+		{Name: "idle_floor", InProc: attachIdleFloor},
 		{Name: "state_floor", InProc: attachStateFloor},
 		{
 			Name:    "tcpdump",

@@ -20,18 +20,31 @@ var emptyHooks = map[string]string{ // tracepoint -> program name
 	"skb_copy_datagram_iovec": "e_copy_datagram",
 }
 
+// endHooks are the end tracepoints among them: the ones hoptrace's tcx
+// engine attaches too, as frees and socket reads have no device hook.
+var endHooks = []string{"kfree_skb", "consume_skb", "skb_copy_datagram_iovec"}
+
 // attachEmpty attaches a program that returns at once to each of hoptrace
 // trace's tracepoints: the floor any tp_btf tracer on these hooks pays (the
 // trampoline, plus the statistics' clock reads), against which hoptrace's
 // own program bodies can be judged.
 func attachEmpty() (io.Closer, error) {
+	var tps []string
+	for tp := range emptyHooks {
+		tps = append(tps, tp)
+	}
+	return attachEmptyOn(tps)
+}
+
+// attachEmptyOn attaches the empty program to each of these tracepoints.
+func attachEmptyOn(tps []string) (io.Closer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, err
 	}
 	var c closers
-	for tp, name := range emptyHooks {
+	for _, tp := range tps {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:         name,
+			Name:         emptyHooks[tp],
 			Type:         ebpf.Tracing,
 			AttachType:   ebpf.AttachTraceRawTp,
 			AttachTo:     tp,
@@ -51,6 +64,23 @@ func attachEmpty() (io.Closer, error) {
 		c = append(c, l)
 	}
 	return c, nil
+}
+
+// attachIdleFloor is the floor of hoptrace's tcx engine on traffic nobody
+// selected: what it attaches, doing nothing. The count-only tcx program on
+// the four veth ends the measured packets cross, and the empty program on
+// the three end tracepoints, which fire for every skb the host frees.
+func attachIdleFloor(nt *Net) (io.Closer, error) {
+	tcx, err := attachTCXFloor4(nt)
+	if err != nil {
+		return nil, err
+	}
+	ends, err := attachEmptyOn(endHooks)
+	if err != nil {
+		tcx.Close()
+		return nil, err
+	}
+	return closers{tcx, ends}, nil
 }
 
 type closers []io.Closer

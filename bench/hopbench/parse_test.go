@@ -87,6 +87,14 @@ func TestTargetsNameTheFloor(t *testing.T) {
 	if !slices.Contains(lines, latency+"the per-packet-state floor on the same ends: 0.800x, itself short of the target)") {
 		t.Errorf("latency with the state floor: %q", lines)
 	}
+
+	// unselected traffic meets the end tracepoints too: its line names the
+	// unselected-traffic floor when that was measured
+	add("idle_floor", 960)
+	lines = (&Results{Samples: samples}).Targets()
+	if !slices.Contains(lines, strings.Replace(want, "count-only tcx on the same four veth ends: 0.970x", "the unselected-traffic floor on the same hooks: 0.960x", 1)) {
+		t.Errorf("unselected traffic with its floor: %q", lines)
+	}
 }
 
 // The 300k events/s target is judged by the measurements near that rate;
@@ -135,5 +143,18 @@ func TestRoundOrderRotates(t *testing.T) {
 	}
 	if got := roundOrder(conds, 1); !slices.Equal(got, conds) {
 		t.Errorf("round 1: %v, want the given order", got)
+	}
+}
+
+// A run without the latency condition says why: left out of the run's
+// conditions, or missing from the hoptrace build.
+func TestLatencyNotMeasuredSaysWhy(t *testing.T) {
+	r := &Results{Samples: []Sample{{Round: 1, Condition: "baseline", Workload: "udp64", Metrics: map[string]float64{"rx_pps": 1000}}}}
+	if want := "latency mode: **not measured** (not among this run's conditions)"; !slices.Contains(r.Targets(), want) {
+		t.Errorf("targets %q\nwant the line %q", r.Targets(), want)
+	}
+	r.Notes = append(r.Notes, noLatencyNote+": its column is missing.")
+	if want := "latency mode: **not measured** (`hoptrace latency` not available in this build)"; !slices.Contains(r.Targets(), want) {
+		t.Errorf("targets %q\nwant the line %q", r.Targets(), want)
 	}
 }
