@@ -67,14 +67,8 @@ func TestIdleFloorAttachesTheTCXEngineHooks(t *testing.T) {
 	if len(tcxLinks) != 8 {
 		t.Errorf("%d tcx links, want 8 (ingress and egress on four ends)", len(tcxLinks))
 	}
-	want := map[ebpf.ProgramID]bool{names["e_kfree_skb"]: true, names["e_consume_skb"]: true, names["e_copy_datagram"]: true}
-	var tracing []link.ID
-	it := new(link.Iterator)
-	for it.Next() {
-		if info, err := it.Link.Info(); err == nil && want[info.Program] {
-			tracing = append(tracing, info.ID)
-		}
-	}
+	// tp_btf programs attached through BPF_RAW_TRACEPOINT_OPEN
+	tracing := privtest.LinksOf(t, link.RawTracepointType, []ebpf.ProgramID{names["e_kfree_skb"], names["e_consume_skb"], names["e_copy_datagram"]})
 	if len(tracing) != 3 {
 		t.Errorf("%d tracing links, want 3 (the end tracepoints)", len(tracing))
 	}

@@ -122,7 +122,8 @@ func bench(args []string) error {
 	if part("compare") && ctx.Err() == nil {
 		withLatency := hasSubcommand(*hoptrace, "latency")
 		if !withLatency {
-			res.Notes = append(res.Notes, noLatencyNote+": its column is missing.")
+			res.NoLatency = true
+			res.Notes = append(res.Notes, "`hoptrace latency` is not in this build: its column is missing.")
 		}
 		nt, err := NewNet(3) // the measured pair and an idle third
 		if err != nil {

@@ -32,6 +32,7 @@ type Results struct {
 	LoadStart    string        `json:"load_start"`
 	LoadEnd      string        `json:"load_end"`
 	NoIdle       bool          `json:"no_idle"`
+	NoLatency    bool          `json:"no_latency,omitempty"` // the hoptrace measured has no latency command
 	Profiles     []Profile     `json:"profiles"`
 }
 
@@ -434,7 +435,7 @@ func (r *Results) Targets() []string {
 		p50Within("latency mode", "latency", latFloor, 1.5)
 	} else if len(r.Samples) > 0 {
 		why := "not among this run's conditions"
-		if slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, noLatencyNote) }) {
+		if r.NoLatency {
 			why = "`hoptrace latency` not available in this build"
 		}
 		out = append(out, "latency mode: **not measured** ("+why+")")
@@ -917,6 +918,3 @@ func (r *Results) profileTable(p func(string, ...any)) {
 	}
 	p("\n")
 }
-
-// noLatencyNote begins the note of a run whose hoptrace has no latency command.
-const noLatencyNote = "`hoptrace latency` is not in this build"

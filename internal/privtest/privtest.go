@@ -160,6 +160,13 @@ func Tool(t testing.TB, name, pkg string) string {
 // of these programs, found by iterating every BPF link in the kernel.
 func TCXLinksOf(t testing.TB, progs []ebpf.ProgramID) []link.ID {
 	t.Helper()
+	return LinksOf(t, link.TCXType, progs)
+}
+
+// LinksOf returns the IDs of the links of this type (any process's) that
+// run one of these programs.
+func LinksOf(t testing.TB, typ link.Type, progs []ebpf.ProgramID) []link.ID {
+	t.Helper()
 	want := map[ebpf.ProgramID]bool{}
 	for _, p := range progs {
 		want[p] = true
@@ -171,7 +178,7 @@ func TCXLinksOf(t testing.TB, progs []ebpf.ProgramID) []link.ID {
 		if err != nil {
 			continue
 		}
-		if info.Type == link.TCXType && want[info.Program] {
+		if info.Type == typ && want[info.Program] {
 			ids = append(ids, info.ID)
 		}
 	}
