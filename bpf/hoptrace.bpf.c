@@ -1166,6 +1166,25 @@ static __always_inline struct pkt_track *head_find(__u64 head)
 	return s && s->head == head ? s : NULL;
 }
 
+/*
+ * An skb's entries: *t by its address, else, for a cloned skb, *h by its
+ * data head (a clone of a tracked packet). Only a cloned skb can be such a
+ * clone (skb->cloned is sticky: an original whose clones are gone keeps it),
+ * so an untracked skb costs one lookup, two when cloned. Returns whether
+ * either was found: the verifier refuses the caller's t | h.
+ */
+static __always_inline bool skb_find(struct sk_buff *skb, struct pkt_track **t, struct pkt_track **h)
+{
+	*h = NULL;
+	*t = track_find((__u64)skb);
+	if (*t)
+		return true;
+	if (!BPF_CORE_READ_BITFIELD(skb, cloned))
+		return false;
+	*h = head_find((__u64)skb->head);
+	return *h != NULL;
+}
+
 /* A new packet's clone entry: the key last, so a reader that sees it sees the rest. */
 static __always_inline void head_put(const struct pkt_track *t)
 {
@@ -1300,53 +1319,21 @@ static __always_inline __u16 dev_read(struct net_device *dev, enum dev_source de
 }
 
 /*
- * One observation. looked_up: the caller already looked the skb up (a tcx
- * hop: t in by_skb and, for a cloned skb not found there, h in by_head), or
- * knows that no entry can match (the quiet state: both NULL). tcx: a tcx
- * hop's context (its headers are read from the packet), NULL at a tracepoint.
+ * One observation of an skb its caller looked up (skb_find(): t, h and
+ * tracked), or knows no entry can match (the quiet state: both NULL, not
+ * tracked). tcx: a tcx hop's context (its headers are read from the
+ * packet), NULL at a tracepoint.
  */
 static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct sk_buff *skb,
 				      struct net_device *dev, __u8 hook, __u64 location, __u32 reason, enum dev_source dev_src,
-				      struct pkt_track *t, struct pkt_track *h, bool looked_up,
+				      struct pkt_track *t, struct pkt_track *h, bool tracked,
 				      struct obs_scratch *sc)
 {
 	__u64 skb_addr = (__u64)skb;
 	bool end = is_end(hook);
 	bool may_start = can_start(hook);
 
-	/*
-	 * Cheapest rejection first: most skbs freed on a host are not ours. An
-	 * untracked skb is ours only as a clone of a tracked packet (found by
-	 * its shared head), and only a cloned skb can be one (skb->cloned is
-	 * sticky: an original whose clones are gone keeps it). So an untracked
-	 * consume or copy costs one lookup, two for a cloned skb; a drop then
-	 * goes on to the selection, which may start a path there.
-	 */
-	__u64 head;
-	/* each branch decides on its own: the verifier refuses t | h */
-	bool untracked = false;
-	if (!looked_up) {
-		t = track_find(skb_addr);
-		if (!t) {
-			h = NULL;
-			if (BPF_CORE_READ_BITFIELD(skb, cloned)) {
-				head = (__u64)skb->head;
-				h = head_find(head);
-			}
-			if (!h) {
-				if (!may_start)
-					return 0;
-				untracked = true;
-			}
-		}
-	} else if (!t) {
-		/* tested apart: the verifier refuses t | h, which the compiler
-		 * would otherwise make of the two tests */
-		barrier_var(h);
-		if (!h)
-			untracked = true;
-	}
-	head = (__u64)skb->head;
+	__u64 head = (__u64)skb->head;
 	if (dev_src == DEV_END)
 		dev = end_dev(skb);
 
@@ -1365,11 +1352,11 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 			flags |= EVENT_F_SOCK_NS;
 	}
 	/* namespace/device filters need no header parsing to say no */
-	if (untracked && filter_flags && !(filter_flags & (FILTER_ADDR | FILTER_PORT)) &&
+	if (!tracked && filter_flags && !(filter_flags & (FILTER_ADDR | FILTER_PORT)) &&
 	    !selected(cur.netns, cur.ifindex, meta))
 		return 0;
 	/* so does a filter expression: an untracked packet it rejects costs one run */
-	if (untracked && expr_filter && !expr_matches(skb, dev_type))
+	if (!tracked && expr_filter && !expr_matches(skb, dev_type))
 		return 0;
 
 	/* the clock is read once the skb is known to matter: it costs more than the rejections above */
@@ -1430,7 +1417,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
 			flags |= EVENT_F_CLONE;
 		} else {
 			if (!may_start || !selected(cur.netns, cur.ifindex, meta) ||
-			    (!untracked && expr_filter && !expr_matches(skb, dev_type)) || !sampled(nat_fp ? nat_fp : fp))
+			    (tracked && expr_filter && !expr_matches(skb, dev_type)) || !sampled(nat_fp ? nat_fp : fp))
 				return 0;
 			pkt_id = new_pkt_id();
 			if (!pkt_id)
@@ -1542,7 +1529,7 @@ static __always_inline int observe_in(void *ctx, struct __sk_buff *tcx, struct s
  */
 static __always_inline int observe_found(void *ctx, struct __sk_buff *tcx, struct sk_buff *skb,
 					 struct net_device *dev, __u8 hook, __u64 location, __u32 reason, enum dev_source dev_src,
-					 struct pkt_track *t, struct pkt_track *h, bool looked_up)
+					 struct pkt_track *t, struct pkt_track *h, bool tracked)
 {
 	__u32 zero = 0;
 	__u32 *nest = bpf_map_lookup_elem(&obs_nest, &zero);
@@ -1555,19 +1542,17 @@ static __always_inline int observe_found(void *ctx, struct __sk_buff *tcx, struc
 	if (!sc)
 		return 0;
 	*nest = level + 1;
-	int r = observe_in(ctx, tcx, skb, dev, hook, location, reason, dev_src, t, h, looked_up, sc);
+	int r = observe_in(ctx, tcx, skb, dev, hook, location, reason, dev_src, t, h, tracked, sc);
 	*nest = level;
 	return r;
 }
 
 /*
- * A tracepoint's observation. In the quiet state no entry can match (looked
- * up: none found) and an end that cannot start a path is over after one
- * array load. Otherwise such an end (a consume or a copy: most skbs freed on
- * a host are not ours) looks the skb up here, before observe_found() takes
- * its nesting level and working memory: an untracked one costs its one or
- * two lookups and nothing more. Hooks that may start a path leave the
- * lookup to observe_in().
+ * A tracepoint's observation. In the quiet state no entry can match and an
+ * end that cannot start a path is over after one array load. Otherwise the
+ * skb is looked up here, before observe_found() takes its nesting level and
+ * working memory: an untracked consume or copy (most skbs freed on a host
+ * are not ours) costs its one or two lookups and nothing more.
  */
 static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_device *dev, __u8 hook,
 				   __u64 location, __u32 reason, enum dev_source dev_src)
@@ -1578,20 +1563,13 @@ static __always_inline int observe(void *ctx, struct sk_buff *skb, struct net_de
 		return 0;
 	struct pkt_track *t = NULL;
 	struct pkt_track *h = NULL;
-	bool looked_up = q;
-	if (!may_start) {
-		t = track_find((__u64)skb);
-		if (!t) {
-			/* only a cloned skb can be a tracked packet's clone (see observe_in) */
-			if (!BPF_CORE_READ_BITFIELD(skb, cloned))
-				return 0;
-			h = head_find((__u64)skb->head);
-			if (!h)
-				return 0;
-		}
-		looked_up = true;
+	bool tracked = false;
+	if (!q) {
+		tracked = skb_find(skb, &t, &h);
+		if (!tracked && !may_start)
+			return 0;
 	}
-	return observe_found(ctx, NULL, skb, dev, hook, location, reason, dev_src, t, h, looked_up);
+	return observe_found(ctx, NULL, skb, dev, hook, location, reason, dev_src, t, h, tracked);
 }
 
 SEC("tp_btf/net_dev_queue")
@@ -1835,23 +1813,19 @@ static __always_inline void tcx_observe(struct __sk_buff *ctx, __u8 hook)
 	 */
 	if (sample_n > 1 && !ctx->gso_size && tcx_unsampled(ctx))
 		return;
-	__u64 addr = (__u64)skb;
 	struct pkt_track *t = NULL;
 	struct pkt_track *h = NULL;
-	bool q = quiet(); /* nothing tracked lately: no entry can match */
-	if (!q)
-		t = track_find(addr);
-	if (!t && !q && BPF_CORE_READ_BITFIELD(skb, cloned)) {
-		h = head_find((__u64)skb->head);
-	}
-	if (!t && !h) {
+	bool tracked = false;
+	if (!quiet()) /* nothing tracked lately: no entry can match */
+		tracked = skb_find(skb, &t, &h);
+	if (!tracked) {
 		if (!tcx_selected(ctx, dev))
 			return;
 		/* a GSO packet's key, now that it is known untracked */
 		if (sample_n > 1 && ctx->gso_size && tcx_unsampled(ctx))
 			return;
 	}
-	observe_found(ctx, ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, true);
+	observe_found(ctx, ctx, skb, dev, hook, 0, 0, DEV_ARG, t, h, tracked);
 }
 
 /* tcx egress fires just before net_dev_queue: it is that hop. */
