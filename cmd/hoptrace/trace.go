@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/hoptrace/hoptrace/tracer/nftrace"
 	"github.com/hoptrace/hoptrace/tracer/output"
 	"github.com/hoptrace/hoptrace/tracer/pcapng"
+	"github.com/hoptrace/hoptrace/tracer/selection"
 	"github.com/hoptrace/hoptrace/tracer/trace"
 )
 
@@ -190,9 +192,9 @@ func runTrace(c *cli.Context) error {
 		fmt.Fprintf(os.Stderr, "hoptrace: tracing %s%s; Ctrl-C to stop\n", describeSelection(names, cfg.Selection), describeFilter(filter))
 	}
 	res, err := trace.Run(ctx, cfg, names)
-	if err != nil {
+	if err != nil && !errors.Is(err, selection.ErrNothingLeft) {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "hoptrace: %s\n", res.Summary)
-	return nil
+	return err // the selection went away: the summary, then why it ended
 }

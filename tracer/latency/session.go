@@ -2,6 +2,7 @@ package latency
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/hoptrace/hoptrace/tracer/loader"
@@ -74,7 +75,9 @@ type Config struct {
 }
 
 // Run loads the tracer in latency mode and reports until ctx is cancelled
-// or Duration passes; the final report covers the whole session.
+// or Duration passes; the final report covers the whole session. When
+// every namespace the selection named goes away, it makes that final report
+// and returns an error that wraps selection.ErrNothingLeft.
 func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 	interval := cfg.Interval
 	if interval <= 0 {
@@ -209,6 +212,12 @@ func Run(ctx context.Context, cfg Config, names selection.Resolver) error {
 		case <-ctx.Done():
 			return tick(true)
 		case err := <-follow.Failed():
+			if errors.Is(err, selection.ErrNothingLeft) {
+				// the last report, as at a stop, then why it ended
+				if terr := tick(true); terr != nil {
+					return terr
+				}
+			}
 			return err
 		case <-ticker.C:
 			if err := tick(false); err != nil {

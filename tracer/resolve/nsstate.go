@@ -71,8 +71,9 @@ func (r *Resolver) addLocked(c candidate) (err error) {
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", c.path, err)
 	}
+	r.added++
 	st := &nsState{
-		ns:       Namespace{Inode: c.inode, Label: c.label, Path: c.path},
+		ns:       Namespace{Inode: c.inode, Label: c.label, Path: c.path, Seq: r.added},
 		links:    map[int]*Link{},
 		names:    map[string]int{},
 		src:      c.src,

@@ -95,6 +95,7 @@ type Resolver struct {
 	wmu         sync.Mutex // serializes every change of the namespace set and of links
 	closed      bool
 	pendingSeen map[string]time.Time // under wmu; see notePendingLocked
+	added       uint64               // under wmu: namespaces added so far (Namespace.Seq)
 
 	changes   chan struct{}
 	refreshC  chan struct{}

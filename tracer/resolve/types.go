@@ -63,6 +63,11 @@ type Namespace struct {
 	// Owner names who owns the namespace when a runtime knows it (a
 	// container name); filled in by an Annotator, empty otherwise.
 	Owner string
+	// Seq tells namespaces that had the same inode apart: the resolver
+	// numbers the namespaces it adds, and a namespace it dropped (its
+	// file gone, its handle closed) may be freed and its inode given to
+	// a new one, which gets a new number. 0 outside the Resolver.
+	Seq uint64
 }
 
 // Annotator supplies owner names for namespaces (containers); the resolver

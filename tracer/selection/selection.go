@@ -7,8 +7,11 @@ package selection
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -121,6 +124,12 @@ func TracerOptions(tr *loader.Tracer, warn func(string)) Options {
 	return opts
 }
 
+// ErrNothingLeft ends a session (through Failed) whose selection named
+// namespaces, and every one of them went away: nothing it selected can be
+// seen any more, and an inode the kernel gives to a new namespace is not
+// the one selected.
+var ErrNothingLeft = errors.New("nothing selected is left to trace")
+
 // Follower keeps a tracer's filters equal to a selection: the namespaces
 // selected now, and the addresses their interfaces have now. It owns one
 // goroutine, stopped by Close.
@@ -132,7 +141,14 @@ type Follower struct {
 	netns   map[uint32]bool
 	// the namespaces of the selected devices
 	devNetns map[uint32]bool
-	ports    map[uint32][]Port // published ports, by the namespace they lead to
+	devices  []Device
+	// named: the namespaces the selection named (sel.Netns and the
+	// devices'), as the resolver knew them when the session began; see
+	// dropGone. dynamic: a feed may select more (the session never runs
+	// out of selection).
+	named   map[uint32]resolve.Namespace
+	dynamic bool
+	ports   map[uint32][]Port // published ports, by the namespace they lead to
 	// what the kernel maps hold
 	inKernelNetns map[uint32]bool
 	inKernelAddrs map[netip.Addr]bool
@@ -158,21 +174,27 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 		inKernelPorts: map[Port]bool{},
 		failed:        make(chan error, 1),
 		warn:          opts.Warn,
+		named:         map[uint32]resolve.Namespace{},
+		dynamic:       sel.Dynamic != nil,
+		devices:       append([]Device(nil), sel.Devices...),
 	}
 	for _, d := range sel.Devices {
 		if err := f.SelectDevice(d.Netns, d.Ifindex, true); err != nil {
 			return nil, err
 		}
+		fl.devNetns[d.Netns] = true
+		fl.remember(d.Netns)
 	}
 	for _, ns := range sel.Netns {
 		fl.set(ns, true, nil)
+		fl.remember(ns)
 	}
 	dynamic := fl.initial(ctx, sel.Dynamic)
 	ctx, fl.cancel = context.WithCancel(ctx)
 	deferred := 0
 	if opts.Devices != nil {
 		var err error
-		if deferred, err = fl.attachFirst(ctx, opts, sel); err != nil {
+		if deferred, err = fl.attachFirst(ctx, opts); err != nil {
 			fl.cancel()
 			return nil, err
 		}
@@ -189,11 +211,8 @@ func Follow(ctx context.Context, f Filters, names Resolver, sel Selection, opts 
 // attachFirst carries the programs to the devices the selected packets
 // cross first and, unless more than opts.ForegroundDevices others wait,
 // to all the others too. It returns how many it left for the goroutine.
-func (fl *Follower) attachFirst(ctx context.Context, opts Options, sel Selection) (int, error) {
+func (fl *Follower) attachFirst(ctx context.Context, opts Options) (int, error) {
 	fl.att = &attachments{devs: opts.Devices, names: fl.names, have: map[loader.DevKey]attachedAs{}, warnFn: opts.Warn}
-	for _, d := range sel.Devices {
-		fl.devNetns[d.Netns] = true
-	}
 	if err := fl.att.sync(ctx, fl.att.firstDevices(fl.selected())); err != nil {
 		return 0, err
 	}
@@ -266,6 +285,11 @@ func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange, deferre
 			fl.set(ch.Inode, ch.Selected, ch.Ports)
 		case <-fl.names.Changes():
 		}
+		gone, err := fl.dropGone()
+		if err != nil {
+			fl.failed <- err
+			return
+		}
 		if fl.att != nil {
 			_ = fl.att.sync(ctx, nil) // after the first sync, failures are warnings
 		}
@@ -273,6 +297,7 @@ func (fl *Follower) run(ctx context.Context, dynamic <-chan NetnsChange, deferre
 			fl.failed <- err
 			return
 		}
+		fl.warnGone(gone)
 	}
 }
 
@@ -302,12 +327,18 @@ func (fl *Follower) attachRest(ctx context.Context, dynamic <-chan NetnsChange) 
 			changed = false
 		}
 		if changed {
+			gone, err := fl.dropGone()
+			if err != nil {
+				fl.failed <- err
+				return dynamic, false
+			}
 			first, fresh := fl.att.firstDevices(fl.selected()), fl.att.fresh()
 			_ = fl.att.sync(ctx, func(k loader.DevKey) bool { return first(k) || fresh(k) })
 			if err := fl.sync(); err != nil {
 				fl.failed <- err
 				return dynamic, false
 			}
+			fl.warnGone(gone)
 			continue
 		}
 		n, had := 0, len(fl.att.have)
@@ -325,6 +356,71 @@ func (fl *Follower) attachRest(ctx context.Context, dynamic <-chan NetnsChange) 
 			len(fl.att.have)-before, time.Since(start).Seconds()))
 	}
 	return dynamic, true
+}
+
+// remember notes a namespace the selection names, as the resolver knows it
+// now (one it does not know cannot be told gone later, and is left alone).
+func (fl *Follower) remember(inode uint32) {
+	if ns, ok := fl.names.Namespace(inode); ok && inode != fl.names.HostInode() {
+		fl.named[inode] = ns
+	}
+}
+
+// dropGone takes out of the selection the named namespaces the resolver
+// no longer knows as the ones selected: dropped (deleted, or their
+// container's sandbox removed), or their inode now another namespace's;
+// sync then takes them out of the kernel's filters. (The resolver closes
+// its handles before it tells: a namespace made within those milliseconds
+// that takes the freed inode is selected until then.) It returns their
+// names for warnGone, and ErrNothingLeft once none is left of a selection
+// no feed adds to.
+func (fl *Follower) dropGone() (string, error) {
+	var gone []string
+	for ino, was := range fl.named {
+		if now, ok := fl.names.Namespace(ino); ok && now.Seq == was.Seq {
+			continue
+		}
+		delete(fl.named, ino)
+		gone = append(gone, "netns "+was.Label)
+		if fl.netns[ino] {
+			fl.set(ino, false, nil)
+		}
+		if fl.devNetns[ino] {
+			delete(fl.devNetns, ino)
+			kept := fl.devices[:0]
+			for _, d := range fl.devices {
+				if d.Netns != ino {
+					kept = append(kept, d)
+					continue
+				}
+				if err := fl.f.SelectDevice(d.Netns, d.Ifindex, false); err != nil {
+					return "", err
+				}
+			}
+			fl.devices = kept
+		}
+	}
+	if len(gone) == 0 {
+		return "", nil
+	}
+	sort.Strings(gone)
+	what := strings.Join(gone, ", ")
+	if !fl.dynamic && len(fl.netns) == 0 && len(fl.devices) == 0 {
+		// out of the kernel's filters too, for the moments the session takes to end
+		if err := fl.sync(); err != nil {
+			return what, err
+		}
+		return what, fmt.Errorf("%s went away: %w", what, ErrNothingLeft)
+	}
+	return what, nil
+}
+
+// warnGone says which named namespaces went away, once the filters no
+// longer select them.
+func (fl *Follower) warnGone(what string) {
+	if what != "" && fl.warn != nil {
+		fl.warn(what + " went away: no longer selected")
+	}
 }
 
 // selected lists the namespaces selected now, those of selected devices

@@ -2,7 +2,9 @@ package selection
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,6 +82,23 @@ func (r *fakeResolver) Namespaces() []resolve.Namespace {
 		nss = append(nss, ns)
 	}
 	return nss
+}
+func (r *fakeResolver) Namespace(inode uint32) (resolve.Namespace, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.Static.Namespace(inode)
+}
+
+// setNamespace adds, replaces (ok) or drops (!ok) a namespace and says so.
+func (r *fakeResolver) setNamespace(ns resolve.Namespace, ok bool) {
+	r.mu.Lock()
+	if ok {
+		r.Static.Namespaces[ns.Inode] = ns
+	} else {
+		delete(r.Static.Namespaces, ns.Inode)
+	}
+	r.mu.Unlock()
+	r.changes <- struct{}{}
 }
 func (r *fakeResolver) Refresh()                 {}
 func (r *fakeResolver) Changes() <-chan struct{} { return r.changes }
@@ -214,5 +233,117 @@ func TestPublishedPortsFollowTheNamespace(t *testing.T) {
 	}
 	if k := (Selection{Dynamic: dyn}).FilterKinds(); k&loader.FilterPort == 0 {
 		t.Errorf("filter kinds %v lack the port filter", k)
+	}
+}
+
+// warnings collects a follower's warnings.
+type warnings struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) add(m string) { w.mu.Lock(); w.msgs = append(w.msgs, m); w.mu.Unlock() }
+func (w *warnings) has(sub string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.msgs {
+		if strings.Contains(m, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// failure waits for the follower to fail.
+func failure(t *testing.T, fl *Follower) error {
+	t.Helper()
+	select {
+	case err := <-fl.Failed():
+		return err
+	case <-time.After(2 * time.Second):
+		t.Fatal("the follower did not end within 2s")
+		return nil
+	}
+}
+
+// A named namespace the resolver drops is unselected, with a warning; one
+// whose inode now names another namespace (a new Seq) is gone too; once
+// none is left the follower ends with ErrNothingLeft.
+func TestNamedNamespacesThatGoAway(t *testing.T) {
+	a := resolve.Namespace{Inode: 10, Label: "ns-a", Seq: 1}
+	b := resolve.Namespace{Inode: 20, Label: "ns-b", Seq: 2}
+	names := &fakeResolver{changes: make(chan struct{}), Static: resolve.NewStatic(1, []resolve.Namespace{a, b},
+		resolve.Link{Netns: 10, Index: 2, Name: "eth0", Addrs: prefixes("10.1.0.2/24")},
+		resolve.Link{Netns: 20, Index: 2, Name: "eth0", Addrs: prefixes("10.1.0.3/24")},
+	)}
+	f := newFakeFilters()
+	var w warnings
+	fl, err := Follow(context.Background(), f, names, Selection{Netns: []uint32{10, 20}}, Options{Warn: w.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	names.setNamespace(a, false)
+	eventually(t, "ns-a unselected", func() bool {
+		netns, _ := f.state()
+		return len(netns) == 1 && netns[0] == 20
+	})
+	if !w.has("netns ns-a went away") {
+		t.Error("no warning says ns-a went away")
+	}
+	// a rename of the same namespace (same Seq) is no departure
+	names.setNamespace(resolve.Namespace{Inode: 20, Label: "netns:20 (pid 7 sleep)", Seq: 2}, true)
+	time.Sleep(50 * time.Millisecond)
+	if netns, _ := f.state(); len(netns) != 1 {
+		t.Fatalf("ns-b unselected by a rename: %v", netns)
+	}
+	// ns-b's inode now another namespace's
+	names.setNamespace(resolve.Namespace{Inode: 20, Label: "ns-c", Seq: 3}, true)
+	err = failure(t, fl)
+	if !errors.Is(err, ErrNothingLeft) || !strings.Contains(err.Error(), "netns ns-b went away") {
+		t.Fatalf("follower ended with %v, want ns-b gone and ErrNothingLeft", err)
+	}
+	if netns, addrs := f.state(); len(netns) != 0 || len(addrs) != 0 {
+		t.Errorf("still selected after the end: netns %v, addrs %v", netns, addrs)
+	}
+}
+
+// Devices of a namespace that went away are unselected; a selection that
+// also follows a feed (containers) never runs out, it only warns.
+func TestDevicesOfAGoneNamespace(t *testing.T) {
+	a := resolve.Namespace{Inode: 10, Label: "ns-a", Seq: 1}
+	names := &fakeResolver{changes: make(chan struct{}), Static: resolve.NewStatic(1, []resolve.Namespace{a})}
+	f := newFakeFilters()
+	fl, err := Follow(context.Background(), f, names, Selection{Devices: []Device{{10, 2}, {1, 7}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names.setNamespace(a, false)
+	eventually(t, "ns-a's device unselected", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return !f.devs[Device{10, 2}] && f.devs[Device{1, 7}]
+	})
+	fl.Close()
+	select {
+	case err := <-fl.Failed():
+		t.Fatalf("the host's device is left, yet the follower ended: %v", err)
+	default:
+	}
+
+	names = &fakeResolver{changes: make(chan struct{}), Static: resolve.NewStatic(1, []resolve.Namespace{a})}
+	var w warnings
+	dyn := make(chan NetnsChange)
+	fl, err = Follow(context.Background(), newFakeFilters(), names, Selection{Netns: []uint32{10}, Dynamic: dyn}, Options{Warn: w.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	names.setNamespace(a, false)
+	eventually(t, "a warning that ns-a went away", func() bool { return w.has("netns ns-a went away") })
+	select {
+	case err := <-fl.Failed():
+		t.Fatalf("a selection with a feed ended: %v", err)
+	default:
 	}
 }

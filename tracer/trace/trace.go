@@ -95,6 +95,9 @@ type Result struct {
 }
 
 // Run traces until ctx is cancelled, Count is reached or Duration passes.
+// When every namespace the selection named goes away, it ends as if
+// stopped (its Result whole) and returns an error that wraps
+// selection.ErrNothingLeft.
 func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	var res Result
 	if cfg.Out == nil {
@@ -289,8 +292,9 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 	var rec ringbuf.Record
 	var ev event.Event
 	var known knownNetns
-	run := 0 // records read since the last check
-	for !done() {
+	run := 0        // records read since the last check
+	var ended error // the selection went away: the trace ends as if stopped, then says why
+	for !done() && ended == nil {
 		// Before a read that may wait (the ring buffer looked empty), and
 		// every checkEvery records while it is not: look for cancellation
 		// and failed filters, tick, and set the read's deadline. In a run
@@ -303,7 +307,11 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			}
 			select {
 			case err := <-follow.Failed():
-				return res, err
+				if !errors.Is(err, selection.ErrNothingLeft) {
+					return res, err
+				}
+				ended = err
+				continue
 			default:
 			}
 			now := time.Now()
@@ -396,7 +404,7 @@ func Run(ctx context.Context, cfg Config, names Resolver) (Result, error) {
 			return res, fmt.Errorf("write capture: %w", err)
 		}
 	}
-	return res, nil
+	return res, ended
 }
 
 func hopEvent(d *path.Describer, e *event.Event) output.HopEvent {
