@@ -50,24 +50,8 @@ func TestTraceOfNamespacesThatGoAway(t *testing.T) {
 	}
 	time.Sleep(800 * time.Millisecond) // a path is written once its end has lingered
 
-	if err := topo.RemoveHost(b); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("hoptrace still runs 10s after the last selected namespace went away: %s", r.stderrText())
-	}
-	err := r.cmd.Wait()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("exit: %v, want status 1 (stderr %q)", err, r.stderrText())
-	}
-	stderr := r.stderrText()
-	if want := "hoptrace: netns " + b.Name + " went away: nothing selected is left to trace"; !strings.Contains(stderr, want) {
-		t.Errorf("stderr lacks %q: %q", want, stderr)
-	}
-	if !strings.Contains(stderr, "packets,") {
+	endsWhenGone(t, topo, b, r)
+	if stderr := r.stderrText(); !strings.Contains(stderr, "packets,") {
 		t.Errorf("no summary line before the end: %q", stderr)
 	}
 
@@ -117,22 +101,7 @@ func TestLatencyOfANamespaceThatGoesAway(t *testing.T) {
 	if n, err := a.Ping(b.Addr.Addr(), 3, 2*time.Second); err != nil || n != 3 {
 		t.Fatalf("ping: %d, %v", n, err)
 	}
-	if err := topo.RemoveHost(a); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("latency still runs 10s after its namespace went away: %s", r.stderrText())
-	}
-	err := r.cmd.Wait()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("exit: %v, want status 1 (stderr %q)", err, r.stderrText())
-	}
-	if want := "hoptrace: netns " + a.Name + " went away: nothing selected is left to trace"; !strings.Contains(r.stderrText(), want) {
-		t.Errorf("stderr lacks %q: %q", want, r.stderrText())
-	}
+	endsWhenGone(t, topo, a, r)
 	r.mu.Lock()
 	lines := append([]string(nil), r.lines...)
 	r.mu.Unlock()
@@ -151,5 +120,27 @@ func TestLatencyOfANamespaceThatGoesAway(t *testing.T) {
 	}
 	if left := privtest.WaitGone(progs, 5*time.Second); len(left) != 0 {
 		t.Errorf("programs %v left after latency ended", left)
+	}
+}
+
+// endsWhenGone deletes h, the last namespace r's selection names, and waits
+// for r to end by itself: status 1 and the line that says h went away.
+func endsWhenGone(t *testing.T, topo *testnet.Topology, h *testnet.Host, r *running) {
+	t.Helper()
+	if err := topo.RemoveHost(h); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("hoptrace still runs 10s after the last selected namespace went away: %s", r.stderrText())
+	}
+	err := r.cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want status 1 (stderr %q)", err, r.stderrText())
+	}
+	if want := "hoptrace: netns " + h.Name + " went away: nothing selected is left to trace"; !strings.Contains(r.stderrText(), want) {
+		t.Errorf("stderr lacks %q: %q", want, r.stderrText())
 	}
 }
